@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Install zk0 into a virtualenv, with the exact dependency versions it is tested with.
+#
+#   ./install.sh            install (or update) zk0 into .venv  (ZK0_VENV=/path overrides)
+#   ./install.sh --test     also install the test tools, then run the whole test suite
+#
+# Safe to run again: when nothing changed since the last install it only checks and returns.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+venv=${ZK0_VENV:-$here/.venv}
+mode=${1:-install}
+case "$mode" in
+  install|--test) ;;
+  *) echo "usage: ./install.sh [--test [pytest args...]]" >&2; exit 2 ;;
+esac
+[ $# -gt 0 ] && shift
+
+say() { printf '\033[1m==>\033[0m %s\n' "$*" >&2; }
+
+is_python312() { "$1" -c 'import sys; sys.exit(sys.version_info < (3, 12))' >/dev/null 2>&1; }
+
+find_python() {
+  local candidate
+  for candidate in python3.13 python3.12 python3; do
+    if command -v "$candidate" >/dev/null 2>&1 && is_python312 "$(command -v "$candidate")"; then
+      command -v "$candidate"; return 0
+    fi
+  done
+  # pyenv shims may refuse to run a version that is not selected: use the interpreters directly.
+  for candidate in "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.1[2-9]*/bin/python3; do
+    if [ -x "$candidate" ] && is_python312 "$candidate"; then echo "$candidate"; return 0; fi
+  done
+  return 1
+}
+
+if [ ! -x "$venv/bin/python" ]; then
+  python=$(find_python) || {
+    echo "zk0 needs Python >= 3.12. Looked for python3.13, python3.12 and python3 on PATH and in" >&2
+    echo "${PYENV_ROOT:-$HOME/.pyenv}/versions/3.12*. Install one (e.g. 'pyenv install 3.12') and rerun." >&2
+    exit 4
+  }
+  say "creating virtualenv $venv with $python"
+  "$python" -m venv "$venv"
+fi
+
+extras=""; [ "$mode" = "--test" ] && extras="[dev]"
+stamp_file="$venv/.zk0-install-stamp"
+stamp=$(cat "$here/pyproject.toml" "$here/requirements.lock" | sha256sum | cut -d' ' -f1)"$extras"
+if [ "$(cat "$stamp_file" 2>/dev/null)" = "$stamp" ] && "$venv/bin/zk0" --version >/dev/null 2>&1; then
+  say "zk0 is up to date in $venv"
+else
+  say "installing zk0 and its dependencies into $venv (first time: several minutes, ~6 GB)"
+  "$venv/bin/python" -m pip install --quiet --upgrade pip
+  "$venv/bin/python" -m pip install --quiet -c "$here/requirements.lock" -e "$here$extras"
+  echo "$stamp" > "$stamp_file"
+  say "installed: $("$venv/bin/zk0" --version)"
+fi
+
+if [ "$mode" = "--test" ]; then
+  cd "$here"
+  exec "$venv/bin/python" -m pytest "$@"
+fi
+say "run zk0 as $venv/bin/zk0, or put it on PATH:  export PATH=\"$venv/bin:\$PATH\""

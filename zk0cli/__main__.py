@@ -1,0 +1,3 @@
+from zk0cli.cli.app import main
+
+main()

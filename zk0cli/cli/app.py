@@ -1,0 +1,99 @@
+"""The `zk0` command: global options, the command table, and error handling.
+
+Kept light on purpose: nothing here imports torch, lerobot, transformers or flwr, so
+`zk0 --help` and `zk0 --version` answer at once.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import click
+import typer
+
+from zk0cli import __version__
+from zk0cli.cli import common, config_cmd, init
+from zk0cli.core.errors import ExitCode, Zk0Error
+from zk0cli.ui import output
+
+app = typer.Typer(
+    name="zk0",
+    help="Federated learning for robots: train one SmolVLA policy together, keep your data at home.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+app.command("init")(init.init)
+app.add_typer(config_cmd.app, name="config")
+
+
+def _versions(verbose: bool) -> dict[str, str]:
+    from importlib import metadata
+
+    versions = {"zk0": __version__}
+    if verbose:
+        for package in ("flwr", "lerobot", "torch", "transformers"):
+            try:
+                versions[package] = metadata.version(package)
+            except metadata.PackageNotFoundError:
+                versions[package] = "not installed"
+    return versions
+
+
+@app.callback(invoke_without_command=True)
+def root(
+    ctx: typer.Context,
+    version: Annotated[bool, typer.Option("--version", help="Show the version (with -v: dependencies too).")] = False,
+    json_mode: Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logs and tracebacks.")] = False,
+    config: Annotated[
+        Optional[Path], typer.Option("--config", help="Config file to use instead of the default.", dir_okay=False)
+    ] = None,
+) -> None:
+    out = output.configure(json_mode=json_mode, verbose=verbose)
+    common.start_session(config)
+    if version:
+        versions = _versions(verbose)
+        out.result(versions, lambda c: c.print("\n".join(f"{k} {v}" for k, v in versions.items())))
+        raise typer.Exit()
+    if ctx.invoked_subcommand is None:
+        out.out.print(ctx.get_help())
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: turns every known failure into one line and an exit code."""
+    try:
+        app(args=argv, prog_name="zk0", standalone_mode=False)
+    except Zk0Error as error:
+        output.current().error(error)
+        sys.exit(int(error.code))
+    except click.exceptions.UsageError as exc:
+        _usage_error(exc)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        output.current().err.print("Aborted.")
+        sys.exit(130)
+    except click.ClickException as exc:  # e.g. a file option pointing nowhere
+        output.current().error(Zk0Error(exc.format_message(), code=ExitCode.BAD_INPUT))
+        sys.exit(int(ExitCode.BAD_INPUT))
+    except KeyboardInterrupt:
+        output.current().err.print("Interrupted.")
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - the last line of defence against tracebacks
+        out = output.current()
+        if out.verbose:
+            raise
+        out.error(Zk0Error(f"unexpected {type(exc).__name__}: {exc}", hint="rerun with -v for the traceback"))
+        sys.exit(int(ExitCode.FAILED))
+
+
+def _usage_error(exc: click.exceptions.UsageError) -> None:
+    command = exc.ctx.command_path if exc.ctx else "zk0"
+    hint = f"see `{command} --help`"
+    output.current().error(Zk0Error(exc.format_message(), hint=hint, code=ExitCode.BAD_INPUT))
+    sys.exit(int(ExitCode.BAD_INPUT))

@@ -1,0 +1,55 @@
+"""Small helpers every command shares: the session context and common options."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Mapping
+
+import typer
+
+from zk0cli.core import config as config_mod
+from zk0cli.core.paths import Paths
+from zk0cli.ui import output
+
+
+@dataclass
+class Session:
+    """What the root callback resolved once for the whole invocation."""
+
+    paths: Paths
+    config_file: Path
+
+    def load_config(self, flags: Mapping[str, Any] | None = None) -> config_mod.LoadedConfig:
+        return config_mod.load(self.config_file, flags=flags)
+
+
+_session: Session | None = None
+
+
+def start_session(config_file: Path | None) -> Session:
+    global _session
+    paths = Paths.resolve()
+    _session = Session(paths=paths, config_file=config_file or paths.config_file)
+    return _session
+
+
+def session() -> Session:
+    return _session if _session is not None else start_session(None)
+
+
+def out() -> output.Output:
+    return output.current()
+
+
+def _enable_json(value: bool) -> bool:
+    if value:
+        current = output.current()
+        output.configure(json_mode=True, verbose=current.verbose)
+    return value
+
+
+JsonOption = Annotated[
+    bool,
+    typer.Option("--json", help="Print one JSON document on stdout (messages go to stderr).", callback=_enable_json),
+]

@@ -1,0 +1,68 @@
+"""`zk0 config`: where the config lives, what is in effect, and changing one key."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from zk0cli.cli.common import JsonOption, out, session
+from zk0cli.core import config as config_mod
+
+app = typer.Typer(help="Show and change zk0's configuration.", no_args_is_help=True)
+
+
+@app.command("path")
+def path(json_: JsonOption = False) -> None:
+    """Print the config file and every directory zk0 uses."""
+    s = session()
+    data = {
+        "config_file": str(s.config_file),
+        "config_dir": str(s.paths.config_dir),
+        "data_dir": str(s.paths.data_dir),
+        "state_dir": str(s.paths.state_dir),
+        "log_dir": str(s.paths.log_dir),
+    }
+    out().result(data, lambda c: c.print("\n".join(f"{k:12} {v}" for k, v in data.items()), markup=False))
+
+
+@app.command("show")
+def show(json_: JsonOption = False) -> None:
+    """Show every key with its effective value and where it came from."""
+    loaded = session().load_config()
+    rows = [
+        {"key": key, "value": config_mod.get_value(loaded.config, key), "source": loaded.sources[key]}
+        for key in config_mod.keys()
+    ]
+
+    def render(console) -> None:
+        table = Table(title=f"config ({loaded.path})", title_justify="left",
+                      caption="override any key with ZK0_<KEY>, e.g. ZK0_SERVER_PORT=9093", caption_justify="left")
+        table.add_column("key", no_wrap=True)
+        table.add_column("value")
+        table.add_column("source")
+        for row in rows:
+            table.add_row(row["key"], repr(row["value"]), row["source"])
+        console.print(table)
+
+    out().result({"file": str(loaded.path), "values": rows}, render)
+
+
+@app.command("get")
+def get(key: Annotated[str, typer.Argument(help="Dotted key, e.g. server.port.")], json_: JsonOption = False) -> None:
+    """Print the effective value of one key."""
+    value = config_mod.get_value(session().load_config().config, key)
+    out().result({"key": key, "value": value}, lambda c: c.print(str(value), markup=False))
+
+
+@app.command("set")
+def set_(
+    key: Annotated[str, typer.Argument(help="Dotted key, e.g. server.port.")],
+    value: Annotated[str, typer.Argument(help="New value; lists are comma-separated.")],
+    json_: JsonOption = False,
+) -> None:
+    """Set one key in the config file (written atomically)."""
+    s = session()
+    typed = config_mod.set_value(s.config_file, key, value)
+    out().result({"key": key, "value": typed, "file": str(s.config_file)}, lambda c: c.print(f"{key} = {typed!r}"))

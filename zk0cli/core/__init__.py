@@ -1,0 +1,1 @@
+"""Config, paths, errors and file helpers: the bottom layer, imported by everything else."""

@@ -1,0 +1,51 @@
+"""Where zk0 keeps its files. ``ZK0_HOME`` moves all of them under one root."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+APP_NAME = "zk0"
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Every directory zk0 writes to, resolved once."""
+
+    config_dir: Path  # config.toml
+    data_dir: Path  # datasets made by zk0, backbones, run records, SuperLink database
+    state_dir: Path  # service state files, locks, per-service FLWR_HOME
+    log_dir: Path  # supervised process logs
+
+    @property
+    def config_file(self) -> Path:
+        return self.config_dir / "config.toml"
+
+    @property
+    def pki_dir(self) -> Path:
+        """Certificates and keys made by ``zk0 init``."""
+        return self.config_dir / "pki"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.data_dir / "runs"
+
+    def all_dirs(self) -> tuple[Path, ...]:
+        return (self.config_dir, self.data_dir, self.state_dir, self.log_dir)
+
+    @classmethod
+    def resolve(cls, home: str | os.PathLike | None = None) -> "Paths":
+        home = home if home is not None else os.environ.get("ZK0_HOME")
+        if home:
+            root = Path(home).expanduser().absolute()
+            return cls(root / "config", root / "data", root / "state", root / "state" / "logs")
+        import platformdirs
+
+        dirs = platformdirs.PlatformDirs(APP_NAME, appauthor=False)
+        return cls(
+            Path(dirs.user_config_dir),
+            Path(dirs.user_data_dir),
+            Path(dirs.user_state_dir),
+            Path(dirs.user_log_dir),
+        )

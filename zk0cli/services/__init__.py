@@ -1,0 +1,1 @@
+"""Logic the commands call: PKI, doctor checks, datasets, supervisor, Flower adapter."""

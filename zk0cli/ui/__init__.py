@@ -1,0 +1,1 @@
+"""rich rendering shared by commands: output envelope, check lists, tables."""
