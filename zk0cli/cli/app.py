@@ -67,14 +67,15 @@ def root(
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: turns every known failure into one line and an exit code."""
     try:
-        app(args=argv, prog_name="zk0", standalone_mode=False)
+        code = app(args=argv, prog_name="zk0", standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)  # typer.Exit(n) arrives here as n
     except Zk0Error as error:
         output.current().error(error)
         sys.exit(int(error.code))
+    except click.exceptions.NoArgsIsHelpError:
+        sys.exit(0)  # the help was printed: nothing went wrong
     except click.exceptions.UsageError as exc:
         _usage_error(exc)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
     except click.exceptions.Abort:
         output.current().err.print("Aborted.")
         sys.exit(130)

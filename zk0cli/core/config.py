@@ -83,7 +83,7 @@ def read_file(path: Path) -> dict[str, Any]:
     """The file's table, checked against the schema; ``{}`` when there is no file."""
     try:
         text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return {}
     except OSError as exc:
         raise bad_input(f"cannot read config file {path}: {exc.strerror}") from exc

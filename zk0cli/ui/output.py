@@ -53,9 +53,10 @@ class Output:
             self.err.print(f"[dim]{message}[/dim]", markup=False)
 
     def error(self, error: Zk0Error) -> None:
-        self.err.print(f"[bold red]Error:[/bold red] {_escape(error.message)}")
+        # soft_wrap: an error stays one line however narrow the terminal, so it greps and pastes whole
+        self.err.print(f"[bold red]Error:[/bold red] {_escape(error.message)}", soft_wrap=True)
         if error.hint:
-            self.err.print(f"[dim]hint:[/dim] {_escape(error.hint)}")
+            self.err.print(f"[dim]hint:[/dim] {_escape(error.hint)}", soft_wrap=True)
         if self.json_mode:
             sys.stdout.write(json.dumps(error.to_dict()) + "\n")
 
