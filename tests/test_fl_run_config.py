@@ -1,0 +1,67 @@
+"""Run config: defaults, the Flower app's mirror of them, and validation that names the key."""
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from zk0cli.core.errors import ExitCode, Zk0Error
+from zk0cli.fl import run_config as rc
+
+APP_PYPROJECT = Path(rc.__file__).parent / "app" / "pyproject.toml"
+
+
+def test_defaults_are_valid():
+    config = rc.RunConfig()
+    config.validate()
+    assert rc.RunConfig.from_mapping({}) == config
+
+
+def test_flower_app_config_mirrors_the_defaults():
+    table = tomllib.loads(APP_PYPROJECT.read_text())["tool"]["flwr"]["app"]["config"]
+    assert table == rc.RunConfig().to_flwr()
+
+
+def test_kebab_keys_and_ints_for_floats_are_accepted():
+    config = rc.RunConfig.from_mapping({"local-steps": 5, "lr": 1, "eta-min": 0})
+    assert config.local_steps == 5 and config.lr == 1.0 and isinstance(config.lr, float)
+
+
+@pytest.mark.parametrize(
+    ("values", "named"),
+    [
+        ({"eta-min": -1e-6}, "eta-min"),
+        ({"t-mult": 1.5}, "t-mult"),
+        ({"t-mult": 0}, "t-mult"),
+        ({"lr-boost-factor": 1.0}, "lr-boost-factor"),
+        ({"mu-adjust-factor": 0.9}, "mu-adjust-factor"),
+        ({"high-loss-multiplier": 1}, "high-loss-multiplier"),
+        ({"plateau-factor": 1.0}, "plateau-factor"),
+        ({"lr-schedule": "linear"}, "lr-schedule"),
+        ({"local-steps": "ten"}, "local-steps"),
+        ({"adaptive-lr": 1}, "adaptive-lr"),
+        ({"num-server-rounds": True}, "num-server-rounds"),
+        ({"lr": float("nan")}, "lr"),
+        ({"mu-min": 0.5, "mu-max": 0.1}, "mu-min"),
+        ({"lr": 1e-6, "eta-min": 1e-5}, "eta-min"),
+        ({"no-such-key": 1}, "no-such-key"),
+    ],
+)
+def test_bad_values_name_their_key(values, named):
+    with pytest.raises(Zk0Error) as info:
+        rc.RunConfig.from_mapping(values)
+    assert named in info.value.message
+    assert info.value.code == ExitCode.BAD_INPUT
+
+
+def test_parse_overrides_reads_toml_literals():
+    parsed = rc.parse_overrides(["local-steps=5", "lr=3e-4", "lr-schedule=cosine", "adaptive-lr=false", "datasets='a b'"])
+    assert parsed == {"local-steps": 5, "lr": 3e-4, "lr-schedule": "cosine", "adaptive-lr": False, "datasets": "a b"}
+    with pytest.raises(Zk0Error, match="KEY=VALUE"):
+        rc.parse_overrides(["local-steps"])
+
+
+def test_every_key_is_documented():
+    docs = rc.documentation()
+    assert len(docs) == len(rc.RunConfig().to_flwr())
+    assert all(doc for _, _, doc in docs)

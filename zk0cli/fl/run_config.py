@@ -1,0 +1,178 @@
+"""Every tunable of a federated run, with its default, in one dataclass.
+
+The Flower app's ``[tool.flwr.app.config]`` (zk0cli/fl/app/pyproject.toml) mirrors these defaults
+key for key (a test keeps them equal); ``--run-config k=v`` overrides them. Keys are the field
+names with ``-`` for ``_``. :func:`RunConfig.from_mapping` checks types and ranges up front and
+names the offending key, so a bad value stops the run before round 1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from zk0cli.core.errors import bad_input
+
+LR_SCHEDULES = ("constant", "cosine", "cosine_warm_restarts", "reduce_on_plateau")
+
+
+def _p(default: Any, doc: str, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
+       lt: float | None = None, choices: tuple[str, ...] | None = None) -> Any:
+    """A field with its range rule and one line of documentation (shown by `zk0 sim --help-config`)."""
+    rules = {"ge": ge, "gt": gt, "le": le, "lt": lt, "choices": choices, "doc": doc}
+    return field(default=default, metadata=rules)
+
+
+@dataclass
+class RunConfig:
+    # --- federation
+    num_server_rounds: int = _p(3, "rounds of federated training", ge=1)
+    fraction_train: float = _p(1.0, "fraction of connected nodes sampled for training each round", gt=0, le=1)
+    fraction_evaluate: float = _p(1.0, "fraction of nodes doing federated evaluation (0 turns it off)", ge=0, le=1)
+    min_available_nodes: int = _p(2, "nodes that must be connected before a round starts", ge=1)
+    round_timeout_s: float = _p(3600.0, "seconds the server waits for replies in one round", gt=0)
+    seed: int = _p(42, "seed of local training, evaluation noise and sampling", ge=0)
+
+    # --- policy (see zk0cli.policy)
+    policy: str = _p("tiny", "'tiny' (offline test backbone), 'real-geometry' (random weights), or a SmolVLA checkpoint (Hub id or dir)")
+    vlm_model_name: str = _p("", "local VLM directory used instead of the checkpoint's Hub VLM (offline use)")
+    device: str = _p("auto", "'auto' (cuda, then mps, then cpu), 'cuda', 'mps' or 'cpu'")
+
+    # --- data
+    datasets: str = _p("", "simulation: space-separated dataset URIs, one per client (cycled), or one URI partitioned across clients")
+    eval_datasets: str = _p("", "space-separated held-out dataset URIs the server evaluates on")
+    client_eval_episodes: int = _p(1, "episodes each client holds out of training for federated evaluation", ge=0)
+
+    # --- local training
+    local_steps: int = _p(20, "optimizer steps per client per round (ignored when local-epochs > 0)", ge=1)
+    local_epochs: int = _p(0, "full passes over the local data per round; 0 uses local-steps", ge=0)
+    batch_size: int = _p(4, "local batch size", ge=1)
+    lr: float = _p(1e-4, "peak learning rate of round 1 (SmolVLA's preset)", gt=0)
+    eta_min: float = _p(2.5e-6, "learning-rate floor, within a round and across rounds", ge=0)
+
+    # --- round-level lr schedule
+    lr_schedule: str = _p("cosine", "round-level lr schedule", choices=LR_SCHEDULES)
+    t_0: int = _p(15, "cosine_warm_restarts: rounds in the first cycle", ge=1)
+    t_mult: int = _p(1, "cosine_warm_restarts: integer growth of each next cycle", ge=1)
+    stall_patience: int = _p(3, "reduce_on_plateau: server evals without improvement before lr is reduced", ge=1)
+    plateau_factor: float = _p(0.5, "reduce_on_plateau: lr multiplier on a plateau", gt=0, lt=1)
+
+    # --- adaptive per-client lr
+    adaptive_lr: bool = _p(True, "boost the lr of clients whose loss is far above the mean")
+    high_loss_multiplier: float = _p(2.0, "a client is boosted when its loss > this x the mean loss", gt=1)
+    lr_boost_factor: float = _p(1.15, "lr multiplier for a boosted client", gt=1)
+
+    # --- lr from the server loss trend
+    lr_trend: bool = _p(True, "adjust the lr from the server eval loss trend")
+    adjustment_window: int = _p(5, "server evals the trend is measured over", ge=2)
+    spike_threshold: float = _p(0.5, "relative rise within 3 rounds that counts as a spike (lr held)", gt=0)
+    max_adjust_factor: float = _p(1.05, "largest single trend adjustment during early rounds", ge=1)
+    early_rounds: int = _p(10, "rounds during which max-adjust-factor caps the trend adjustment", ge=0)
+    lr_stall_factor: float = _p(0.95, "lr multiplier when the loss stalls (< 1% better)", gt=0, lt=1)
+    lr_divergence_factor: float = _p(1.05, "lr multiplier when the loss gets worse over the window", gt=1)
+
+    # --- FedProx mu
+    proximal_mu: float = _p(0.01, "FedProx mu of round 1", ge=0)
+    mu_decay: float = _p(0.98, "mu multiplier per round (exponential decay)", gt=0, le=1)
+    dynamic_mu: bool = _p(True, "raise mu when client losses spread out")
+    loss_std_threshold: float = _p(1.2, "std of client losses above which mu is raised", gt=0)
+    mu_adjust_factor: float = _p(1.05, "mu multiplier when losses spread out", gt=1)
+    mu_min: float = _p(0.001, "mu lower bound", ge=0)
+    mu_max: float = _p(1.0, "mu upper bound", ge=0)
+
+    # --- transport
+    uplink_bf16_delta: bool = _p(True, "clients send (local - global) in bf16; the server keeps fp32 master weights")
+
+    # --- evaluation and records
+    eval_frequency: int = _p(1, "server evaluation every N rounds (and always at round 0 and the last round)", ge=1)
+    eval_batches: int = _p(4, "batches per held-out dataset in a server or client evaluation", ge=1)
+    video_frequency: int = _p(1, "evaluation video every N server evaluations (the last round always gets one)", ge=1)
+    checkpoint_interval: int = _p(5, "checkpoint every N rounds (the last round always gets one)", ge=1)
+    keep_last_checkpoints: int = _p(0, "round checkpoints kept (0 keeps all)", ge=0)
+    runs_dir: str = _p("", "where run records go; empty means <data dir>/runs")
+    run_name: str = _p("", "run directory name; empty derives one from the time")
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> "RunConfig":
+        """Build from flwr-style keys (``local-steps``) or field names, checking every value."""
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        kwargs = {}
+        for key, value in values.items():
+            name = key.replace("-", "_")
+            if name not in known:
+                raise bad_input(f"unknown run-config key '{key}'", hint="see the keys in zk0cli/fl/app/pyproject.toml")
+            kwargs[name] = _typed(key, value, known[name])
+        config = cls(**kwargs)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        for f in dataclasses.fields(self):
+            _check_range(key(f.name), getattr(self, f.name), f.metadata)
+        if self.mu_min > self.mu_max:
+            raise bad_input(f"run-config mu-min {self.mu_min} is above mu-max {self.mu_max}", hint="make mu-min <= mu-max")
+        if self.eta_min >= self.lr:
+            raise bad_input(f"run-config eta-min {self.eta_min} must be below lr {self.lr}", hint="lower eta-min or raise lr")
+
+    def to_flwr(self) -> dict[str, Any]:
+        """Flower run-config form: ``{"local-steps": 20, ...}``."""
+        return {key(f.name): getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def dataset_uris(self) -> list[str]:
+        return self.datasets.split()
+
+    def eval_dataset_uris(self) -> list[str]:
+        return self.eval_datasets.split()
+
+
+def key(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def documentation() -> list[tuple[str, Any, str]]:
+    """(key, default, doc) for every tunable, in declaration order."""
+    return [(key(f.name), f.default, f.metadata["doc"]) for f in dataclasses.fields(RunConfig)]
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``["local-steps=5", "lr-schedule=cosine"]`` into typed values (TOML literals; bare words as strings)."""
+    import tomllib
+
+    parsed: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, raw = pair.partition("=")
+        if not sep or not name.strip():
+            raise bad_input(f"run-config '{pair}' is not KEY=VALUE", hint="for example --run-config local-steps=5")
+        try:
+            value = tomllib.loads(f"v = {raw.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw.strip()
+        parsed[name.strip()] = value
+    return parsed
+
+
+def _typed(key_: str, value: Any, f: dataclasses.Field) -> Any:
+    kind = type(f.default)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        return value
+    raise bad_input(
+        f"run-config {key_} must be {kind.__name__}, got {value!r}",
+        hint=f"{key_}: {f.metadata['doc']} (default {f.default!r})",
+    )
+
+
+def _check_range(key_: str, value: Any, rules: Mapping[str, Any]) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise bad_input(f"run-config {key_} must be a finite number, got {value}")
+    checks = (("ge", lambda v, b: v >= b, ">="), ("gt", lambda v, b: v > b, ">"),
+              ("le", lambda v, b: v <= b, "<="), ("lt", lambda v, b: v < b, "<"))
+    for rule, holds, symbol in checks:
+        bound = rules.get(rule)
+        if bound is not None and not holds(value, bound):
+            raise bad_input(f"run-config {key_} must be {symbol} {bound:g}, got {value}", hint=rules["doc"])
+    if rules.get("choices") and value not in rules["choices"]:
+        raise bad_input(f"run-config {key_} must be one of {', '.join(rules['choices'])}, got {value!r}")
