@@ -1,0 +1,112 @@
+"""Digests and update checks: what the server accepts and why it refuses the rest."""
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord
+
+from zk0cli.fl import integrity as it
+
+
+@pytest.fixture
+def global_weights():
+    rng = np.random.default_rng(0)
+    return {"expert.w": rng.normal(size=(4, 3)).astype(np.float32), "proj.b": rng.normal(size=(3,)).astype(np.float32)}
+
+
+def local_from(global_weights, scale=1e-2):
+    return {name: value + scale for name, value in global_weights.items()}
+
+
+def test_digest_is_stable_and_sensitive(global_weights):
+    record = it.to_record(global_weights)
+    assert it.digest(record) == it.digest(it.to_record(dict(reversed(list(global_weights.items())))))
+    changed = dict(global_weights, **{"proj.b": global_weights["proj.b"].copy()})
+    changed["proj.b"].view(np.uint32)[0] ^= 1  # one bit
+    assert it.digest(it.to_record(changed)) != it.digest(record)
+    renamed = {"other": global_weights["proj.b"], "expert.w": global_weights["expert.w"]}
+    assert it.digest(it.to_record(renamed)) != it.digest(record)
+
+
+@pytest.mark.parametrize("encoding", it.ENCODINGS)
+def test_valid_update_is_accepted_and_decoded(global_weights, encoding):
+    local = local_from(global_weights)
+    record = it.encode_update(local, global_weights, encoding)
+    spec = it.spec_of(global_weights, encoding)
+    checked = it.check_update(record, it.digest(record), spec, encoding, global_weights)
+    assert checked.reason == ""
+    tolerance = 0 if encoding == it.FP32 else 1e-4  # bf16 keeps ~3 significant digits of the 1e-2 delta
+    for name in local:
+        np.testing.assert_allclose(checked.weights[name], local[name], atol=tolerance, rtol=0)
+
+
+def test_bf16_delta_halves_the_payload(global_weights):
+    local = local_from(global_weights)
+    fp32 = it.encode_update(local, global_weights, it.FP32)
+    bf16 = it.encode_update(local, global_weights, it.BF16_DELTA)
+    raw_fp32 = sum(v.size for v in local.values()) * 4
+    assert sum(len(a.data) for a in bf16.values()) == raw_fp32 // 2
+    assert sum(len(a.data) for a in fp32.values()) > raw_fp32  # numpy headers on top
+
+
+def test_bf16_rounding_matches_torch_and_keeps_nan():
+    torch = pytest.importorskip("torch")
+    values = np.array([1.0, 1.00390625, 1.01171875, -3.3e-5, 65504.0, np.inf, -np.inf, 3e38, np.nan], dtype=np.float32)
+    ours = it.from_bf16_bits(it.to_bf16_bits(values))
+    theirs = torch.from_numpy(values).to(torch.bfloat16).float().numpy()
+    np.testing.assert_array_equal(ours[:-1], theirs[:-1])
+    assert np.isnan(ours[-1])
+    negative_nan = np.array([0xFFFFFFFF], dtype=np.uint32).view(np.float32)
+    assert np.isnan(it.from_bf16_bits(it.to_bf16_bits(negative_nan))).all()
+
+
+def test_tampered_digest_is_rejected(global_weights):
+    record = it.encode_update(local_from(global_weights), global_weights, it.FP32)
+    claimed = it.digest(record)
+    record["proj.b"] = Array(np.zeros(3, dtype=np.float32))  # changed in transit
+    checked = it.check_update(record, claimed, it.spec_of(global_weights, it.FP32), it.FP32, global_weights)
+    assert checked.weights is None and "digest mismatch" in checked.reason
+
+
+@pytest.mark.parametrize("encoding", it.ENCODINGS)
+def test_nan_or_inf_is_rejected(global_weights, encoding):
+    for bad in (np.nan, np.inf):
+        local = local_from(global_weights)
+        local["expert.w"][1, 1] = bad
+        record = it.encode_update(local, global_weights, encoding)
+        checked = it.check_update(record, it.digest(record), it.spec_of(global_weights, encoding), encoding, global_weights)
+        assert checked.weights is None and "non-finite" in checked.reason and "expert.w" in checked.reason
+
+
+def test_wrong_shape_is_rejected(global_weights):
+    local = local_from(global_weights)
+    local["expert.w"] = local["expert.w"].T.copy()
+    record = it.to_record(local)
+    checked = it.check_update(record, it.digest(record), it.spec_of(global_weights, it.FP32), it.FP32, global_weights)
+    assert checked.weights is None and "wrong shape for expert.w" in checked.reason
+
+
+def test_wrong_dtype_and_encoding_mismatch_are_rejected(global_weights):
+    record = ArrayRecord({name: Array(value.astype(np.float64)) for name, value in global_weights.items()})
+    checked = it.check_update(record, it.digest(record), it.spec_of(global_weights, it.FP32), it.FP32, global_weights)
+    assert "wrong dtype" in checked.reason and "float64" in checked.reason
+    bf16 = it.encode_update(local_from(global_weights), global_weights, it.BF16_DELTA)
+    checked = it.check_update(bf16, it.digest(bf16), it.spec_of(global_weights, it.FP32), it.FP32, global_weights)
+    assert "wrong dtype" in checked.reason and "bfloat16" in checked.reason
+
+
+def test_missing_or_extra_names_are_rejected(global_weights):
+    local = local_from(global_weights)
+    local["vlm.frozen"] = np.zeros(2, dtype=np.float32)
+    del local["proj.b"]
+    record = it.to_record(local)
+    checked = it.check_update(record, it.digest(record), it.spec_of(global_weights, it.FP32), it.FP32, global_weights)
+    assert "missing proj.b" in checked.reason and "unexpected vlm.frozen" in checked.reason
+
+
+def test_truncated_raw_payload_is_rejected(global_weights):
+    record = it.encode_update(local_from(global_weights), global_weights, it.BF16_DELTA)
+    short = record["proj.b"]
+    record["proj.b"] = Array(dtype=short.dtype, shape=short.shape, stype=short.stype, data=short.data[:-2])
+    checked = it.check_update(record, it.digest(record), it.spec_of(global_weights, it.BF16_DELTA), it.BF16_DELTA,
+                              global_weights)
+    assert checked.weights is None and "proj.b" in checked.reason
