@@ -52,3 +52,33 @@ def cli(capsys):
         return CliResult(code, captured.out, captured.err)
 
     return run
+
+
+# --- datasets ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def sample_dataset_master(tmp_path_factory) -> Path:
+    """One small image dataset written with LeRobot's writer, shared read-only by the session."""
+    from zk0cli.services.datasets.sample import write_sample
+
+    return write_sample(tmp_path_factory.mktemp("datasets") / "pick", episodes=3, frames_per_episode=40,
+                        image_size=32, seed=0)
+
+
+@pytest.fixture
+def sample_dataset(sample_dataset_master, tmp_path) -> Path:
+    """A private copy of the shared sample: damage it freely."""
+    import shutil
+
+    return Path(shutil.copytree(sample_dataset_master, tmp_path / "sample"))
+
+
+@pytest.fixture
+def real_dataset(tmp_path) -> Path:
+    """A private copy of the real SO-101 recording (its two videos are missing on purpose)."""
+    import shutil
+
+    if not SHARED_DATASET.is_dir():
+        pytest.skip(f"the real recording is not on this machine: {SHARED_DATASET}")
+    return Path(shutil.copytree(SHARED_DATASET, tmp_path / "so101-record-test"))

@@ -1,0 +1,86 @@
+"""`write_sample`: SO-100-shaped LeRobot datasets that carry information, deterministic per seed."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from zk0cli.core.errors import ExitCode, Zk0Error
+from zk0cli.services.datasets.sample import CAMERA_KEY, SO100_JOINTS, write_sample
+from zk0cli.services.datasets.uri import open_dataset, parse_uri
+
+
+def _frames(root):
+    return pq.read_table(next((root / "data").rglob("*.parquet"))).to_pandas()
+
+
+def test_sample_is_so100_shaped_and_loads_in_lerobot(sample_dataset):
+    info = json.loads((sample_dataset / "meta" / "info.json").read_text())
+    assert info["codebase_version"] == "v3.0" and info["robot_type"] == "so100_follower" and info["fps"] == 30
+    for key in ("observation.state", "action"):
+        assert info["features"][key]["dtype"] == "float32"
+        assert info["features"][key]["shape"] == [6] and info["features"][key]["names"] == SO100_JOINTS
+    assert info["features"][CAMERA_KEY]["dtype"] == "image" and info["features"][CAMERA_KEY]["shape"] == [32, 32, 3]
+    dataset = open_dataset(parse_uri(str(sample_dataset)))
+    item = dataset[5]
+    assert item[CAMERA_KEY].shape == (3, 32, 32) and item["action"].shape == (6,)
+    assert item["task"] == "Pick up the cube and place it in the box"
+
+
+def test_motion_is_smooth_and_state_follows_action(sample_dataset):
+    frames = _frames(sample_dataset)
+    for _, episode in frames.groupby("episode_index"):
+        action = np.stack(episode["action"].to_numpy())
+        state = np.stack(episode["observation.state"].to_numpy())
+        assert np.all(action.std(axis=0) > 0.5)  # every joint moves, the gripper included
+        assert np.abs(np.diff(action[:, :5], axis=0)).max() < 25  # no jumps between frames
+        assert np.abs(state - action).mean() < np.abs(state - action[::-1]).mean()
+
+
+def test_images_change_with_the_state(sample_dataset):
+    dataset = open_dataset(parse_uri(str(sample_dataset)), episodes=[0])
+    first, middle = dataset[0][CAMERA_KEY], dataset[20][CAMERA_KEY]
+    assert float((first - middle).abs().mean()) > 0.005
+
+
+def test_deterministic_given_the_seed(tmp_path):
+    kwargs = dict(episodes=1, frames_per_episode=12, image_size=16)
+    a = _frames(write_sample(tmp_path / "a", seed=3, **kwargs))
+    b = _frames(write_sample(tmp_path / "b", seed=3, **kwargs))
+    c = _frames(write_sample(tmp_path / "c", seed=4, **kwargs))
+    assert a.equals(b) and not a.equals(c)
+
+
+def test_tasks_move_differently(tmp_path):
+    means = {}
+    for task in ("pick", "stack", "sort"):
+        frames = _frames(write_sample(tmp_path / task, task=task, episodes=2, frames_per_episode=20, image_size=16))
+        means[task] = np.stack(frames["action"].to_numpy()).mean(axis=0)
+    assert np.abs(means["pick"] - means["stack"]).max() > 5
+    assert np.abs(means["pick"] - means["sort"]).max() > 5
+
+
+def test_refuses_non_empty_dir_and_bad_counts(tmp_path):
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("keep me")
+    for call in (
+        lambda: write_sample(tmp_path / "full"),
+        lambda: write_sample(tmp_path / "neg", episodes=-1),
+        lambda: write_sample(tmp_path / "zero", episodes=0),
+        lambda: write_sample(tmp_path / "task", task="dance"),
+    ):
+        with pytest.raises(Zk0Error) as err:
+            call()
+        assert err.value.code is ExitCode.BAD_INPUT and err.value.hint
+    assert (tmp_path / "full" / "x").read_text() == "keep me"
+    assert not (tmp_path / "neg").exists()
+
+
+def test_writes_into_an_existing_empty_dir_without_leftovers(tmp_path):
+    (tmp_path / "empty").mkdir()
+    write_sample(tmp_path / "empty", episodes=1, frames_per_episode=10, image_size=16)
+    assert (tmp_path / "empty" / "meta" / "info.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]  # no staging dir left behind

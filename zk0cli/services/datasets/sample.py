@@ -1,0 +1,307 @@
+"""Synthetic SO-100 datasets written with LeRobot's own writer.
+
+An episode is a scripted pick-and-place: the arm moves smoothly between key poses computed
+from the object's position (a small planar inverse kinematics), the follower's state lags the
+commanded action like a real servo, and the camera image is drawn from the current state (a
+top-down view of the arm, the gripper and the objects). Images therefore carry the information
+a policy needs (where the object is, its colour for `sort`), and each task moves differently,
+so samples of different tasks make non-IID federated clients.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from zk0cli.core.errors import bad_input
+
+SO100_JOINTS = [
+    "shoulder_pan.pos",
+    "shoulder_lift.pos",
+    "elbow_flex.pos",
+    "wrist_flex.pos",
+    "wrist_roll.pos",
+    "gripper.pos",
+]
+CAMERA_KEY = "observation.images.front"
+ROBOT_TYPE = "so100_follower"
+TASKS = ("pick", "stack", "sort")
+INSTRUCTIONS = {
+    "pick": "Pick up the cube and place it in the box",
+    "stack": "Stack the red cube on the blue cube",
+    "sort": "Put the cube in the bin of its colour",
+}
+
+# Arm geometry in table units: shoulder height above the table and the two link lengths.
+SHOULDER_HEIGHT = 0.30
+UPPER_ARM = 0.55
+FOREARM = 0.55
+GRIPPER_OPEN = 38.0  # gripper.pos when open (the real SO-101 recording spans about 2..39)
+GRIPPER_CLOSED = 4.0
+SERVO_RESPONSE = 0.45  # fraction of the remaining error a servo closes each frame
+RED, GREEN, BLUE = (210, 40, 40), (40, 170, 60), (50, 80, 220)
+ON_TABLE, CARRIED, PLACED = 0, 1, 2  # where the cube is: at the pick point, in the gripper, at the place point
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where the arm picks and places in one episode, in table coordinates (x right, y forward)."""
+
+    pick: tuple[float, float]
+    place: tuple[float, float]
+    place_height: float  # height of the release point (higher when stacking)
+    cube_colour: tuple[int, int, int]
+    cube_yaw: float  # degrees; the wrist rolls to match it
+    extra_objects: tuple[tuple[tuple[float, float], tuple[int, int, int]], ...] = ()  # static scenery
+    bins: tuple[tuple[tuple[float, float], tuple[int, int, int]], ...] = ()  # outlined target areas
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    task: str = "pick"  # one of TASKS: each has its own motions and scene
+    episodes: int = 4
+    frames_per_episode: int = 60
+    image_size: int = 64  # square camera images, pixels per side
+    seed: int = 0  # same seed, same dataset
+    video: bool = False  # store the camera as AV1 video instead of PNG images in the parquet
+    fps: int = 30
+
+
+def write_sample(
+    root: Path,
+    *,
+    task: str = "pick",
+    episodes: int = 4,
+    frames_per_episode: int = 60,
+    image_size: int = 64,
+    seed: int = 0,
+    video: bool = False,
+    fps: int = 30,
+    progress: Callable[[int, int], None] | None = None,
+) -> Path:
+    """Write a LeRobot v3.0 SO-100-shaped dataset to ``root`` and return it.
+
+    Deterministic given the arguments. ``progress(done_episodes, episodes)`` is called after
+    each saved episode. The dataset is written next to ``root`` and renamed into place, so an
+    interrupted run leaves no half dataset behind.
+    """
+    root = Path(root).expanduser().absolute()
+    config = SampleConfig(task, episodes, frames_per_episode, image_size, seed, video, fps)
+    _check_arguments(root, config)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with _datasets_progress_bars_off():
+        _write(root, config, progress)
+    return root
+
+
+def _write(root: Path, config: SampleConfig, progress: Callable[[int, int], None] | None) -> None:
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    task, episodes, frames = config.task, config.episodes, config.frames_per_episode
+
+    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".partial", dir=root.parent))
+    try:
+        dataset = LeRobotDataset.create(
+            repo_id=f"zk0/sample-{task}",
+            fps=config.fps,
+            features=sample_features(config.image_size, config.video),
+            root=staging / "dataset",  # LeRobot insists on creating the root itself
+            robot_type=ROBOT_TYPE,
+            use_videos=config.video,
+            video_backend="pyav",
+        )
+        rng = np.random.default_rng(config.seed)
+        for episode in range(episodes):
+            placement = _placement(task, rng)
+            actions, states, phases = _trajectory(placement, frames, rng)
+            for t in range(frames):
+                dataset.add_frame({
+                    "observation.state": states[t],
+                    "action": actions[t],
+                    CAMERA_KEY: render(states[t], placement, int(phases[t]), config.image_size),
+                    "task": INSTRUCTIONS[task],
+                })
+            dataset.save_episode()
+            if progress:
+                progress(episode + 1, episodes)
+        dataset.finalize()
+        if root.exists():
+            root.rmdir()  # known to be empty: checked above
+        (staging / "dataset").rename(root)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+@contextmanager
+def _datasets_progress_bars_off() -> Iterator[None]:
+    """LeRobot's writer runs `datasets.map`, whose tqdm bars would fight zk0's own progress bar."""
+    import datasets
+
+    was_disabled = datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not was_disabled:
+            datasets.enable_progress_bars()
+
+
+def sample_features(image_size: int, video: bool) -> dict:
+    joints = {"dtype": "float32", "shape": (6,), "names": list(SO100_JOINTS)}
+    return {
+        "observation.state": dict(joints),
+        "action": dict(joints),
+        CAMERA_KEY: {
+            "dtype": "video" if video else "image",
+            "shape": (image_size, image_size, 3),
+            "names": ["height", "width", "channels"],
+        },
+    }
+
+
+def _check_arguments(root: Path, config: SampleConfig) -> None:
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise bad_input(
+            f"{root} already exists and is not empty",
+            hint="choose a new directory (zk0 never writes a sample over existing files)",
+        )
+    if config.task not in TASKS:
+        raise bad_input(f"unknown task {config.task!r}", hint=f"choose one of: {', '.join(TASKS)}")
+    minimums = (("episodes", config.episodes, 1), ("frames per episode", config.frames_per_episode, 10),
+                ("image size", config.image_size, 16), ("fps", config.fps, 1))
+    for name, value, minimum in minimums:
+        if value < minimum:
+            raise bad_input(f"{name} must be at least {minimum}, got {value}", hint=f"pass a {name} >= {minimum}")
+
+
+# --- scripted motion --------------------------------------------------------------------------
+
+
+def _placement(task: str, rng: np.random.Generator) -> Placement:
+    yaw = float(rng.uniform(-40, 40))
+    if task == "pick":
+        pick = (float(rng.uniform(-0.55, -0.1)), float(rng.uniform(0.45, 0.8)))
+        box = (0.45, 0.55)
+        return Placement(pick, box, 0.12, RED, yaw, bins=((box, (90, 60, 30)),))
+    if task == "stack":
+        pick = (float(rng.uniform(-0.5, 0.5)), float(rng.uniform(0.4, 0.55)))
+        base = (float(rng.uniform(-0.5, 0.5)), float(rng.uniform(0.7, 0.85)))
+        return Placement(pick, base, 0.14, RED, yaw, extra_objects=((base, BLUE),))
+    colour_is_red = bool(rng.integers(0, 2))
+    pick = (float(rng.uniform(-0.2, 0.2)), float(rng.uniform(0.55, 0.85)))
+    left, right = (-0.5, 0.35), (0.5, 0.35)
+    place = left if colour_is_red else right
+    return Placement(pick, place, 0.10, RED if colour_is_red else GREEN, yaw,
+                     bins=((left, RED), (right, GREEN)))
+
+
+def _pose(x: float, y: float, height: float, roll: float, gripper: float) -> np.ndarray:
+    """Joint targets (degrees, gripper 0..100) that put the gripper tip at (x, y, height)."""
+    pan = math.degrees(math.atan2(x, y))
+    reach = math.hypot(x, y)
+    dz = height - SHOULDER_HEIGHT
+    distance = min(math.hypot(reach, dz), UPPER_ARM + FOREARM - 1e-6)
+    cos_elbow = (distance**2 - UPPER_ARM**2 - FOREARM**2) / (2 * UPPER_ARM * FOREARM)
+    elbow = math.acos(max(-1.0, min(1.0, cos_elbow)))
+    # Shoulder angle from vertical, elbow-up solution.
+    shoulder = math.atan2(reach, dz) - math.atan2(FOREARM * math.sin(elbow), UPPER_ARM + FOREARM * math.cos(elbow))
+    wrist = 180.0 - math.degrees(shoulder + elbow)  # keep the gripper pointing down
+    return np.array([pan, math.degrees(shoulder) - 45.0, math.degrees(elbow), wrist - 90.0, roll, gripper])
+
+
+def _trajectory(placement: Placement, frames: int, rng: np.random.Generator):
+    """Commanded actions, lagging servo states, and each frame's cube phase (ON_TABLE, CARRIED, PLACED)."""
+    (px, py), (qx, qy) = placement.pick, placement.place
+    roll = placement.cube_yaw
+    home = _pose(0.0, 0.45, 0.45, 0.0, GRIPPER_CLOSED)
+    keys = [  # (fraction of the episode, pose)
+        (0.00, home),
+        (0.18, _pose(px, py, 0.25, roll, GRIPPER_OPEN)),
+        (0.30, _pose(px, py, 0.03, roll, GRIPPER_OPEN)),
+        (0.38, _pose(px, py, 0.03, roll, GRIPPER_CLOSED)),
+        (0.50, _pose(px, py, 0.30, roll, GRIPPER_CLOSED)),
+        (0.68, _pose(qx, qy, 0.30, 0.0, GRIPPER_CLOSED)),
+        (0.78, _pose(qx, qy, placement.place_height, 0.0, GRIPPER_CLOSED)),
+        (0.85, _pose(qx, qy, placement.place_height, 0.0, GRIPPER_OPEN)),
+        (1.00, home),
+    ]
+    # Jitter the timing a little per episode (an operator is never twice as fast the same way).
+    times = np.array([k[0] for k in keys])
+    times[1:-1] += rng.uniform(-0.02, 0.02, size=len(times) - 2)
+    poses = np.stack([k[1] for k in keys])
+    t = np.linspace(0.0, 1.0, frames)
+    segment = np.clip(np.searchsorted(times, t, side="right") - 1, 0, len(times) - 2)
+    local = (t - times[segment]) / (times[segment + 1] - times[segment])
+    ease = local * local * (3 - 2 * local)  # smoothstep: zero velocity at each key pose
+    actions = poses[segment] + (poses[segment + 1] - poses[segment]) * ease[:, None]
+    actions += rng.normal(0.0, 0.15, size=actions.shape)  # teleoperation tremor
+    states = np.empty_like(actions)
+    states[0] = actions[0]
+    for i in range(1, frames):
+        states[i] = states[i - 1] + SERVO_RESPONSE * (actions[i - 1] - states[i - 1])
+    states += rng.normal(0.0, 0.05, size=states.shape)  # encoder noise
+    # Grasp at key 3 (gripper closed), release at key 7 (gripper open at the place point).
+    phase = (t >= times[3]).astype(int) + (t >= times[7]).astype(int)
+    return actions.astype(np.float32), states.astype(np.float32), phase
+
+
+# --- rendering --------------------------------------------------------------------------------
+
+
+def _forward(state: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """Table-plane positions of the elbow and the gripper tip, and the tip height."""
+    pan, shoulder, elbow = math.radians(state[0]), math.radians(state[1] + 45.0), math.radians(state[2])
+    elbow_reach = UPPER_ARM * math.sin(shoulder)
+    tip_reach = elbow_reach + FOREARM * math.sin(shoulder + elbow)
+    tip_height = SHOULDER_HEIGHT + UPPER_ARM * math.cos(shoulder) + FOREARM * math.cos(shoulder + elbow)
+    direction = np.array([math.sin(pan), math.cos(pan)])
+    return elbow_reach * direction, tip_reach * direction, tip_height
+
+
+def render(state: np.ndarray, placement: Placement, phase: int, size: int) -> np.ndarray:
+    """Top-down camera image (size x size x 3, uint8) of the scene at this state."""
+    image = Image.new("RGB", (size, size), (205, 200, 190))
+    draw = ImageDraw.Draw(image)
+
+    def pixel(point) -> tuple[float, float]:  # table (x, y) -> image; the base sits bottom centre
+        return size * (0.5 + 0.7 * point[0]), size * (0.95 - point[1])
+
+    def square(centre, half: float, colour, outline: bool = False) -> None:
+        cx, cy = pixel(centre)
+        box = [cx - half, cy - half, cx + half, cy + half]
+        draw.rectangle(box, outline=colour, width=max(1, size // 32)) if outline else draw.rectangle(box, fill=colour)
+
+    cube = size / 20
+    for centre, colour in placement.bins:
+        square(centre, size / 9, colour, outline=True)
+    for centre, colour in placement.extra_objects:
+        square(centre, cube, colour)
+    elbow, tip, height = _forward(state)
+    cube_at = (placement.pick, tip, placement.place)[phase]
+    lifted = 1 + 0.6 * max(height, 0.0) if phase == CARRIED else 1  # closer to the camera looks bigger
+    square(cube_at, cube * lifted, placement.cube_colour)
+    base = pixel((0.0, 0.0))
+    width = max(1, size // 16)
+    draw.line([base, pixel(elbow)], fill=(60, 60, 60), width=width + 1)
+    shade = int(np.clip(40 + 250 * height, 40, 230))  # the higher the wrist, the lighter the forearm
+    draw.line([pixel(elbow), pixel(tip)], fill=(shade, shade, 70), width=width)
+    _draw_gripper(draw, pixel(tip), state, size)
+    return np.asarray(image)
+
+
+def _draw_gripper(draw: ImageDraw.ImageDraw, centre: tuple[float, float], state: np.ndarray, size: int) -> None:
+    roll = math.radians(state[4])
+    opening = (size / 28) * (1 + float(state[5]) / 20)
+    dx, dy = math.cos(roll) * opening, math.sin(roll) * opening
+    radius = max(1.0, size / 40)
+    for sign in (-1, 1):
+        x, y = centre[0] + sign * dx, centre[1] + sign * dy
+        draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=(20, 20, 20))
