@@ -1,0 +1,222 @@
+"""Build the SmolVLA policy and its pre/post-processors for one node's dataset.
+
+Three starting points, all the real ``SmolVLAPolicy`` class:
+- a SmolVLA checkpoint (``base``: ``lerobot/smolvla_base`` on the Hub, or a local checkpoint dir);
+- ``tiny``: the tiny local backbone and a fresh action expert (CPU tests, demo, offline sim);
+- ``real_geometry``: SmolVLM2-500M's layer sizes with random weights (benchmarks, no download).
+
+Normalisation statistics live in the processors, not in the weights, and always come from the
+dataset handed in here: each node normalises with its own data's stats, and they never travel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+from zk0cli.core.errors import bad_input, env_not_ready, unreachable
+from zk0cli.policy.backbone import SMOLVLM2_500M, TINY, ensure_tiny_backbone, write_real_geometry_backbone
+
+if TYPE_CHECKING:
+    import torch
+    from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
+    from lerobot.policies.smolvla import SmolVLAConfig, SmolVLAPolicy
+
+DEFAULT_BASE = "lerobot/smolvla_base"
+DEFAULT_VLM = "HuggingFaceTB/SmolVLM2-500M-Video-Instruct"
+DEVICES = ("auto", "cuda", "mps", "cpu")
+OFFLINE_HINT = "pass a local checkpoint dir as base and a local VLM dir as vlm, or use the tiny backbone (tiny=true)"
+
+
+@dataclass
+class PolicySpec:
+    """What to build. Every field has the SmolVLA default unless said otherwise."""
+
+    base: str | None = DEFAULT_BASE  # SmolVLA checkpoint: Hub id or local dir; None = fresh action expert
+    vlm: str | None = None  # VLM dir or Hub id; None = the base's own (SmolVLM2-500M for smolvla_base)
+    tiny: bool = False  # tiny offline backbone + fresh expert (ignores base and vlm): CPU in seconds
+    real_geometry: bool = False  # SmolVLM2-500M sizes, random weights, no download (ignores base and vlm)
+    backbone_dir: Path | None = None  # where tiny/real_geometry backbones live; None = <data dir>/backbones
+    chunk_size: int | None = None  # actions predicted per inference; None = the base's (SmolVLA: 50)
+    n_action_steps: int | None = None  # actions executed per inference; None = chunk_size
+    image_size: int | None = None  # images are resized+padded to this square; None = the backbone's
+    device: str = "auto"  # "auto" = CUDA, then MPS, then CPU
+    bf16_autocast: bool = True  # on CUDA when the GPU supports bf16; weights stay fp32
+    init_seed: int = 0  # seeds random initialisation so every node builds identical frozen weights
+
+    def __post_init__(self) -> None:
+        if self.tiny and self.real_geometry:
+            raise bad_input("tiny and real_geometry exclude each other", hint="choose one of them")
+        if self.device not in DEVICES and not self.device.startswith("cuda:"):
+            raise bad_input(f"unknown device '{self.device}'", hint=f"use one of {', '.join(DEVICES)}")
+        for key in ("chunk_size", "n_action_steps", "image_size"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise bad_input(f"policy {key} must be >= 1, got {value}", hint=f"fix {key}")
+
+
+@dataclass
+class BuiltPolicy:
+    """A policy ready to train or evaluate on one dataset, with what is needed to feed it."""
+
+    policy: "SmolVLAPolicy"
+    preprocessor: Any  # lerobot PolicyProcessorPipeline: raw batch -> normalised, tokenised, on device
+    postprocessor: Any  # lerobot PolicyProcessorPipeline: normalised action -> dataset units, on CPU
+    device: "torch.device"
+    autocast_dtype: "torch.dtype | None"  # torch.bfloat16 on CUDA with bf16 support, else None
+    spec: PolicySpec = field(repr=False)
+
+    @property
+    def config(self) -> "SmolVLAConfig":
+        return self.policy.config
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Mixed precision for forward passes: bf16 autocast where supported, else nothing."""
+        import torch
+
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+
+    def delta_timestamps(self, meta: "LeRobotDatasetMetadata") -> dict[str, list[float]]:
+        """What LeRobotDataset needs to return the action chunk (and current observation)."""
+        from lerobot.datasets.factory import resolve_delta_timestamps
+
+        return resolve_delta_timestamps(self.config, meta)
+
+
+def resolve_device(name: str = "auto") -> "torch.device":
+    """CUDA, then MPS, then CPU for "auto"; an explicit device must exist."""
+    import torch
+
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    available = {
+        "cuda": torch.cuda.is_available(),
+        "mps": torch.backends.mps.is_available(),
+        "cpu": True,
+    }[name.split(":")[0]]
+    if not available:
+        raise env_not_ready(f"device '{name}' is not available on this machine", hint="use device=auto or cpu; `zk0 doctor` shows what is found")
+    return torch.device(name)
+
+
+def build_policy(spec: PolicySpec, dataset_meta: "LeRobotDatasetMetadata") -> BuiltPolicy:
+    """SmolVLA for ``spec``, with processors normalising by ``dataset_meta.stats``."""
+    import torch
+    from lerobot.policies.factory import make_policy, make_pre_post_processors
+
+    device = resolve_device(spec.device)
+    config = _policy_config(spec, device)
+    # lerobot and SmolVLA print progress to stdout; keep stdout clean for `--json` output.
+    with contextlib.redirect_stdout(sys.stderr), _seeded(spec.init_seed), _hub_errors(config):
+        policy = make_policy(config, ds_meta=dataset_meta)
+        preprocessor, postprocessor = make_pre_post_processors(config, dataset_stats=dataset_meta.stats)
+    policy.train()  # from_pretrained returns eval mode; SmolVLA keeps its frozen VLM in eval anyway
+    autocast = (
+        torch.bfloat16
+        if spec.bf16_autocast and device.type == "cuda" and torch.cuda.is_bf16_supported()
+        else None
+    )
+    return BuiltPolicy(policy, preprocessor, postprocessor, device, autocast, spec)
+
+
+def _policy_config(spec: PolicySpec, device: "torch.device") -> "SmolVLAConfig":
+    from lerobot.policies.smolvla import SmolVLAConfig
+
+    device_name = device.type if device.index is None else str(device)
+    image_size = spec.image_size
+    if spec.tiny or spec.real_geometry:
+        geometry, write = (TINY, ensure_tiny_backbone) if spec.tiny else (SMOLVLM2_500M, write_real_geometry_backbone)
+        directory = spec.backbone_dir / geometry.name if spec.backbone_dir else None
+        config = SmolVLAConfig(vlm_model_name=str(write(directory)), device=device_name)
+        image_size = image_size or geometry.image_size
+    elif spec.base is None:
+        config = SmolVLAConfig(vlm_model_name=spec.vlm or DEFAULT_VLM, device=device_name)
+    else:
+        config = _checkpoint_config(spec.base)
+        config.device = device_name
+        if spec.vlm:
+            config.vlm_model_name = spec.vlm
+    # VLM weights come from the base checkpoint (or start random): never a second download.
+    config.load_vlm_weights = False
+    if image_size is not None:
+        config.resize_imgs_with_padding = (image_size, image_size)
+    if spec.chunk_size is not None:
+        config.chunk_size = spec.chunk_size
+    config.n_action_steps = spec.n_action_steps or config.chunk_size
+    if config.n_action_steps > config.chunk_size:
+        raise bad_input(
+            f"n_action_steps ({config.n_action_steps}) exceeds chunk_size ({config.chunk_size})",
+            hint="lower n_action_steps or raise chunk_size",
+        )
+    return config
+
+
+def _checkpoint_config(base: str) -> "SmolVLAConfig":
+    """The base checkpoint's config, set up so make_policy loads its weights from ``base``."""
+    from lerobot.configs.policies import PreTrainedConfig
+
+    if not Path(base).expanduser().is_dir() and _looks_like_path(base):
+        raise bad_input(f"no checkpoint directory at {base}", hint="pass an existing checkpoint dir or a Hub id like lerobot/smolvla_base")
+    source = str(Path(base).expanduser()) if Path(base).expanduser().is_dir() else base
+    with _hub_errors(None, base=source):
+        config = PreTrainedConfig.from_pretrained(source)
+    if config.type != "smolvla":
+        raise bad_input(f"{base} is a '{config.type}' checkpoint, not SmolVLA", hint="pass a SmolVLA checkpoint")
+    config.pretrained_path = source
+    # Features come from each node's own dataset (camera names, state size), not the checkpoint's.
+    config.input_features = {}
+    config.output_features = {}
+    return config
+
+
+def _looks_like_path(name: str) -> bool:
+    """A Hub id is exactly ``owner/name``; anything else that is not a directory is a bad path."""
+    return name.startswith(("/", ".", "~")) or name.count("/") != 1
+
+
+def _is_hub_id(name: str | None) -> bool:
+    return bool(name) and not Path(name).expanduser().exists() and not _looks_like_path(name)
+
+
+@contextlib.contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    """Seed torch for the block, leaving the caller's random state as it was."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+@contextlib.contextmanager
+def _hub_errors(config: "SmolVLAConfig | None", *, base: str | None = None) -> Iterator[None]:
+    """Turn a failed Hugging Face Hub fetch into one clear Zk0Error (exit 3, or 2 if it does not exist)."""
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    names = [base] if base else [config.pretrained_path, config.vlm_model_name]
+    hub_names = [str(name) for name in names if _is_hub_id(str(name) if name else None)]
+    try:
+        yield
+    except (RepositoryNotFoundError, GatedRepoError) as exc:
+        if not hub_names:
+            raise
+        raise bad_input(
+            f"{' / '.join(hub_names)} is not an accessible repository on the Hugging Face Hub",
+            hint="check the name, or log in with `huggingface-cli login` for a gated/private repo",
+        ) from exc
+    except OSError as exc:  # offline mode, no network, DNS failure, missing cached file
+        if not hub_names:
+            raise
+        raise unreachable(
+            f"cannot fetch {' / '.join(hub_names)} from the Hugging Face Hub (offline or unreachable)",
+            hint=OFFLINE_HINT,
+        ) from exc

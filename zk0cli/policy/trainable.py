@@ -1,0 +1,71 @@
+"""Which parameters travel between server and nodes: the trainable ones, never the frozen VLM.
+
+With SmolVLA's defaults (``train_expert_only``, ``freeze_vision_encoder``, ``train_state_proj``)
+those are the action expert and the projections (state_proj, action_in/out_proj,
+action_time_mlp_in/out): ~100M of the ~450M parameters. The VLM is identical on every node
+(from the base checkpoint, or from the same seeded initialisation) and never changes.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Mapping
+
+from zk0cli.core.errors import Zk0Error
+
+if TYPE_CHECKING:
+    import torch
+
+VLM_PREFIX = "model.vlm_with_expert.vlm."  # SmolVLA's frozen vision-language model
+
+
+def trainable_names(policy: "torch.nn.Module") -> list[str]:
+    """Names of the parameters that train (and travel), in the policy's own order."""
+    return [name for name, _ in trainable_parameters(policy)]
+
+
+def trainable_parameters(policy: "torch.nn.Module") -> list[tuple[str, "torch.nn.Parameter"]]:
+    params = [(name, param) for name, param in policy.named_parameters() if param.requires_grad]
+    leaked = [name for name, _ in params if name.startswith(VLM_PREFIX)]
+    if leaked:  # only possible if someone unfroze the VLM: it must never go on the wire
+        raise Zk0Error(
+            f"{len(leaked)} VLM parameters are trainable (e.g. {leaked[0]})",
+            hint="build the policy with SmolVLA's defaults (train_expert_only=True)",
+        )
+    return params
+
+
+def get_trainable(policy: "torch.nn.Module") -> "OrderedDict[str, torch.Tensor]":
+    """fp32 CPU copies of the trainable parameters, safe to serialise or keep as a reference."""
+    import torch
+
+    return OrderedDict(
+        (name, param.detach().to(device="cpu", dtype=torch.float32, copy=True))
+        for name, param in trainable_parameters(policy)
+    )
+
+
+def set_trainable(policy: "torch.nn.Module", state: Mapping[str, "torch.Tensor"]) -> None:
+    """Load ``state`` into the trainable parameters; names and shapes must match exactly."""
+    import torch
+
+    params = dict(trainable_parameters(policy))
+    missing = [name for name in params if name not in state]
+    unexpected = [name for name in state if name not in params]
+    if missing or unexpected:
+        detail = f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"
+        raise Zk0Error(
+            f"trainable parameters do not match the policy ({len(missing)} missing, "
+            f"{len(unexpected)} unexpected: {detail})",
+            hint="server and nodes must build the same policy (same base, backbone and chunk size)",
+        )
+    values = {name: torch.as_tensor(state[name]) for name in params}
+    for name, param in params.items():
+        if tuple(values[name].shape) != tuple(param.shape):
+            raise Zk0Error(
+                f"shape mismatch for {name}: got {tuple(values[name].shape)}, policy has {tuple(param.shape)}",
+                hint="server and nodes must build the same policy (same base, backbone and chunk size)",
+            )
+    with torch.no_grad():
+        for name, param in params.items():
+            param.copy_(values[name].to(device=param.device, dtype=param.dtype))
