@@ -1,0 +1,100 @@
+"""Run record pieces on their own: round files and summaries, checkpoints, plots, videos."""
+
+import json
+
+import numpy as np
+import pytest
+
+from zk0cli.fl import plots, records, video
+
+
+def round_entry(n, server_loss=None, client_losses=None, lr=1e-4, mu=0.01):
+    entry = {"round": n, "plan": {"lr": {"value": lr, "why": []}, "mu": {"value": mu, "why": []}} if n else None}
+    if client_losses:
+        entry["clients"] = {
+            "aggregate": {"num_clients": len(client_losses), "loss_avg": float(np.mean(list(client_losses.values())))},
+            "each": [{"node": node, "metrics": {"loss": loss}} for node, loss in client_losses.items()],
+        }
+    if server_loss is not None:
+        entry["server_eval"] = {
+            "datasets": {"pick": {"policy_loss": server_loss, "action_error": 2 * server_loss}},
+            "composite": {"policy_loss": server_loss, "action_error": 2 * server_loss},
+        }
+    return entry
+
+
+def test_rounds_build_the_summaries_in_round_order(tmp_path):
+    run = records.RunRecord.create(tmp_path, "r1")
+    run.write_round(round_entry(0, server_loss=2.0))
+    run.write_round(round_entry(2, server_loss=1.0, client_losses={"7": 1.2, "9": 1.4}))
+    run.write_round(round_entry(1, client_losses={"7": 1.5, "9": 1.6}))
+    metrics = json.loads((run.root / "federated_metrics.json").read_text())
+    assert [m["round"] for m in metrics] == [0, 1, 2]
+    assert metrics[2]["client_losses"] == {"7": 1.2, "9": 1.4} and metrics[2]["lr"] == 1e-4
+    history = json.loads((run.root / "policy_loss_history.json").read_text())
+    assert [(h["round"], h["policy_loss"]) for h in history] == [(0, 2.0), (2, 1.0)]
+    assert (run.root / "round_1_server_eval.json").is_file()
+
+
+def test_checkpoints_keep_last_k_and_final_points_at_the_newest(tmp_path):
+    run = records.RunRecord.create(tmp_path, "r")
+    for n in (1, 2, 3):
+        run.save_checkpoint(n, lambda d, n=n: (d / "weights.txt").write_text(str(n)), keep_last=2)
+    assert [p.name for p in run.checkpoints()] == ["round_0002", "round_0003"]
+    assert (run.root / "final" / "weights.txt").read_text() == "3"
+    assert not list((run.root / "checkpoints").glob(".*"))  # no temporary leftovers
+
+
+def test_failed_checkpoint_leaves_the_previous_final(tmp_path):
+    run = records.RunRecord.create(tmp_path, "r")
+    run.save_checkpoint(1, lambda d: (d / "w").write_text("1"), keep_last=0)
+
+    def broken(directory):
+        (directory / "w").write_text("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        run.save_checkpoint(2, broken, keep_last=0)
+    assert (run.root / "final" / "w").read_text() == "1"
+    assert [p.name for p in run.checkpoints()] == ["round_0001"]
+
+
+def test_dataset_fingerprint_covers_meta_and_data_only(tmp_path):
+    root = tmp_path / "ds"
+    for rel, text in {"meta/info.json": "{}", "data/chunk-000/file-000.parquet": "x", "videos/a.mp4": "v"}.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    first = records.dataset_fingerprint(root)
+    (root / "videos/a.mp4").write_text("other")
+    assert records.dataset_fingerprint(root) == first
+    (root / "data/chunk-000/file-000.parquet").write_text("y")
+    assert records.dataset_fingerprint(root) != first
+
+
+def test_plots_are_pngs(tmp_path):
+    metrics = [records.summary(round_entry(0, server_loss=2.0)),
+               records.summary(round_entry(1, server_loss=1.5, client_losses={"1": 1.7, "2": 1.9}))]
+    for path in plots.write_plots(tmp_path / "plots", metrics):
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_video_has_every_frame_at_the_dataset_fps(tmp_path):
+    av = pytest.importorskip("av")
+    steps = 12
+    rng = np.random.default_rng(0)
+    recorded = np.cumsum(rng.normal(size=(steps, 6)), axis=0)
+    episode = video.EpisodeTrajectories(
+        frames=rng.integers(0, 255, size=(steps, 48, 64, 3), dtype=np.uint8),
+        predicted=recorded + 0.5, recorded=recorded,
+        joint_names=["shoulder_pan.pos", "shoulder_lift.pos", "elbow_flex.pos", "wrist_flex.pos", "wrist_roll.pos", "gripper.pos"],
+        fps=15, dataset="pick", episode=3,
+    )
+    info = video.write_video(tmp_path / "round_0002_pick.mp4", episode, server_round=2)
+    assert info["action_error"] == pytest.approx(0.5) and info["episode"] == 3 and info["round"] == 2
+    assert json.loads((tmp_path / "round_0002_pick.json").read_text()) == info
+    with av.open(str(tmp_path / "round_0002_pick.mp4")) as container:
+        stream = container.streams.video[0]
+        decoded = list(container.decode(stream))
+        assert stream.average_rate == 15
+    assert len(decoded) == steps
+    assert decoded[0].width % 2 == 0 and decoded[0].height == video.PANEL_HEIGHT

@@ -1,0 +1,177 @@
+"""The run record: everything a run leaves behind under ``<data dir>/runs/<run-id>/``.
+
+::
+
+    config.json                    resolved run config, package versions, dataset fingerprints
+    round_N_server_eval.json       one per round (round 0: the starting point)
+    federated_metrics.json         one entry per round, for tables and plots
+    policy_loss_history.json       server eval loss per evaluated round, ordered by round
+    plots/losses.png, plots/lr_mu.png
+    checkpoints/round_NNNN/        LeRobot save_pretrained: policy + pre/post processors
+    final -> checkpoints/round_NNNN
+    videos/round_NNNN_<dataset>.mp4 + .json
+    status.json                    running / completed / failed (with the error), for `zk0 sim`
+
+Every file is written atomically; a checkpoint is written to a temporary directory and renamed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from zk0cli.core.files import atomic_write_json
+
+ROUND_FILE = "round_{}_server_eval.json"
+STATUS_FILE = "status.json"
+FINAL_LINK = "final"
+
+
+def new_run_name() -> str:
+    return time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid() % 10000:04d}"
+
+
+def package_versions() -> dict[str, str]:
+    from importlib import metadata
+
+    from zk0cli import __version__
+
+    versions = {"zk0": __version__}
+    for package in ("flwr", "lerobot", "torch", "transformers"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
+def dataset_fingerprint(root: Path) -> str:
+    """SHA-256 over the relative paths and bytes of a LeRobot dataset's meta/ and data/ files.
+
+    Videos are left out: they are large and derived from the same recording the data files index.
+    """
+    h = hashlib.sha256()
+    for path in sorted(p for sub in ("meta", "data") for p in (root / sub).rglob("*") if p.is_file()):
+        relative = path.relative_to(root).as_posix().encode()
+        h.update(len(relative).to_bytes(8, "little") + relative)
+        with path.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class RunRecord:
+    root: Path
+
+    @classmethod
+    def create(cls, runs_dir: Path, run_name: str = "") -> "RunRecord":
+        root = Path(runs_dir) / (run_name or new_run_name())
+        root.mkdir(parents=True, exist_ok=True)
+        return cls(root)
+
+    # ------------------------------------------------------------ files
+
+    def write_config(self, run_config: dict[str, Any], fingerprints: dict[str, str], extra: dict[str, Any]) -> None:
+        atomic_write_json(self.root / "config.json", {
+            "run_config": run_config,
+            "versions": package_versions(),
+            "dataset_fingerprints": fingerprints,
+            **extra,
+        })
+
+    def write_status(self, state: str, **details: Any) -> None:
+        atomic_write_json(self.root / STATUS_FILE, {"state": state, "time": time.time(), **details})
+
+    def write_round(self, entry: dict[str, Any]) -> None:
+        """One round's full record, then the two summaries derived from all rounds so far."""
+        atomic_write_json(self.root / ROUND_FILE.format(entry["round"]), entry)
+        rounds = self.rounds()
+        atomic_write_json(self.root / "federated_metrics.json", [summary(r) for r in rounds])
+        atomic_write_json(self.root / "policy_loss_history.json", [
+            {"round": r["round"], "policy_loss": r["server_eval"]["composite"]["policy_loss"],
+             "action_error": r["server_eval"]["composite"]["action_error"],
+             "per_dataset": {name: m["policy_loss"] for name, m in r["server_eval"]["datasets"].items()}}
+            for r in rounds if r.get("server_eval")
+        ])
+
+    def rounds(self) -> list[dict[str, Any]]:
+        import json
+
+        found = []
+        for path in self.root.glob(ROUND_FILE.format("*")):
+            found.append(json.loads(path.read_text(encoding="utf-8")))
+        return sorted(found, key=lambda r: r["round"])
+
+    # ------------------------------------------------------------ checkpoints
+
+    def checkpoint_dir(self, server_round: int) -> Path:
+        return self.root / "checkpoints" / f"round_{server_round:04d}"
+
+    def save_checkpoint(self, server_round: int, save: Callable[[Path], None], keep_last: int) -> Path:
+        """Write a checkpoint via ``save(tmp_dir)``, rename it into place, point final/ at it, prune."""
+        target = self.checkpoint_dir(server_round)
+        tmp = target.with_name(f".{target.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        try:
+            save(tmp)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+        self._point_final_at(target)
+        if keep_last > 0:
+            for old in self.checkpoints()[:-keep_last]:
+                shutil.rmtree(old)
+        return target
+
+    def checkpoints(self) -> list[Path]:
+        return sorted(p for p in (self.root / "checkpoints").glob("round_*") if p.is_dir())
+
+    def _point_final_at(self, target: Path) -> None:
+        link = self.root / FINAL_LINK
+        tmp_link = self.root / f".{FINAL_LINK}.tmp"
+        tmp_link.unlink(missing_ok=True)
+        tmp_link.symlink_to(target.relative_to(self.root), target_is_directory=True)
+        os.replace(tmp_link, link)
+
+
+def summary(entry: dict[str, Any]) -> dict[str, Any]:
+    """One line of federated_metrics.json from a full round record."""
+    clients = entry.get("clients") or {}
+    aggregate = clients.get("aggregate") or {}
+    server = entry.get("server_eval") or {}
+    federated = (entry.get("federated_eval") or {}).get("aggregate") or {}
+    return {
+        "round": entry["round"],
+        "num_clients": aggregate.get("num_clients", 0),
+        "loss_avg": aggregate.get("loss_avg"),
+        "loss_std": aggregate.get("loss_std"),
+        "fedprox_loss_avg": aggregate.get("fedprox_loss_avg"),
+        "grad_norm_avg": aggregate.get("grad_norm_avg"),
+        "update_norm_avg": aggregate.get("update_norm_avg"),
+        "client_losses": {c["node"]: c["metrics"].get("loss") for c in clients.get("each", [])},
+        "rejected": len(entry.get("rejected", [])),
+        "failed": len(entry.get("failed", [])),
+        "server_policy_loss": (server.get("composite") or {}).get("policy_loss"),
+        "server_action_error": (server.get("composite") or {}).get("action_error"),
+        "federated_eval_loss": federated.get("policy_loss"),
+        "lr": (entry.get("plan") or {}).get("lr", {}).get("value"),
+        "mu": (entry.get("plan") or {}).get("mu", {}).get("value"),
+    }
+
+
+def mean_std(values: Iterable[float]) -> tuple[float | None, float | None]:
+    import statistics
+
+    values = list(values)
+    if not values:
+        return None, None
+    return statistics.fmean(values), statistics.pstdev(values)
