@@ -16,7 +16,6 @@ import typer
 from zk0cli import __version__
 from zk0cli.cli import common, config_cmd, init
 from zk0cli.cli import doctor
-from zk0cli.cli import server as server_cmd
 from zk0cli.core.errors import ExitCode, Zk0Error
 from zk0cli.ui import output
 
@@ -32,7 +31,6 @@ app = typer.Typer(
 app.command("init")(init.init)
 app.add_typer(config_cmd.app, name="config")
 app.command("doctor")(doctor.doctor)
-app.add_typer(server_cmd.app, name="server")
 
 
 def _versions(verbose: bool) -> dict[str, str]:
