@@ -117,6 +117,13 @@ def test_bad_input(cli, tmp_path):
     assert result.code == 2 and "is a directory" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_zk0_home_that_cannot_be_created_fails_the_disk_check(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    result = doctor.run_checks(Paths.resolve(blocker / "home"), Config(), role="", checks=_only("disk"))[0]
+    assert result.status is Status.FAIL and "not writable" in result.detail and "ZK0_HOME" in result.fix
+
+
 def test_known_good_set_matches_requirements_lock():
     pins = dict(line.split("==") for line in (REPO / "requirements.lock").read_text().splitlines() if "==" in line)
     assert system.KNOWN_GOOD == {name: pins[name] for name in system.KNOWN_GOOD}

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from zk0cli.core.checks import CheckResult, ok, skip, warn
 from zk0cli.services.doctor.context import DoctorContext
-from zk0cli.services.doctor.system import GIB, free_bytes
+from zk0cli.services.doctor.system import GIB, free_bytes, writable
 
 OFFLINE_HINT = "use local datasets (--dataset local:PATH) and set HF_HUB_OFFLINE=1 so nothing waits for the Hub"
 TRUE_VALUES = ("1", "true", "yes", "on")
@@ -54,16 +54,9 @@ def check_cache(ctx: DoctorContext) -> CheckResult:
     data = {"hf_home": str(hf_home), "hub_cache": str(constants.HF_HUB_CACHE), "lerobot_home": str(lerobot_home),
             "free_gib": round(free / GIB, 2)}
     detail = f"{hf_home} (lerobot: {lerobot_home}), {free / GIB:.1f} GiB free"
-    unwritable = [p for p in (hf_home, lerobot_home) if not _writable(p)]
+    unwritable = [p for p in (hf_home, lerobot_home) if not writable(p)]
     if unwritable:
         return warn("hf cache", f"{detail}: {unwritable[0]} is not writable", "set HF_HOME (and HF_LEROBOT_HOME) to a writable directory", **data)
     if free < ctx.needs.hf_cache_gib * GIB:
         return warn("hf cache", f"{detail}: the base model needs ~{ctx.needs.hf_cache_gib:g} GiB", "free space there, or point HF_HOME at a bigger disk", **data)
     return ok("hf cache", detail, **data)
-
-
-def _writable(path: Path) -> bool:
-    existing = path
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    return os.access(existing, os.W_OK)

@@ -74,6 +74,9 @@ def check_disk(ctx: DoctorContext) -> CheckResult:
     data = {"data_dir": str(data_dir), "free_gib": round(free / GIB, 2), "needed_gib": needs.disk_gib}
     detail = f"{free / GIB:.1f} GiB free for {data_dir}"
     where = "free space there, or move zk0's data with ZK0_HOME=/bigger/disk"
+    read_only = [d for d in ctx.paths.all_dirs() if not writable(d)]
+    if read_only:
+        return fail("disk", f"{read_only[0]} is not writable", "make it writable, or set ZK0_HOME to a writable directory", **data)
     if free < needs.disk_min_gib * GIB:
         return fail("disk", f"{detail}: a run cannot write its checkpoints (needs >= {needs.disk_min_gib:g} GiB)", where, **data)
     if free < needs.disk_gib * GIB:
@@ -83,10 +86,20 @@ def check_disk(ctx: DoctorContext) -> CheckResult:
 
 def free_bytes(path: Path) -> int:
     """Free space on the file system that holds ``path`` (or would, once it is created)."""
+    return shutil.disk_usage(_nearest_existing(path)).free
+
+
+def writable(path: Path) -> bool:
+    """Whether zk0 can write ``path``, or create it in its nearest existing parent (a file there blocks it)."""
+    existing = _nearest_existing(path)
+    return existing.is_dir() and os.access(existing, os.W_OK)
+
+
+def _nearest_existing(path: Path) -> Path:
     existing = Path(path)
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
-    return shutil.disk_usage(existing).free
+    return existing
 
 
 def _installed(name: str) -> str | None:
