@@ -16,6 +16,7 @@ import typer
 from zk0cli import __version__
 from zk0cli.cli import common, config_cmd, init
 from zk0cli.cli import doctor
+from zk0cli.cli import dataset
 from zk0cli.core.errors import ExitCode, Zk0Error
 from zk0cli.ui import output
 
@@ -31,6 +32,7 @@ app = typer.Typer(
 app.command("init")(init.init)
 app.add_typer(config_cmd.app, name="config")
 app.command("doctor")(doctor.doctor)
+app.add_typer(dataset.app, name="dataset")
 
 
 def _versions(verbose: bool) -> dict[str, str]:

@@ -28,3 +28,26 @@ def render_checks(console: Console, results: list[CheckResult], *, title: str = 
         f"\n{counts['ok']} ok, {counts['warn']} warning(s), {counts['fail']} error(s)"
         + (f", {counts['skip']} skipped" if counts["skip"] else "")
     )
+
+
+def render_checks_table(console: Console, results: list[CheckResult], *, title: str = "", summary: str = "") -> None:
+    """The same checks as one table (mark, check, finding with its fix), for long reports such as
+    `zk0 dataset validate`; ``summary`` replaces the default counts line under it."""
+    from rich import box
+    from rich.table import Table
+
+    table = Table(title=escape(title) if title else None, title_justify="left", box=box.SIMPLE_HEAD,
+                  show_lines=False, expand=False)
+    table.add_column("", no_wrap=True)
+    table.add_column("check", no_wrap=True, style="bold")
+    table.add_column("finding (and fix)", overflow="fold")
+    for r in results:
+        finding = escape(r.detail)
+        if r.fix and r.status in (Status.WARN, Status.FAIL):
+            finding += f"\n[dim]fix: {escape(r.fix)}[/dim]"
+        table.add_row(MARKS[r.status], escape(r.name), finding)
+    console.print(table)
+    if not summary:
+        counts = summarize(results)
+        summary = f"{counts['ok']} ok, {counts['warn']} warning(s), {counts['fail']} error(s)"
+    console.print(summary)

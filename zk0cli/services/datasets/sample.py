@@ -11,6 +11,7 @@ so samples of different tasks make non-IID federated clients.
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -97,6 +98,8 @@ def write_sample(
     config = SampleConfig(task, episodes, frames_per_episode, image_size, seed, video, fps)
     _check_arguments(root, config)
     root.parent.mkdir(parents=True, exist_ok=True)
+    if video:
+        os.environ.setdefault("SVT_LOG", "1")  # the AV1 encoder's banner would bury the progress bar
     with _datasets_progress_bars_off():
         _write(root, config, progress)
     return root
@@ -179,7 +182,7 @@ def _check_arguments(root: Path, config: SampleConfig) -> None:
                 ("image size", config.image_size, 16), ("fps", config.fps, 1))
     for name, value, minimum in minimums:
         if value < minimum:
-            raise bad_input(f"{name} must be at least {minimum}, got {value}", hint=f"pass a {name} >= {minimum}")
+            raise bad_input(f"{name} must be at least {minimum}, got {value}", hint=f"use {name} >= {minimum}")
 
 
 # --- scripted motion --------------------------------------------------------------------------

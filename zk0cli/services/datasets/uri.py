@@ -104,6 +104,19 @@ def check_local_dataset(uri: DatasetUri) -> Path:
     LeRobot would create a missing root and then try the Hub for anything absent, so
     every "not a dataset" case is answered here first, with a hint.
     """
+    root = local_dataset_dir(uri)
+    check_version(uri, read_info(uri, root))
+    for required in ("meta/tasks.parquet", "meta/episodes", "data"):
+        if not (root / required).exists():
+            raise bad_input(
+                f"{root} is not a complete LeRobot dataset: {required} is missing",
+                hint=f"run `zk0 dataset validate {uri}` for the full report",
+            )
+    return root
+
+
+def local_dataset_dir(uri: DatasetUri) -> Path:
+    """The directory of a local URI: it must exist, be a directory and hold something."""
     root = uri.path
     assert root is not None
     see = f"make one with `zk0 dataset sample {root}` or point at a LeRobot dataset directory"
@@ -113,15 +126,22 @@ def check_local_dataset(uri: DatasetUri) -> Path:
         raise bad_input(f"{root} is a file, not a dataset directory", hint="give the directory that holds meta/ and data/")
     if not any(root.iterdir()):
         raise bad_input(f"{root} is empty", hint=see)
-    info = read_info(uri, root)
-    check_version(uri, info)
-    for required in ("meta/tasks.parquet", "meta/episodes", "data"):
-        if not (root / required).exists():
-            raise bad_input(
-                f"{root} is not a complete LeRobot dataset: {required} is missing",
-                hint=f"run `zk0 dataset validate {uri}` for the full report",
-            )
     return root
+
+
+def dataset_root(uri: DatasetUri, *, meta_only: bool = False) -> Path:
+    """A local directory holding the dataset: the local path, or the Hub snapshot in the HF cache
+    (only its meta/ folder with ``meta_only``).
+
+    Only existence is checked here (the validator reports everything else).
+    """
+    if uri.kind == "local":
+        return local_dataset_dir(uri)
+    from huggingface_hub import snapshot_download
+
+    with lerobot_errors(uri):
+        return Path(snapshot_download(uri.repo_id, repo_type="dataset", revision=uri.revision,
+                                      allow_patterns="meta/*" if meta_only else None))
 
 
 def read_info(uri: DatasetUri, root: Path) -> dict:
@@ -206,19 +226,19 @@ def lerobot_errors(uri: DatasetUri) -> Iterator[None]:
 
 
 def translate_error(uri: DatasetUri, exc: Exception) -> Zk0Error:
-    from lerobot.datasets.utils import BackwardCompatibilityError, ForwardCompatibilityError
-
-    if isinstance(exc, BackwardCompatibilityError):
+    # Matched by name: importing lerobot only to compare classes would cost seconds.
+    kind = type(exc).__name__
+    if kind == "BackwardCompatibilityError":
         return bad_input(f"{uri} is in an old LeRobot format (v2.x)", hint=f"convert it: {convert_command(uri)}")
-    if isinstance(exc, ForwardCompatibilityError):
+    if kind == "ForwardCompatibilityError":
         return bad_input(f"{uri} is newer than this LeRobot reads", hint="upgrade lerobot")
-    if uri.kind == "hf" and type(exc).__name__ in ("RepositoryNotFoundError", "GatedRepoError"):
+    if uri.kind == "hf" and kind in ("RepositoryNotFoundError", "GatedRepoError"):
         return bad_input(f"no such dataset on the Hub: {uri.repo_id}", hint="check the name, or log in with `hf auth login`")
-    if uri.kind == "hf" and type(exc).__name__ == "RevisionNotFoundError":
+    if uri.kind == "hf" and kind == "RevisionNotFoundError":
         return bad_input(f"{uri}: revision {uri.revision!r} not found", hint=f"try hf:{uri.repo_id} without @revision")
     if uri.kind == "hf" and _is_network_error(exc):
         return unreachable(
-            f"cannot reach the Hugging Face Hub for {uri} and it is not in the local cache ({_first_line(exc)})",
+            f"cannot reach the Hugging Face Hub for {uri} and it is not in the local cache ({kind})",
             hint=f"download it where there is network, copy the folder here, and use local:PATH "
             f"(e.g. `hf download {uri.repo_id} --repo-type dataset --local-dir ./{uri.name}`)",
         )

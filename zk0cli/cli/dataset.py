@@ -1,0 +1,135 @@
+"""`zk0 dataset`: check a dataset before joining (validate), describe it (info), make one (sample)."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Callable, Iterator, Optional
+
+import typer
+
+from zk0cli.cli.common import JsonOption, out
+from zk0cli.core.errors import ExitCode
+
+app = typer.Typer(help="Check, describe and create LeRobot datasets.", no_args_is_help=True)
+
+UriArgument = Annotated[str, typer.Argument(
+    help="hf:org/name[@revision], local:PATH, or a path to a LeRobot dataset directory.", show_default=False)]
+
+
+@contextmanager
+def _progress() -> Iterator[Callable[[str, int, int], None]]:
+    """A transient rich progress bar on the message console; services report (what, done, total)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   console=out().err, transient=True)
+    tasks: dict[str, int] = {}
+
+    def report(what: str, done: int, total: int) -> None:
+        if what not in tasks:
+            tasks[what] = bar.add_task(what, total=total)
+        bar.update(tasks[what], completed=done, total=total)
+
+    with bar:
+        yield report
+
+
+@app.command("validate")
+def validate(
+    uri: UriArgument,
+    spec: Annotated[str, typer.Option("--spec", help="Federation spec: a built-in name or a spec .toml path.")] = "so100",
+    tolerance_s: Annotated[float, typer.Option("--tolerance-s", min=0.0,
+                                               help="Allowed |timestamp - frame_index/fps| in seconds.")] = 1e-4,
+    deep: Annotated[bool, typer.Option("--deep", help="Also decode the first and last frame of every episode.")] = False,
+    json_: JsonOption = False,
+) -> None:
+    """Will this dataset be accepted? Format, federation fit, counts, time, values, tasks and media.
+
+    Exit code 0 when there is no error (warnings allowed), 1 on errors, 2 for a bad URI or
+    something that is not a dataset, 3 when the Hub cannot be reached.
+    """
+    from zk0cli.services.datasets.uri import parse_uri
+    from zk0cli.services.datasets.validate import validate_dataset
+    from zk0cli.ui.checks import render_checks_table
+
+    parsed = parse_uri(uri)
+    with _progress() as progress:
+        report = validate_dataset(parsed, spec=spec, tolerance_s=tolerance_s, deep=deep, progress=progress)
+
+    def render(console) -> None:
+        s = report.summary()
+        verdict = "[red]not accepted[/red]" if report.errors else "[green]accepted[/green]"
+        line = (f"{verdict}: {s['errors']} error(s), {s['warnings']} warning(s); {s['episodes']} episodes, "
+                f"{s['frames']} frames, {_duration(s['duration_s'])}, {_size(s['size_bytes'])}")
+        render_checks_table(console, report.checks, title=f"{report.uri} (spec {report.spec})", summary=line)
+
+    out().result(report.to_dict(), render)
+    if report.exit_code is not ExitCode.OK:
+        raise typer.Exit(int(report.exit_code))
+
+
+@app.command("info")
+def info(uri: UriArgument, json_: JsonOption = False) -> None:
+    """Summary: robot type, fps, episodes, frames, duration, features, cameras, tasks, size, version."""
+    from rich.table import Table
+
+    from zk0cli.services.datasets.info import dataset_info
+    from zk0cli.services.datasets.uri import parse_uri
+
+    data = dataset_info(parse_uri(uri))
+
+    def render(console) -> None:
+        console.print(f"[bold]{data['uri']}[/bold]  LeRobot {data['codebase_version']}, {data['robot_type']}", markup=True)
+        console.print(f"{data['episodes']} episodes, {data['frames']} frames at {data['fps']} fps "
+                      f"({_duration(data['duration_s'] or 0)}), {_size(data['size_bytes'])} on disk", markup=False)
+        table = Table(box=None, show_header=True, header_style="bold", pad_edge=False)
+        for column in ("feature", "dtype", "shape"):
+            table.add_column(column)
+        for key, feature in data["features"].items():
+            table.add_row(key, str(feature["dtype"]), str(tuple(feature["shape"] or ())))
+        console.print(table)
+        console.print(f"cameras: {', '.join(data['cameras']) or 'none'}", markup=False)
+        for task in data["tasks"]:
+            console.print(f"task: {task}", markup=False)
+
+    out().result(data, render)
+
+
+@app.command("sample")
+def sample(
+    directory: Annotated[Path, typer.Argument(help="New (or empty) directory to write the dataset to.",
+                                              show_default=False)],
+    episodes: Annotated[int, typer.Option("--episodes", help="Number of episodes.")] = 4,
+    frames_per_episode: Annotated[int, typer.Option("--frames-per-episode", help="Frames in each episode.")] = 60,
+    task: Annotated[str, typer.Option("--task", help="pick, stack or sort: each moves differently.")] = "pick",
+    image_size: Annotated[int, typer.Option("--image-size", help="Camera image side in pixels.")] = 64,
+    seed: Annotated[int, typer.Option("--seed", help="Same seed, same dataset.")] = 0,
+    video: Annotated[bool, typer.Option("--video", help="Store the camera as video instead of images.")] = False,
+    json_: JsonOption = False,
+) -> None:
+    """Write a synthetic SO-100 dataset (LeRobot v3.0) to train and test on without a robot."""
+    from zk0cli.services.datasets.sample import write_sample
+
+    with _progress() as progress:
+        root = write_sample(directory, task=task, episodes=episodes, frames_per_episode=frames_per_episode,
+                            image_size=image_size, seed=seed, video=video,
+                            progress=lambda done, total: progress("writing episodes", done, total))
+    data = {"path": str(root), "uri": f"local:{root}", "task": task, "episodes": episodes,
+            "frames": episodes * frames_per_episode, "image_size": image_size, "video": video, "seed": seed}
+    out().result(data, lambda console: console.print(
+        f"[green]✓[/green] wrote {episodes} '{task}' episodes ({data['frames']} frames) to {root}\n"
+        f"  next: zk0 dataset validate local:{root}"))
+
+
+def _duration(seconds: float) -> str:
+    minutes, rest = divmod(int(round(seconds)), 60)
+    return f"{minutes} min {rest} s" if minutes else f"{seconds:.1f} s"
+
+
+def _size(size: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size} B"

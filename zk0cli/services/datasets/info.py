@@ -1,0 +1,58 @@
+"""`zk0 dataset info`: what a dataset holds, from its metadata alone (fast, no data read)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from zk0cli.services.datasets.layout import disk_size
+from zk0cli.services.datasets.media import camera_keys
+from zk0cli.services.datasets.uri import DatasetUri, dataset_root, read_info
+
+
+def dataset_info(uri: DatasetUri) -> dict:
+    """Robot type, fps, counts, duration, features, cameras, tasks, size on disk, codebase version."""
+    root = dataset_root(uri, meta_only=True)
+    info = read_info(uri, root)
+    features = info.get("features") if isinstance(info.get("features"), dict) else {}
+    fps = info.get("fps") or 0
+    frames = int(info.get("total_frames") or 0)
+    return {
+        "uri": str(uri),
+        "root": str(root),
+        "codebase_version": info.get("codebase_version"),
+        "robot_type": info.get("robot_type"),
+        "fps": fps,
+        "episodes": int(info.get("total_episodes") or 0),
+        "frames": frames,
+        "duration_s": round(frames / fps, 3) if fps else None,
+        "features": {k: {"dtype": f.get("dtype"), "shape": f.get("shape"), "names": f.get("names")}
+                     for k, f in features.items() if isinstance(f, dict)},
+        "cameras": camera_keys(info, "video") + camera_keys(info, "image"),
+        "tasks": read_task_texts(root),
+        "size_bytes": disk_size(root),
+    }
+
+
+def read_task_texts(root: Path) -> list[str]:
+    """Task instructions from meta/tasks.parquet (v3) or meta/tasks.jsonl (v2.x); [] if neither reads."""
+    parquet, jsonl = root / "meta" / "tasks.parquet", root / "meta" / "tasks.jsonl"
+    if parquet.is_file():
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(parquet)
+        except (pa.ArrowException, OSError):
+            return []
+        column = next((c for c in ("task", "__index_level_0__") if c in table.column_names), None)
+        return [str(t) for t in table[column].to_pylist()] if column else []
+    if jsonl.is_file():
+        texts = []
+        for line in jsonl.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                texts.append(str(json.loads(line)["task"]))
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue
+        return texts
+    return []
