@@ -49,23 +49,33 @@ def set_trainable(policy: "torch.nn.Module", state: Mapping[str, "torch.Tensor"]
     """Load ``state`` into the trainable parameters; names and shapes must match exactly."""
     import torch
 
-    params = dict(trainable_parameters(policy))
-    missing = [name for name in params if name not in state]
-    unexpected = [name for name in state if name not in params]
+    named = trainable_parameters(policy)
+    check_matches(named, state)
+    with torch.no_grad():
+        for name, param in named:
+            param.copy_(torch.as_tensor(state[name]).to(device=param.device, dtype=param.dtype))
+
+
+def check_matches(named: list[tuple[str, "torch.Tensor"]], state: Mapping[str, "torch.Tensor"]) -> None:
+    """Raise a Zk0Error unless ``state`` has exactly these names with these shapes."""
+    names = [name for name, _ in named]
+    missing = [name for name in names if name not in state]
+    known = set(names)
+    unexpected = [name for name in state if name not in known]
     if missing or unexpected:
         detail = f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"
         raise Zk0Error(
             f"trainable parameters do not match the policy ({len(missing)} missing, "
             f"{len(unexpected)} unexpected: {detail})",
-            hint="server and nodes must build the same policy (same base, backbone and chunk size)",
+            hint=_SAME_POLICY_HINT,
         )
-    values = {name: torch.as_tensor(state[name]) for name in params}
-    for name, param in params.items():
-        if tuple(values[name].shape) != tuple(param.shape):
+    for name, param in named:
+        shape = tuple(state[name].shape)
+        if shape != tuple(param.shape):
             raise Zk0Error(
-                f"shape mismatch for {name}: got {tuple(values[name].shape)}, policy has {tuple(param.shape)}",
-                hint="server and nodes must build the same policy (same base, backbone and chunk size)",
+                f"shape mismatch for {name}: got {shape}, the policy has {tuple(param.shape)}",
+                hint=_SAME_POLICY_HINT,
             )
-    with torch.no_grad():
-        for name, param in params.items():
-            param.copy_(values[name].to(device=param.device, dtype=param.dtype))
+
+
+_SAME_POLICY_HINT = "server and nodes must build the same policy (same base, backbone and chunk size)"
