@@ -332,9 +332,10 @@ def check_episode_metadata(ctx: Context) -> CheckResult:
         problems.append(f"{len(ids)} rows, info.total_episodes {total}")
     starts, ends, lengths = episodes["dataset_from_index"], episodes["dataset_to_index"], episodes["length"]
     bad_range = (ends - starts) != lengths
-    bad_range[1:] |= starts[1:] != ends[:-1]
-    if len(starts) and starts[0] != 0:
-        bad_range[0] = True
+    if not len(absent):  # with a row missing, the gap it leaves is already explained
+        bad_range[1:] |= starts[1:] != ends[:-1]
+        if len(starts) and starts[0] != 0:
+            bad_range[0] = True
     if bad_range.any():
         problems.append(f"dataset_from/to_index ranges not contiguous at episode(s) {_ranges(ids[bad_range])}")
         concerned.update(ids[bad_range].tolist())
@@ -474,7 +475,7 @@ def check_timestamps(ctx: Context) -> CheckResult:
         named = ", ".join(f"{w['episode']} ({w['max_error_s']:.3g} s)" for w in worst)
         return fail("timestamps", f"timestamp != frame_index/fps beyond {ctx.tolerance_s:g} s in "
                     f"{len(episodes)} episode(s), worst {named}; passes at --tolerance-s "
-                    f"{timing['smallest_passing_tolerance_s']:.2g}",
+                    f"{timing['smallest_passing_tolerance_s']:.3g}",
                     ctx.drop_episodes_fix(episodes) + " (LeRobot's video decoding fails on these mid-training)",
                     episodes=episodes, **timing)
     return ok("timestamps", f"within {ctx.tolerance_s:g} s of frame_index/{ctx.fps:g} (worst {worst_overall:.2g} s)",
@@ -482,11 +483,12 @@ def check_timestamps(ctx: Context) -> CheckResult:
 
 
 def _round_up(seconds: float) -> float:
-    """The smallest two-significant-digit tolerance >= ``seconds`` (what to pass to --tolerance-s)."""
+    """The smallest three-significant-digit tolerance above ``seconds`` (what to pass to --tolerance-s;
+    LeRobot compares with ``<``, so equal would not pass)."""
     if seconds <= 0:
         return 0.0
-    scale = 10 ** (math.floor(math.log10(seconds)) - 1)
-    return float(f"{math.ceil(seconds / scale * (1 - 1e-12)) * scale:.2g}")
+    scale = 10 ** (math.floor(math.log10(seconds)) - 2)
+    return float(f"{(math.floor(seconds / scale) + 1) * scale:.3g}")
 
 
 # --- values -----------------------------------------------------------------------------------
