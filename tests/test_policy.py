@@ -12,7 +12,12 @@ from zk0cli.core.errors import ExitCode, Zk0Error
 
 torch = pytest.importorskip("torch")
 
-from zk0cli.policy.backbone import MARKER_FILE, TINY, ensure_tiny_backbone  # noqa: E402
+from zk0cli.policy.backbone import (  # noqa: E402
+    MARKER_FILE,
+    TINY,
+    ensure_tiny_backbone,
+    write_real_geometry_backbone,
+)
 from zk0cli.policy.build import PolicySpec, build_policy  # noqa: E402
 from zk0cli.policy.train import (  # noqa: E402
     TrainConfig,
@@ -118,6 +123,19 @@ def test_tiny_backbone_is_written_once_and_complete(tmp_path):
     ids = tokenizer("Stack the red cube\n")["input_ids"]
     assert len(ids) == len("Stack the red cube\n")  # one token per byte: any task text tokenizes
     assert tokenizer.unk_token_id not in ids
+
+
+def test_real_geometry_backbone_has_smolvlm2_500m_sizes(tmp_path):
+    from transformers import AutoConfig, AutoProcessor
+
+    directory = write_real_geometry_backbone(tmp_path / "real")
+    config = AutoConfig.from_pretrained(directory)
+    text, vision = config.text_config, config.vision_config
+    assert (text.hidden_size, text.num_hidden_layers, text.num_attention_heads, text.num_key_value_heads) == (960, 32, 15, 5)
+    assert (text.intermediate_size, text.vocab_size) == (2560, 49280)
+    assert (vision.hidden_size, vision.num_hidden_layers, vision.image_size, vision.patch_size) == (768, 12, 512, 16)
+    assert config.scale_factor == 4 and AutoProcessor.from_pretrained(directory).image_seq_len == 64
+    assert not list(directory.glob("*.safetensors"))  # sizes only: weights start random, nothing downloaded
 
 
 def test_backbone_refuses_a_foreign_directory(tmp_path):
@@ -330,6 +348,25 @@ def test_epochs_are_full_passes(datasets_root, backbones):
     built, dataset = fresh(backbones, datasets_root)
     result = train(built, dataset, TrainConfig(epochs=1, steps=999, batch_size=16))
     assert result.samples == len(dataset) == 60 and result.steps == math.ceil(60 / 16)
+
+
+def test_a_subset_of_episodes_trains_on_its_own_frames(datasets_root, backbones):
+    built, _ = fresh(backbones, datasets_root)
+    subset = open_subset(built, datasets_root / "pick", episodes=[1])
+    result = train(built, subset, TrainConfig(epochs=1, batch_size=16))
+    assert result.samples == len(subset) == 30 and result.steps == 2
+    trace = predict_episode(built, subset, 1, max_frames=3)
+    assert trace.frame_indices == [0, 1, 2]  # positions in the subset, not in the full dataset
+    assert int(subset[0]["episode_index"]) == 1
+
+
+def open_subset(built, root: Path, episodes: list[int]):
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    return LeRobotDataset(
+        f"local/{root.name}", root=root, episodes=episodes,
+        delta_timestamps=built.delta_timestamps(meta_of(root)), video_backend="pyav",
+    )
 
 
 def test_predicted_and_recorded_actions_for_one_episode(pick):

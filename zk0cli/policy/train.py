@@ -123,7 +123,7 @@ def train(
     start = [param.detach().clone() for param in params]
     anchor = start if global_params is None else _anchor(named, global_params)
     optimizer = _optimizer(built, config, params)
-    loader = _loader(built, dataset, config.batch_size, shuffle=True, seed=config.seed, num_workers=config.num_workers)
+    loader = make_loader(built, dataset, config.batch_size, seed=config.seed, num_workers=config.num_workers)
     total = config.epochs * len(loader) if config.epochs else config.steps
     sums = {"policy_loss": 0.0, "fedprox_loss": 0.0, "grad_norm": 0.0}
     samples = 0
@@ -135,7 +135,7 @@ def train(
             for group in optimizer.param_groups:
                 group["lr"] = lrs[step]
             samples += len(raw[ACTION])
-            batch = built.preprocessor(raw)
+            batch = prepare_batch(built, raw, dataset.meta.camera_keys)
             with built.autocast():
                 policy_loss, _ = policy.forward(batch)
             policy_loss.backward()
@@ -211,7 +211,7 @@ def evaluate(
     _check_dataset(built, dataset)
     policy = built.policy
     names = action_names(dataset)
-    loader = _loader(built, dataset, batch_size, shuffle=True, seed=seed, num_workers=num_workers)
+    loader = make_loader(built, dataset, batch_size, seed=seed, num_workers=num_workers)
     generator = torch.Generator().manual_seed(seed)
     loss_sum, error_sum, count = 0.0, torch.zeros(len(names), dtype=torch.float64), 0
     policy.eval()
@@ -221,7 +221,7 @@ def evaluate(
                 if max_batches is not None and index >= max_batches:
                     break
                 recorded = raw[ACTION][:, 0].to(torch.float64)
-                batch = built.preprocessor(raw)
+                batch = prepare_batch(built, raw, dataset.meta.camera_keys)
                 noise, flow_time = _flow_inputs(len(recorded), built, generator)
                 with built.autocast():
                     losses, _ = policy.forward(batch, noise=noise, time=flow_time, reduction="none")
@@ -291,7 +291,7 @@ def predict_episode(
             for position in positions:
                 raw = default_collate([dataset[position]])
                 recorded.append(raw[ACTION][0, 0].numpy())
-                batch = built.preprocessor(raw)
+                batch = prepare_batch(built, raw, dataset.meta.camera_keys)
                 noise, _ = _flow_inputs(1, built, generator)
                 with built.autocast():
                     action = policy.select_action(batch, noise=noise)
@@ -374,18 +374,40 @@ def _optimizer(built: BuiltPolicy, config: TrainConfig, params: list["torch.Tens
     return preset.build(params)
 
 
-def _loader(built: BuiltPolicy, dataset, batch_size: int, *, shuffle: bool, seed: int, num_workers: int):
+def make_loader(built: BuiltPolicy, dataset, batch_size: int, *, seed: int, num_workers: int = 0):
+    """LeRobot's training data path (as lerobot-train builds it): an EpisodeAwareSampler whose
+    order is a pure function of (seed, epoch), reshuffled each pass, and LeRobot's collate."""
     import torch
+    from lerobot.datasets import EpisodeAwareSampler
+    from lerobot.utils.collate import lerobot_collate_fn
 
+    sampler = EpisodeAwareSampler(
+        dataset.meta.episodes["dataset_from_index"],
+        dataset.meta.episodes["dataset_to_index"],
+        episode_indices_to_use=dataset.episodes,
+        shuffle=True,
+        seed=seed,
+        absolute_to_relative_idx=dataset.absolute_to_relative_idx,
+    )
     return torch.utils.data.DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle,
-        generator=torch.Generator().manual_seed(seed),
+        sampler=sampler,
         num_workers=num_workers,
         pin_memory=built.device.type == "cuda",
         drop_last=False,
+        collate_fn=lerobot_collate_fn if dataset.meta.has_language_columns else None,
     )
+
+
+def prepare_batch(built: BuiltPolicy, raw: dict, camera_keys: list[str]) -> dict:
+    """lerobot-train's per-batch step: uint8 camera frames to [0, 1] floats, then the preprocessor."""
+    import torch
+
+    for key in camera_keys:
+        if key in raw and raw[key].dtype == torch.uint8:
+            raw[key] = raw[key].to(dtype=torch.float32) / 255.0
+    return built.preprocessor(raw)
 
 
 def _passes(loader, epochs: int | None) -> Iterator[dict]:

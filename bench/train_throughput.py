@@ -1,0 +1,144 @@
+"""Training steps/s of zk0's local loop against LeRobot's own `update_policy`, in one run.
+
+    .venv/bin/python bench/train_throughput.py [--steps 30] [--batch-size 8] [--repeats 3]
+                                               [--threads 1] [--real-geometry]
+
+Both loops train the real SmolVLAPolicy (tiny offline backbone by default) on the same generated
+dataset, with the same config (SmolVLA's AdamW preset, grad clip 10) and seed, from identical
+initial weights. The baseline is lerobot-train's own path: EpisodeAwareSampler DataLoader,
+preprocessor, then `lerobot.scripts.lerobot_train.update_policy` under an Accelerator. Runs
+alternate (zk0, lerobot, zk0, ...) after a warm-up so a busy moment hits both alike; the best
+run of each is compared. Prints both rates and the ratio zk0/lerobot (target >= 0.95; exit 1 if
+missed), then trainable vs total parameter counts (and the SmolVLM2-500M geometry's with
+--real-geometry, which builds that 450M-parameter policy on CPU: ~2 GB RAM, no training).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+TARGET_RATIO = 0.95
+CHUNK = 10  # the tiny setup's action chunk: 60-frame episodes
+
+
+def zk0_loop(built, dataset, steps: int, batch_size: int, seed: int) -> float:
+    """Seconds for `steps` steps of zk0's loop (data loading included, as in the baseline)."""
+    from zk0cli.policy.train import TrainConfig, train
+
+    started = time.perf_counter()
+    train(built, dataset, TrainConfig(steps=steps, batch_size=batch_size, seed=seed))
+    return time.perf_counter() - started
+
+
+def lerobot_loop(built, dataset, steps: int, batch_size: int, seed: int) -> float:
+    """Seconds for `steps` steps of lerobot-train's loop around its `update_policy`."""
+    from itertools import cycle
+
+    import torch
+    from accelerate import Accelerator
+    from lerobot.scripts.lerobot_train import update_policy
+    from lerobot.utils.logging_utils import AverageMeter, MetricsTracker
+    from lerobot.utils.random_utils import set_seed
+
+    from zk0cli.policy.train import make_loader
+
+    started = time.perf_counter()
+    policy, config = built.policy, built.config
+    mixed_precision = "bf16" if built.autocast_dtype == torch.bfloat16 else "no"
+    accelerator = Accelerator(step_scheduler_with_optimizer=False, mixed_precision=mixed_precision, cpu=built.device.type == "cpu")
+    set_seed(seed, accelerator=accelerator)
+    optimizer = config.get_optimizer_preset().build(policy.get_optim_params())
+    scheduler = config.get_scheduler_preset().build(optimizer, num_training_steps=steps)
+    loader = make_loader(built, dataset, batch_size, seed=seed)  # the same DataLoader lerobot-train makes
+    policy, optimizer, loader, scheduler = accelerator.prepare(policy, optimizer, loader, scheduler)
+    meters = {name: AverageMeter(name, ":.3f") for name in ("loss", "grad_norm", "lr", "update_s", "dataloading_s")}
+    tracker = MetricsTracker(batch_size, dataset.num_frames, dataset.num_episodes, meters, accelerator=accelerator)
+    batches = cycle(loader)
+    policy.train()
+    for _ in range(steps):
+        batch = next(batches)
+        for key in dataset.meta.camera_keys:
+            if key in batch and batch[key].dtype == torch.uint8:
+                batch[key] = batch[key].to(dtype=torch.float32) / 255.0
+        batch = built.preprocessor(batch)
+        tracker, _ = update_policy(tracker, policy, batch, optimizer, config.optimizer_grad_clip_norm, accelerator=accelerator, lr_scheduler=scheduler)
+        tracker.step()
+    return time.perf_counter() - started
+
+
+def parameter_counts(policy) -> tuple[int, int]:
+    from zk0cli.policy.trainable import get_trainable
+
+    trainable = sum(tensor.numel() for tensor in get_trainable(policy).values())
+    return trainable, sum(param.numel() for param in policy.parameters())
+
+
+def print_counts(label: str, trainable: int, total: int) -> None:
+    print(
+        f"{label:22} trainable {trainable:>13,} of {total:>13,} ({trainable / total:6.1%}); "
+        f"on the wire fp32 {trainable * 4 / 2**20:8.1f} MiB, bf16 {trainable * 2 / 2**20:8.1f} MiB; "
+        f"full fp32 state {total * 4 / 2**20:8.1f} MiB"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=30, help="training steps per timed run")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs of each loop, alternating")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a shared CPU)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--real-geometry", action="store_true", help="also count SmolVLM2-500M-geometry parameters")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as scratch:
+        os.environ.update(
+            HF_HUB_OFFLINE="1", HF_HOME=f"{scratch}/hf", HF_LEROBOT_HOME=f"{scratch}/hf/lerobot", ZK0_HOME=f"{scratch}/zk0"
+        )
+        import torch
+        from lerobot.datasets.lerobot_dataset import LeRobotDataset, LeRobotDatasetMetadata
+
+        from zk0cli.policy.build import PolicySpec, build_policy
+        from zk0cli.services.datasets.sample import write_sample
+
+        torch.set_num_threads(args.threads)
+        root = write_sample(Path(scratch) / "pick", task="pick", episodes=4, frames_per_episode=60, image_size=64, seed=0)
+        meta = LeRobotDatasetMetadata("local/pick", root=root)
+        spec = PolicySpec(tiny=True, chunk_size=CHUNK, device=args.device)
+        loops = {"zk0": zk0_loop, "lerobot": lerobot_loop}
+        # Same init seed: both policies start from identical weights.
+        built = {name: build_policy(spec, meta) for name in loops}
+        dataset = LeRobotDataset("local/pick", root=root, delta_timestamps=built["zk0"].delta_timestamps(meta), video_backend="pyav")
+        device = built["zk0"].device
+        print(f"device {device}, torch threads {torch.get_num_threads()}, {len(dataset)} frames, "
+              f"batch {args.batch_size}, {args.steps} steps x {args.repeats} runs per loop")
+
+        for name, loop in loops.items():  # warm-up: caches, allocator, lazy imports
+            loop(built[name], dataset, 3, args.batch_size, seed=0)
+        seconds: dict[str, list[float]] = {name: [] for name in loops}
+        for repeat in range(args.repeats):
+            for name, loop in loops.items():
+                seconds[name].append(loop(built[name], dataset, args.steps, args.batch_size, seed=repeat))
+        rates = {name: args.steps / min(values) for name, values in seconds.items()}
+        for name, rate in rates.items():
+            runs = ", ".join(f"{args.steps / value:.2f}" for value in seconds[name])
+            print(f"{name:8} best {rate:7.2f} steps/s  (runs: {runs})")
+        ratio = rates["zk0"] / rates["lerobot"]
+        print(f"ratio zk0/lerobot: {ratio:.3f} (target >= {TARGET_RATIO}: {'met' if ratio >= TARGET_RATIO else 'MISSED'})")
+
+        print_counts("tiny backbone", *parameter_counts(built["zk0"].policy))
+        if args.real_geometry:
+            started = time.perf_counter()
+            real = build_policy(PolicySpec(real_geometry=True, device="cpu"), meta)
+            print_counts("SmolVLM2-500M geometry", *parameter_counts(real.policy))
+            print(f"(real-geometry policy built on CPU in {time.perf_counter() - started:.0f} s)")
+    return 0 if ratio >= TARGET_RATIO else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
