@@ -50,7 +50,9 @@ def lerobot_loop(built, dataset, steps: int, batch_size: int, seed: int) -> floa
     started = time.perf_counter()
     policy, config = built.policy, built.config
     mixed_precision = "bf16" if built.autocast_dtype == torch.bfloat16 else "no"
-    accelerator = Accelerator(step_scheduler_with_optimizer=False, mixed_precision=mixed_precision, cpu=built.device.type == "cpu")
+    accelerator = Accelerator(
+        step_scheduler_with_optimizer=False, mixed_precision=mixed_precision, cpu=built.device.type == "cpu"
+    )
     set_seed(seed, accelerator=accelerator)
     optimizer = config.get_optimizer_preset().build(policy.get_optim_params())
     scheduler = config.get_scheduler_preset().build(optimizer, num_training_steps=steps)
@@ -66,7 +68,10 @@ def lerobot_loop(built, dataset, steps: int, batch_size: int, seed: int) -> floa
             if key in batch and batch[key].dtype == torch.uint8:
                 batch[key] = batch[key].to(dtype=torch.float32) / 255.0
         batch = built.preprocessor(batch)
-        tracker, _ = update_policy(tracker, policy, batch, optimizer, config.optimizer_grad_clip_norm, accelerator=accelerator, lr_scheduler=scheduler)
+        tracker, _ = update_policy(
+            tracker, policy, batch, optimizer, config.optimizer_grad_clip_norm,
+            accelerator=accelerator, lr_scheduler=scheduler,
+        )
         tracker.step()
     return time.perf_counter() - started
 
@@ -113,7 +118,8 @@ def main() -> int:
         loops = {"zk0": zk0_loop, "lerobot": lerobot_loop}
         # Same init seed: both policies start from identical weights.
         built = {name: build_policy(spec, meta) for name in loops}
-        dataset = LeRobotDataset("local/pick", root=root, delta_timestamps=built["zk0"].delta_timestamps(meta), video_backend="pyav")
+        deltas = built["zk0"].delta_timestamps(meta)
+        dataset = LeRobotDataset("local/pick", root=root, delta_timestamps=deltas, video_backend="pyav")
         device = built["zk0"].device
         print(f"device {device}, torch threads {torch.get_num_threads()}, {len(dataset)} frames, "
               f"batch {args.batch_size}, {args.steps} steps x {args.repeats} runs per loop")

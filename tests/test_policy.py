@@ -210,7 +210,7 @@ def test_smolvla_base_offline_is_a_clear_unreachable_error(datasets_root, zk0_ho
     assert "tiny" in error.value.hint and "local" in error.value.hint
 
 
-def test_hub_vlm_offline_is_unreachable_and_a_missing_dir_is_bad_input(datasets_root, zk0_home):
+def test_hub_vlm_offline_is_unreachable_and_a_missing_dir_is_bad_input(datasets_root, zk0_home, tmp_path):
     meta = meta_of(datasets_root / "pick")
     with pytest.raises(Zk0Error) as error:
         build_policy(PolicySpec(base=None, device="cpu"), meta)  # fresh expert on SmolVLM2 from the Hub
@@ -218,6 +218,9 @@ def test_hub_vlm_offline_is_unreachable_and_a_missing_dir_is_bad_input(datasets_
     with pytest.raises(Zk0Error) as error:
         build_policy(PolicySpec(base="./no/such/checkpoint", device="cpu"), meta)
     assert error.value.code == ExitCode.BAD_INPUT
+    with pytest.raises(Zk0Error) as error:
+        build_policy(PolicySpec(base=str(tmp_path), device="cpu"), meta)  # a directory, not a checkpoint
+    assert error.value.code == ExitCode.BAD_INPUT and "config.json" in error.value.message
 
 
 def test_spec_and_device_checks(datasets_root, backbones):

@@ -104,7 +104,10 @@ def resolve_device(name: str = "auto") -> "torch.device":
         "cpu": True,
     }[name.split(":")[0]]
     if not available:
-        raise env_not_ready(f"device '{name}' is not available on this machine", hint="use device=auto or cpu; `zk0 doctor` shows what is found")
+        raise env_not_ready(
+            f"device '{name}' is not available on this machine",
+            hint="use device=auto or cpu; `zk0 doctor` shows what is found",
+        )
     return torch.device(name)
 
 
@@ -116,7 +119,8 @@ def build_policy(spec: PolicySpec, dataset_meta: "LeRobotDatasetMetadata") -> Bu
     device = resolve_device(spec.device)
     config = _policy_config(spec, device)
     # lerobot and SmolVLA print progress to stdout; keep stdout clean for `--json` output.
-    with contextlib.redirect_stdout(sys.stderr), _seeded(spec.init_seed), _hub_errors(config):
+    hub_errors = _hub_errors(config.pretrained_path, config.vlm_model_name)
+    with contextlib.redirect_stdout(sys.stderr), _seeded(spec.init_seed), hub_errors:
         policy = make_policy(config, ds_meta=dataset_meta)
         preprocessor, postprocessor = make_pre_post_processors(config, dataset_stats=dataset_meta.stats)
     policy.train()  # from_pretrained returns eval mode; SmolVLA keeps its frozen VLM in eval anyway
@@ -164,10 +168,16 @@ def _checkpoint_config(base: str) -> "SmolVLAConfig":
     """The base checkpoint's config, set up so make_policy loads its weights from ``base``."""
     from lerobot.configs.policies import PreTrainedConfig
 
-    if not Path(base).expanduser().is_dir() and _looks_like_path(base):
-        raise bad_input(f"no checkpoint directory at {base}", hint="pass an existing checkpoint dir or a Hub id like lerobot/smolvla_base")
-    source = str(Path(base).expanduser()) if Path(base).expanduser().is_dir() else base
-    with _hub_errors(None, base=source):
+    local = Path(base).expanduser()
+    if not local.is_dir() and _looks_like_path(base):
+        raise bad_input(
+            f"no checkpoint directory at {base}",
+            hint="pass an existing checkpoint dir or a Hub id like lerobot/smolvla_base",
+        )
+    if local.is_dir() and not (local / "config.json").is_file():
+        raise bad_input(f"{base} is not a LeRobot checkpoint (no config.json)", hint="pass a SmolVLA checkpoint dir")
+    source = str(local) if local.is_dir() else base
+    with _hub_errors(source):
         config = PreTrainedConfig.from_pretrained(source)
     if config.type != "smolvla":
         raise bad_input(f"{base} is a '{config.type}' checkpoint, not SmolVLA", hint="pass a SmolVLA checkpoint")
@@ -198,11 +208,11 @@ def _seeded(seed: int) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _hub_errors(config: "SmolVLAConfig | None", *, base: str | None = None) -> Iterator[None]:
-    """Turn a failed Hugging Face Hub fetch into one clear Zk0Error (exit 3, or 2 if it does not exist)."""
+def _hub_errors(*names: str | None) -> Iterator[None]:
+    """Turn a failed Hugging Face Hub fetch of one of ``names`` into one clear Zk0Error
+    (exit 3 when offline or unreachable, 2 when the repository does not exist)."""
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
 
-    names = [base] if base else [config.pretrained_path, config.vlm_model_name]
     hub_names = [str(name) for name in names if _is_hub_id(str(name) if name else None)]
     try:
         yield
