@@ -322,3 +322,14 @@ def test_video_timestamp_error_found_before_training(tmp_path):
     video.unlink()
     missing = _checks(root)["media: videos"]
     assert missing.status is Status.FAIL and video.relative_to(root).as_posix() in missing.detail
+
+
+def test_data_split_over_several_files_reads_in_order(sample_dataset):
+    """Several data files are read in one pyarrow call; rows must keep file order."""
+    table = pq.read_table(sample_dataset / DATA_FILE)
+    episodes = table["episode_index"].to_numpy()
+    pq.write_table(table.filter(pa.array(episodes < 2)), sample_dataset / DATA_FILE)
+    pq.write_table(table.filter(pa.array(episodes == 2)), sample_dataset / "data/chunk-000/file-001.parquet")
+    _rewrite(sample_dataset / EPISODES_FILE, lambda t: _set_column(
+        t, "data/file_index", (t["episode_index"].to_numpy() == 2).astype(np.int64)))
+    assert _failed(_checks(sample_dataset)) == set()

@@ -52,13 +52,58 @@ class Frames:
         self.lengths = np.diff(np.concatenate((self.starts, [self.rows])))
         self.episode_ids = self.episode[self.starts]
 
+    def summary(self, key: str) -> "VectorSummary":
+        """Per-episode reductions of one vector column, computed once for all value checks."""
+        cache = self.__dict__.setdefault("_summaries", {})
+        if key not in cache:
+            cache[key] = VectorSummary.of(self, self.vectors[key])
+        return cache[key]
+
     def rows_to_episodes(self, mask: np.ndarray) -> list[int]:
         """Sorted episode indices of the rows where ``mask`` is true."""
         return [int(e) for e in np.unique(self.episode[mask])]
 
     def per_episode(self, reduce: np.ufunc, values: np.ndarray) -> np.ndarray:
         """``reduce`` (np.maximum, np.add...) over each episode's rows, one result per episode."""
-        return reduce.reduceat(values, self.starts, axis=0) if self.rows else values[:0]
+        return reduce.reduceat(values, self.starts, axis=0)
+
+
+@dataclass
+class VectorSummary:
+    """One pass of reductions over an (n, d) column, per episode; NaN are left out of min/max/sum."""
+
+    episode_min: np.ndarray  # (episodes, d)
+    episode_max: np.ndarray  # (episodes, d)
+    episode_sum: np.ndarray  # (episodes, d) float64, finite values only
+    finite_count: np.ndarray  # (d,)
+    nonfinite: np.ndarray | None  # (n, d) mask of NaN/Inf; None when all values are finite
+
+    @classmethod
+    def of(cls, frames: Frames, values: np.ndarray) -> "VectorSummary":
+        finite = np.isfinite(values)
+        nonfinite = None if finite.all() else ~finite
+        # Reduce along contiguous rows: (d, n) is several times faster than (n, d) with axis=0.
+        columns = np.ascontiguousarray((values if nonfinite is None else np.where(finite, values, np.nan)).T)
+        summable = columns if nonfinite is None else np.nan_to_num(columns, nan=0.0)
+        return cls(
+            episode_min=np.fmin.reduceat(columns, frames.starts, axis=1).T,
+            episode_max=np.fmax.reduceat(columns, frames.starts, axis=1).T,
+            episode_sum=np.add.reduceat(summable, frames.starts, axis=1, dtype=np.float64).T,
+            finite_count=len(values) - (nonfinite.sum(axis=0) if nonfinite is not None else 0),
+            nonfinite=nonfinite,
+        )
+
+    @property
+    def minimum(self) -> np.ndarray:
+        return np.fmin.reduce(self.episode_min, axis=0)
+
+    @property
+    def maximum(self) -> np.ndarray:
+        return np.fmax.reduce(self.episode_max, axis=0)
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self.episode_sum.sum(axis=0) / np.maximum(self.finite_count, 1)
 
 
 @dataclass
@@ -157,36 +202,29 @@ def _read_stats(files: DatasetFiles) -> None:
 
 
 def _read_frames(files: DatasetFiles, vector_keys: list[str], progress: Progress | None) -> Frames | None:
-    paths = sorted(files.root.glob(DATA_GLOB))
     columns: dict[str, list[np.ndarray]] = {c: [] for c in FRAME_COLUMNS}
     vectors: dict[str, list[np.ndarray]] = {k: [] for k in vector_keys}
     problems: dict[str, str] = {}
     file_ids, read_paths, missing = [], [], set()
     common: set[str] | None = None
-    for number, path in enumerate(paths):
-        try:
-            names = pq.read_schema(path).names
-            wanted = [c for c in (*FRAME_COLUMNS, *vector_keys) if c in names]
-            table = pq.read_table(path, columns=wanted)
-        except (pa.ArrowException, OSError) as exc:
-            files.unreadable[rel(files.root, path)] = _short(exc)
-            continue
-        missing.update(c for c in (*FRAME_COLUMNS, *vector_keys) if c not in names)
-        common = set(names) if common is None else common & set(names)
+    for part in _read_parts(files, [*FRAME_COLUMNS, *vector_keys], progress):
+        names = set(part.table.column_names)
+        missing.update(c for c in (*FRAME_COLUMNS, *vector_keys) if c not in part.names)
+        common = set(part.names) if common is None else common & set(part.names)
         for name in FRAME_COLUMNS:
             if name in names:
-                columns[name].append(table[name].to_numpy())
+                columns[name].append(part.table[name].to_numpy())
         for key in vector_keys:
             if key in names and key not in problems:
-                array, problem = _vector_column(table[key])
+                array, problem = _vector_column(part.table[key])
                 if problem:
-                    problems[key] = f"{rel(files.root, path)}: {problem}"
+                    problems[key] = f"{', '.join(rel(files.root, p) for p in part.paths)}: {problem}"
                 else:
                     vectors[key].append(array)
-        file_ids.append(np.full(table.num_rows, len(read_paths), dtype=np.int32))
-        read_paths.append(path)
-        if progress:
-            progress("reading data files", number + 1, len(paths))
+        file_ids.append(np.repeat(np.arange(len(read_paths), len(read_paths) + len(part.paths), dtype=np.int32),
+                                  part.rows))
+        read_paths.extend(part.paths)
+    parts_read = len(file_ids)
     if not read_paths or "episode_index" in missing:
         return None
 
@@ -194,7 +232,7 @@ def _read_frames(files: DatasetFiles, vector_keys: list[str], progress: Progress
     order = None if np.all(episode[1:] >= episode[:-1]) else np.argsort(episode, kind="stable")
 
     def joined(parts: list[np.ndarray], dtype=None) -> np.ndarray | None:
-        if len(parts) != len(read_paths):  # the column is absent from some file
+        if len(parts) != parts_read:  # the column is absent from some file
             return None
         array = np.concatenate(parts)
         array = array if dtype is None else array.astype(dtype, copy=False)
@@ -216,6 +254,58 @@ def _read_frames(files: DatasetFiles, vector_keys: list[str], progress: Progress
         if key not in problems and (array := joined(parts)) is not None:
             frames.vectors[key] = array  # kept in the stored dtype: float32 stays float32
     return frames
+
+
+@dataclass
+class _Part:
+    """Rows of one or more consecutive data files that share a schema, read together."""
+
+    paths: list[Path]
+    rows: list[int]  # rows per file
+    names: list[str]  # every column the files have (not only those read)
+    table: pa.Table
+
+
+def _read_parts(files: DatasetFiles, wanted: list[str], progress: Progress | None,
+                files_per_read: int = 16) -> list[_Part]:
+    """Read ``wanted`` columns of every data file; batches of same-schema files are read in one
+    pyarrow call (much faster than file by file), and a batch that fails is retried file by file
+    so each damaged file is named in ``files.unreadable``."""
+    footers = []
+    paths = sorted(files.root.glob(DATA_GLOB))
+    for path in paths:
+        try:
+            metadata = pq.read_metadata(path)
+            footers.append((path, metadata.num_rows, metadata.schema.to_arrow_schema().names))
+        except (pa.ArrowException, OSError) as exc:
+            files.unreadable[rel(files.root, path)] = _short(exc)
+    batches: list[list[tuple[Path, int, list[str]]]] = []
+    for footer in footers:
+        if batches and len(batches[-1]) < files_per_read and batches[-1][-1][2] == footer[2]:
+            batches[-1].append(footer)
+        else:
+            batches.append([footer])
+    parts, done = [], 0
+    for batch in batches:
+        parts.extend(_read_batch(files, batch, wanted))
+        done += len(batch)
+        if progress:
+            progress("reading data files", done, len(footers))
+    return parts
+
+
+def _read_batch(files: DatasetFiles, batch: list[tuple[Path, int, list[str]]], wanted: list[str]) -> list[_Part]:
+    names = batch[0][2]
+    columns = [c for c in wanted if c in names]
+    try:
+        table = pq.read_table([str(p) for p, _, _ in batch] if len(batch) > 1 else batch[0][0], columns=columns)
+        if table.num_rows == sum(rows for _, rows, _ in batch):
+            return [_Part([p for p, _, _ in batch], [rows for _, rows, _ in batch], names, table)]
+    except (pa.ArrowException, OSError) as exc:
+        if len(batch) == 1:
+            files.unreadable[rel(files.root, batch[0][0])] = _short(exc)
+            return []
+    return [part for footer in batch for part in _read_batch(files, [footer], wanted)]
 
 
 def _or_empty(array: np.ndarray | None, rows: int, dtype=np.int64) -> np.ndarray:

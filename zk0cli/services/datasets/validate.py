@@ -368,6 +368,8 @@ def _index_mismatch(frames: Frames, ids: np.ndarray, starts: np.ndarray) -> list
     """Episodes whose global `index` column is not dataset_from_index + frame_index."""
     if frames.index is None or not len(ids):
         return []
+    if np.array_equal(starts, frames.starts) and np.array_equal(frames.index, np.arange(frames.rows)):
+        return []  # the usual case, answered without a gather: ranges and index both count up from 0
     lookup = np.full(int(max(ids.max(), frames.episode.max())) + 1, -1, dtype=np.int64)
     lookup[ids] = starts
     episode_start = lookup[frames.episode]
@@ -505,8 +507,8 @@ def check_finite(ctx: Context) -> CheckResult:
         return skip("values: finite", "no state/action data")
     found, episodes = [], set()
     for key in keys:
-        bad = ~np.isfinite(ctx.frames.vectors[key])
-        if bad.any():
+        bad = ctx.frames.summary(key).nonfinite
+        if bad is not None:
             rows = bad.any(axis=1)
             joints = _joint_names(ctx, key, np.flatnonzero(bad.any(axis=0)))
             in_episodes = ctx.frames.rows_to_episodes(rows)
@@ -525,9 +527,8 @@ def check_dead_joints(ctx: Context) -> CheckResult:
         return skip("values: motion", "no state/action data")
     found, episodes = [], set()
     for key in keys:
-        values = ctx.frames.vectors[key]
-        spread = ctx.frames.per_episode(np.fmax, values) - ctx.frames.per_episode(np.fmin, values)
-        dead = spread == 0  # (episodes, joints)
+        summary = ctx.frames.summary(key)
+        dead = summary.episode_max == summary.episode_min  # (episodes, joints)
         for joint in np.flatnonzero(dead.any(axis=0)):
             in_episodes = [int(e) for e in ctx.frames.episode_ids[dead[:, joint]]]
             found.append(f"{key} {_joint_names(ctx, key, [joint])[0]} in episode(s) {_ranges(in_episodes)}")
@@ -545,23 +546,26 @@ def check_outliers(ctx: Context) -> CheckResult:
         return skip("values: range", "no state/action data")
     found, episodes = [], set()
     for key in keys:
-        values = ctx.frames.vectors[key]
-        low, high = _quantiles(ctx, key, values)
+        summary = ctx.frames.summary(key)
+        low, high = _quantiles(ctx, key)
         span = np.maximum(high - low, 1e-6)
-        outside = (values < low - OUTLIER_SPANS * span) | (values > high + OUTLIER_SPANS * span)
+        # An episode has a far value exactly when its min or max is far: no pass over the frames.
+        outside = (summary.episode_min < low - OUTLIER_SPANS * span) | (summary.episode_max > high + OUTLIER_SPANS * span)
         if outside.any():
             joints = _joint_names(ctx, key, np.flatnonzero(outside.any(axis=0)))
-            in_episodes = ctx.frames.rows_to_episodes(outside.any(axis=1))
+            in_episodes = [int(e) for e in ctx.frames.episode_ids[outside.any(axis=1)]]
             found.append(f"{key} [{', '.join(joints)}] in episode(s) {_ranges(in_episodes)}")
             episodes.update(in_episodes)
     if found:
-        return warn("values: range", f"values far outside the q01..q99 range of the stats: " + "; ".join(found),
+        return warn("values: range", "values far outside the q01..q99 range of the stats: " + "; ".join(found),
                     "look for encoder glitches or a recalibrated arm in those episodes; drop them if they are wrong",
                     episodes=sorted(episodes))
     return ok("values: range", f"within {OUTLIER_SPANS:g} q01..q99 spans of the stats")
 
 
-def _quantiles(ctx: Context, key: str, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _quantiles(ctx: Context, key: str) -> tuple[np.ndarray, np.ndarray]:
+    """q01 and q99 per joint from stats.json, or from the data when the stats lack them."""
+    values = ctx.frames.vectors[key]
     stats = (ctx.files.stats or {}).get(key, {})
     try:
         low, high = np.asarray(stats["q01"], dtype=np.float64), np.asarray(stats["q99"], dtype=np.float64)
@@ -574,10 +578,10 @@ def _quantiles(ctx: Context, key: str, values: np.ndarray) -> tuple[np.ndarray, 
 
 def check_stats(ctx: Context) -> CheckResult:
     stats = ctx.files.stats
+    fix = (f"recompute them (policies normalise with these): lerobot-edit-dataset --repo_id {ctx.uri.repo_id} "
+           f"--root {ctx.files.root} --operation.type recompute_stats")
     if stats is None:
-        return fail("stats", ctx.files.stats_problem,
-                    f"recompute them: lerobot-edit-dataset --repo_id {ctx.uri.repo_id} --root {ctx.files.root} "
-                    f"--operation.type recompute_stats")
+        return fail("stats", ctx.files.stats_problem, fix)
     keys = _value_keys(ctx)
     problems = []
     for key in keys:
@@ -585,27 +589,25 @@ def check_stats(ctx: Context) -> CheckResult:
         if not isinstance(entry, dict) or not all(m in entry for m in ("min", "max", "mean", "std")):
             problems.append(f"{key}: min/max/mean/std missing")
             continue
-        values = ctx.frames.vectors[key]
+        width = ctx.frames.vectors[key].shape[1:]
         try:
             recorded = {m: np.asarray(entry[m], dtype=np.float64).reshape(-1) for m in ("min", "max", "mean")}
         except (TypeError, ValueError):
             problems.append(f"{key}: not numbers")
             continue
-        if any(v.shape != values.shape[1:] for v in recorded.values()):
-            problems.append(f"{key}: stats shape {recorded['min'].shape}, data {values.shape[1:]}")
+        if any(v.shape != width for v in recorded.values()):
+            problems.append(f"{key}: stats shape {recorded['min'].shape}, data {width}")
             continue
-        actual = {"min": np.nanmin(values, axis=0), "max": np.nanmax(values, axis=0),
-                  "mean": np.nanmean(values, axis=0, dtype=np.float64)}
+        summary = ctx.frames.summary(key)
+        actual = {"min": summary.minimum, "max": summary.maximum, "mean": summary.mean}
         off = [m for m in recorded if not np.allclose(recorded[m], actual[m], rtol=1e-3, atol=1e-3)]
         if off:
             problems.append(f"{key}: {'/'.join(off)} differ from the data")
-        count = entry.get("count")
-        if count is not None and int(np.asarray(count).reshape(-1)[0]) != ctx.frames.rows:
-            problems.append(f"{key}: count {int(np.asarray(count).reshape(-1)[0])}, data has {ctx.frames.rows} frames")
+        count = np.asarray(entry.get("count", [ctx.frames.rows])).reshape(-1)
+        if count.size and int(count[0]) != ctx.frames.rows:
+            problems.append(f"{key}: count {int(count[0])}, data has {ctx.frames.rows} frames")
     if problems:
-        return fail("stats", "meta/stats.json does not describe the data: " + "; ".join(problems),
-                    f"recompute them (policies normalise with these): lerobot-edit-dataset --repo_id "
-                    f"{ctx.uri.repo_id} --root {ctx.files.root} --operation.type recompute_stats")
+        return fail("stats", "meta/stats.json does not describe the data: " + "; ".join(problems), fix)
     return ok("stats", f"present and consistent with the data for {', '.join(keys) or 'no vector feature'}")
 
 
