@@ -17,6 +17,7 @@ from zk0cli import __version__
 from zk0cli.cli import common, config_cmd, init
 from zk0cli.cli import doctor
 from zk0cli.cli import dataset
+from zk0cli.cli import status as status_cmd
 from zk0cli.core.errors import ExitCode, Zk0Error
 from zk0cli.ui import output
 
@@ -33,6 +34,7 @@ app.command("init")(init.init)
 app.add_typer(config_cmd.app, name="config")
 app.command("doctor")(doctor.doctor)
 app.add_typer(dataset.app, name="dataset")
+app.command("status")(status_cmd.status)
 
 
 def _versions(verbose: bool) -> dict[str, str]:

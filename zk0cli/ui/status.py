@@ -1,0 +1,391 @@
+"""`zk0 status` panels: local services, federation, runs, current round, node host.
+
+Everything here is a pure function of a :class:`zk0cli.services.status.Snapshot` and the terminal
+width, so the one-shot output, the ``--watch`` dashboard and the tests render the same way.
+Panels stack below ``WIDE_AT`` columns and sit side by side above it. A source that could not
+be read is shown in red with its reason; stale data is never shown as live numbers.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from rich.console import Group, RenderableType
+from rich.panel import Panel
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from zk0cli.services.status import (
+    OK,
+    STALE,
+    ClientRound,
+    FederationView,
+    NodeHostView,
+    RunView,
+    ServiceView,
+    Snapshot,
+    SourceState,
+)
+
+WIDE_AT = 150  # columns from which panels sit side by side
+SPARK_BLOCKS = "▁▂▃▄▅▆▇█"
+STATE_STYLES = {
+    "healthy": "green", "connected": "green", "online": "green", "running": "green", "completed": "green",
+    "starting": "yellow", "restarting": "yellow", "reconnecting": "yellow", "pending": "yellow", "offline": "yellow",
+    "stopped": "dim", "registered": "blue", "failed": "bold red", "unreachable": "bold red", "stale": "bold red",
+}
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def sparkline(values: list[float], width: int = 16) -> str:
+    """The last ``width`` values as unicode blocks, scaled between their min and max."""
+    values = values[-width:]
+    if not values:
+        return ""
+    low, high = min(values), max(values)
+    if high - low < 1e-12:
+        return SPARK_BLOCKS[len(SPARK_BLOCKS) // 2 - 1] * len(values)
+    steps = len(SPARK_BLOCKS) - 1
+    return "".join(SPARK_BLOCKS[round((v - low) / (high - low) * steps)] for v in values)
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m{seconds:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours}h{minutes:02d}m"
+    return f"{hours // 24}d{hours % 24:02d}h"
+
+
+def size(n_bytes: int | None) -> str:
+    if n_bytes is None:
+        return "-"
+    value = float(n_bytes)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"
+
+
+def number(value: float | None, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}g}"
+
+
+def styled(state: str, text: str | None = None) -> Text:
+    """``state`` coloured by what it means (its first word decides: 'reconnecting (attempt 2)')."""
+    key = state.split(":")[-1].split(" ")[0]
+    return Text(text if text is not None else state, style=STATE_STYLES.get(key, ""))
+
+
+def source_line(source: SourceState) -> Text:
+    """'superlink: unreachable: connection refused' in red, or nothing for a healthy source."""
+    if source.state == OK:
+        return Text("")
+    return Text(f"{source.name}: {source.state}: {source.reason}", style=STATE_STYLES.get(source.state, "bold red"))
+
+
+# --------------------------------------------------------------------------- panels
+
+
+def header(snapshot: Snapshot) -> Text:
+    clock = snapshot.taken_at.replace("T", " ")
+    role = snapshot.role or "role not set (`zk0 init`)"
+    text = Text.assemble(("zk0 status", "bold"), f"  {snapshot.host} · {role} · {clock}")
+    # the SuperLink's trouble is shown in the federation panel, where its numbers would be
+    bad = [s for s in snapshot.sources.values() if s.state != OK and not (s.name == "superlink" and snapshot.federation)]
+    for source in bad:
+        text.append("\n")
+        text.append_text(source_line(source))
+    return text
+
+
+def services_panel(snapshot: Snapshot) -> Panel:
+    table = Table(expand=True, box=None, pad_edge=False, show_edge=False)
+    for name, justify in (("service", "left"), ("process", "left"), ("pid", "right"), ("state", "left"),
+                          ("up", "right"), ("restarts", "right"), ("exit", "right"), ("CPU", "right"), ("RSS", "right")):
+        table.add_column(name, justify=justify, no_wrap=name in ("pid", "up", "CPU", "RSS"))
+    if snapshot.gpu:
+        table.add_column("GPU", justify="right", no_wrap=True)
+        table.add_column("GPU mem", justify="right", no_wrap=True)
+    notes = []
+    for service in snapshot.services:
+        _service_rows(table, service, snapshot.gpu)
+        if service.source.state != OK:
+            notes.append(source_line(SourceState(service.service, service.source.state, service.source.reason)))
+        elif service.reason and service.state in ("failed", "restarting", "stopped"):
+            notes.append(Text(f"{service.service}: {service.reason}", style=STATE_STYLES.get(service.state, "")))
+    if not snapshot.services:
+        return Panel(Text("nothing running here (start one: `zk0 server serve` or `zk0 node join`)", style="dim"),
+                     title="local services", title_align="left")
+    return Panel(Group(table, *notes), title="local services", title_align="left")
+
+
+def _service_rows(table: Table, service: ServiceView, gpu: bool) -> None:
+    if not service.processes:
+        state = service.source.state if service.source.state != OK else service.state
+        table.add_row(service.service, "-", "-", styled(state), *["-"] * (5 + 2 * gpu))
+        return
+    live = service.source.state == OK
+    for index, proc in enumerate(service.processes):
+        state = proc.state if live else service.source.state
+        label = f"restarting {proc.restarts + 1}" if state == "restarting" else state
+        cells = [
+            service.service if index == 0 else "", proc.name, str(proc.pid) if proc.pid and live else "-",
+            styled(state, label), duration(proc.uptime_s), str(proc.restarts),
+            "-" if proc.last_exit_code is None else str(proc.last_exit_code),
+            "-" if proc.cpu_percent is None else f"{proc.cpu_percent:.0f}%", size(proc.rss_bytes),
+        ]
+        if gpu:
+            cells += ["-" if proc.gpu_percent is None else f"{proc.gpu_percent:.0f}%", size(proc.gpu_memory_bytes)]
+        table.add_row(*cells, style="" if live else "dim")
+
+
+def federation_panel(federation: FederationView) -> Panel:
+    title = "federation"
+    if federation.source.state != OK:
+        return Panel(source_line(federation.source), title=title, title_align="left", border_style="red")
+    wanted = f" / min {federation.min_nodes} for auto-run" if federation.min_nodes is not None else ""
+    enough = federation.min_nodes is None or federation.online >= federation.min_nodes
+    title = f"federation · {federation.online} online{wanted}"
+    if not federation.nodes:
+        return Panel(Text("no node has joined yet (`zk0 node join --server HOST:9092 ...`)", style="dim"),
+                     title=title, title_align="left")
+    table = Table(expand=True, box=None, pad_edge=False, show_edge=False)
+    for name, justify in (("node id", "left"), ("name", "left"), ("status", "left"), ("last seen", "right")):
+        table.add_column(name, justify=justify, no_wrap=name != "name")
+    for node in federation.nodes:
+        seen = "-" if node.last_seen_s is None else f"{duration(node.last_seen_s)} ago"
+        table.add_row(str(node.node_id), node.name or "-", styled(node.status), seen)
+    return Panel(table, title=title, title_align="left", border_style="" if enough else "yellow")
+
+
+def runs_panel(runs: list[RunView], *, width: int) -> Panel:
+    spark = 8 if width < 100 else 16
+    table = Table(expand=True, box=None, pad_edge=False, show_edge=False)
+    table.add_column("run", no_wrap=True, overflow="ellipsis", min_width=8)
+    table.add_column("status", no_wrap=True)
+    table.add_column("round", no_wrap=True)
+    table.add_column("elapsed", justify="right", no_wrap=True)
+    table.add_column("ETA", justify="right", no_wrap=True)
+    table.add_column("loss", justify="right", no_wrap=True)
+    table.add_column("best", justify="right", no_wrap=True)
+    table.add_column("trend", no_wrap=True, min_width=spark)
+    notes = []
+    for run in runs:
+        table.add_row(run.run_id, styled(run.status, _short_status(run.status)), _progress(run, width),
+                      duration(run.elapsed_s), duration(run.eta_s), number(run.last_loss),
+                      f"{number(run.best_loss)}@r{run.best_round}" if run.best_round is not None else "-",
+                      Text(sparkline(run.loss_history, spark), style="cyan"))
+        notes += [Text(f"{run.run_id}: {problem}", style="red") for problem in run.problems]
+    return Panel(Group(table, *notes), title="runs", title_align="left")
+
+
+def _short_status(status: str) -> str:
+    """'finished:completed' reads as 'completed'; other states as they are."""
+    head, _, sub = status.partition(":")
+    return sub if head == "finished" and sub else status
+
+
+def _progress(run: RunView, width: int) -> RenderableType:
+    if run.rounds_total is None:
+        return Text(f"{run.round}/?" if run.record else "-")
+    bar = ProgressBar(total=run.rounds_total, completed=min(run.round, run.rounds_total), width=6 if width < 100 else 12,
+                      complete_style="green" if not run.running else "cyan")
+    grid = Table.grid(padding=(0, 1))
+    grid.add_row(bar, Text(f"{run.round}/{run.rounds_total}"))
+    return grid
+
+
+def round_panel(run: RunView, *, width: int) -> Panel:
+    """The clients of the latest completed round of ``run``, with rejected and failed updates."""
+    traffic = any(c.bytes_up is not None or c.bytes_down is not None for c in run.clients)
+    table = Table(expand=True, box=None, pad_edge=False, show_edge=False)
+    table.add_column("node", no_wrap=True, overflow="ellipsis", min_width=6)
+    if width >= 100:
+        table.add_column("dataset", overflow="ellipsis")
+    for name in ("loss", "fedprox", "steps", "s") + (("up", "down") if traffic else ()):
+        table.add_column(name, justify="right", no_wrap=True)
+    table.add_column("outcome")
+    for client in run.clients:
+        table.add_row(*_client_cells(client, width, traffic))
+    title = f"round {run.clients_round} of run {run.run_id}"
+    if run.running and run.rounds_total:
+        title += f" (round {run.round + 1} in progress)"
+    return Panel(table, title=title, title_align="left")
+
+
+def _client_cells(client: ClientRound, width: int, traffic: bool) -> list[RenderableType]:
+    outcome = styled("completed", "accepted") if client.outcome == "accepted" else Text(
+        f"{client.outcome}: {client.reason}", style="red")
+    cells: list[RenderableType] = [client.node]
+    if width >= 100:
+        cells.append(client.dataset or "-")
+    cells += [number(client.loss), number(client.fedprox_loss), "-" if client.steps is None else str(client.steps),
+              number(client.seconds, 3)]
+    if traffic:
+        cells += [size(client.bytes_up), size(client.bytes_down)]
+    return [*cells, outcome]
+
+
+def node_host_panel(host: NodeHostView) -> Panel:
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column()
+    grid.add_row("server", host.server or "-")
+    grid.add_row("connection", styled(host.connection or "unknown"))
+    grid.add_row("dataset", host.dataset or "-")
+    grid.add_row("validation", styled(_verdict_state(host.dataset_verdict), host.dataset_verdict or "-"))
+    last = "-" if host.last_round is None else f"round {host.last_round}, loss {number(host.last_round_loss)}"
+    grid.add_row("last round", last)
+    if host.training:
+        grid.add_row("training", host.training)
+    notes = [Text(problem, style="red") for problem in host.problems]
+    return Panel(Group(grid, *notes), title=f"node · {host.service.removeprefix('node-')}", title_align="left")
+
+
+def _verdict_state(verdict: str) -> str:
+    word = verdict.split(" ")[0].lower().strip(":,")
+    return {"ok": "healthy", "passed": "healthy", "warn": "starting", "warning": "starting", "fail": "failed",
+            "failed": "failed"}.get(word, "")
+
+
+# --------------------------------------------------------------------------- the whole screen
+
+
+def render_status(snapshot: Snapshot, *, width: int) -> RenderableType:
+    """Every panel that applies: stacked below WIDE_AT columns, in two columns above."""
+    local: list[RenderableType] = [services_panel(snapshot)]
+    local += [node_host_panel(host) for host in snapshot.node_hosts]
+    federation: list[RenderableType] = []
+    if snapshot.federation is not None:
+        federation.append(federation_panel(snapshot.federation))
+    if snapshot.runs:
+        federation.append(runs_panel(snapshot.runs, width=width if width < WIDE_AT else width // 2))
+        current = next((run for run in snapshot.runs if run.clients), None)
+        if current is not None:
+            federation.append(round_panel(current, width=width if width < WIDE_AT else width // 2))
+    if width >= WIDE_AT and federation:
+        columns = Table.grid(expand=True, padding=(0, 1))
+        columns.add_column(ratio=1)
+        columns.add_column(ratio=1)
+        columns.add_row(Group(*local), Group(*federation))
+        return Group(header(snapshot), columns)
+    return Group(header(snapshot), *local, *federation)
+
+
+def footer(interval_s: float) -> Text:
+    now = dt.datetime.now().strftime("%H:%M:%S")
+    return Text(f"refreshing every {interval_s:g} s · {now} · q or Ctrl-C to quit", style="dim")
+
+
+
+# --------------------------------------------------------------------------- --watch
+
+
+class QuitKeys:
+    """Waits for 'q' on a terminal's stdin, read in cbreak mode; restores the terminal on exit.
+
+    cbreak keeps ISIG, so Ctrl-C still raises KeyboardInterrupt. When stdin is not a terminal
+    nothing is read and only Ctrl-C (or a signal) ends the wait.
+    """
+
+    def __init__(self, stream=None) -> None:
+        import sys
+
+        self.stream = stream if stream is not None else sys.stdin
+        self._fd: int | None = None
+        self._saved = None
+
+    def __enter__(self) -> "QuitKeys":
+        import termios
+        import tty
+
+        try:
+            if self.stream.isatty():
+                self._fd = self.stream.fileno()
+                self._saved = termios.tcgetattr(self._fd)
+                tty.setcbreak(self._fd, termios.TCSANOW)
+        except (OSError, ValueError, termios.error):
+            self._fd = None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import termios
+
+        if self._fd is not None and self._saved is not None:
+            termios.tcsetattr(self._fd, termios.TCSADRAIN, self._saved)
+
+    def wait(self, timeout_s: float) -> bool:
+        """True once 'q' was pressed; False after ``timeout_s`` without it."""
+        import os
+        import select
+        import time
+
+        if self._fd is None:
+            time.sleep(timeout_s)
+            return False
+        deadline = time.monotonic() + timeout_s
+        while (left := deadline - time.monotonic()) > 0:
+            ready, _, _ = select.select([self._fd], [], [], left)
+            if not ready:
+                return False
+            keys = os.read(self._fd, 64)
+            if not keys or b"q" in keys.lower():
+                return True  # 'q', or end of input: nobody is left to press a key
+        return False
+
+
+def watch(console, take_snapshot, *, interval_s: float = 1.0) -> None:
+    """Live dashboard: snapshots are taken on a worker thread; this loop only draws the latest.
+
+    Runs in the terminal's alternate screen (no scrolling garbage, the screen comes back as it
+    was), redraws in place only when there is something new, and returns on q, Ctrl-C, SIGTERM
+    or SIGHUP with the terminal restored.
+    """
+    import signal
+    import threading
+
+    from rich.live import Live
+
+    latest: list[Snapshot] = []
+    changed = threading.Event()
+    stop = threading.Event()
+
+    def refresh() -> None:
+        while not stop.is_set():
+            latest[:] = [take_snapshot()]
+            changed.set()
+            stop.wait(interval_s)
+
+    def end(signum, frame) -> None:  # noqa: ARG001 - signal handler signature
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, end) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    worker = threading.Thread(target=refresh, name="zk0-status-refresh", daemon=True)
+    try:
+        with QuitKeys() as keys, Live(console=console, screen=True, auto_refresh=False, transient=True) as live:
+            live.update(Group(Text("zk0 status: reading...", style="dim"), footer(interval_s)), refresh=True)
+            worker.start()
+            while True:
+                if changed.is_set() and latest:
+                    changed.clear()
+                    live.update(Group(render_status(latest[0], width=console.width), footer(interval_s)), refresh=True)
+                if keys.wait(0.1):
+                    return
+    except KeyboardInterrupt:
+        return
+    finally:
+        stop.set()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
