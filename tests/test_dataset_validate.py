@@ -324,12 +324,22 @@ def test_video_timestamp_error_found_before_training(tmp_path):
     assert missing.status is Status.FAIL and video.relative_to(root).as_posix() in missing.detail
 
 
+def _move_episode_2_to_its_own_file(root: Path) -> None:
+    table = pq.read_table(root / DATA_FILE)
+    episodes = table["episode_index"].to_numpy()
+    pq.write_table(table.filter(pa.array(episodes < 2)), root / DATA_FILE)
+    pq.write_table(table.filter(pa.array(episodes == 2)), root / "data/chunk-000/file-001.parquet")
+
+
 def test_data_split_over_several_files_reads_in_order(sample_dataset):
     """Several data files are read in one pyarrow call; rows must keep file order."""
-    table = pq.read_table(sample_dataset / DATA_FILE)
-    episodes = table["episode_index"].to_numpy()
-    pq.write_table(table.filter(pa.array(episodes < 2)), sample_dataset / DATA_FILE)
-    pq.write_table(table.filter(pa.array(episodes == 2)), sample_dataset / "data/chunk-000/file-001.parquet")
+    _move_episode_2_to_its_own_file(sample_dataset)
     _rewrite(sample_dataset / EPISODES_FILE, lambda t: _set_column(
         t, "data/file_index", (t["episode_index"].to_numpy() == 2).astype(np.int64)))
     assert _failed(_checks(sample_dataset)) == set()
+
+
+def test_episode_in_another_file_than_its_metadata_says(sample_dataset):
+    _move_episode_2_to_its_own_file(sample_dataset)
+    meta = _checks(sample_dataset)["episodes metadata"]  # meta/episodes still says file-000 for episode 2
+    assert meta.status is Status.FAIL and meta.data["episodes"] == [2] and "not in the data file" in meta.detail

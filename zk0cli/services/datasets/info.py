@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from zk0cli.services.datasets.layout import disk_size
+from zk0cli.services.datasets.layout import disk_size, load_tasks
 from zk0cli.services.datasets.media import camera_keys
 from zk0cli.services.datasets.uri import DatasetUri, dataset_root, read_info
 
@@ -39,14 +39,11 @@ def read_task_texts(root: Path) -> list[str]:
     parquet, jsonl = root / "meta" / "tasks.parquet", root / "meta" / "tasks.jsonl"
     if parquet.is_file():
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
         try:
-            table = pq.read_table(parquet)
-        except (pa.ArrowException, OSError):
+            return [str(text) for text in load_tasks(parquet).values()]
+        except (pa.ArrowException, OSError, ValueError):
             return []
-        column = next((c for c in ("task", "__index_level_0__") if c in table.column_names), None)
-        return [str(t) for t in table[column].to_pylist()] if column else []
     if jsonl.is_file():
         texts = []
         for line in jsonl.read_text(encoding="utf-8", errors="replace").splitlines():

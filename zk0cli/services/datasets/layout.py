@@ -177,17 +177,22 @@ def _read_tasks(files: DatasetFiles) -> None:
         files.tasks_problem = "meta/tasks.parquet is missing"
         return
     try:
-        table = pq.read_table(path)
+        files.tasks = load_tasks(path)
     except (pa.ArrowException, OSError) as exc:
         files.unreadable["meta/tasks.parquet"] = _short(exc)
         files.tasks_problem = "meta/tasks.parquet cannot be read"
-        return
-    # LeRobot writes the instruction as the pandas index ("__index_level_0__") or as a "task" column.
+    except ValueError as exc:
+        files.tasks_problem = str(exc)
+
+
+def load_tasks(path: Path) -> dict[int, str]:
+    """task_index -> instruction from a tasks.parquet; ValueError when its columns are not those."""
+    table = pq.read_table(path)
+    # LeRobot writes the instruction as the pandas index ("task" or "__index_level_0__").
     text_column = next((c for c in ("task", "__index_level_0__") if c in table.column_names), None)
     if "task_index" not in table.column_names or text_column is None:
-        files.tasks_problem = f"meta/tasks.parquet has columns {table.column_names}, not task_index and task"
-        return
-    files.tasks = dict(zip(table["task_index"].to_pylist(), table[text_column].to_pylist()))
+        raise ValueError(f"meta/tasks.parquet has columns {table.column_names}, not task_index and task")
+    return dict(zip(table["task_index"].to_pylist(), table[text_column].to_pylist()))
 
 
 def _read_stats(files: DatasetFiles) -> None:

@@ -358,10 +358,35 @@ def check_episode_metadata(ctx: Context) -> CheckResult:
         if len(wrong_index):
             problems.append(f"global index column disagrees with dataset_from_index in episode(s) {_ranges(wrong_index)}")
             concerned.update(wrong_index)
+        misplaced = _misplaced_episodes(ctx, ids)
+        if misplaced:
+            problems.append(f"episode(s) {_ranges(misplaced)} not in the data file meta/episodes names "
+                            f"(LeRobot reads only that file when it loads a subset of episodes)")
+            concerned.update(misplaced)
     if problems:
         return fail(name, "; ".join(problems), "restore meta/episodes from the original recording, or drop the "
                     "broken episodes with lerobot-edit-dataset", episodes=sorted(int(e) for e in concerned))
     return ok(name, f"{len(ids)} episodes, contiguous ranges matching the data")
+
+
+def _misplaced_episodes(ctx: Context, ids: np.ndarray) -> list[int]:
+    """Episodes whose rows are not all in the one data file meta/episodes points to."""
+    frames, episodes, template = ctx.frames, ctx.files.episodes, ctx.info.get("data_path")
+    if not isinstance(template, str):
+        return []
+    file_number = {rel(ctx.files.root, path): number for number, path in enumerate(frames.files)}
+    try:
+        expected = np.array([file_number.get(template.format(chunk_index=int(c), file_index=int(f)), -1)
+                             for c, f in zip(episodes["data/chunk_index"], episodes["data/file_index"])])
+    except (KeyError, ValueError, IndexError):
+        return []
+    lookup = np.full(int(max(ids.max(), frames.episode.max())) + 1, -2, dtype=np.int64)
+    lookup[ids] = expected
+    first = frames.per_episode(np.minimum, frames.file_id)
+    last = frames.per_episode(np.maximum, frames.file_id)
+    wanted = lookup[frames.episode_ids]
+    wrong = (wanted != -2) & ((first != wanted) | (last != wanted))
+    return [int(e) for e in frames.episode_ids[wrong]]
 
 
 def _index_mismatch(frames: Frames, ids: np.ndarray, starts: np.ndarray) -> list[int]:
