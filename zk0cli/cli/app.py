@@ -17,6 +17,8 @@ from zk0cli import __version__
 from zk0cli.cli import common, config_cmd, init
 from zk0cli.cli import doctor
 from zk0cli.cli import dataset
+from zk0cli.cli import server as server_cmd
+from zk0cli.cli import logs, node, stop
 from zk0cli.cli import status as status_cmd
 from zk0cli.core.errors import ExitCode, Zk0Error
 from zk0cli.ui import output
@@ -35,6 +37,10 @@ app.add_typer(config_cmd.app, name="config")
 app.command("doctor")(doctor.doctor)
 app.add_typer(dataset.app, name="dataset")
 app.command("status")(status_cmd.status)
+app.add_typer(server_cmd.app, name="server")
+app.add_typer(node.app, name="node")
+app.add_typer(logs.app, name="logs")
+app.command("stop")(stop.stop)
 
 
 def _versions(verbose: bool) -> dict[str, str]:

@@ -1,0 +1,76 @@
+"""`zk0 logs`: what the supervised processes printed, and the log of a training run."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from zk0cli.cli.common import JsonOption, out, session
+from zk0cli.core.errors import bad_input
+
+app = typer.Typer(help="Show the logs of the server, a node, or a run.", no_args_is_help=True)
+
+FollowOption = Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines (Ctrl-C ends).")]
+TailOption = Annotated[Optional[int], typer.Option("--tail", "-n", help="Only the last N lines (default 50).", min=0)]
+SinceOption = Annotated[Optional[str], typer.Option("--since", help="Lines from this long ago (30s, 10m, 2h, 1d) or an ISO time.")]
+
+
+@app.command("server")
+def server(follow: FollowOption = False, tail: TailOption = None, since: SinceOption = None, json_: JsonOption = False) -> None:
+    """The server's log: SuperLink, fleet proxy and supervisor events."""
+    _show("server", follow, tail, since, json_)
+
+
+@app.command("node")
+def node(
+    name: Annotated[str, typer.Argument(help="Node name, as given to `zk0 node join --name` (see `zk0 status`).")],
+    follow: FollowOption = False,
+    tail: TailOption = None,
+    since: SinceOption = None,
+    json_: JsonOption = False,
+) -> None:
+    """A node's log: its SuperNode, the ClientApp runs and supervisor events."""
+    _show(f"node-{name}", follow, tail, since, json_)
+
+
+@app.command("run")
+def run(
+    run_id: Annotated[str, typer.Argument(help="Run id (from `zk0 run` or `flwr ls`).")],
+    follow: FollowOption = False,
+) -> None:
+    """A training run's log (what the ServerApp printed), from the local server."""
+    import subprocess
+
+    from zk0cli.services import flower, server as server_service
+
+    if not run_id.isdigit():
+        raise bad_input(f"'{run_id}' is not a run id", hint="run ids are numbers")
+    s = session()
+    server_service.require_running(s.paths)
+    command = ["flwr", "log", run_id, flower.CLI_CONNECTION] + (["--stream"] if follow else ["--show"])
+    try:
+        done = subprocess.run(command, env=flower.flwr_env(s.paths), check=False)
+    except KeyboardInterrupt:
+        return
+    if done.returncode != 0:
+        raise typer.Exit(done.returncode)
+
+
+def _show(service: str, follow: bool, tail: int | None, since: str | None, json_mode: bool) -> None:
+    from zk0cli.services import supervisor
+
+    s = session()
+    if follow and json_mode:
+        raise bad_input("--follow and --json do not go together", hint="use --json with --tail or --since")
+    if not supervisor.log_files(s.paths, service):
+        known = ", ".join(supervisor.service_names(s.paths)) or "none yet"
+        raise bad_input(f"no log for {service} here", hint=f"services with state on this machine: {known}")
+    moment = supervisor.parse_since(since) if since else None
+    lines = supervisor.read_log(s.paths, service, tail=tail, since=moment)
+    out().result({"service": service, "lines": lines}, lambda c: [c.print(line, markup=False, highlight=False, soft_wrap=True) for line in lines])
+    if follow:
+        try:
+            supervisor.follow_log(s.paths, service, lambda line: out().out.print(line, markup=False, highlight=False, soft_wrap=True))
+        except KeyboardInterrupt:
+            pass

@@ -1,0 +1,126 @@
+"""`zk0 server`: serve the federation and decide which nodes may join."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.markup import escape
+
+from zk0cli.cli.common import JsonOption, out, session
+
+app = typer.Typer(help="Run the federation server (SuperLink behind a fleet-only TLS front).", no_args_is_help=True)
+nodes_app = typer.Typer(help="Register the nodes allowed to join (used when node auth is on).", no_args_is_help=True)
+app.add_typer(nodes_app, name="nodes")
+
+INSECURE_WARNING = (
+    "[bold red]INSECURE MODE[/bold red]: no TLS and no node authentication. Anyone on the network can read or "
+    "alter training traffic and join as a node. Use it only for a local demo on a trusted network."
+)
+
+
+@app.command("serve")
+def serve(
+    host: Annotated[Optional[str], typer.Option("--host", help="Public address nodes connect to [config: server.host].")] = None,
+    port: Annotated[Optional[int], typer.Option("--port", help="Public port [config: server.port].")] = None,
+    control_port: Annotated[int, typer.Option("--control-port", help="The SuperLink's own port on 127.0.0.1 (default: port+1).")] = 0,
+    insecure: Annotated[bool, typer.Option("--insecure", help="No TLS (demo only; needs --no-require-node-auth).")] = False,
+    database: Annotated[Optional[str], typer.Option("--database", help="SuperLink SQLite file [config: server.database].")] = None,
+    require_node_auth: Annotated[
+        Optional[bool],
+        typer.Option("--require-node-auth/--no-require-node-auth", help="Only registered node keys may join [config: server.require-node-auth]."),
+    ] = None,
+    detach: Annotated[bool, typer.Option("--detach", help="Run in the background; `zk0 stop server` ends it.")] = False,
+    json_: JsonOption = False,
+) -> None:
+    """Serve the federation: Fleet API on the public address, Control API only on this host.
+
+    Foreground by default: Ctrl-C stops the SuperLink, its proxy and every process they started.
+    """
+    from zk0cli.services import server as server_service
+    from zk0cli.services import supervisor
+
+    s = session()
+    flags = {"server.host": host, "server.port": port, "server.database": database, "server.require-node-auth": require_node_auth}
+    config = s.load_config(flags).config.server
+    options = server_service.ServeOptions(host=config.host, port=config.port, control_port=control_port, insecure=insecure,
+                                          database=config.database, require_node_auth=config.require_node_auth)
+    if insecure:
+        out().warning(INSECURE_WARNING)
+    spec = server_service.build_spec(s.paths, options)
+    server_service.prepare_cli_connection(s.paths, spec)
+    if detach:
+        state = supervisor.start_detached(s.paths, spec)
+        out().result(state, lambda c: _render_started(c, state))
+        return
+    out().info(f"serving the federation on {spec.info['public_address']} (Ctrl-C stops it)")
+    supervisor.run_foreground(s.paths, spec, _print_event)
+    final = supervisor.read_state(s.paths, spec.name) or {}
+    out().result(final, lambda c: c.print("server stopped; nothing left running"))
+
+
+def _print_event(level: str, message: str) -> None:
+    if level == "info":
+        out().info(escape(message))
+    else:
+        out().warning(escape(message))
+
+
+def _render_started(console, state: dict) -> None:
+    info = state["info"]
+    console.print(f"[green]✓[/green] server running in the background (supervisor pid {state['supervisor']['pid']})")
+    console.print(f"  nodes join     {escape(info['public_address'])}  ({'TLS' if info['tls'] else 'NO TLS'}, "
+                  f"node auth {'on' if info['node_auth'] else 'off'})")
+    console.print(f"  control (local) {escape(info['control_address'])}")
+    console.print(f"  database       {escape(info['database'])}")
+    console.print(f"  logs           zk0 logs server -f    stop: zk0 stop server")
+
+
+@nodes_app.command("add")
+def nodes_add(
+    public_key_file: Annotated[Path, typer.Argument(help="The node's node_key.pub (from `zk0 init --role node`).")],
+    name: Annotated[str, typer.Option("--name", help="A name to recognise the node by.")],
+    json_: JsonOption = False,
+) -> None:
+    """Register a node's public key: from now on it may join."""
+    from zk0cli.services import server as server_service
+
+    result = server_service.add_node(session().paths, public_key_file, name)
+    out().result(result, lambda c: c.print(f"[green]✓[/green] registered node {escape(name)} (id {result['node_id']})"))
+
+
+@nodes_app.command("list")
+def nodes_list(json_: JsonOption = False) -> None:
+    """List registered nodes and whether they are online."""
+    from rich.table import Table
+
+    from zk0cli.services import server as server_service
+
+    nodes = server_service.list_nodes(session().paths)
+
+    def render(console) -> None:
+        if not nodes:
+            console.print("no nodes registered yet: zk0 server nodes add NODE_KEY.pub --name NAME")
+            return
+        table = Table()
+        for column in ("node id", "name", "status", "online since", "offline since"):
+            table.add_column(column)
+        for node in nodes:
+            table.add_row(node["node_id"], node["name"], node["status"], str(node["online_at"]), str(node["offline_at"]))
+        console.print(table)
+
+    out().result({"nodes": nodes}, render)
+
+
+@nodes_app.command("remove")
+def nodes_remove(
+    node_id: Annotated[str, typer.Argument(help="Node id, from `zk0 server nodes list`.")],
+    json_: JsonOption = False,
+) -> None:
+    """Unregister a node: it can no longer join."""
+    from zk0cli.services import server as server_service
+
+    result = server_service.remove_node(session().paths, node_id)
+    label = f" ({result['name']})" if result["name"] else ""
+    out().result(result, lambda c: c.print(f"[green]✓[/green] unregistered node {node_id}{escape(label)}"))

@@ -1,0 +1,258 @@
+"""`zk0 server serve` and `zk0 server nodes`: the SuperLink behind its fleet-only front.
+
+Layout of a served federation (defaults from config ``server.*``):
+
+    nodes --TLS--> fleet proxy on HOST:PORT (public, 0.0.0.0:9092)   only /v1/fleet/* and /health
+                      --TLS--> flower-superlink on 127.0.0.1:CONTROL_PORT (PORT+1 by default)
+    admin: flwr CLI / `zk0 run` --TLS--> 127.0.0.1:CONTROL_PORT        Control + Runtime stay local
+
+Both processes run under one supervisor (service ``server``). The SuperLink keeps its state in
+SQLite (``<data dir>/superlink.db`` unless ``--database``), so a restart loses no run and no
+registered node, and nodes reconnect by themselves.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import socket
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from zk0cli.core import files
+from zk0cli.core.errors import bad_input, env_not_ready, unreachable
+from zk0cli.core.paths import Paths
+from zk0cli.services import flower, supervisor
+from zk0cli.services.pki import ServerPki, fingerprint
+
+SERVICE = "server"
+WILDCARD_HOSTS = ("0.0.0.0", "::", "")
+NODE_NAMES_FILE = "server-nodes.json"  # node id -> name, kept by `zk0 server nodes add`
+
+
+@dataclass
+class ServeOptions:
+    host: str = "0.0.0.0"  # public address of the fleet proxy
+    port: int = 9092  # public port nodes join through
+    control_port: int = 0  # the SuperLink's own port on 127.0.0.1 (Control/Runtime/Fleet); 0 = port + 1
+    insecure: bool = False  # plain HTTP everywhere (demo/debug only)
+    database: str = ""  # SuperLink SQLite file; empty = <data dir>/superlink.db
+    require_node_auth: bool = True  # only registered node keys may join (needs TLS)
+
+    @property
+    def superlink_port(self) -> int:
+        return self.control_port or self.port + 1
+
+
+def build_spec(paths: Paths, options: ServeOptions) -> supervisor.ServiceSpec:
+    """Check everything that can be checked before starting, and describe the processes to run."""
+    if options.insecure and options.require_node_auth:
+        raise bad_input("node authentication needs TLS, and --insecure turns TLS off",
+                        hint="add --no-require-node-auth to run insecure (demo only), or drop --insecure")
+    if not 1 <= options.superlink_port <= 65535 or options.superlink_port == options.port:
+        raise bad_input(f"control port {options.superlink_port} is not usable next to public port {options.port}",
+                        hint="pass --control-port N (a free port other than --port)")
+    holder = supervisor.lock_holder(paths, SERVICE)
+    if holder:
+        raise supervisor.already_running(SERVICE, holder)
+    pki = None if options.insecure else _server_pki(paths)
+    health_host = _health_host(options.host)
+    if pki is not None:
+        _check_certificate_names(pki, options.host)
+    ensure_port_free(options.host, options.port, flag="--port")
+    ensure_port_free("127.0.0.1", options.superlink_port, flag="--control-port")
+    database = Path(options.database).expanduser().absolute() if options.database else paths.data_dir / "superlink.db"
+    database.parent.mkdir(parents=True, exist_ok=True)
+
+    tls = flower.TlsFiles(str(pki.server_cert), str(pki.server_key), str(pki.ca_cert)) if pki else None
+    ca = str(pki.ca_cert) if pki else ""
+    scheme = "http" if options.insecure else "https"
+    superlink_address = f"127.0.0.1:{options.superlink_port}"
+    superlink = supervisor.ProcessSpec(
+        name="superlink",
+        argv=flower.superlink_argv(host="127.0.0.1", port=options.superlink_port, database=str(database), tls=tls,
+                                   node_auth=options.require_node_auth),
+        health_url=f"{scheme}://{superlink_address}/health",
+        health_ca=ca,
+        ports={"control": options.superlink_port},
+        flwr_home=str(supervisor.flwr_home(paths, SERVICE)),
+        preload=flower.SUPERLINK_ENTRY,
+    )
+    proxy_argv = [sys.executable, "-m", "zk0cli.services.fleet_proxy", "--listen", _join(options.host, options.port),
+                  "--upstream", superlink_address]
+    proxy_argv += ["--insecure"] if tls is None else ["--certfile", tls.certfile, "--keyfile", tls.keyfile, "--cafile", tls.cafile]
+    proxy = supervisor.ProcessSpec(
+        name="fleet-proxy",
+        argv=proxy_argv,
+        health_url=f"{scheme}://{_join(health_host, options.port)}/health",
+        health_ca=ca,
+        health_ok_status=[200, 502],  # 502: the proxy is up, the SuperLink behind it is (re)starting
+        ports={"public": options.port},
+    )
+    info = {
+        "public_address": _join(options.host, options.port),
+        "control_address": superlink_address,
+        "tls": not options.insecure,
+        "node_auth": options.require_node_auth,
+        "database": str(database),
+        "ca_cert": ca or None,
+        "ca_fingerprint": fingerprint(pki.ca_cert) if pki else None,
+    }
+    return supervisor.ServiceSpec(name=SERVICE, kind="server", processes=[superlink, proxy], info=info)
+
+
+def prepare_cli_connection(paths: Paths, spec: supervisor.ServiceSpec) -> Path:
+    """Write the flwr CLI's ``zk0-local`` connection for this server (Control API on loopback)."""
+    return flower.write_cli_connection(paths, address=spec.info["control_address"], root_ca=spec.info["ca_cert"])
+
+
+def ensure_port_free(host: str, port: int, *, flag: str) -> None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host or "0.0.0.0", port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise env_not_ready(f"port {port} on {host or '0.0.0.0'} is already in use{_port_owner(port)}",
+                                    hint=f"stop what uses it (`zk0 status` shows zk0's services), or pick another: {flag} N") from None
+            if exc.errno == errno.EADDRNOTAVAIL:
+                raise bad_input(f"{host} is not an address of this machine", hint="use --host 0.0.0.0, or one of this machine's addresses") from None
+            if exc.errno == errno.EACCES:
+                raise env_not_ready(f"port {port} needs privileges this user does not have", hint=f"use a port above 1023: {flag} N") from None
+            raise
+
+
+def _port_owner(port: int) -> str:
+    """`` (pid N, NAME)`` for the process listening on port, when this user may see it."""
+    import psutil
+
+    try:
+        for conn in psutil.net_connections(kind="inet"):
+            if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port and conn.pid:
+                return f" (pid {conn.pid}, {psutil.Process(conn.pid).name()})"
+    except (psutil.Error, OSError):
+        pass
+    return ""
+
+
+def _server_pki(paths: Paths) -> ServerPki:
+    pki = ServerPki.at(paths.pki_dir)
+    missing = [p for p in (pki.ca_cert, pki.server_cert, pki.server_key) if not p.exists()]
+    if missing:
+        raise env_not_ready(f"no server certificate: {missing[0]} is missing",
+                            hint="zk0 init --role server --public-address YOUR.HOST (or --insecure for a local demo)")
+    return pki
+
+
+def _check_certificate_names(pki: ServerPki, host: str) -> None:
+    """A specific bind address must be in the certificate, or nodes (and our health check) fail TLS."""
+    if host in WILDCARD_HOSTS:
+        return
+    names = certificate_names(pki.server_cert)
+    if host not in names:
+        raise bad_input(f"the server certificate is not valid for {host} (it names {', '.join(names)})",
+                        hint=f"zk0 init --role server --public-address {host} --force, or --host 0.0.0.0")
+
+
+def certificate_names(cert_path: Path) -> list[str]:
+    from cryptography import x509
+
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return [str(v) for v in san.get_values_for_type(x509.IPAddress)] + san.get_values_for_type(x509.DNSName)
+
+
+def _health_host(host: str) -> str:
+    """Where the health check reaches a proxy bound to ``host``."""
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    if host == "::":
+        return "::1"
+    return host
+
+
+def _join(host: str, port: int) -> str:
+    try:
+        if ipaddress.ip_address(host).version == 6:
+            return f"[{host}]:{port}"
+    except ValueError:
+        pass
+    return f"{host}:{port}"
+
+
+# --------------------------------------------------------------------------- zk0 server nodes
+
+
+def require_running(paths: Paths) -> dict:
+    state = supervisor.read_state(paths, SERVICE)
+    if state is None or not state["supervisor_alive"] or state["state"] not in ("healthy", "restarting", "starting"):
+        raise unreachable("the server is not running on this machine", hint="start it: zk0 server serve --detach")
+    return state
+
+
+def add_node(paths: Paths, public_key_file: Path, name: str) -> dict:
+    """Register a node's public key with the SuperLink (``flwr supernode register``)."""
+    supervisor.check_service_name(name, what="node name")
+    key = _read_public_key(public_key_file)
+    require_running(paths)
+    document = flower.run_flwr(paths, ["supernode", "register", str(public_key_file), flower.CLI_CONNECTION, "--name", name])
+    node_id = str(document["node-id"])
+    names = _node_names(paths)
+    names[node_id] = {"name": name, "public_key": key}
+    files.atomic_write_json(paths.data_dir / NODE_NAMES_FILE, names)
+    return {"node_id": node_id, "name": name}
+
+
+def list_nodes(paths: Paths) -> list[dict]:
+    require_running(paths)
+    document = flower.run_flwr(paths, ["supernode", "list", flower.CLI_CONNECTION])
+    names = _node_names(paths)
+    return [
+        {
+            "node_id": str(node["node-id"]),
+            "name": names.get(str(node["node-id"]), {}).get("name", ""),
+            "status": node.get("status", ""),
+            "created_at": node.get("created-at"),
+            "online_at": node.get("online-at"),
+            "offline_at": node.get("offline-at"),
+        }
+        for node in document.get("nodes", [])
+    ]
+
+
+def remove_node(paths: Paths, node_id: str) -> dict:
+    if not node_id.isdigit():
+        raise bad_input(f"'{node_id}' is not a node id", hint="node ids are numbers: see `zk0 server nodes list`")
+    require_running(paths)
+    flower.run_flwr(paths, ["supernode", "unregister", node_id, flower.CLI_CONNECTION])
+    names = _node_names(paths)
+    removed = names.pop(node_id, {})
+    files.atomic_write_json(paths.data_dir / NODE_NAMES_FILE, names)
+    return {"node_id": node_id, "name": removed.get("name", "")}
+
+
+def _read_public_key(path: Path) -> str:
+    try:
+        text = Path(path).read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise bad_input(f"public key file {path} does not exist", hint="the node operator sends node_key.pub from `zk0 init --role node`") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise bad_input(f"cannot read public key file {path}: {exc}") from None
+    if not text.startswith("ecdsa-sha2-nistp") or len(text.split()) < 2:
+        raise bad_input(f"{path} is not an OpenSSH ECDSA public key",
+                        hint="pass the node's node_key.pub (starts with ecdsa-sha2-nistp384), not its private key")
+    return text
+
+
+def _node_names(paths: Paths) -> dict:
+    import json
+
+    try:
+        return json.loads((paths.data_dir / NODE_NAMES_FILE).read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        return {}
