@@ -82,3 +82,51 @@ def real_dataset(tmp_path) -> Path:
     if not SHARED_DATASET.is_dir():
         pytest.skip(f"the real recording is not on this machine: {SHARED_DATASET}")
     return Path(shutil.copytree(SHARED_DATASET, tmp_path / "so101-record-test"))
+
+
+@pytest.fixture
+def v21_dataset(sample_dataset) -> Path:
+    """The sample rearranged into LeRobot's v2.1 layout: one data file per episode, jsonl metadata."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root = sample_dataset
+    episodes_meta = pq.read_table(next((root / "meta/episodes").rglob("*.parquet"))).to_pylist()
+    data_file = root / "data/chunk-000/file-000.parquet"
+    table = pq.read_table(data_file)
+    episode_of_row = table["episode_index"].to_numpy()
+    for row in episodes_meta:
+        episode = row["episode_index"]
+        rows = pa.array(episode_of_row == episode)
+        pq.write_table(table.filter(rows), root / f"data/chunk-000/episode_{episode:06d}.parquet")
+    data_file.unlink()
+
+    def jsonl(name: str, items) -> None:
+        (root / "meta" / name).write_text("".join(json.dumps(item) + "\n" for item in items))
+
+    tasks = pq.read_table(root / "meta/tasks.parquet").to_pylist()
+    jsonl("tasks.jsonl", ({"task_index": t["task_index"], "task": t["task"]} for t in tasks))
+    jsonl("episodes.jsonl", ({"episode_index": r["episode_index"], "tasks": r["tasks"], "length": r["length"]}
+                             for r in episodes_meta))
+    jsonl("episodes_stats.jsonl", ({"episode_index": r["episode_index"], "stats": _episode_stats(r)}
+                                   for r in episodes_meta))
+    import shutil
+
+    shutil.rmtree(root / "meta/episodes")
+    (root / "meta/tasks.parquet").unlink()
+    info_path = root / "meta/info.json"
+    info = json.loads(info_path.read_text())
+    info.update(codebase_version="v2.1", total_chunks=1, total_videos=0,
+                data_path="data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet")
+    info_path.write_text(json.dumps(info, indent=2))
+    return root
+
+
+def _episode_stats(row: dict) -> dict:
+    """{'stats/<feature>/<metric>': v} columns of a v3.0 episodes row as v2.1's {feature: {metric: v}}."""
+    stats: dict = {}
+    for column, value in row.items():
+        if column.startswith("stats/"):
+            feature, metric = column[len("stats/"):].rsplit("/", 1)
+            stats.setdefault(feature, {})[metric] = value
+    return stats

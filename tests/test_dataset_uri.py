@@ -115,14 +115,11 @@ def test_open_malformed_info_json(sample_dataset):
     assert "malformed" in err.message and err.code is ExitCode.BAD_INPUT
 
 
-def test_open_v21_names_the_conversion_command(sample_dataset):
-    info_path = sample_dataset / "meta" / "info.json"
-    info = json.loads(info_path.read_text())
-    info["codebase_version"] = "v2.1"
-    info_path.write_text(json.dumps(info))
-    err = _error(lambda: open_dataset(parse_uri(str(sample_dataset))))
-    assert err.code is ExitCode.BAD_INPUT
-    assert f"python -m lerobot.scripts.convert_dataset_v21_to_v30 --repo-id=local/sample --root={sample_dataset}" in err.hint
+def test_open_v21_names_the_conversion_command(v21_dataset):
+    err = _error(lambda: open_dataset(parse_uri(str(v21_dataset))))
+    assert err.code is ExitCode.BAD_INPUT and "v2.1" in err.message
+    assert f"zk0 dataset convert {v21_dataset}" in err.hint
+    assert f"python -m lerobot.scripts.convert_dataset_v21_to_v30 --repo-id=local/sample --root={v21_dataset}" in err.hint
 
 
 def test_open_incomplete_dataset(sample_dataset):

@@ -156,37 +156,16 @@ def test_wrong_state_dimension(sample_dataset):
     assert spec.status is Status.FAIL and "shape (5,), expected (6,)" in spec.detail
 
 
-def test_v21_layout_is_recognised_with_the_conversion_command(sample_dataset, cli):
-    _make_v21(sample_dataset)
-    result = cli("dataset", "validate", str(sample_dataset), "--json")
+def test_v21_layout_is_recognised_with_the_conversion_command(v21_dataset, cli):
+    result = cli("dataset", "validate", str(v21_dataset), "--json")
     assert result.code == 1
     checks = {c["name"]: c for c in result.json()["checks"]}
     assert checks["format"]["status"] == "fail" and "v2.1" in checks["format"]["detail"]
-    assert (f"python -m lerobot.scripts.convert_dataset_v21_to_v30 --repo-id=local/sample --root={sample_dataset} "
+    assert f"zk0 dataset convert {v21_dataset}" in checks["format"]["fix"]
+    assert (f"python -m lerobot.scripts.convert_dataset_v21_to_v30 --repo-id=local/sample --root={v21_dataset} "
             "--push-to-hub=false") in checks["format"]["fix"]
-    info = cli("dataset", "info", str(sample_dataset), "--json")
+    info = cli("dataset", "info", str(v21_dataset), "--json")
     assert info.code == 0 and info.json()["codebase_version"] == "v2.1" and info.json()["tasks"]
-
-
-def _make_v21(root: Path) -> None:
-    """Rearrange a v3.0 sample into the v2.1 layout: one data file per episode, jsonl metadata."""
-    table = pq.read_table(root / DATA_FILE)
-    episodes = table["episode_index"].to_numpy()
-    for episode in np.unique(episodes):
-        pq.write_table(table.filter(pa.array(episodes == episode)), root / f"data/chunk-000/episode_{episode:06d}.parquet")
-    (root / DATA_FILE).unlink()
-    tasks = pq.read_table(root / "meta/tasks.parquet").to_pandas()
-    (root / "meta/tasks.jsonl").write_text("".join(
-        json.dumps({"task_index": int(i), "task": str(t)}) + "\n" for t, i in zip(tasks.index, tasks["task_index"])))
-    (root / "meta/episodes.jsonl").write_text("".join(
-        json.dumps({"episode_index": int(e), "tasks": list(tasks.index), "length": int((episodes == e).sum())}) + "\n"
-        for e in np.unique(episodes)))
-    shutil.rmtree(root / "meta/episodes")
-    (root / "meta/tasks.parquet").unlink()
-    info_path = root / "meta/info.json"
-    info = json.loads(info_path.read_text())
-    info.update(codebase_version="v2.1", data_path="data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet")
-    info_path.write_text(json.dumps(info))
 
 
 def test_truncated_parquet_is_named(sample_dataset, cli):

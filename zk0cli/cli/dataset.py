@@ -122,6 +122,24 @@ def sample(
         f"  next: zk0 dataset validate local:{root}"))
 
 
+@app.command("convert")
+def convert(
+    uri: UriArgument,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Where to write the v3.0 copy "
+                                                   "(default: next to it, named <dir>-v30).")] = None,
+    json_: JsonOption = False,
+) -> None:
+    """Convert a local LeRobot v2.1 dataset to v3.0 with LeRobot's converter, offline, on a copy."""
+    from zk0cli.services.datasets.convert import convert_to_v30
+    from zk0cli.services.datasets.uri import parse_uri
+
+    with out().err.status("converting with LeRobot's converter…"):
+        target = convert_to_v30(parse_uri(uri), output)
+    data = {"path": str(target), "uri": f"local:{target}"}
+    out().result(data, lambda console: console.print(
+        f"[green]✓[/green] v3.0 copy written to {target}\n  next: zk0 dataset validate local:{target}"))
+
+
 def _duration(seconds: float) -> str:
     minutes, rest = divmod(int(round(seconds)), 60)
     return f"{minutes} min {rest} s" if minutes else f"{seconds:.1f} s"

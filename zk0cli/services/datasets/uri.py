@@ -92,9 +92,10 @@ def _local(path: Path) -> DatasetUri:
 
 
 def convert_command(uri: DatasetUri) -> str:
-    """LeRobot's own v2.1 -> v3.0 conversion command for this dataset."""
+    """How to convert this v2.1 dataset: zk0's offline copy-and-convert, and LeRobot's own command."""
     if uri.kind == "local":
-        return f"python -m {CONVERT_MODULE} --repo-id={uri.repo_id} --root={uri.path} --push-to-hub=false"
+        return (f"zk0 dataset convert {uri.path} (a converted copy; or in place with LeRobot: "
+                f"python -m {CONVERT_MODULE} --repo-id={uri.repo_id} --root={uri.path} --push-to-hub=false)")
     return f"python -m {CONVERT_MODULE} --repo-id={uri.repo_id}"
 
 
@@ -178,7 +179,7 @@ def check_version(uri: DatasetUri, info: dict) -> None:
     if major < SUPPORTED_MAJOR:
         raise bad_input(
             f"{uri} is a LeRobot {version} dataset; zk0 and LeRobot 0.6.1 read v3.0",
-            hint=f"convert it (work on a copy): {convert_command(uri)}",
+            hint=f"convert it: {convert_command(uri)}",
         )
     if major > SUPPORTED_MAJOR:
         raise bad_input(f"{uri} is a LeRobot {version} dataset, newer than this LeRobot reads", hint="upgrade lerobot")

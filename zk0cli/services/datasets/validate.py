@@ -162,7 +162,7 @@ def check_format(uri: DatasetUri, info: dict) -> CheckResult:
                     "a LeRobot v3.0 dataset says \"codebase_version\": \"v3.0\"; re-export it with LeRobot >= 0.4")
     if major < 3:
         return fail("format", f"LeRobot {version} layout; LeRobot 0.6.1 and zk0 read v3.0",
-                    f"convert a copy with LeRobot's converter: {convert_command(uri)}", version=version)
+                    f"convert it: {convert_command(uri)}", version=version)
     if major > 3:
         return fail("format", f"LeRobot {version} is newer than LeRobot 0.6.1 reads", "upgrade lerobot", version=version)
     return ok("format", f"LeRobot {version}", version=version)
