@@ -322,3 +322,17 @@ def test_episode_in_another_file_than_its_metadata_says(sample_dataset):
     _move_episode_2_to_its_own_file(sample_dataset)
     meta = _checks(sample_dataset)["episodes metadata"]  # meta/episodes still says file-000 for episode 2
     assert meta.status is Status.FAIL and meta.data["episodes"] == [2] and "not in the data file" in meta.detail
+
+
+def test_hf_dataset_in_the_local_cache_is_used_offline(sample_dataset, tmp_path, monkeypatch, cli):
+    """The Hub is what this machine lacks: lay the sample out as a cached Hub snapshot instead."""
+    cache = tmp_path / "lerobot-home" / "hub" / "datasets--zk0-test--cached"
+    commit = "0" * 40
+    shutil.copytree(sample_dataset, cache / "snapshots" / commit)
+    (cache / "refs").mkdir()
+    (cache / "refs" / "main").write_text(commit)
+    monkeypatch.setenv("HF_LEROBOT_HOME", str(tmp_path / "lerobot-home"))
+    result = cli("dataset", "validate", "hf:zk0-test/cached", "--json")
+    assert result.code == 0, result.stderr
+    assert result.json()["root"] == str(cache / "snapshots" / commit)
+    assert cli("dataset", "info", "hf:zk0-test/cached", "--json").json()["frames"] == 120

@@ -8,6 +8,7 @@ quotes it for Flower's ``--node-config``.
 from __future__ import annotations
 
 import json
+import os
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -142,7 +143,15 @@ def dataset_root(uri: DatasetUri, *, meta_only: bool = False) -> Path:
 
     with lerobot_errors(uri):
         return Path(snapshot_download(uri.repo_id, repo_type="dataset", revision=uri.revision,
-                                      allow_patterns="meta/*" if meta_only else None))
+                                      cache_dir=lerobot_hub_cache(), allow_patterns="meta/*" if meta_only else None))
+
+
+def lerobot_hub_cache() -> Path:
+    """LeRobot's Hub cache ($HF_LEROBOT_HOME/hub), so files fetched here are not fetched again for
+    training. Computed as lerobot.utils.constants does, without importing LeRobot (and torch)."""
+    from huggingface_hub.constants import HF_HOME
+
+    return Path(os.getenv("HF_LEROBOT_HOME", Path(HF_HOME) / "lerobot")).expanduser() / "hub"
 
 
 def read_info(uri: DatasetUri, root: Path) -> dict:
