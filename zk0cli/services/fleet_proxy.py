@@ -43,6 +43,7 @@ ALLOWED_EXACT = (b"/health",)
 FORBIDDEN_TOKENS = (b"..", b"%", b"//", b"\\")
 HOP_BY_HOP = {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"upgrade", b"proxy-authorization"}
 READ_CHUNK = 256 * 1024
+REASONS = {403: b"Forbidden", 502: b"Bad Gateway"}
 IDLE_TIMEOUT_S = 300.0  # a client connection with no request for this long is closed
 UPSTREAM_TIMEOUT_S = 120.0  # the SuperLink must start answering within this
 
@@ -156,7 +157,7 @@ class FleetProxy:
 
     async def _reply(self, client: h11.Connection, writer: asyncio.StreamWriter, status: int, body: bytes) -> None:
         headers = [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]
-        writer.write(client.send(h11.Response(status_code=status, headers=headers)))
+        writer.write(client.send(h11.Response(status_code=status, headers=headers, reason=REASONS[status])))
         writer.write(client.send(h11.Data(data=body)))
         writer.write(client.send(h11.EndOfMessage()))
         await writer.drain()

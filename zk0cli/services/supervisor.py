@@ -616,7 +616,7 @@ class Supervisor:
             self._event("info", f"{name} still unreachable: {detail} (check {probe.failures + 1}, next in {period:g} s)", quiet=True)
         if ok != probe.ok:
             probe.since = time.time()
-            self._state_dirty = True
+        self._state_dirty = True  # every check: failure counts and next-check times are part of the state
         probe.failures = 0 if ok else probe.failures + 1
         probe.ok, probe.detail = ok, detail
 
@@ -663,12 +663,12 @@ class Supervisor:
 
     def _spawn(self, proc: _Process, *, spare: bool) -> subprocess.Popen:
         spec = proc.spec
-        executable = shutil.which(spec.argv[0], path=proc.env["PATH"])
-        if executable is None:
-            raise env_not_ready(f"{spec.argv[0]} not found on PATH", hint="reinstall zk0 into its venv (pip install -e .)")
-        if spec.preload:
+        if spec.preload:  # argv[0] is only the program name the entry point sees
             argv = [sys.executable, "-m", "zk0cli.services.supervisor", "preload", spec.preload, "--", *spec.argv]
         else:
+            executable = shutil.which(spec.argv[0], path=proc.env["PATH"])
+            if executable is None:
+                raise env_not_ready(f"{spec.argv[0]} not found on PATH", hint="reinstall zk0 into its venv (pip install -e .)")
             argv = [executable, *spec.argv[1:]]
         if spec.flwr_home:
             Path(spec.flwr_home).mkdir(parents=True, exist_ok=True)
