@@ -67,6 +67,8 @@ class Placement:
 
 @dataclass(frozen=True)
 class SampleConfig:
+    """What write_sample makes; the defaults are the CLI defaults."""
+
     task: str = "pick"  # one of TASKS: each has its own motions and scene
     episodes: int = 4
     frames_per_episode: int = 60

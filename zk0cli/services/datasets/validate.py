@@ -223,7 +223,7 @@ def check_spec(ctx: Context) -> list[CheckResult]:
     described = ", ".join(f"{k[len(spec.camera_prefix):]} {tuple(f.get('shape', ()))} {f.get('dtype')}"
                           for k, f in cameras.items())
     if len(cameras) < spec.min_cameras:
-        results.append(fail(f"spec: cameras", f"{len(cameras)} camera(s), the {spec.name} federation needs "
+        results.append(fail("spec: cameras", f"{len(cameras)} camera(s), the {spec.name} federation needs "
                             f"{spec.min_cameras}", f"record with at least {spec.min_cameras} camera(s) named "
                             f"{spec.camera_prefix}<name>", cameras=list(cameras)))
     else:
@@ -603,8 +603,8 @@ def _quantiles(ctx: Context, key: str) -> tuple[np.ndarray, np.ndarray]:
 
 def check_stats(ctx: Context) -> CheckResult:
     stats = ctx.files.stats
-    fix = (f"recompute them (policies normalise with these): lerobot-edit-dataset --repo_id {ctx.uri.repo_id} "
-           f"--root {ctx.files.root} --operation.type recompute_stats")
+    fix = (f"recompute them into a copy (policies normalise with these): lerobot-edit-dataset --repo_id "
+           f"{ctx.uri.repo_id} --root {ctx.files.root} --new_root {ctx.files.root}_stats --operation.type recompute_stats")
     if stats is None:
         return fail("stats", ctx.files.stats_problem, fix)
     keys = _value_keys(ctx)
