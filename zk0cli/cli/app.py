@@ -20,6 +20,7 @@ from zk0cli.cli import dataset
 from zk0cli.cli import server as server_cmd
 from zk0cli.cli import logs, node, stop
 from zk0cli.cli import status as status_cmd
+from zk0cli.cli import report as report_cmd
 from zk0cli.core.errors import ExitCode, Zk0Error
 from zk0cli.ui import output
 
@@ -41,6 +42,7 @@ app.add_typer(server_cmd.app, name="server")
 app.add_typer(node.app, name="node")
 app.add_typer(logs.app, name="logs")
 app.command("stop")(stop.stop)
+app.command("report")(report_cmd.report)
 
 
 def _versions(verbose: bool) -> dict[str, str]:

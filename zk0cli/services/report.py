@@ -1,0 +1,420 @@
+"""Reading a run record back, and ``zk0 report``: one self-contained HTML page plus a Markdown
+summary of a run, built only from what the record holds.
+
+The HTML embeds its plots as PNG data URIs and, up to :data:`VIDEO_EMBED_LIMIT` bytes in all,
+the evaluation videos as MP4 data URIs; the videos are also copied next to it (``videos/``), so
+the Markdown can link them and a page with larger videos still plays them from the folder.
+The plots are redrawn from the record with the run's own plot writer (:mod:`zk0cli.fl.plots`).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from zk0cli.core.errors import bad_input
+from zk0cli.core.files import atomic_write_text
+from zk0cli.core.paths import Paths
+from zk0cli.fl.records import FINAL_LINK, ROUND_FILE, STATUS_FILE, summary
+
+VIDEO_EMBED_LIMIT = 25 * 2**20  # bytes of video embedded as data URIs; beyond that they play from videos/
+REQUIRED_FILES = ("config.json", "policy_loss_history.json")
+
+
+# ----------------------------------------------------------------------------- reading a record
+
+
+@dataclass(frozen=True)
+class EvalPoint:
+    """One server evaluation of a run, placed by the optimizer steps taken before it."""
+
+    round: int
+    steps: int  # optimizer steps of every client together (or of the centralized run) up to this round
+    policy_loss: float
+    action_error: float
+
+
+@dataclass
+class RunData:
+    """A run record as written by zk0cli.fl.records, loaded and checked for completeness."""
+
+    root: Path
+    config: dict[str, Any]
+    status: dict[str, Any]
+    rounds: list[dict[str, Any]]  # full round records, round 0 first
+    history: list[dict[str, Any]]  # policy_loss_history.json
+
+    @property
+    def run_id(self) -> str:
+        return self.root.name
+
+    @property
+    def run_config(self) -> dict[str, Any]:
+        return self.config.get("run_config") or {}
+
+    @property
+    def mode(self) -> str:
+        """'federated' or 'centralized' (records written before the mode key are federated)."""
+        return str(self.config.get("mode", "federated"))
+
+    @property
+    def seed(self) -> int | None:
+        return self.run_config.get("seed")
+
+    @property
+    def final_checkpoint(self) -> Path | None:
+        link = self.root / FINAL_LINK
+        return link.resolve() if link.exists() else None
+
+    def cumulative_steps(self) -> dict[int, int]:
+        """Optimizer steps taken up to and including each round."""
+        total, steps = 0, {}
+        for entry in self.rounds:
+            total += round_steps(entry)
+            steps[entry["round"]] = total
+        return steps
+
+    def eval_points(self) -> list[EvalPoint]:
+        steps = self.cumulative_steps()
+        return [
+            EvalPoint(int(h["round"]), steps[int(h["round"])], float(h["policy_loss"]), float(h["action_error"]))
+            for h in self.history
+        ]
+
+    def summaries(self) -> list[dict[str, Any]]:
+        """federated_metrics.json's lines, made by the record's own summary()."""
+        return [summary(entry) for entry in self.rounds]
+
+
+def round_steps(entry: dict[str, Any]) -> int:
+    """Optimizer steps that reached the model in one round: those of the accepted clients."""
+    clients = (entry.get("clients") or {}).get("each") or []
+    return int(sum(int((client.get("metrics") or {}).get("steps", 0)) for client in clients))
+
+
+def resolve_run(ref: str | Path, runs_dir: Path | None = None) -> Path:
+    """A run directory from a path or a run id under ``<data dir>/runs``."""
+    runs_dir = runs_dir or Paths.resolve().runs_dir
+    text = str(ref)
+    candidates = [Path(text).expanduser(), runs_dir / text]
+    for candidate in candidates:
+        if candidate.is_dir():
+            return candidate.absolute()
+    raise bad_input(f"no run '{text}' (neither a directory nor a run under {runs_dir})",
+                    hint="pass a run directory, or a run id that `zk0 status` lists")
+
+
+def load_run(ref: str | Path, runs_dir: Path | None = None) -> RunData:
+    """Load a run record; a record without its config, loss history or any round is refused."""
+    root = resolve_run(ref, runs_dir)
+    missing = [name for name in REQUIRED_FILES if not (root / name).is_file()]
+    if missing:
+        raise bad_input(f"run {root.name} is incomplete: {', '.join(missing)} missing in {root}",
+                        hint=f"the run may still be starting or may have failed: see {root / STATUS_FILE}")
+    config = _read_json(root / "config.json")
+    history = _read_json(root / "policy_loss_history.json")
+    status = _read_json(root / STATUS_FILE) if (root / STATUS_FILE).is_file() else {}
+    rounds = [_read_json(path) for path in root.glob(ROUND_FILE.format("*"))]
+    rounds.sort(key=lambda entry: entry.get("round", -1))
+    present = [entry.get("round") for entry in rounds]
+    if not rounds or present != list(range(len(rounds))):
+        gaps = sorted(set(range(max(present or [0]) + 1)) - set(present))
+        raise bad_input(f"run {root.name} is incomplete: round records {gaps or [0]} missing",
+                        hint=f"the run may still be starting or may have failed: see {root / STATUS_FILE}")
+    known = {entry["round"] for entry in rounds}
+    if any(h.get("round") not in known for h in history):
+        raise bad_input(f"run {root.name}: policy_loss_history.json names rounds without a round record",
+                        hint="the record was edited or copied partly; re-run it with --from-record")
+    return RunData(root, config, status, rounds, history)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise bad_input(f"cannot read {path}: {exc}", hint="the run record is damaged; re-run it with --from-record")
+
+
+# ----------------------------------------------------------------------------- the report's content
+
+
+@dataclass
+class Table:
+    title: str
+    headers: list[str]
+    rows: list[list[Any]]
+    note: str = ""
+
+
+@dataclass
+class ReportContent:
+    title: str
+    facts: list[tuple[str, Any]]  # the summary at the top
+    tables: list[Table]
+    plots: list[Path]  # PNG files, alongside the report
+    videos: list[dict[str, Any]] = field(default_factory=list)  # video JSONs, with "file" alongside
+
+
+def report_content(run: RunData, out_dir: Path) -> ReportContent:
+    from zk0cli.fl import plots
+
+    points = run.eval_points()
+    final = points[-1] if points else None
+    best = min(points, key=lambda p: p.policy_loss) if points else None
+    seconds = [entry.get("seconds") for entry in run.rounds if entry["round"] > 0 and entry.get("seconds") is not None]
+    traffic = bytes_transferred(run)
+    checkpoint = run.final_checkpoint
+    facts = [
+        ("run", run.run_id),
+        ("mode", run.mode),
+        ("state", _state(run.status)),
+        ("seed", run.seed),
+        ("rounds", max(entry["round"] for entry in run.rounds)),
+        ("optimizer steps", run.cumulative_steps()[run.rounds[-1]["round"]]),
+        ("final server eval loss", f"{_num(final.policy_loss)} (round {final.round})" if final else "-"),
+        ("final action error", _num(final.action_error) if final else "-"),
+        ("best server eval loss", f"{_num(best.policy_loss)} (round {best.round})" if best else "-"),
+        ("training time", f"{sum(seconds):.1f} s over {len(seconds)} rounds ({_num(sum(seconds) / len(seconds))} s/round)"
+         if seconds else "-"),
+        ("bytes transferred", _bytes_text(traffic)),
+        ("final checkpoint", str(checkpoint) if checkpoint else "none"),
+        ("reproduce", reproduce_command(run)),
+    ]
+    tables = [
+        _participants_table(run),
+        _rounds_table(run),
+        _rejections_table(run),
+        Table("Reproducibility", ["what", "value"],
+              [[f"version {name}", version] for name, version in (run.config.get("versions") or {}).items()]
+              + [[f"fingerprint {uri}", digest] for uri, digest in (run.config.get("dataset_fingerprints") or {}).items()]),
+        Table("Configuration", ["key", "value"], [[key, value] for key, value in sorted(run.run_config.items())]),
+    ]
+    drawn = plots.write_plots(out_dir / "plots", run.summaries())
+    return ReportContent(f"zk0 run {run.run_id}", facts, tables, drawn, _copy_videos(run, out_dir))
+
+
+def bytes_transferred(run: RunData) -> dict[str, int] | None:
+    """Bytes down (server to nodes) and up over the run, when the record has them."""
+    down = up = 0
+    found = False
+    for entry in run.rounds:
+        traffic = entry.get("bytes") or {}
+        if traffic:
+            found = True
+            down += int(traffic.get("down", 0))
+            up += int(traffic.get("up", 0))
+    return {"down": down, "up": up} if found else None
+
+
+def reproduce_command(run: RunData) -> str:
+    command = "train" if run.mode == "centralized" else "sim"
+    return f"zk0 {command} --from-record {run.root}"
+
+
+def _state(status: dict[str, Any]) -> str:
+    state = str(status.get("state", "unknown"))
+    return f"{state}: {status['error']}" if status.get("error") else state
+
+
+def _participants_table(run: RunData) -> Table:
+    declared = run.config.get("participants")
+    if declared:  # written by the run itself: datasets with their episodes and frames
+        return Table("Participants", ["name", "dataset", "episodes", "frames", "fingerprint"], [
+            [p.get("name", ""), p.get("uri", ""), _episodes_text(p.get("episodes")), p.get("frames", ""),
+             str(p.get("fingerprint", ""))[:12]] for p in declared])
+    seen: dict[str, dict[str, Any]] = {}
+    for entry in run.rounds:
+        for client in (entry.get("clients") or {}).get("each") or []:
+            row = seen.setdefault(client["node"], {"dataset": client.get("dataset", ""), "rounds": 0, "samples": 0,
+                                                   "fingerprint": client.get("dataset_fingerprint", "")})
+            row["rounds"] += 1
+            row["samples"] += int(client.get("samples") or 0)
+    return Table("Participants", ["node", "dataset", "rounds trained", "samples used", "fingerprint"], [
+        [node, row["dataset"], row["rounds"], row["samples"], str(row["fingerprint"])[:12]] for node, row in seen.items()],
+        note="episodes and frames per node are not in this record; the counts are from the round records")
+
+
+def _rounds_table(run: RunData) -> Table:
+    steps = run.cumulative_steps()
+    rows = []
+    for entry, line in zip(run.rounds, run.summaries()):
+        traffic = entry.get("bytes") or {}
+        rows.append([
+            line["round"], line["num_clients"], line["rejected"], line["failed"],
+            _mean_std(line["loss_avg"], line["loss_std"]), _num(line["server_policy_loss"]),
+            _num(line["server_action_error"]), _num(line["federated_eval_loss"]), _num(line["lr"]), _num(line["mu"]),
+            steps[line["round"]], _num(entry.get("seconds")),
+            _bytes_text({"down": traffic["down"], "up": traffic["up"]}) if traffic else "-",
+        ])
+    return Table("Rounds", ["round", "clients", "rejected", "failed", "train loss", "server loss", "action error",
+                            "fed. eval loss", "lr", "mu", "steps (total)", "seconds", "bytes down / up"], rows)
+
+
+def _rejections_table(run: RunData) -> Table:
+    rows = [[entry["round"], outcome, item.get("node", ""), item.get("dataset", ""), item.get("reason", "")]
+            for entry in run.rounds for outcome in ("rejected", "failed") for item in entry.get(outcome) or []]
+    return Table("Rejected updates and failures", ["round", "outcome", "node", "dataset", "reason"], rows,
+                 note="" if rows else "every update was accepted")
+
+
+def _copy_videos(run: RunData, out_dir: Path) -> list[dict[str, Any]]:
+    videos = []
+    for info_path in sorted((run.root / "videos").glob("*.json")):
+        info = _read_json(info_path)
+        source = info_path.with_name(str(info.get("video", info_path.with_suffix(".mp4").name)))
+        if not source.is_file():
+            continue
+        target = out_dir / "videos" / source.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+        videos.append({**info, "file": target})
+    return videos
+
+
+def _episodes_text(episodes: Any) -> str:
+    if isinstance(episodes, list):
+        from zk0cli.services.datasets.layout import short_ranges
+
+        return f"{len(episodes)} ({short_ranges(episodes)})"
+    return "" if episodes is None else str(episodes)
+
+
+def _num(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _mean_std(mean: Any, std: Any) -> str:
+    if mean is None:
+        return "-"
+    return f"{mean:.4g} ± {std:.2g}" if std else f"{mean:.4g}"
+
+
+def _bytes_text(traffic: dict[str, int] | None) -> str:
+    if traffic is None:
+        return "not recorded"
+    return f"{_size(traffic['down'])} down / {_size(traffic['up'])} up"
+
+
+def _size(count: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return ""
+
+
+# ----------------------------------------------------------------------------- writing it
+
+
+def write_report(ref: str | Path, out_dir: Path | None = None) -> dict[str, Any]:
+    """Write ``report.html`` and ``report.md`` (plots and videos alongside) and say where."""
+    run = load_run(ref)
+    out_dir = Path(out_dir) if out_dir is not None else run.root / "report"
+    content = report_content(run, out_dir)
+    html_path, md_path = out_dir / "report.html", out_dir / "report.md"
+    embedded = _embeddable(content.videos)
+    atomic_write_text(html_path, render_html(content, embedded))
+    atomic_write_text(md_path, render_markdown(content, out_dir))
+    return {
+        "run": run.run_id,
+        "html": str(html_path),
+        "markdown": str(md_path),
+        "plots": [str(p) for p in content.plots],
+        "videos": [str(v["file"]) for v in content.videos],
+        "videos_embedded": len(embedded),
+    }
+
+
+def _embeddable(videos: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    chosen, total = [], 0
+    for video in videos:
+        size = video["file"].stat().st_size
+        if total + size <= VIDEO_EMBED_LIMIT:
+            chosen.append(video)
+            total += size
+    return chosen
+
+
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 72rem; padding: 0 1rem; color: #222; }
+h1 { font-size: 1.5rem; } h2 { font-size: 1.15rem; margin-top: 2rem; border-bottom: 1px solid #ddd; }
+table { border-collapse: collapse; font-size: 0.85rem; margin: 0.5rem 0; }
+th, td { border: 1px solid #ddd; padding: 0.2rem 0.5rem; text-align: left; vertical-align: top; }
+th { background: #f4f4f4; } td { font-variant-numeric: tabular-nums; }
+img, video { max-width: 100%; border: 1px solid #ddd; margin: 0.5rem 0; }
+.note { color: #666; font-size: 0.85rem; }
+"""
+
+
+def render_html(content: ReportContent, embedded: list[dict[str, Any]]) -> str:
+    esc = html.escape
+    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{esc(content.title)}</title>",
+             f"<style>{_CSS}</style></head><body><h1>{esc(content.title)}</h1>",
+             _html_table(Table("Summary", ["", ""], [[k, v] for k, v in content.facts]), header=False)]
+    parts.append("<h2>Plots</h2>")
+    for plot in content.plots:
+        data = base64.b64encode(plot.read_bytes()).decode("ascii")
+        parts.append(f"<img alt='{esc(plot.stem)}' src='data:image/png;base64,{data}'>")
+    for table in content.tables:
+        parts.append(_html_table(table))
+    if content.videos:
+        parts.append("<h2>Evaluation videos</h2>")
+    for video in content.videos:
+        inline = any(video["file"] == chosen["file"] for chosen in embedded)
+        source = ("data:video/mp4;base64," + base64.b64encode(video["file"].read_bytes()).decode("ascii")
+                  if inline else f"videos/{video['file'].name}")
+        parts.append(f"<p>round {esc(str(video.get('round')))}, {esc(str(video.get('dataset')))} episode "
+                     f"{esc(str(video.get('episode')))}: action error {_num(video.get('action_error'))}</p>"
+                     f"<video controls preload='metadata' src='{esc(source)}'></video>")
+    parts.append("</body></html>\n")
+    return "\n".join(parts)
+
+
+def _html_table(table: Table, *, header: bool = True) -> str:
+    esc = html.escape
+    head = "".join(f"<th>{esc(h)}</th>" for h in table.headers) if header else ""
+    rows = "".join("<tr>" + "".join(_html_cell(i, cell, header) for i, cell in enumerate(row)) + "</tr>"
+                   for row in table.rows)
+    note = f"<p class='note'>{esc(table.note)}</p>" if table.note else ""
+    body = f"<table>{f'<tr>{head}</tr>' if head else ''}{rows}</table>" if table.rows else ""
+    return f"<h2>{esc(table.title)}</h2>{body}{note}"
+
+
+def _html_cell(index: int, cell: Any, header: bool) -> str:
+    tag = "th" if not header and index == 0 else "td"
+    return f"<{tag}>{html.escape(str(cell))}</{tag}>"
+
+
+def render_markdown(content: ReportContent, out_dir: Path) -> str:
+    lines = [f"# {content.title}", "", *_md_rows(["", ""], [[f"**{k}**", v] for k, v in content.facts]), ""]
+    lines += ["## Plots", ""] + [f"![{p.stem}]({p.relative_to(out_dir).as_posix()})" for p in content.plots] + [""]
+    for table in content.tables:
+        lines += [f"## {table.title}", ""]
+        if table.rows:
+            lines += [*_md_rows(table.headers, table.rows), ""]
+        if table.note:
+            lines += [f"_{table.note}_", ""]
+    if content.videos:
+        lines += ["## Evaluation videos", ""]
+        lines += [f"- round {v.get('round')}, {v.get('dataset')} episode {v.get('episode')}: action error "
+                  f"{_num(v.get('action_error'))} ([{v['file'].name}]({v['file'].relative_to(out_dir).as_posix()}))"
+                  for v in content.videos]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _md_rows(headers: list[str], rows: Iterable[list[Any]]) -> list[str]:
+    def cell(value: Any) -> str:
+        return str(value).replace("|", "\\|").replace("\n", " ")
+
+    return ["| " + " | ".join(cell(h) for h in headers) + " |", "|" + "---|" * len(headers)] + [
+        "| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
