@@ -11,9 +11,12 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from zk0cli.core.errors import bad_input
+
+if TYPE_CHECKING:
+    from zk0cli.policy.build import PolicySpec
 
 LR_SCHEDULES = ("constant", "cosine", "cosine_warm_restarts", "reduce_on_plateau")
 
@@ -39,6 +42,7 @@ class RunConfig:
     policy: str = _p("tiny", "'tiny' (offline test backbone), 'real-geometry' (random weights), or a SmolVLA checkpoint (Hub id or dir)")
     vlm_model_name: str = _p("", "local VLM directory used instead of the checkpoint's Hub VLM (offline use)")
     device: str = _p("auto", "'auto' (cuda, then mps, then cpu), 'cuda', 'mps' or 'cpu'")
+    chunk_size: int = _p(0, "actions predicted per inference; 0 keeps the policy's own (SmolVLA: 50)", ge=0)
 
     # --- data
     datasets: str = _p("", "simulation: space-separated dataset URIs, one per client (cycled), or one URI partitioned across clients")
@@ -119,6 +123,17 @@ class RunConfig:
     def to_flwr(self) -> dict[str, Any]:
         """Flower run-config form: ``{"local-steps": 20, ...}``."""
         return {key(f.name): getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def policy_spec(self) -> "PolicySpec":
+        """What every node and the server build: the same policy from the same seed."""
+        from zk0cli.policy.build import PolicySpec
+
+        common = dict(device=self.device, chunk_size=self.chunk_size or None, init_seed=self.seed)
+        if self.policy == "tiny":
+            return PolicySpec(tiny=True, **common)
+        if self.policy == "real-geometry":
+            return PolicySpec(real_geometry=True, **common)
+        return PolicySpec(base=self.policy, vlm=self.vlm_model_name or None, **common)
 
     def dataset_uris(self) -> list[str]:
         return self.datasets.split()

@@ -1,0 +1,131 @@
+"""Server-side evaluation on held-out datasets, checkpoints and evaluation videos.
+
+The server builds the same policy as the nodes once per held-out dataset (each with that
+dataset's normalisation statistics), loads the global trainable weights into it and measures,
+deterministically (fixed flow-matching noise and time, fixed frames): the policy loss and the
+action error of ``select_action`` against the recorded actions. The composite is the plain mean
+over datasets, so each held-out dataset counts the same whatever its size.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
+
+import numpy as np
+
+from zk0cli.core.errors import bad_input
+from zk0cli.fl.run_config import RunConfig
+
+if TYPE_CHECKING:
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    from zk0cli.policy.build import BuiltPolicy
+
+log = logging.getLogger("zk0.server")
+
+
+@dataclass
+class EvalTarget:
+    name: str
+    uri: str
+    built: "BuiltPolicy"
+    dataset: "LeRobotDataset"
+    fingerprint: str
+
+
+class ServerEvaluator:
+    def __init__(self, config: RunConfig):
+        uris = config.eval_dataset_uris()
+        if not uris:
+            raise bad_input(
+                "the server has no held-out dataset to build and evaluate the policy on (run config eval-datasets)",
+                hint="pass --run-config \"eval-datasets='local:/path/to/heldout'\" (zk0 sim sets one up itself)",
+            )
+        self.config = config
+        self.targets = [_target(uri, config) for uri in uris]
+
+    def fingerprints(self) -> dict[str, str]:
+        return {t.uri: t.fingerprint for t in self.targets}
+
+    def initial_weights(self) -> dict[str, np.ndarray]:
+        from zk0cli.policy.trainable import get_trainable
+
+        return {name: t.numpy() for name, t in get_trainable(self.targets[0].built.policy).items()}
+
+    def __call__(self, server_round: int, weights: Mapping[str, np.ndarray]) -> dict[str, Any]:
+        from zk0cli.policy.train import evaluate
+
+        per_dataset = {}
+        for target in self.targets:
+            _load(target.built, weights)
+            result = evaluate(target.built, target.dataset, seed=self.config.seed,
+                              max_batches=self.config.eval_batches, batch_size=self.config.batch_size)
+            per_dataset[target.name] = {"policy_loss": float(result["policy_loss"]),
+                                        "action_error": float(result["action_mae"]), "samples": int(result["samples"])}
+        composite = {key: statistics.fmean(m[key] for m in per_dataset.values()) for key in ("policy_loss", "action_error")}
+        log.info("round %d server eval: loss %.4f, action error %.4f", server_round, composite["policy_loss"],
+                 composite["action_error"])
+        return {"datasets": per_dataset, "composite": composite}
+
+    def save_checkpoint(self, directory: Path, weights: Mapping[str, np.ndarray]) -> None:
+        """LeRobot's save_pretrained layout: policy config + weights and both processors."""
+        built = self.targets[0].built
+        _load(built, weights)
+        built.policy.save_pretrained(directory)
+        built.preprocessor.save_pretrained(directory)
+        built.postprocessor.save_pretrained(directory)
+
+    def write_video(self, path: Path, weights: Mapping[str, np.ndarray], server_round: int) -> dict[str, Any]:
+        """The first held-out episode of the first eval dataset (the same one every round, so they compare)."""
+        from zk0cli.fl.video import EpisodeTrajectories, write_video
+        from zk0cli.policy.train import predict_episode
+
+        target = self.targets[0]
+        _load(target.built, weights)
+        episode = int(target.dataset.episodes[0]) if target.dataset.episodes else 0
+        actions = predict_episode(target.built, target.dataset, episode, seed=self.config.seed)
+        camera = target.dataset.meta.camera_keys[0]
+        frames = np.stack([_to_uint8_image(target.dataset[i][camera]) for i in actions.frame_indices])
+        return write_video(path, EpisodeTrajectories(
+            frames=frames, predicted=actions.predicted, recorded=actions.recorded, joint_names=actions.action_names,
+            fps=actions.fps, dataset=target.name, episode=episode,
+        ), server_round)
+
+
+def _target(uri_text: str, config: RunConfig) -> EvalTarget:
+    from zk0cli.fl.records import dataset_fingerprint
+    from zk0cli.policy.build import build_policy
+    from zk0cli.services.datasets.uri import open_dataset, open_metadata, parse_uri
+
+    uri = parse_uri(uri_text)
+    meta = open_metadata(uri)
+    if not meta.camera_keys:
+        raise bad_input(f"held-out dataset {uri} has no camera", hint="SmolVLA needs at least one camera feature")
+    built = build_policy(config.policy_spec(), meta)
+    dataset = open_dataset(uri, delta_timestamps=built.delta_timestamps(meta))
+    return EvalTarget(uri.name, str(uri), built, dataset, dataset_fingerprint(meta.root))
+
+
+def _load(built: "BuiltPolicy", weights: Mapping[str, np.ndarray]) -> None:
+    import torch
+
+    from zk0cli.policy.trainable import set_trainable
+
+    set_trainable(built.policy, {name: torch.from_numpy(np.asarray(value)) for name, value in weights.items()})
+
+
+def _to_uint8_image(image) -> np.ndarray:
+    """A dataset camera frame (C, H, W float in [0, 1], maybe with leading time dims) as H, W, 3 uint8."""
+    array = image.numpy() if hasattr(image, "numpy") else np.asarray(image)
+    array = array.reshape(array.shape[-3:])
+    if array.shape[0] in (1, 3) and array.shape[-1] not in (1, 3):
+        array = np.moveaxis(array, 0, -1)
+    if array.shape[-1] == 1:
+        array = np.repeat(array, 3, axis=-1)
+    if array.dtype != np.uint8:
+        array = np.clip(array * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return array

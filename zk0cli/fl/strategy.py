@@ -1,0 +1,226 @@
+"""zk0's FedProx: per-round lr/mu, integrity checks, sample-weighted aggregation, round records.
+
+A subclass of Flower's ``FedProx`` driven by its own ``start`` loop. Each round:
+
+1. ``configure_train``: the :class:`RoundControl` plan gives the round's lr (per client, with
+   boosts) and mu; each sampled node gets the global trainable weights, their SHA-256 digest and
+   its own train config.
+2. ``aggregate_train``: every reply is checked (digest, names, shapes, dtypes, NaN/Inf, samples);
+   bad ones are rejected with a reason and never aggregated; the rest are averaged weighted by the
+   samples each client actually used this round. The server keeps the fp32 master weights.
+3. ``configure_evaluate`` / ``aggregate_evaluate``: federated evaluation on clients' held-out
+   episodes, on evaluation rounds.
+4. ``evaluate_round`` (the ``evaluate_fn``; also runs at round 0): server-side evaluation on the
+   held-out datasets, feeding the schedules, then the round record goes to ``on_round``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Callable, Iterable, Mapping
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedProx
+from flwr.serverapp.strategy.strategy_utils import sample_nodes
+
+from zk0cli.fl import integrity
+from zk0cli.fl.control import RoundControl
+from zk0cli.fl.records import mean_std
+from zk0cli.fl.run_config import RunConfig
+
+# keys shared by the server and client apps
+ARRAYS = "arrays"
+CONFIG = "config"
+METRICS = "metrics"
+INFO = "info"  # ConfigRecord of a reply: digest, uplink encoding, dataset name and fingerprint
+SAMPLES = "samples"  # metric: training samples the client actually used this round
+
+ServerEvaluate = Callable[[int, Mapping[str, np.ndarray]], "dict[str, Any] | None"]
+RoundSink = Callable[[dict[str, Any], Mapping[str, np.ndarray]], None]
+
+
+class Zk0FedProx(FedProx):
+    def __init__(
+        self,
+        config: RunConfig,
+        initial_weights: Mapping[str, np.ndarray],
+        server_evaluate: ServerEvaluate,
+        on_round: RoundSink,
+    ) -> None:
+        super().__init__(
+            fraction_train=config.fraction_train,
+            fraction_evaluate=config.fraction_evaluate,
+            min_train_nodes=1,
+            min_evaluate_nodes=1 if config.fraction_evaluate > 0 else 0,
+            min_available_nodes=config.min_available_nodes,
+            weighted_by_key=SAMPLES,
+            proximal_mu=config.proximal_mu,
+        )
+        self.config = config
+        self.encoding = integrity.BF16_DELTA if config.uplink_bf16_delta else integrity.FP32
+        self.global_weights = {name: np.asarray(v, dtype=np.float32) for name, v in initial_weights.items()}
+        self.spec = integrity.spec_of(self.global_weights, self.encoding)
+        self.control = RoundControl(config)
+        self.server_evaluate = server_evaluate
+        self.on_round = on_round
+        self.entry: dict[str, Any] = {}
+        self._round_started = time.monotonic()
+
+    def initial_arrays(self) -> ArrayRecord:
+        return integrity.to_record(self.global_weights)
+
+    def run(self, grid: Grid) -> None:
+        self.start(
+            grid=grid,
+            initial_arrays=self.initial_arrays(),
+            num_rounds=self.config.num_server_rounds,
+            timeout=self.config.round_timeout_s,
+            evaluate_fn=self.evaluate_round,
+        )
+
+    def is_eval_round(self, server_round: int) -> bool:
+        c = self.config
+        return server_round == 0 or server_round % c.eval_frequency == 0 or server_round == c.num_server_rounds
+
+    # ------------------------------------------------------------ training
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        self._round_started = time.monotonic()
+        plan = self.control.plan(server_round)
+        self.proximal_mu = plan.mu
+        self.entry = {"round": server_round, "plan": plan.to_dict(), "clients": None, "rejected": [], "failed": []}
+        wanted = max(int(len(list(grid.get_node_ids())) * self.fraction_train), self.min_train_nodes)
+        node_ids, _ = sample_nodes(grid, self.min_available_nodes, wanted)
+        digest = integrity.digest(arrays)
+        messages = []
+        for node_id in node_ids:
+            node_config = ConfigRecord({
+                **dict(config),
+                "server-round": server_round,
+                "lr": plan.lr_for(str(node_id)),
+                "proximal-mu": plan.mu,
+                "arrays-sha256": digest,
+                "uplink": self.encoding,
+            })
+            content = RecordDict({ARRAYS: arrays, CONFIG: node_config})
+            messages.append(Message(content=content, message_type=MessageType.TRAIN, dst_node_id=node_id))
+        return messages
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        accepted: list[tuple[dict[str, np.ndarray], float]] = []
+        clients = []
+        for reply in replies:
+            node = str(reply.metadata.src_node_id)
+            if reply.has_error():
+                self.entry["failed"].append({"node": node, "reason": reply.error.reason})
+                continue
+            client, weights, reason = self._check_reply(reply)
+            if reason:
+                self.entry["rejected"].append({"node": node, "dataset": client.get("dataset", ""), "reason": reason})
+                continue
+            clients.append(client)
+            accepted.append((weights, client["samples"]))
+        self.entry["clients"] = {"aggregate": _aggregate_clients(clients), "each": clients}
+        self.control.observe_clients({c["node"]: c["metrics"]["loss"] for c in clients})
+        if not accepted:
+            return None, None
+        self.global_weights = _weighted_average(accepted)
+        numeric = {k: v for k, v in self.entry["clients"]["aggregate"].items() if v is not None}
+        return integrity.to_record(self.global_weights), MetricRecord(numeric)
+
+    def _check_reply(self, reply: Message) -> tuple[dict[str, Any], dict[str, np.ndarray] | None, str]:
+        """(client entry, full fp32 weights, rejection reason or '')."""
+        node = str(reply.metadata.src_node_id)
+        content = reply.content
+        if len(content.array_records) != 1 or METRICS not in content.metric_records or INFO not in content.config_records:
+            return {"node": node}, None, "malformed reply (needs one ArrayRecord, 'metrics' and 'info')"
+        metrics = dict(content[METRICS])
+        info = dict(content[INFO])
+        client = {"node": node, "dataset": str(info.get("dataset", "")), "metrics": metrics,
+                  "samples": metrics.get(SAMPLES, 0), "dataset_fingerprint": str(info.get("dataset-fingerprint", ""))}
+        samples = metrics.get(SAMPLES)
+        if not isinstance(samples, (int, float)) or not math.isfinite(samples) or samples <= 0:
+            return client, None, f"no training samples reported ({samples!r})"
+        loss = metrics.get("loss")
+        if not isinstance(loss, (int, float)) or not math.isfinite(loss):
+            return client, None, f"non-finite training loss ({loss!r})"
+        if info.get("uplink") != self.encoding:
+            return client, None, f"uplink encoding {info.get('uplink')!r}, expected {self.encoding!r}"
+        record = next(iter(content.array_records.values()))
+        checked = integrity.check_update(record, str(info.get("sha256", "")), self.spec, self.encoding, self.global_weights)
+        return client, checked.weights, checked.reason
+
+    # ------------------------------------------------------------ federated evaluation
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        if not self.is_eval_round(server_round):
+            return []
+        config["arrays-sha256"] = integrity.digest(arrays)
+        return super().configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        each, failed = [], []
+        for reply in replies:
+            node = str(reply.metadata.src_node_id)
+            if reply.has_error():
+                failed.append({"node": node, "reason": reply.error.reason})
+                continue
+            metrics = dict(reply.content[METRICS]) if METRICS in reply.content.metric_records else {}
+            info = dict(reply.content[INFO]) if INFO in reply.content.config_records else {}
+            each.append({"node": node, "dataset": str(info.get("dataset", "")), "metrics": metrics})
+        usable = [c for c in each if c["metrics"].get(SAMPLES, 0) > 0 and all(
+            math.isfinite(c["metrics"].get(k, math.nan)) for k in ("policy_loss", "action_error"))]
+        aggregate = None
+        if usable:
+            total = sum(c["metrics"][SAMPLES] for c in usable)
+            aggregate = {
+                key: sum(c["metrics"][key] * c["metrics"][SAMPLES] for c in usable) / total
+                for key in ("policy_loss", "action_error")
+            }
+            aggregate.update(num_clients=len(usable), samples=total)
+        self.entry["federated_eval"] = {"aggregate": aggregate, "each": each, "failed": failed}
+        return MetricRecord(aggregate) if aggregate else None
+
+    # ------------------------------------------------------------ server evaluation + record
+
+    def evaluate_round(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        if server_round == 0:
+            self.entry = {"round": 0}
+        result = self.server_evaluate(server_round, self.global_weights) if self.is_eval_round(server_round) else None
+        if result:
+            self.control.observe_server_loss(result["composite"]["policy_loss"])
+        self.entry["server_eval"] = result
+        self.entry["seconds"] = round(time.monotonic() - self._round_started, 3)
+        self.on_round(self.entry, self.global_weights)
+        return MetricRecord(result["composite"]) if result else None
+
+
+def _weighted_average(accepted: list[tuple[dict[str, np.ndarray], float]]) -> dict[str, np.ndarray]:
+    total = float(sum(samples for _, samples in accepted))
+    names = accepted[0][0].keys()
+    return {
+        name: (sum(weights[name].astype(np.float64) * (samples / total) for weights, samples in accepted)).astype(np.float32)
+        for name in names
+    }
+
+
+CLIENT_AVERAGED = ("fedprox_loss", "policy_loss", "grad_norm", "update_norm", "seconds")
+
+
+def _aggregate_clients(clients: list[dict[str, Any]]) -> dict[str, Any]:
+    loss_avg, loss_std = mean_std(c["metrics"]["loss"] for c in clients)
+    aggregate: dict[str, Any] = {"num_clients": len(clients), "loss_avg": loss_avg, "loss_std": loss_std,
+                                 "samples_total": sum(c["samples"] for c in clients)}
+    for key in CLIENT_AVERAGED:
+        average, _ = mean_std(c["metrics"][key] for c in clients if key in c["metrics"])
+        aggregate[f"{key}_avg"] = average
+    return aggregate
