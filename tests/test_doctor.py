@@ -3,6 +3,8 @@ server/node role checks against real certificates and a real TLS /health server,
 
 from __future__ import annotations
 
+import re
+
 import datetime as dt
 import http.server
 import shutil
@@ -76,12 +78,12 @@ def test_doctor_json_on_this_machine(cli, monkeypatch):
 
 def test_doctor_human_output_has_a_fix_under_every_problem(cli):
     result = cli("doctor", "--skip-network")
-    lines = result.stdout.splitlines()
-    problems = [line for line in lines if line.startswith(("!", "✗"))]
+    rows = [line.strip() for line in result.stdout.splitlines()]
+    problems = [row for row in rows if row.startswith(("! ", "✗ "))]
     assert problems, "this machine has at least the no-role warning"
-    assert sum("fix:" in line for line in lines) == len(problems)
-    assert any(line.startswith("✓ python") for line in lines)
-    assert result.code == (4 if any(line.startswith("✗") for line in lines) else 0)
+    assert sum(row.startswith("fix:") for row in rows) == len(problems)
+    assert any(re.match(r"✓\s+python\s", row) for row in rows)
+    assert result.code == (4 if any(row.startswith("✗ ") for row in rows) else 0)
 
 
 def test_offline_mode_and_skip_network(tmp_path):

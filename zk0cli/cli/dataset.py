@@ -51,7 +51,7 @@ def validate(
     """
     from zk0cli.services.datasets.uri import parse_uri
     from zk0cli.services.datasets.validate import validate_dataset
-    from zk0cli.ui.checks import render_checks_table
+    from zk0cli.ui.checks import render_checks
 
     parsed = parse_uri(uri)
     with _progress() as progress:
@@ -62,7 +62,7 @@ def validate(
         verdict = "[red]not accepted[/red]" if report.errors else "[green]accepted[/green]"
         line = (f"{verdict}: {s['errors']} error(s), {s['warnings']} warning(s); {s['episodes']} episodes, "
                 f"{s['frames']} frames, {_duration(s['duration_s'])}, {_size(s['size_bytes'])}")
-        render_checks_table(console, report.checks, title=f"{report.uri} (spec {report.spec})", summary=line)
+        render_checks(console, report.checks, title=f"{report.uri} (spec {report.spec})", summary=line)
 
     out().result(report.to_dict(), render)
     if report.exit_code is not ExitCode.OK:
