@@ -99,10 +99,10 @@ def test_real_supervised_services_render_with_live_numbers(paths, supervised):
         name="node-alice", kind="node", processes=[python_process("supernode", f"import sys, time; {say}; time.sleep(120)")],
         info={"server": "fl.example.org:9092", "dataset": "hf:me/pick"}))
 
-    with status_mod.StatusCollector(paths, role="server") as collector:
-        collector.snapshot()
-        time.sleep(0.3)  # the second look measures CPU over the time between refreshes
-        snapshot = collector.snapshot()
+    collector = status_mod.StatusCollector(paths, role="server")
+    collector.snapshot()
+    time.sleep(0.3)  # the second look measures CPU over the time between refreshes
+    snapshot = collector.snapshot()
 
     assert snapshot.sources["services"].state == "ok"
     server, alice = snapshot.services
@@ -138,6 +138,18 @@ def test_stale_heartbeat_is_not_shown_as_live(paths, supervised):
     frozen_row = next(line for line in text.splitlines() if "node-frozen" in line and "supernode" in line)
     assert "stale" in frozen_row and str(frozen["processes"]["supernode"]["pid"]) not in frozen_row
     assert "no supervisor heartbeat" in text
+
+
+def test_killed_supervisor_reads_as_stopped_without_live_numbers(paths, supervised):
+    state = supervised(supervisor.ServiceSpec(name="node-carol", kind="node", processes=[python_process("supernode")]))
+    os.kill(state["supervisor"]["pid"], 9)  # its orphaned child is ended by stop_service at teardown
+    os.waitpid(state["supervisor"]["pid"], 0)  # started from this process: reap it, as init would
+
+    carol = status_mod.collect(paths).services[0]
+    assert carol.state == "stopped" and "supervisor is no longer running" in carol.reason
+    assert carol.processes[0].pid is None and carol.processes[0].cpu_percent is None
+    text = render(status_mod.collect(paths))
+    assert "supervisor is no longer running" in text and str(state["processes"]["supernode"]["pid"]) not in text
 
 
 @pytest.mark.parametrize("content", ["{\"schema\": 1, \"service\": \"node-bob\", \"sta", "", "[1, 2"])
@@ -241,11 +253,11 @@ def test_silent_superlink_never_freezes_the_snapshot(paths):
         silent.bind(("127.0.0.1", 0))
         silent.listen()
         flower.write_cli_connection(paths, address=f"127.0.0.1:{silent.getsockname()[1]}", root_ca=None)
-        with status_mod.StatusCollector(paths, role="server", timeout_s=0.5) as collector:
-            started = time.monotonic()
-            first = collector.snapshot()
-            second = collector.snapshot()
-            took = time.monotonic() - started
+        collector = status_mod.StatusCollector(paths, role="server", timeout_s=0.5)
+        started = time.monotonic()
+        first = collector.snapshot()
+        second = collector.snapshot()
+        took = time.monotonic() - started
     assert took < 3
     assert first.federation.source.state == "unreachable" and "0.5 s" in first.federation.source.reason
     assert second.federation.source.state == "unreachable"
@@ -273,13 +285,13 @@ def test_real_superlink_nodes_match_flwr_cli(paths, tmp_path):
                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     flower.write_cli_connection(paths, address=f"127.0.0.1:{port}", root_ca=None)
     try:
-        with status_mod.StatusCollector(paths, role="server") as collector:
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                snapshot = collector.snapshot()
-                if snapshot.federation.source.state == "ok" and snapshot.federation.online:
-                    break
-                time.sleep(0.5)
+        collector = status_mod.StatusCollector(paths, role="server")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            snapshot = collector.snapshot()
+            if snapshot.federation.source.state == "ok" and snapshot.federation.online:
+                break
+            time.sleep(0.5)
         assert snapshot.federation.online == 1, snapshot.federation
         listed = flower.run_flwr(paths, ["supernode", "list"])["nodes"]
         assert [n.node_id for n in snapshot.federation.nodes] == [int(n["node-id"]) for n in listed]
@@ -334,6 +346,13 @@ def test_wide_terminal_puts_panels_side_by_side(paths, supervised):
     assert len(wide.splitlines()) < len(narrow.splitlines())
 
 
+def test_record_file_names_match_the_record_writer():
+    from zk0cli.fl import records
+
+    assert status_mod.STATUS_FILE == records.STATUS_FILE
+    assert status_mod.ROUND_FILE.fullmatch(records.ROUND_FILE.format(12)).group(1) == "12"
+
+
 def test_sparkline_scales_between_min_and_max():
     assert sparkline([3.0, 2.0, 1.0]) == SPARK_BLOCKS[-1] + SPARK_BLOCKS[len(SPARK_BLOCKS) // 2] + SPARK_BLOCKS[0]
     assert sparkline([1.0] * 4) == SPARK_BLOCKS[3] * 4
@@ -350,6 +369,7 @@ def test_status_json_is_one_snapshot_document(cli, paths, supervised):
     assert document["services"][0]["processes"][0]["state"] == "healthy"
     assert document["runs"][0]["round"] == 3 and document["runs"][0]["loss_history"] == recorded_losses()
     assert document["sources"]["services"]["state"] == "ok"
+    assert document["problems"] == [f"superlink: unreachable: {document['sources']['superlink']['reason']}"]
 
 
 def test_status_one_shot_and_bad_flag_combinations(cli):

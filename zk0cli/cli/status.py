@@ -34,8 +34,7 @@ def status(
         snapshot = collect(paths, role=role)
         output.result(snapshot.to_dict(), lambda console: console.print(render_status(snapshot, width=console.width)))
         return
-    with StatusCollector(paths, role=role) as collector:
-        watch_dashboard(output.out, collector.snapshot, interval_s=interval)
+    watch_dashboard(output.out, StatusCollector(paths, role=role).snapshot, interval_s=interval)
 
 
 def _role() -> str:

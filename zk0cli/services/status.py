@@ -29,25 +29,22 @@ import json
 import os
 import re
 import shutil
-import socket
-import statistics
 import subprocess
+import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from zk0cli.core.paths import Paths
-from zk0cli.fl import records
 from zk0cli.services import flower, supervisor
 
 SOURCE_TIMEOUT_S = 2.0  # each source must answer within this, or it is shown as unreachable
 STALE_AFTER_S = 15.0  # three missed supervisor heartbeats (written every 5 s)
 RECENT_RUNS = 5  # run records shown besides the ones still running
 HEARTBEAT_PATIENCE = 2  # Flower's: a node is online until last heartbeat + 2 x its interval
-ROUND_FILE = re.compile(r"round_(\d+)_server_eval\.json")
+ROUND_FILE = re.compile(r"round_(\d+)_server_eval\.json")  # zk0cli.fl.records.ROUND_FILE
+STATUS_FILE = "status.json"  # zk0cli.fl.STATUS_FILE (not imported: it loads hashlib, 20 ms)
 
 OK, UNREACHABLE, STALE = "ok", "unreachable", "stale"
 ACTIVE_RUN_STATES = ("pending", "starting", "running")  # Flower's and the run record's alike
@@ -178,7 +175,7 @@ class Snapshot:
     node_hosts: list[NodeHostView] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "problems": self.problems}
 
     @property
     def problems(self) -> list[str]:
@@ -311,14 +308,14 @@ def _service_view(name: str, state: dict, now: float, cpu: CpuMeter, stale_after
 def _process_view(name: str, proc: dict, now: float, cpu: CpuMeter | None) -> ProcessView:
     started = parse_time(proc.get("started_at"))
     pid = proc.get("pid") if isinstance(proc.get("pid"), int) else None
-    view = ProcessView(name, state=str(proc.get("state", "unknown")), pid=pid,
+    view = ProcessView(name, state=str(proc.get("state", "unknown")),
                        restarts=int(proc.get("restarts") or 0), last_exit_code=proc.get("last_exit_code"),
                        health=str((proc.get("health") or {}).get("detail", "")), ports=dict(proc.get("ports") or {}))
+    # the pid is shown only once seen alive: a stopped or stale state file may name a dead one
     if pid is not None and cpu is not None:
-        view.uptime_s = None if started is None else max(0.0, now - started)
         view.cpu_percent, view.cpu_window_s, view.rss_bytes = cpu.measure(pid, proc.get("create_time"))
-        if view.rss_bytes is None:  # the recorded process is gone although the file says it runs
-            view.pid, view.uptime_s = None, None
+        if view.rss_bytes is not None:
+            view.pid, view.uptime_s = pid, None if started is None else max(0.0, now - started)
     return view
 
 
@@ -425,7 +422,7 @@ def control_failure(exc: BaseException) -> str:
     """One line saying why the Control API could not be asked."""
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused (is the server running? `zk0 server serve`)"
-    if isinstance(exc, (socket.timeout, TimeoutError)):
+    if isinstance(exc, TimeoutError):
         return "no answer in time"
     if exc.__class__.__name__.startswith("SSL"):
         return f"TLS failed: {exc}"
@@ -502,12 +499,12 @@ class RunRecordReader:
         return [d for i, d in enumerate(dirs) if i < limit or self._running(d)]
 
     def _running(self, root: Path) -> bool:
-        status, _ = self.read_json(root / records.STATUS_FILE)
+        status, _ = self.read_json(root / STATUS_FILE)
         return isinstance(status, dict) and status.get("state") in ACTIVE_RUN_STATES
 
     def read(self, root: Path, *, now: float) -> RunView:
         view = RunView(run_id=root.name, record=str(root))
-        status, problem = self.read_json(root / records.STATUS_FILE)
+        status, problem = self.read_json(root / STATUS_FILE)
         if problem and not problem.endswith("is missing"):  # missing: the run is being set up
             view.problems.append(problem)
         status = status if isinstance(status, dict) else {}
@@ -549,7 +546,7 @@ class RunRecordReader:
 
 def _record_mtime(root: Path) -> float:
     try:
-        return max(p.stat().st_mtime for p in (root, root / "config.json", root / records.STATUS_FILE) if p.exists())
+        return max(p.stat().st_mtime for p in (root, root / "config.json", root / STATUS_FILE) if p.exists())
     except (OSError, ValueError):
         return 0.0
 
@@ -567,7 +564,7 @@ def _fill_progress(view: RunView, rounds: list[dict[str, Any]]) -> None:
     trained = [e for e in rounds if e["round"] >= 1]
     view.round = max((e["round"] for e in trained), default=0)
     seconds = [s for s in (_number(e.get("seconds")) for e in trained) if s is not None]
-    view.mean_round_s = statistics.fmean(seconds) if seconds else None
+    view.mean_round_s = sum(seconds) / len(seconds) if seconds else None
     history = []
     for entry in rounds:
         loss = _number(((entry.get("server_eval") or {}).get("composite") or {}).get("policy_loss"))
@@ -790,7 +787,7 @@ def _float_text(value: Any) -> float | None:
 class StatusCollector:
     """Takes snapshots; keeps what makes the next one cheaper (CPU samples, parsed records).
 
-    Each source runs on a worker thread and gets ``timeout_s``; one that has not answered is shown
+    Each source runs on its own thread and gets ``timeout_s``; one that has not answered is shown
     as unreachable and is not asked again until its earlier call has returned.
     """
 
@@ -801,20 +798,10 @@ class StatusCollector:
         self.timeout_s = timeout_s
         self.stale_after_s = stale_after_s
         self.recent_runs = recent_runs
-        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="zk0-status")
-        self._busy: dict[str, tuple[Future, float]] = {}
+        self._busy: dict[str, _Fetch] = {}
         self._cpu = CpuMeter()
         self._records = RunRecordReader()
         self._gpu_tool = gpu_tool()
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
-
-    def __enter__(self) -> "StatusCollector":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def snapshot(self) -> Snapshot:
         now = time.time()
@@ -847,28 +834,27 @@ class StatusCollector:
         return connection, ""
 
     def _gather(self, jobs: dict[str, Callable[[], Any]]) -> tuple[dict[str, Any], dict[str, SourceState]]:
-        started = time.monotonic()
-        futures = {}
+        deadline = time.monotonic() + self.timeout_s
+        fetches: dict[str, _Fetch] = {}
         sources: dict[str, SourceState] = {}
         for name, job in jobs.items():
             busy = self._busy.get(name)
-            if busy is not None and not busy[0].done():
-                waited = time.monotonic() - busy[1]
+            if busy is not None and not busy.done.is_set():
+                waited = time.monotonic() - busy.started
                 sources[name] = SourceState(name, UNREACHABLE, f"no answer for {waited:.0f} s (still waiting)")
                 continue
-            futures[name] = self._pool.submit(job)
-            self._busy[name] = (futures[name], started)
+            fetches[name] = self._busy[name] = _Fetch(name, job)
         results: dict[str, Any] = {}
-        for name, future in futures.items():
-            remaining = max(0.0, started + self.timeout_s - time.monotonic())
-            try:
-                results[name] = future.result(timeout=remaining)
-                sources[name] = SourceState(name, OK, seconds=round(time.monotonic() - started, 3))
-            except FutureTimeout:
+        for name, fetch in fetches.items():
+            if not fetch.done.wait(max(0.0, deadline - time.monotonic())):
                 sources[name] = SourceState(name, UNREACHABLE, f"no answer within {self.timeout_s:g} s")
-            except Exception as exc:  # noqa: BLE001 - any failure of one source is shown, never raised
-                reason = control_failure(exc) if name == "superlink" else f"{type(exc).__name__}: {exc}"
-                sources[name] = SourceState(name, UNREACHABLE, reason, seconds=round(time.monotonic() - started, 3))
+            elif fetch.error is not None:
+                error = fetch.error
+                reason = control_failure(error) if name == "superlink" else f"{type(error).__name__}: {error}"
+                sources[name] = SourceState(name, UNREACHABLE, reason, seconds=fetch.seconds)
+            else:
+                results[name] = fetch.result
+                sources[name] = SourceState(name, OK, seconds=fetch.seconds)
         return results, sources
 
     def _assemble(self, now: float, results: dict[str, Any], sources: dict[str, SourceState]) -> Snapshot:
@@ -888,10 +874,31 @@ class StatusCollector:
                                         online=sum(n.status == "online" for n in link.nodes) if link else 0,
                                         min_nodes=_min_nodes(server))
         return Snapshot(
-            taken_at=_now_iso(), host=socket.gethostname(), role=self.role, gpu=usage is not None,
+            taken_at=_now_iso(), host=os.uname().nodename, role=self.role, gpu=usage is not None,
             sources=sources, services=services, federation=federation, runs=runs,
             node_hosts=node_hosts,
         )
+
+
+class _Fetch:
+    """One source read on its own daemon thread: a hung one is left behind, never waited for at exit."""
+
+    def __init__(self, name: str, job: Callable[[], Any]) -> None:
+        self.started = time.monotonic()
+        self.seconds = 0.0
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+        threading.Thread(target=self._run, args=(job,), name=f"zk0-status-{name}", daemon=True).start()
+
+    def _run(self, job: Callable[[], Any]) -> None:
+        try:
+            self.result = job()
+        except Exception as exc:  # noqa: BLE001 - any failure of one source is shown, never raised
+            self.error = exc
+        finally:
+            self.seconds = round(time.monotonic() - self.started, 3)
+            self.done.set()
 
 
 def _min_nodes(server: ServiceView | None) -> int | None:
@@ -902,5 +909,4 @@ def _min_nodes(server: ServiceView | None) -> int | None:
 
 def collect(paths: Paths, *, role: str = "", timeout_s: float = SOURCE_TIMEOUT_S) -> Snapshot:
     """One snapshot, for `zk0 status` and `zk0 status --json`."""
-    with StatusCollector(paths, role=role, timeout_s=timeout_s) as collector:
-        return collector.snapshot()
+    return StatusCollector(paths, role=role, timeout_s=timeout_s).snapshot()

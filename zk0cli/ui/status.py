@@ -171,22 +171,25 @@ def federation_panel(federation: FederationView) -> Panel:
 
 
 def runs_panel(runs: list[RunView], *, width: int) -> Panel:
-    spark = 8 if width < 100 else 16
+    """One row per run; below 110 columns the status goes under the run id (Flower's ids are 19 digits)."""
+    narrow = width < 110
     table = Table(expand=True, box=None, pad_edge=False, show_edge=False)
-    table.add_column("run", no_wrap=True, overflow="ellipsis", min_width=8)
-    table.add_column("status", no_wrap=True)
-    table.add_column("round", no_wrap=True)
-    table.add_column("elapsed", justify="right", no_wrap=True)
-    table.add_column("ETA", justify="right", no_wrap=True)
-    table.add_column("loss", justify="right", no_wrap=True)
-    table.add_column("best", justify="right", no_wrap=True)
-    table.add_column("trend", no_wrap=True, min_width=spark)
+    table.add_column("run" if not narrow else "run / status", no_wrap=True, overflow="ellipsis", min_width=8)
+    if not narrow:
+        table.add_column("status", no_wrap=True)
+    for name, least in (("round", 5), ("elapsed", 5), ("ETA", 3), ("loss", 5), ("best", 8)):
+        table.add_column(name, justify="left" if name == "round" else "right", no_wrap=True, min_width=least)
+    table.add_column("trend", no_wrap=True, min_width=8 if narrow else 16)
     notes = []
     for run in runs:
-        table.add_row(run.run_id, styled(run.status, _short_status(run.status)), _progress(run, width),
-                      duration(run.elapsed_s), duration(run.eta_s), number(run.last_loss),
-                      f"{number(run.best_loss)}@r{run.best_round}" if run.best_round is not None else "-",
-                      Text(sparkline(run.loss_history, spark), style="cyan"))
+        status = styled(run.status, _short_status(run.status))
+        cells: list[RenderableType] = [Text.assemble(run.run_id, "\n", status) if narrow else Text(run.run_id)]
+        if not narrow:
+            cells.append(status)
+        best = f"{number(run.best_loss)} r{run.best_round}" if run.best_round is not None else "-"
+        cells += [_progress(run, width), duration(run.elapsed_s), duration(run.eta_s), number(run.last_loss), best,
+                  Text(sparkline(run.loss_history, 8 if narrow else 16), style="cyan")]
+        table.add_row(*cells)
         notes += [Text(f"{run.run_id}: {problem}", style="red") for problem in run.problems]
     return Panel(Group(table, *notes), title="runs", title_align="left")
 
