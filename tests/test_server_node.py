@@ -174,12 +174,29 @@ def test_registered_node_joins_through_the_proxy_and_trains_a_run(federation):
     deadline = time.monotonic() + 150
     status = ""
     while time.monotonic() < deadline and not status.startswith("finished"):
-        time.sleep(2)
+        time.sleep(5)  # each flwr call costs ~1 s of CPU: poll gently
         status = flower.run_flwr(server_paths, ["ls", flower.CLI_CONNECTION, "--run-id", str(run_id)])["runs"][0]["status"]
     assert status == "finished:completed"
 
     listed = json.loads(zk0(federation.server, "server", "nodes", "list", "--json").stdout)["nodes"]
     assert [(n["name"], n["status"]) for n in listed] == [("alice", "online")]
+
+    # kill -9 the SuperLink: the supervisor restarts it with its database, and the node rides it out
+    node_paths = Paths.resolve(alice)
+    supernode_pid = supervisor.read_state(node_paths, "node-alice")["processes"]["supernode"]["pid"]
+    superlink_pid = supervisor.read_state(server_paths, "server")["processes"]["superlink"]["pid"]
+    os.kill(superlink_pid, signal.SIGKILL)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        events = supervisor.read_state(node_paths, "node-alice")["processes"]["supernode"]["events"]
+        if "reconnected" in events:
+            break
+        time.sleep(0.5)
+    assert "reconnected" in events and "reconnecting" in events, events
+    server_state = supervisor.read_state(server_paths, "server")
+    assert server_state["processes"]["superlink"]["restarts"] == 1
+    assert supervisor.read_state(node_paths, "node-alice")["processes"]["supernode"]["pid"] == supernode_pid
+    assert flower.run_flwr(server_paths, ["ls", flower.CLI_CONNECTION, "--run-id", str(run_id)])["runs"][0]["status"] == status
     node_pids = recorded_pids(alice, "node-alice")
     stopped = zk0(alice, "stop", "node", "alice")
     assert stopped.returncode == 0, stopped.stderr

@@ -227,3 +227,12 @@ def test_spec_round_trips_through_json():
     spec.probes = [sup.ProbeSpec(name="server", url="https://h:1/health", ca="/ca.pem")]
     again = sup.ServiceSpec.from_dict(json.loads(json.dumps(spec.to_dict())))
     assert again == spec
+
+
+def test_install_service_prints_a_unit_running_the_same_command(cli, monkeypatch):
+    argv = ["zk0", "server", "serve", "--port", "9999", "--detach", "--install-service"]
+    monkeypatch.setattr(sys, "argv", argv)
+    result = cli(*argv[1:])
+    assert result.code == 0, result.stderr
+    assert f"ExecStart={sys.executable} -m zk0cli server serve --port 9999\n" in result.stdout
+    assert "KillMode=mixed" in result.stdout and f"Environment=ZK0_HOME={os.environ['ZK0_HOME']}" in result.stdout

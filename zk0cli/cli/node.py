@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated, Optional
 
 import typer
@@ -26,6 +27,7 @@ def join(
     skip_validation: Annotated[bool, typer.Option("--skip-validation", help="Do not validate the dataset first (bad data can fail rounds).")] = False,
     detach: Annotated[bool, typer.Option("--detach", help="Run in the background; `zk0 stop node NAME` ends it.")] = False,
     insecure: Annotated[bool, typer.Option("--insecure", help="No TLS and no key (only against an --insecure server).")] = False,
+    install_service: Annotated[bool, typer.Option("--install-service", help="Print a systemd user unit for this command.")] = False,
     json_: JsonOption = False,
 ) -> None:
     """Validate the dataset, check the server, and train with the federation (restarted if it exits).
@@ -46,6 +48,11 @@ def join(
                                        insecure=insecure, skip_validation=skip_validation)
     uri = parse_uri(options.dataset)
     node_name = options.name or node_service.default_name(uri.name)
+    if install_service:
+        unit = supervisor.systemd_unit(node_service.service_name(node_name), supervisor.service_argv(sys.argv[1:]),
+                                       f"zk0 node {node_name}")
+        out().result({"unit": unit}, lambda c: c.print(unit, markup=False, highlight=False, soft_wrap=True))
+        return
     if insecure:
         out().warning(INSECURE_WARNING)
     pki = node_service.node_pki(s.paths, insecure=insecure)

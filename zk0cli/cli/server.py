@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -32,6 +33,7 @@ def serve(
         typer.Option("--require-node-auth/--no-require-node-auth", help="Only registered node keys may join [config: server.require-node-auth]."),
     ] = None,
     detach: Annotated[bool, typer.Option("--detach", help="Run in the background; `zk0 stop server` ends it.")] = False,
+    install_service: Annotated[bool, typer.Option("--install-service", help="Print a systemd user unit for this command.")] = False,
     json_: JsonOption = False,
 ) -> None:
     """Serve the federation: Fleet API on the public address, Control API only on this host.
@@ -41,14 +43,17 @@ def serve(
     from zk0cli.services import server as server_service
     from zk0cli.services import supervisor
 
+    if install_service:
+        _print_unit(supervisor.systemd_unit("server", supervisor.service_argv(sys.argv[1:]), "zk0 federation server"))
+        return
     s = session()
     flags = {"server.host": host, "server.port": port, "server.database": database, "server.require-node-auth": require_node_auth}
     config = s.load_config(flags).config.server
     options = server_service.ServeOptions(host=config.host, port=config.port, control_port=control_port, insecure=insecure,
                                           database=config.database, require_node_auth=config.require_node_auth)
+    spec = server_service.build_spec(s.paths, options)
     if insecure:
         out().warning(INSECURE_WARNING)
-    spec = server_service.build_spec(s.paths, options)
     server_service.prepare_cli_connection(s.paths, spec)
     if detach:
         state = supervisor.start_detached(s.paths, spec)
@@ -58,6 +63,10 @@ def serve(
     supervisor.run_foreground(s.paths, spec, _print_event)
     final = supervisor.read_state(s.paths, spec.name) or {}
     out().result(final, lambda c: c.print("server stopped; nothing left running"))
+
+
+def _print_unit(unit: str) -> None:
+    out().result({"unit": unit}, lambda c: c.print(unit, markup=False, highlight=False, soft_wrap=True))
 
 
 def _print_event(level: str, message: str) -> None:

@@ -22,7 +22,13 @@ from zk0cli.services.pki import NodePki, fingerprint
 
 SERVICE_PREFIX = "node-"
 CONNECT_TIMEOUT_S = 5.0
-CONNECTED = r"SuperNode ID: (?P<node_id>\d+)"
+# What Flower's SuperNode logs, kept in the node's state for `zk0 status` (its own retry loop
+# rides out a server restart; these lines make that visible).
+WATCH = {
+    "connected": r"SuperNode ID: (?P<node_id>\d+)",
+    "reconnecting": r"Connection attempt failed, retrying in (?P<next_try_s>[\d.]+) seconds",
+    "reconnected": r"Connection successful after (?P<after_s>[\d.]+) seconds and (?P<tries>\d+) tries",
+}
 
 
 @dataclass
@@ -150,7 +156,7 @@ def build_spec(paths: Paths, options: JoinOptions, *, node_name: str, dataset_ur
         ports={"runtime": port},
         flwr_home=str(supervisor.flwr_home(paths, service)),
         preload=flower.SUPERNODE_ENTRY,
-        watch={"connected": CONNECTED},
+        watch=WATCH,
         ready_event="connected",
         restart_hook="zk0cli.services.flower:release_stale_node",
         fatal={flower.NODE_AUTH_REFUSED: f"the server refused this node: its key is not registered there, or another "

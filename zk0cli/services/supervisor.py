@@ -61,7 +61,10 @@ State file schema (``schema`` = 1), written atomically on every change and every
           "ports": {"runtime": 9094},
           "health": {"url": "http://...", "ok": true, "detail": "200", "checked_at": "..."},
           "descendants": [4570, 4602],    # last psutil snapshot of the process tree
-          "events": {"connected": {"at": "...", "line": "...", "groups": {"node_id": "..."}}}
+          "events": {                     # last line matching each `watch` pattern; count: matches since start
+            "connected": {"at": "...", "line": "...", "groups": {"node_id": "..."}, "count": 1},
+            "reconnecting": {"at": "...", "line": "...", "groups": {"next_try_s": "1.33"}, "count": 2}
+          }
         }
       },
       "probes": {                         # remote dependencies (a node's server), reported only
@@ -388,10 +391,9 @@ class _Probe:
 class _Process:
     """Runtime bookkeeping for one ProcessSpec: the live process, its spare, its health."""
 
-    def __init__(self, spec: ProcessSpec, env: dict[str, str], policy: RestartPolicy):
+    def __init__(self, spec: ProcessSpec, env: dict[str, str]):
         self.spec = spec
         self.env = env
-        self.policy = policy
         self.popen: subprocess.Popen | None = None
         self.spare: subprocess.Popen | None = None
         self.state = "starting"
@@ -431,7 +433,8 @@ class _Process:
                 if name not in self.seen_since_start:
                     fresh.append(name)
                     self.seen_since_start.add(name)
-                self.events[name] = {"at": utc_now(), "line": line[:500], "groups": match.groupdict()}
+                count = self.events.get(name, {}).get("count", 0) + 1 if name not in fresh else 1
+                self.events[name] = {"at": utc_now(), "line": line[:500], "groups": match.groupdict(), "count": count}
         for rx, reason in self._fatal:
             if rx.search(line) and not self.was_ready:
                 self.fatal_reason = reason
@@ -492,7 +495,7 @@ class Supervisor:
         self.files = ServiceFiles.of(paths, spec.name)
         self.detached = detached
         self.on_event = on_event or (lambda level, message: None)
-        self.processes = [_Process(p, process_env(p), spec.restart) for p in spec.processes]
+        self.processes = [_Process(p, process_env(p)) for p in spec.processes]
         previous = read_state(paths, spec.name) or {}
         for proc in self.processes:  # what the last run saw (e.g. a node id) feeds restart hooks
             proc.events = dict(previous.get("processes", {}).get(proc.spec.name, {}).get("events", {}))
@@ -1267,6 +1270,32 @@ def start_detached(paths: Paths, spec: ServiceSpec, *, wait_s: float = 120.0,
         time.sleep(0.2)
     raise unreachable(f"{spec.name} did not become healthy within {wait_s:g} s (it keeps trying in the background)",
                       hint=f"watch it with `zk0 logs {_logs_target(spec.name)} -f`, or `{stop_command(spec.name)}`")
+
+
+def systemd_unit(service: str, argv: list[str], description: str) -> str:
+    """A systemd user unit running ``zk0 ARGV`` in the foreground; its supervisor does the restarts.
+
+    KillMode=mixed: systemd sends SIGTERM to the supervisor only (which stops its tree in order),
+    and SIGKILL to whatever is left after TimeoutStopSec.
+    """
+    import shlex
+
+    command = " ".join(shlex.quote(part) for part in [sys.executable, "-m", "zk0cli", *argv])
+    home = os.environ.get("ZK0_HOME")
+    environment = f"Environment=ZK0_HOME={shlex.quote(home)}\n" if home else ""
+    return (
+        f"# ~/.config/systemd/user/zk0-{service}.service, then: systemctl --user daemon-reload && "
+        f"systemctl --user enable --now zk0-{service}\n"
+        f"[Unit]\nDescription={description}\nAfter=network-online.target\n\n"
+        f"[Service]\nType=simple\n{environment}WorkingDirectory={os.getcwd()}\nExecStart={command}\n"
+        f"Restart=on-failure\nRestartSec=10\n"
+        f"KillMode=mixed\nTimeoutStopSec=30\n\n[Install]\nWantedBy=default.target\n"
+    )
+
+
+def service_argv(argv: list[str], *, drop: tuple[str, ...] = ("--install-service", "--detach", "--json")) -> list[str]:
+    """The current command line without the flags that make no sense inside a unit."""
+    return [arg for arg in argv if arg not in drop]
 
 
 def failure_error(service: str, reason: str, lines: list[str], log: Path) -> Zk0Error:
