@@ -147,6 +147,20 @@ def test_stop_and_kill_9_leave_no_process_of_the_tree(paths, started):
     assert final["state"] == "stopped" and final["processes"]["fake"]["pid"] is None
 
 
+def test_stop_ends_what_a_killed_supervisor_left_behind(paths, started):
+    state = started(fake_spec("orphaned", "--children", port=free_port()))
+    wait_for(lambda: sup.read_state(paths, "orphaned")["processes"]["fake"]["descendants"], 10, "a tree snapshot")
+    state = sup.read_state(paths, "orphaned")
+    left = [state["processes"]["fake"]["pid"], *state["processes"]["fake"]["descendants"]]
+    os.kill(state["supervisor"]["pid"], signal.SIGKILL)
+    wait_for(lambda: not sup.read_state(paths, "orphaned")["supervisor_alive"], 10, "the supervisor to die")
+    assert sup.read_state(paths, "orphaned")["state"] == "stopped"  # a dead supervisor's services are not "healthy"
+    assert all(alive(pid) for pid in left)
+    result = sup.stop_service(paths, "orphaned")
+    assert sorted(result["killed"]) == sorted(left)
+    assert not [pid for pid in left if alive(pid)]
+
+
 def test_warm_spare_takes_over_and_runs_the_restart_hook(paths, started):
     port = free_port()
     spec = fake_spec("warm", port=port, preload="fake_service:main", restart_hook="fake_service:hook",

@@ -1023,6 +1023,8 @@ def _live_recorded_processes(state: dict) -> list:
         for candidate, created_at in candidates:
             try:
                 handle = psutil.Process(candidate)
+                if handle.status() == psutil.STATUS_ZOMBIE:
+                    continue
                 if created_at is not None and abs(handle.create_time() - created_at) > 1:
                     continue  # pid reused by an unrelated process
                 if created_at is None and created is not None and handle.create_time() < created - 1:
@@ -1083,7 +1085,8 @@ def _supervisor_alive(state: dict) -> bool:
         return False
     try:
         handle = psutil.Process(pid)
-        return created is None or abs(handle.create_time() - created) < 1
+        same = created is None or abs(handle.create_time() - created) < 1
+        return same and handle.status() != psutil.STATUS_ZOMBIE  # a zombie waits for its parent to reap it
     except psutil.Error:
         return False
 
