@@ -1249,7 +1249,7 @@ def start_detached(paths: Paths, spec: ServiceSpec, *, wait_s: float = 120.0,
         popen = subprocess.Popen(
             [sys.executable, "-m", "zk0cli.services.supervisor", "run", str(files.spec)],
             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True,
+            start_new_session=True, cwd=paths.state_dir,  # never pin the caller's directory
         )
     deadline = time.monotonic() + wait_s
     last = None
