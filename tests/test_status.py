@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from zk0cli.core.files import atomic_write_json
 from zk0cli.core.paths import Paths
 from zk0cli.fl.records import RunRecord
 from zk0cli.services import flower, supervisor
+from zk0cli.services.pki import ServerPki
 from zk0cli.services import status as status_mod
 from zk0cli.ui.status import SPARK_BLOCKS, render_status, sparkline
 
@@ -271,19 +273,24 @@ def test_server_role_without_connection_says_how_to_start(paths):
 
 
 @pytest.mark.slow
-def test_real_superlink_nodes_match_flwr_cli(paths, tmp_path):
-    """A real flower-superlink and flower-supernode on loopback; the same nodes as `flwr supernode list`."""
+def test_real_tls_superlink_nodes_match_flwr_cli(paths, tmp_path, cli):
+    """A real flower-superlink (TLS with zk0's certificates) and flower-supernode on loopback:
+    the snapshot lists the same nodes as `flwr supernode list`."""
+    assert cli("init", "--role", "server", "--public-address", "127.0.0.1", "--yes").code == 0
+    pki = ServerPki.at(paths.pki_dir)
     bin_dir = Path(sys.executable).parent
     port = free_port()
     env = dict(os.environ, FLWR_TELEMETRY_ENABLED="0", FLWR_DISABLE_UPDATE_CHECK="1",
                PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    link = subprocess.Popen([str(bin_dir / "flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(port),
-                             "--disable-runtime-dependency-installation"], env=env, start_new_session=True,
+    tls = flower.TlsFiles(str(pki.server_cert), str(pki.server_key), str(pki.ca_cert))
+    argv = flower.superlink_argv(host="127.0.0.1", port=port, database=str(tmp_path / "link.db"), tls=tls, node_auth=False)
+    link = subprocess.Popen([str(bin_dir / argv[0]), *argv[1:]], env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    node = subprocess.Popen([str(bin_dir / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{port}",
-                             "--port", str(free_port())], env=dict(env, FLWR_HOME=str(tmp_path / "node-home")),
+    argv = flower.supernode_argv(superlink=f"127.0.0.1:{port}", root_ca=str(pki.ca_cert), auth_key=None,
+                                 runtime_port=free_port(), node_config={})
+    node = subprocess.Popen([str(bin_dir / argv[0]), *argv[1:]], env=dict(env, FLWR_HOME=str(tmp_path / "node-home")),
                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    flower.write_cli_connection(paths, address=f"127.0.0.1:{port}", root_ca=None)
+    flower.write_cli_connection(paths, address=f"127.0.0.1:{port}", root_ca=str(pki.ca_cert))
     try:
         collector = status_mod.StatusCollector(paths, role="server")
         deadline = time.monotonic() + 60
@@ -298,6 +305,12 @@ def test_real_superlink_nodes_match_flwr_cli(paths, tmp_path):
         assert snapshot.federation.nodes[0].status == "online" and snapshot.federation.nodes[0].last_seen_s < 30
         assert snapshot.runs == []
         assert str(snapshot.federation.nodes[0].node_id) in render(snapshot)
+
+        other_ca = tmp_path / "other-ca.pem"  # a CA that did not sign the SuperLink's certificate
+        shutil.copy(pki.server_cert, other_ca)
+        flower.write_cli_connection(paths, address=f"127.0.0.1:{port}", root_ca=str(other_ca))
+        refused = status_mod.collect(paths, role="server").federation.source
+        assert refused.state == "unreachable" and refused.reason.startswith("TLS failed"), refused
     finally:
         for proc in (node, link):
             os.killpg(proc.pid, 15)

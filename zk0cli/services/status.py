@@ -283,7 +283,7 @@ def read_services(paths: Paths, cpu: CpuMeter, *, stale_after_s: float = STALE_A
         state = supervisor.read_state(paths, name)
         if state is None:  # the supervisor's reader refuses it: say why
             _, problem = _read_json(supervisor.ServiceFiles.of(paths, name).state)
-            if problem:
+            if problem and not problem.endswith("is missing"):  # missing: removed since it was listed
                 views.append(ServiceView(name, source=SourceState("services", UNREACHABLE, f"state file: {problem}")))
             continue
         views.append(_service_view(name, state, now, cpu, stale_after_s))
