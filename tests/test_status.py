@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -123,6 +124,21 @@ def test_real_supervised_services_render_with_live_numbers(paths, supervised):
     assert all(len(line) <= 80 for line in text.splitlines())
     assert str(supernode.pid) in text and "healthy" in text and "round 2, loss 0.5321" in text
     assert "GPU" not in text  # no GPU here: the column is not shown at all
+
+
+def test_node_whose_server_does_not_answer_reads_as_reconnecting(paths, supervised):
+    closed = free_port()
+    supervised(supervisor.ServiceSpec(
+        name="node-dave", kind="node", processes=[python_process("supernode")], info={"server": f"127.0.0.1:{closed}"},
+        probes=[supervisor.ProbeSpec(name="server", url=f"http://127.0.0.1:{closed}/health", period_s=0.2)]))
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        host = status_mod.collect(paths).node_hosts[0]
+        if host.connection.startswith("reconnecting"):
+            break
+        time.sleep(0.3)
+    assert re.fullmatch(r"reconnecting \(attempt \d+\): .+", host.connection), host.connection
+    assert "reconnecting (attempt" in render(status_mod.collect(paths))
 
 
 def test_stale_heartbeat_is_not_shown_as_live(paths, supervised):

@@ -10,6 +10,7 @@ mode and echo back on).
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -77,10 +78,8 @@ def zk0(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture
-def federation(zk0_home, real_dataset, monkeypatch):
+def federation(zk0_home, real_dataset):
     """A real local federation under this test's ZK0_HOME: server (insecure, loopback) + one node."""
-    import os
-
     env = dict(os.environ, NO_COLOR="1", COLUMNS="200")
     port = free_port()
     zk0("server", "serve", "--host", "127.0.0.1", "--port", str(port), "--control-port", str(free_port()),

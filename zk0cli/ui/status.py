@@ -9,6 +9,15 @@ be read is shown in red with its reason; stale data is never shown as live numbe
 from __future__ import annotations
 
 import datetime as dt
+import os
+import select
+import signal
+import sys
+import termios
+import threading
+import time
+import tty
+from typing import Callable
 
 from rich.console import Group, RenderableType
 from rich.panel import Panel
@@ -18,7 +27,6 @@ from rich.text import Text
 
 from zk0cli.services.status import (
     OK,
-    STALE,
     ClientRound,
     FederationView,
     NodeHostView,
@@ -292,31 +300,24 @@ def footer(interval_s: float) -> Text:
     return Text(f"refreshing every {interval_s:g} s · {now} · q or Ctrl-C to quit", style="dim")
 
 
-
 # --------------------------------------------------------------------------- --watch
 
 
 class QuitKeys:
-    """Waits for 'q' on a terminal's stdin, read in cbreak mode; restores the terminal on exit.
+    """Waits for 'q' on stdin, read in cbreak mode when it is a terminal; restores the terminal on exit.
 
     cbreak keeps ISIG, so Ctrl-C still raises KeyboardInterrupt. When stdin is not a terminal
     nothing is read and only Ctrl-C (or a signal) ends the wait.
     """
 
-    def __init__(self, stream=None) -> None:
-        import sys
-
-        self.stream = stream if stream is not None else sys.stdin
+    def __init__(self) -> None:
         self._fd: int | None = None
-        self._saved = None
+        self._saved: list | None = None
 
     def __enter__(self) -> "QuitKeys":
-        import termios
-        import tty
-
         try:
-            if self.stream.isatty():
-                self._fd = self.stream.fileno()
+            if sys.stdin.isatty():
+                self._fd = sys.stdin.fileno()
                 self._saved = termios.tcgetattr(self._fd)
                 tty.setcbreak(self._fd, termios.TCSANOW)
         except (OSError, ValueError, termios.error):
@@ -324,17 +325,11 @@ class QuitKeys:
         return self
 
     def __exit__(self, *exc) -> None:
-        import termios
-
         if self._fd is not None and self._saved is not None:
             termios.tcsetattr(self._fd, termios.TCSADRAIN, self._saved)
 
     def wait(self, timeout_s: float) -> bool:
         """True once 'q' was pressed; False after ``timeout_s`` without it."""
-        import os
-        import select
-        import time
-
         if self._fd is None:
             time.sleep(timeout_s)
             return False
@@ -349,25 +344,25 @@ class QuitKeys:
         return False
 
 
-def watch(console, take_snapshot, *, interval_s: float = 1.0) -> None:
+def watch(console, take_snapshot: Callable[[], Snapshot], *, interval_s: float = 1.0) -> None:
     """Live dashboard: snapshots are taken on a worker thread; this loop only draws the latest.
 
     Runs in the terminal's alternate screen (no scrolling garbage, the screen comes back as it
     was), redraws in place only when there is something new, and returns on q, Ctrl-C, SIGTERM
     or SIGHUP with the terminal restored.
     """
-    import signal
-    import threading
-
     from rich.live import Live
 
-    latest: list[Snapshot] = []
+    latest: list[Snapshot | str] = []  # the newest snapshot, or why taking one failed
     changed = threading.Event()
     stop = threading.Event()
 
     def refresh() -> None:
         while not stop.is_set():
-            latest[:] = [take_snapshot()]
+            try:
+                latest[:] = [take_snapshot()]
+            except Exception as exc:  # noqa: BLE001 - shown on screen instead of freezing the last numbers
+                latest[:] = [f"status failed: {type(exc).__name__}: {exc}"]
             changed.set()
             stop.wait(interval_s)
 
@@ -383,7 +378,9 @@ def watch(console, take_snapshot, *, interval_s: float = 1.0) -> None:
             while True:
                 if changed.is_set() and latest:
                     changed.clear()
-                    live.update(Group(render_status(latest[0], width=console.width), footer(interval_s)), refresh=True)
+                    shown = latest[0]
+                    body = Text(shown, style="bold red") if isinstance(shown, str) else render_status(shown, width=console.width)
+                    live.update(Group(body, footer(interval_s)), refresh=True)
                 if keys.wait(0.1):
                     return
     except KeyboardInterrupt:
