@@ -71,6 +71,9 @@ class NodeRuntime:
         return self.uri.name + suffix
 
 
+# A Simulation Engine actor may serve several clients in turn; keep a couple of them built, not
+# all (a real SmolVLA is ~2 GB each).
+CACHE_SIZE = 2
 _cache: dict[tuple, NodeRuntime] = {}
 
 
@@ -79,11 +82,15 @@ def runtime(node_config: Mapping[str, Any], config: RunConfig) -> NodeRuntime:
     assignment = assign(node_config, config)
     setup = (config.policy, config.vlm_model_name, config.device, config.chunk_size, config.seed,
              config.client_eval_episodes)
-    for stale in [key for key in _cache if key[0] != setup]:
-        del _cache[stale]  # another run's policy: do not keep it in memory
-    if (setup, assignment) not in _cache:
-        _cache[(setup, assignment)] = _build(assignment, config)
-    return _cache[(setup, assignment)]
+    key = (setup, assignment)
+    if key not in _cache:
+        for stale in [k for k in _cache if k[0] != setup]:
+            del _cache[stale]  # another run's policy: free its memory
+        while len(_cache) >= CACHE_SIZE:
+            del _cache[next(iter(_cache))]  # the least recently used
+        _cache[key] = _build(assignment, config)
+    _cache[key] = _cache.pop(key)  # most recently used last
+    return _cache[key]
 
 
 def _build(assignment: Assignment, config: RunConfig) -> NodeRuntime:

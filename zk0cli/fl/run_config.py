@@ -92,7 +92,7 @@ class RunConfig:
     # --- evaluation and records
     eval_frequency: int = _p(1, "server evaluation every N rounds (and always at round 0 and the last round)", ge=1)
     eval_batches: int = _p(4, "batches per held-out dataset in a server or client evaluation", ge=1)
-    video_frequency: int = _p(1, "evaluation video every N server evaluations (the last round always gets one)", ge=1)
+    video_frequency: int = _p(5, "evaluation video every N server evaluations, from round 0 (the last round always gets one)", ge=1)
     checkpoint_interval: int = _p(5, "checkpoint every N rounds (the last round always gets one)", ge=1)
     keep_last_checkpoints: int = _p(0, "round checkpoints kept (0 keeps all)", ge=0)
     runs_dir: str = _p("", "where run records go; empty means <data dir>/runs")

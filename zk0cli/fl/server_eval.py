@@ -39,14 +39,17 @@ class EvalTarget:
 
 class ServerEvaluator:
     def __init__(self, config: RunConfig):
-        uris = config.eval_dataset_uris()
-        if not uris:
-            raise bad_input(
-                "the server has no held-out dataset to build and evaluate the policy on (run config eval-datasets)",
-                hint="pass --run-config \"eval-datasets='local:/path/to/heldout'\" (zk0 sim sets one up itself)",
-            )
         self.config = config
-        self.targets = [_target(uri, config) for uri in uris]
+        if config.eval_dataset_uris():
+            self.targets = [_target(uri, config, heldout_only=False) for uri in config.eval_dataset_uris()]
+        elif config.dataset_uris() and config.client_eval_episodes > 0:
+            # simulation without eval datasets: the clients' held-out episodes, which no client trains on
+            self.targets = [_target(uri, config, heldout_only=True) for uri in dict.fromkeys(config.dataset_uris())]
+        else:
+            raise bad_input(
+                "the server has no held-out data to build and evaluate the policy on",
+                hint="pass --run-config \"eval-datasets='local:/path/to/heldout'\" (a dataset no node trains on)",
+            )
 
     def fingerprints(self) -> dict[str, str]:
         return {t.uri: t.fingerprint for t in self.targets}
@@ -96,9 +99,10 @@ class ServerEvaluator:
         ), server_round)
 
 
-def _target(uri_text: str, config: RunConfig) -> EvalTarget:
+def _target(uri_text: str, config: RunConfig, *, heldout_only: bool) -> EvalTarget:
     from zk0cli.fl.records import dataset_fingerprint
     from zk0cli.policy.build import build_policy
+    from zk0cli.services.datasets.partition import open_partition
     from zk0cli.services.datasets.uri import open_dataset, open_metadata, parse_uri
 
     uri = parse_uri(uri_text)
@@ -106,8 +110,13 @@ def _target(uri_text: str, config: RunConfig) -> EvalTarget:
     if not meta.camera_keys:
         raise bad_input(f"held-out dataset {uri} has no camera", hint="SmolVLA needs at least one camera feature")
     built = build_policy(config.policy_spec(), meta)
-    dataset = open_dataset(uri, delta_timestamps=built.delta_timestamps(meta))
-    return EvalTarget(uri.name, str(uri), built, dataset, dataset_fingerprint(meta.root))
+    delta = built.delta_timestamps(meta)
+    if heldout_only:
+        dataset = open_partition(uri, heldout=config.client_eval_episodes, split="heldout", delta_timestamps=delta)
+        name = f"{uri.name}-heldout"
+    else:
+        dataset, name = open_dataset(uri, delta_timestamps=delta), uri.name
+    return EvalTarget(name, str(uri), built, dataset, dataset_fingerprint(meta.root))
 
 
 def _load(built: "BuiltPolicy", weights: Mapping[str, np.ndarray]) -> None:

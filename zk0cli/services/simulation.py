@@ -1,0 +1,339 @@
+"""`zk0 sim`: the zk0 Flower app on Flower's Simulation Engine (Ray), on this machine.
+
+zk0 starts its own local SuperLink in simulation mode (free loopback ports, FLWR_HOME under the
+state dir, logs there too), submits the app with ``flwr run <app dir> zk0-sim`` and
+``--federation-config num-supernodes=N``, follows the run record as rounds finish, and stops the
+SuperLink and every process under it when the run ends, fails or is interrupted. Flower would
+otherwise leave its background SuperLink running on fixed ports.
+
+Data: ``--dataset`` URIs (one per client, cycled; one URI is partitioned across the clients), or
+the run config's ``datasets``; with neither, generated SO-100-style samples, a different task per
+client, and the tiny offline backbone. With no ``eval-datasets`` the server evaluates on the
+held-out episodes of the clients' datasets (never trained on).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from zk0cli.core.errors import Zk0Error, bad_input, env_not_ready, unreachable
+from zk0cli.core.files import atomic_write_text
+from zk0cli.core.paths import Paths
+from zk0cli.fl.records import ROUND_FILE, STATUS_FILE, new_run_name, summary
+from zk0cli.fl.run_config import RunConfig
+
+APP_DIR = Path(__file__).resolve().parents[1] / "fl" / "app"
+CONNECTION = "zk0-sim"
+SAMPLE_TASKS = ("pick", "stack", "sort")
+SAMPLE_EPISODES, SAMPLE_FRAMES = 4, 50
+POLL_S = 1.0
+FLWR_STATUS_EVERY_S = 15.0  # each `flwr ls` costs a Python start-up; the record is the main signal
+
+
+@dataclass
+class SimRequest:
+    clients: int = 2
+    rounds: int = 3
+    run_config: dict[str, Any] = field(default_factory=dict)  # --run-config overrides, typed
+    datasets: list[str] = field(default_factory=list)  # --dataset URIs
+    client_cpus: int = 1  # Ray CPUs per client
+    client_gpus: float = 0.0  # fraction of a GPU per client (e.g. 0.5 puts two clients on one GPU)
+    timeout_s: float = 0.0  # 0 waits as long as the run takes
+
+
+@dataclass
+class RoundProgress:
+    round: int
+    rounds: int
+    summary: dict[str, Any]
+
+
+@dataclass
+class SimResult:
+    run_dir: Path
+    flwr_run_id: str
+    state: str
+    rounds: list[dict[str, Any]]  # federated_metrics.json lines
+    seconds: float
+    config: RunConfig
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"run_dir": str(self.run_dir), "flwr_run_id": self.flwr_run_id, "state": self.state,
+                "seconds": round(self.seconds, 1), "rounds": self.rounds}
+
+
+def resolve_config(request: SimRequest, paths: Paths, *, generate: Callable[[str], None] | None = None) -> RunConfig:
+    """The run config the simulation submits, validated here so a bad value never starts Flower."""
+    if request.clients < 1:
+        raise bad_input(f"--clients must be at least 1, got {request.clients}", hint="e.g. zk0 sim --clients 2")
+    if request.rounds < 1:
+        raise bad_input(f"--rounds must be at least 1, got {request.rounds}", hint="e.g. zk0 sim --rounds 3")
+    values = {**request.run_config, "num-server-rounds": request.rounds, "min-available-nodes": request.clients}
+    if request.datasets:
+        values["datasets"] = " ".join(_canonical(uri) for uri in request.datasets)
+    config = RunConfig.from_mapping(values)  # validation before anything starts
+    if not config.datasets:
+        values.update(datasets=" ".join(sample_datasets(paths, request.clients, progress=generate)))
+    values.setdefault("runs-dir", str(paths.runs_dir))
+    values.setdefault("run-name", new_run_name() + "-sim")
+    return RunConfig.from_mapping(values)
+
+
+def _canonical(text: str) -> str:
+    from zk0cli.services.datasets.uri import parse_uri
+
+    return str(parse_uri(text))
+
+
+def sample_datasets(paths: Paths, clients: int, *, progress: Callable[[str], None] | None = None) -> list[str]:
+    """One generated dataset per client (tasks cycle pick, stack, sort), written once and reused."""
+    from zk0cli.policy.backbone import ensure_tiny_backbone
+    from zk0cli.services.datasets.sample import write_sample
+
+    ensure_tiny_backbone()
+    uris = []
+    for client in range(clients):
+        task = SAMPLE_TASKS[client % len(SAMPLE_TASKS)]
+        root = paths.data_dir / "samples" / f"sim-{task}-{client}"
+        if not (root / "meta" / "info.json").is_file():
+            if progress:
+                progress(f"generating sample dataset {root.name} ({task})")
+            write_sample(root, task=task, episodes=SAMPLE_EPISODES, frames_per_episode=SAMPLE_FRAMES, seed=client)
+        uris.append(f"local:{root}")
+    return uris
+
+
+def run(request: SimRequest, paths: Paths, *, on_round: Callable[[RoundProgress], None] | None = None,
+        on_message: Callable[[str], None] | None = None) -> SimResult:
+    say = on_message or (lambda _: None)
+    config = resolve_config(request, paths, generate=say)
+    run_dir = Path(config.runs_dir) / config.run_name
+    started = time.monotonic()
+    with LocalSuperLink(paths, threads=request.client_cpus) as superlink:
+        say(f"local SuperLink on 127.0.0.1:{superlink.port} (logs: {superlink.log_file})")
+        flwr_run_id = superlink.submit(config, request)
+        say(f"Flower run {flwr_run_id}: {request.clients} clients x {request.rounds} rounds -> {run_dir}")
+        try:
+            state = _follow(superlink, flwr_run_id, run_dir, config, request, on_round)
+        finally:
+            superlink.save_run_log(flwr_run_id, run_dir / "flower.log")
+    rounds = _summaries(run_dir)
+    return SimResult(run_dir, flwr_run_id, state, rounds, time.monotonic() - started, config)
+
+
+def _follow(superlink: "LocalSuperLink", flwr_run_id: str, run_dir: Path, config: RunConfig, request: SimRequest,
+            on_round: Callable[[RoundProgress], None] | None) -> str:
+    """Report rounds as their records appear; return when the run completes, raise when it fails."""
+    deadline = time.monotonic() + request.timeout_s if request.timeout_s else None
+    reported: set[int] = set()
+    next_flwr_check = time.monotonic() + FLWR_STATUS_EVERY_S
+    finished_since: float | None = None
+    while True:
+        for entry in _new_rounds(run_dir, reported):
+            reported.add(entry["round"])
+            if on_round:
+                on_round(RoundProgress(entry["round"], config.num_server_rounds, summary(entry)))
+        status = _read_json(run_dir / STATUS_FILE)
+        if status.get("state") == "completed":
+            return "completed"
+        if status.get("state") == "failed":
+            raise Zk0Error(f"the simulation failed: {status.get('error', 'unknown error')}",
+                           hint=status.get("hint") or f"see {superlink.log_file}")
+        if time.monotonic() >= next_flwr_check:
+            next_flwr_check = time.monotonic() + FLWR_STATUS_EVERY_S
+            if finished_since is None and superlink.run_status(flwr_run_id).startswith("finished"):
+                finished_since = time.monotonic()
+            if finished_since is not None and time.monotonic() - finished_since > FLWR_STATUS_EVERY_S:
+                # Flower says the run is over, and the record never said completed or failed
+                raise Zk0Error("the simulation ended before the server app finished its record",
+                               hint=f"see the SuperLink log {superlink.log_file} and `flwr log {flwr_run_id}`")
+        if deadline and time.monotonic() > deadline:
+            raise unreachable(f"the simulation did not finish within {request.timeout_s:g} s",
+                              hint=f"raise --timeout, or lower --rounds / local-steps; partial record in {run_dir}")
+        if not superlink.alive():
+            raise Zk0Error("the local SuperLink exited during the simulation", hint=f"see {superlink.log_file}")
+        time.sleep(POLL_S)
+
+
+def _new_rounds(run_dir: Path, reported: set[int]) -> list[dict[str, Any]]:
+    entries = []
+    for path in run_dir.glob(ROUND_FILE.format("*")):
+        number = int(path.name.split("_")[1])
+        if number not in reported:
+            entry = _read_json(path)
+            if entry:
+                entries.append(entry)
+    return sorted(entries, key=lambda e: e["round"])
+
+
+def _summaries(run_dir: Path) -> list[dict[str, Any]]:
+    lines = _read_json(run_dir / "federated_metrics.json")
+    return lines if isinstance(lines, list) else []
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+# --------------------------------------------------------------------------- the local SuperLink
+
+
+class LocalSuperLink:
+    """A simulation-mode SuperLink zk0 starts, owns and stops (with everything under it)."""
+
+    def __init__(self, paths: Paths, threads: int = 1):
+        self.threads = threads
+        self.home = paths.state_dir / "flwr-sim"
+        self.log_file = self.home / "superlink.log"
+        self.port = _free_port()
+        self.process: subprocess.Popen | None = None
+
+    def __enter__(self) -> "LocalSuperLink":
+        import tomli_w
+
+        self.home.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.home / "config.toml", tomli_w.dumps(
+            {"superlink": {"default": CONNECTION, CONNECTION: {"address": ":local:"}}}))
+        argv = ["flower-superlink", "--insecure", "--simulation", "--isolation", "subprocess",
+                "--host", "127.0.0.1", "--port", str(self.port), "--control-api-address", f"127.0.0.1:{_free_port()}",
+                "--disable-runtime-dependency-installation", "--log-file", str(self.log_file)]
+        try:
+            self.process = subprocess.Popen(argv, env=self.env(), stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
+        except OSError as exc:
+            raise env_not_ready(f"cannot start flower-superlink: {exc}", hint="reinstall zk0 (flwr[simulation] is a dependency)") from exc
+        try:
+            self._wait_healthy()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+        env.update(
+            FLWR_HOME=str(self.home),
+            FLWR_LOCAL_SUPERLINK_HTTP_API_PORT=str(self.port),
+            FLWR_TELEMETRY_ENABLED="0",
+            FLWR_DISABLE_UPDATE_CHECK="1",
+            ZK0_HOME=os.environ.get("ZK0_HOME", ""),
+            PYTHONUNBUFFERED="1",
+            # the server app and the clients share this machine: no thread oversubscription
+            OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", str(self.threads)),
+            NO_COLOR="1",
+        )
+        if not env["ZK0_HOME"]:
+            del env["ZK0_HOME"]
+        return env
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def _wait_healthy(self, timeout_s: float = 60.0) -> None:
+        import httpx
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise env_not_ready(f"flower-superlink exited with code {self.process.returncode}",
+                                    hint=f"see {self.log_file}")
+            try:
+                if httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=1.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.25)
+        raise unreachable(f"the local SuperLink did not answer within {timeout_s:g} s", hint=f"see {self.log_file}")
+
+    def flwr(self, args: list[str], timeout_s: float = 120.0) -> dict:
+        command = ["flwr", *args, "--format", "json"]
+        try:
+            done = subprocess.run(command, env=self.env(), capture_output=True, text=True, timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            raise unreachable(f"`flwr {args[0]}` did not answer within {timeout_s:g} s", hint=f"see {self.log_file}") from None
+        start = done.stdout.find("{")
+        try:
+            document = json.loads(done.stdout[start:]) if start >= 0 else None
+        except ValueError:
+            document = None
+        if not document or not document.get("success", False):
+            detail = (document or {}).get("error-message") or (done.stderr or done.stdout).strip()
+            line = str(detail).strip().splitlines()[-1] if str(detail).strip() else f"exit code {done.returncode}"
+            raise Zk0Error(f"`flwr {args[0]}` failed: {line}", hint=f"see {self.log_file}")
+        return document
+
+    def submit(self, config: RunConfig, request: SimRequest) -> str:
+        import tomli_w
+
+        overrides = self.home / "run-config.toml"
+        atomic_write_text(overrides, tomli_w.dumps(config.to_flwr()))
+        federation = (f"num-supernodes={request.clients} client-resources-num-cpus={int(request.client_cpus)} "
+                      f"client-resources-num-gpus={float(request.client_gpus)}")
+        document = self.flwr(["run", str(APP_DIR), CONNECTION, "--run-config", str(overrides),
+                              "--federation-config", federation])
+        return str(document["run-id"])
+
+    def save_run_log(self, flwr_run_id: str, path: Path) -> None:
+        """The run's ServerApp/ClientApp log as Flower kept it (`flwr log`), next to the record."""
+        try:
+            done = subprocess.run(["flwr", "log", flwr_run_id, CONNECTION, "--show"], env=self.env(),
+                                  capture_output=True, text=True, timeout=60)
+        except subprocess.TimeoutExpired:
+            return
+        if done.stdout.strip() and path.parent.is_dir():
+            atomic_write_text(path, done.stdout)
+
+    def run_status(self, flwr_run_id: str) -> str:
+        try:
+            runs = self.flwr(["ls", CONNECTION, "--run-id", flwr_run_id], timeout_s=30.0).get("runs", [])
+        except Zk0Error:
+            return ""
+        return str(runs[0].get("status", "")) if runs else ""
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        """SIGTERM the SuperLink and every process it started (Ray included), SIGKILL what remains."""
+        import psutil
+
+        if self.process is None:
+            return
+        try:
+            tree = [psutil.Process(self.process.pid)]
+            tree += tree[0].children(recursive=True)
+        except psutil.NoSuchProcess:
+            tree = []
+        for proc in tree:
+            try:
+                proc.send_signal(signal.SIGTERM)
+            except psutil.NoSuchProcess:
+                pass
+        _, alive = psutil.wait_procs(tree, timeout=grace_s)
+        for proc in alive:
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(alive, timeout=5)
+        self.process.poll()
+        self.process = None
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
