@@ -21,6 +21,7 @@ from zk0cli.cli import server as server_cmd
 from zk0cli.cli import logs, node, stop
 from zk0cli.cli import status as status_cmd
 from zk0cli.cli import report as report_cmd
+from zk0cli.cli import sim as sim_cmd
 from zk0cli.core.errors import ExitCode, Zk0Error
 from zk0cli.ui import output
 
@@ -43,6 +44,7 @@ app.add_typer(node.app, name="node")
 app.add_typer(logs.app, name="logs")
 app.command("stop")(stop.stop)
 app.command("report")(report_cmd.report)
+app.command("sim")(sim_cmd.sim)
 
 
 def _versions(verbose: bool) -> dict[str, str]:
