@@ -17,8 +17,7 @@ def status(
 ) -> None:
     """The federation at a glance: what runs here, which nodes are online, how runs progress.
 
-    Sources that cannot be read (a SuperLink that does not answer, a corrupted state file, a
-    supervisor that stopped writing its heartbeat) are shown in red with the reason.
+    A source that cannot be read (a SuperLink that does not answer, a corrupted state file, a supervisor that stopped writing its heartbeat) is shown in red with the reason.
     """
     from zk0cli.services.status import StatusCollector, collect
     from zk0cli.ui.status import render_status

@@ -44,7 +44,7 @@ STALE_AFTER_S = 15.0  # three missed supervisor heartbeats (written every 5 s)
 RECENT_RUNS = 5  # run records shown besides the ones still running
 HEARTBEAT_PATIENCE = 2  # Flower's: a node is online until last heartbeat + 2 x its interval
 ROUND_FILE = re.compile(r"round_(\d+)_server_eval\.json")  # zk0cli.fl.records.ROUND_FILE
-STATUS_FILE = "status.json"  # zk0cli.fl.STATUS_FILE (not imported: it loads hashlib, 20 ms)
+STATUS_FILE = "status.json"  # zk0cli.fl.records.STATUS_FILE (not imported: records loads hashlib, ~20 ms)
 
 OK, UNREACHABLE, STALE = "ok", "unreachable", "stale"
 ACTIVE_RUN_STATES = ("pending", "starting", "running")  # Flower's and the run record's alike
