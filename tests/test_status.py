@@ -30,6 +30,7 @@ from zk0cli.ui.status import SPARK_BLOCKS, render_status, sparkline
 
 RECORD = Path(__file__).parent / "data" / "status_run_record"
 RECORD_NAME = "20261128-060000-0001-run4242"
+TINY_APP = Path(__file__).parent / "fixtures" / "tiny_app"  # a numpy-only Flower app
 TRAINING_LINES = ("round 2 pick [####################] 3/3 loss 0.5321", "round 3 pick [######..............] 1/3 loss 0.4")
 
 
@@ -71,9 +72,10 @@ def supervised(paths):
         supervisor.stop_service(paths, name)
 
 
-def replay_record(runs_dir: Path, *, rounds: int = 3, state: str = "completed") -> RunRecord:
+def replay_record(runs_dir: Path, *, rounds: int = 3, state: str = "completed", flwr_run_id: int = 0) -> RunRecord:
     """Write the recorded run through RunRecord, as the ServerApp does, up to ``rounds``."""
     config = json.loads((RECORD / "config.json").read_text())
+    config["flwr_run_id"] = flwr_run_id or config["flwr_run_id"]
     record = RunRecord.create(runs_dir, RECORD_NAME)
     record.write_status("starting", flwr_run_id=config["flwr_run_id"])
     extra = {k: v for k, v in config.items() if k not in ("run_config", "versions", "dataset_fingerprints")}
@@ -289,49 +291,52 @@ def test_server_role_without_connection_says_how_to_start(paths):
 
 
 @pytest.mark.slow
-def test_real_tls_superlink_nodes_match_flwr_cli(paths, tmp_path, cli):
-    """A real flower-superlink (TLS with zk0's certificates) and flower-supernode on loopback:
-    the snapshot lists the same nodes as `flwr supernode list`."""
+def test_real_tls_federation_nodes_and_runs_match_flwr_cli(paths, tmp_path, cli, supervised):
+    """Supervised flower-superlink (TLS with zk0's certificates) and flower-supernode on loopback,
+    a run submitted with `flwr run`, its record written under its Flower run id: the snapshot
+    lists the nodes `flwr supernode list` lists and shows the run once, with Flower's status and
+    the record's rounds."""
     assert cli("init", "--role", "server", "--public-address", "127.0.0.1", "--yes").code == 0
     pki = ServerPki.at(paths.pki_dir)
-    bin_dir = Path(sys.executable).parent
-    port = free_port()
-    env = dict(os.environ, FLWR_TELEMETRY_ENABLED="0", FLWR_DISABLE_UPDATE_CHECK="1",
-               PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    port, runtime_port = free_port(), free_port()
     tls = flower.TlsFiles(str(pki.server_cert), str(pki.server_key), str(pki.ca_cert))
-    argv = flower.superlink_argv(host="127.0.0.1", port=port, database=str(tmp_path / "link.db"), tls=tls, node_auth=False)
-    link = subprocess.Popen([str(bin_dir / argv[0]), *argv[1:]], env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    argv = flower.supernode_argv(superlink=f"127.0.0.1:{port}", root_ca=str(pki.ca_cert), auth_key=None,
-                                 runtime_port=free_port(), node_config={})
-    node = subprocess.Popen([str(bin_dir / argv[0]), *argv[1:]], env=dict(env, FLWR_HOME=str(tmp_path / "node-home")),
-                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    supervised(supervisor.ServiceSpec(name="server", kind="server", processes=[supervisor.ProcessSpec(
+        name="superlink", health_url=f"https://127.0.0.1:{port}/health", health_ca=str(pki.ca_cert),
+        argv=flower.superlink_argv(host="127.0.0.1", port=port, database=str(tmp_path / "link.db"), tls=tls, node_auth=False),
+        flwr_home=str(supervisor.flwr_home(paths, "server")))]))
+    supervised(supervisor.ServiceSpec(name="node-tls", kind="node", processes=[supervisor.ProcessSpec(
+        name="supernode", health_url=f"http://127.0.0.1:{runtime_port}/health",
+        argv=flower.supernode_argv(superlink=f"127.0.0.1:{port}", root_ca=str(pki.ca_cert), auth_key=None,
+                                   runtime_port=runtime_port, node_config={}),
+        flwr_home=str(supervisor.flwr_home(paths, "node-tls")))]))
     flower.write_cli_connection(paths, address=f"127.0.0.1:{port}", root_ca=str(pki.ca_cert))
-    try:
-        collector = status_mod.StatusCollector(paths, role="server")
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            snapshot = collector.snapshot()
-            if snapshot.federation.source.state == "ok" and snapshot.federation.online:
-                break
-            time.sleep(0.5)
-        assert snapshot.federation.online == 1, snapshot.federation
-        listed = flower.run_flwr(paths, ["supernode", "list"])["nodes"]
-        assert [n.node_id for n in snapshot.federation.nodes] == [int(n["node-id"]) for n in listed]
-        assert snapshot.federation.nodes[0].status == "online" and snapshot.federation.nodes[0].last_seen_s < 30
-        assert snapshot.runs == []
-        assert str(snapshot.federation.nodes[0].node_id) in render(snapshot)
 
-        other_ca = tmp_path / "other-ca.pem"  # a CA that did not sign the SuperLink's certificate
-        shutil.copy(pki.server_cert, other_ca)
-        flower.write_cli_connection(paths, address=f"127.0.0.1:{port}", root_ca=str(other_ca))
-        refused = status_mod.collect(paths, role="server").federation.source
-        assert refused.state == "unreachable" and refused.reason.startswith("TLS failed"), refused
-    finally:
-        for proc in (node, link):
-            os.killpg(proc.pid, 15)
-        for proc in (node, link):
-            proc.wait(timeout=30)
+    collector = status_mod.StatusCollector(paths, role="server")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        snapshot = collector.snapshot()
+        if snapshot.federation.source.state == "ok" and snapshot.federation.online:
+            break
+        time.sleep(0.5)
+    assert snapshot.federation.online == 1, snapshot.federation
+    listed = flower.run_flwr(paths, ["supernode", "list"])["nodes"]
+    assert [n.node_id for n in snapshot.federation.nodes] == [int(n["node-id"]) for n in listed]
+    assert snapshot.federation.nodes[0].status == "online" and snapshot.federation.nodes[0].last_seen_s < 30
+
+    run_id = int(flower.run_flwr(paths, ["run", str(TINY_APP), flower.CLI_CONNECTION])["run-id"])
+    replay_record(paths.runs_dir, flwr_run_id=run_id, state="running")
+    snapshot = collector.snapshot()
+    assert [r.run_id for r in snapshot.runs] == [str(run_id)]  # one row: Flower's run and its record joined
+    run = snapshot.runs[0]
+    assert run.status.split(":")[0] in ("pending", "starting", "running") and run.round == 3 and run.record
+    text = render(snapshot)
+    assert str(run_id) in text and str(snapshot.federation.nodes[0].node_id) in text
+
+    other_ca = tmp_path / "other-ca.pem"  # a CA that did not sign the SuperLink's certificate
+    shutil.copy(pki.server_cert, other_ca)
+    flower.write_cli_connection(paths, address=f"127.0.0.1:{port}", root_ca=str(other_ca))
+    refused = status_mod.collect(paths, role="server").federation.source
+    assert refused.state == "unreachable" and refused.reason.startswith("TLS failed"), refused
 
 
 # --------------------------------------------------------------------------- GPU, layout, JSON

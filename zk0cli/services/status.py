@@ -513,7 +513,7 @@ class RunRecordReader:
             view.problems.append(f"run failed: {status['error']}")
         rounds = self._rounds(root, view)
         config, problem = self.read_json(root / "config.json")
-        if problem and (rounds or view.status not in ("starting", "unknown")):
+        if problem and (rounds or view.status in ("running", "completed")):
             view.problems.append(problem)  # written before round 0: missing by now means lost or damaged
         config = config if isinstance(config, dict) else {}
         run_config = config.get("run_config") if isinstance(config.get("run_config"), dict) else {}
