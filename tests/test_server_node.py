@@ -232,3 +232,13 @@ def test_ctrl_c_on_a_foreground_serve_leaves_no_process(tmp_path):
     assert serve.returncode == 0, output
     assert "received SIGINT" in output and "Traceback" not in output
     assert not [pid for pid in tree if alive(pid)]
+
+
+def test_run_commands_check_their_input_before_reaching_flower(tmp_path):
+    home = tmp_path / "no-server"
+    bad_key = zk0(home, "run", "--set", "no-such-key=1")
+    assert bad_key.returncode == ExitCode.BAD_INPUT and "unknown run-config key 'no-such-key'" in bad_key.stderr
+    no_server = zk0(home, "run", "--rounds", "2")
+    assert no_server.returncode == ExitCode.UNREACHABLE and "zk0 server serve --detach" in no_server.stderr
+    assert zk0(home, "runs").returncode == ExitCode.UNREACHABLE
+    assert zk0(home, "run", "stop", "abc").returncode == ExitCode.BAD_INPUT

@@ -17,11 +17,12 @@ import errno
 import ipaddress
 import socket
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from zk0cli.core import files
-from zk0cli.core.errors import bad_input, env_not_ready, unreachable
+from zk0cli.core.errors import Zk0Error, bad_input, env_not_ready, unreachable
 from zk0cli.core.paths import Paths
 from zk0cli.services import flower, supervisor
 from zk0cli.services.pki import ServerPki, fingerprint
@@ -256,3 +257,101 @@ def _node_names(paths: Paths) -> dict:
         return json.loads((paths.data_dir / NODE_NAMES_FILE).read_text(encoding="utf-8"))
     except (FileNotFoundError, ValueError):
         return {}
+
+
+# --------------------------------------------------------------------------- zk0 run / runs
+
+
+@dataclass
+class SubmittedRun:
+    run_id: str  # Flower's run id
+    run_dir: Path  # where the ServerApp writes the run record
+    rounds: int
+
+
+def app_dir() -> Path:
+    """The zk0 Flower app (pyproject with [tool.flwr.app]) shipped inside the package."""
+    import zk0cli.fl
+
+    return Path(zk0cli.fl.__file__).resolve().parent / "app"
+
+
+def submit_run(paths: Paths, *, rounds: int | None, settings: dict) -> SubmittedRun:
+    """Validate the run config here (a bad key never reaches Flower), then `flwr run` on zk0-local."""
+    import tomli_w
+
+    from zk0cli.fl.records import new_run_name
+    from zk0cli.fl.run_config import RunConfig
+
+    values: dict = dict(settings)
+    if rounds is not None:
+        values["num-server-rounds"] = rounds
+    values.setdefault("runs-dir", str(paths.runs_dir))
+    values.setdefault("run-name", f"{new_run_name()}-run")
+    config = RunConfig.from_mapping(values)
+    require_running(paths)
+    overrides = paths.state_dir / "run-configs" / f"{config.run_name}.toml"
+    files.atomic_write_text(overrides, tomli_w.dumps(config.to_flwr()))
+    document = flower.run_flwr(paths, ["run", str(app_dir()), flower.CLI_CONNECTION, "--run-config", str(overrides)])
+    return SubmittedRun(str(document["run-id"]), Path(config.runs_dir) / config.run_name, config.num_server_rounds)
+
+
+def run_status(paths: Paths, run_id: str) -> str:
+    """Flower's status of a run (``pending``, ``running``, ``finished:completed`` ...)."""
+    runs = flower.run_flwr(paths, ["ls", flower.CLI_CONNECTION, "--run-id", run_id]).get("runs", [])
+    return str(runs[0].get("status", "")) if runs else ""
+
+
+def follow_run(paths: Paths, run: SubmittedRun, on_round, *, poll_s: float = 1.0, flower_every_s: float = 10.0) -> dict:
+    """Report each round as its record appears; return the record's final status, raise if the run failed.
+
+    The run record says how the ServerApp ended; Flower's own status catches a ServerApp that died
+    without writing it (killed, out of memory).
+    """
+    from zk0cli.fl.records import ROUND_FILE, STATUS_FILE, summary
+
+    reported: set[int] = set()
+    next_flower_check = time.monotonic() + flower_every_s
+    while True:
+        fresh = [e for e in map(_json_or_none, run.run_dir.glob(ROUND_FILE.format("*"))) if e and e["round"] not in reported]
+        for entry in sorted(fresh, key=lambda e: e["round"]):
+            reported.add(entry["round"])
+            on_round(summary(entry), run.rounds)
+        status = _json_or_none(run.run_dir / STATUS_FILE) or {}
+        if status.get("state") == "completed":
+            return status
+        if status.get("state") == "failed":
+            raise Zk0Error(f"run {run.run_id} failed: {status.get('error', 'unknown error')}",
+                           hint=status.get("hint") or f"zk0 logs run {run.run_id}")
+        if time.monotonic() >= next_flower_check:
+            next_flower_check = time.monotonic() + flower_every_s
+            flower_status = run_status(paths, run.run_id)
+            if flower_status.startswith("finished"):
+                time.sleep(poll_s)  # the record's last write may trail Flower's bookkeeping by a moment
+                if (_json_or_none(run.run_dir / STATUS_FILE) or {}).get("state") not in ("completed", "failed"):
+                    raise Zk0Error(f"run {run.run_id} ended ({flower_status}) before its record was complete",
+                                   hint=f"zk0 logs run {run.run_id}; partial record in {run.run_dir}")
+                continue
+        time.sleep(poll_s)
+
+
+def list_runs(paths: Paths) -> list[dict]:
+    require_running(paths)
+    return flower.run_flwr(paths, ["ls", flower.CLI_CONNECTION]).get("runs", [])
+
+
+def stop_run(paths: Paths, run_id: str) -> dict:
+    if not run_id.isdigit():
+        raise bad_input(f"'{run_id}' is not a run id", hint="run ids are numbers: see `zk0 runs`")
+    require_running(paths)
+    flower.run_flwr(paths, ["stop", run_id, flower.CLI_CONNECTION])
+    return {"run_id": run_id, "stopped": True}
+
+
+def _json_or_none(path: Path):
+    import json
+
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None

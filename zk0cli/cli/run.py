@@ -1,0 +1,90 @@
+"""`zk0 run`, `zk0 runs`: start, follow, list and stop training runs on this server."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+from rich.markup import escape
+
+from zk0cli.cli.common import JsonOption, out, session
+
+app = typer.Typer(help="Start a training run on this server (`zk0 run stop RUN_ID` stops one).", invoke_without_command=True)
+
+
+@app.callback()
+def run(
+    ctx: typer.Context,
+    rounds: Annotated[Optional[int], typer.Option("--rounds", help="Rounds of federated training.", min=1)] = None,
+    stream: Annotated[bool, typer.Option("--stream", help="Follow the run round by round; exit code = its outcome.")] = False,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Run-config KEY=VALUE (repeatable), e.g. --set local-steps=50.")] = None,
+    json_: JsonOption = False,
+) -> None:
+    """Submit the zk0 app to the local SuperLink (Control API on loopback) and print the run id."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from zk0cli.services import server as server_service
+
+    s = session()
+    from zk0cli.fl.run_config import parse_overrides
+
+    submitted = server_service.submit_run(s.paths, rounds=rounds, settings=parse_overrides(set_ or []))
+    data = {"run_id": submitted.run_id, "run_dir": str(submitted.run_dir), "rounds": submitted.rounds}
+    out().success(f"run {submitted.run_id} submitted: {submitted.rounds} round(s); record in {escape(str(submitted.run_dir))}")
+    if not stream:
+        out().info(f"follow it: zk0 logs run {submitted.run_id} -f, or zk0 status --watch")
+        out().result({**data, "state": "submitted"})
+        return
+    try:
+        status = server_service.follow_run(s.paths, submitted, _print_round)
+    except KeyboardInterrupt:
+        out().warning(f"stopped following; run {submitted.run_id} goes on. Stop it with: zk0 run stop {submitted.run_id}")
+        raise typer.Exit(130) from None
+    out().result({**data, "state": status.get("state")},
+                 lambda c: c.print(f"[green]✓[/green] run {submitted.run_id} completed; record in {escape(str(submitted.run_dir))}"))
+
+
+@app.command("stop")
+def stop(run_id: Annotated[str, typer.Argument(help="Run id, from `zk0 runs`.")], json_: JsonOption = False) -> None:
+    """Stop a run (the nodes abandon its current round)."""
+    from zk0cli.services import server as server_service
+
+    result = server_service.stop_run(session().paths, run_id)
+    out().result(result, lambda c: c.print(f"[green]✓[/green] run {run_id} stopped"))
+
+
+def runs(json_: JsonOption = False) -> None:
+    """List the runs the local SuperLink knows, newest first."""
+    from rich.table import Table
+
+    from zk0cli.services import server as server_service
+
+    listed = sorted(server_service.list_runs(session().paths), key=lambda r: r.get("pending-at", ""), reverse=True)
+
+    def render(console) -> None:
+        if not listed:
+            console.print("no runs yet: zk0 run --rounds N --stream")
+            return
+        table = Table()
+        for column in ("run id", "app", "status", "submitted", "elapsed"):
+            table.add_column(column)
+        for item in listed:
+            table.add_row(str(item.get("run-id")), str(item.get("fab-name", "")), str(item.get("status", "")),
+                          str(item.get("pending-at", "")), f"{float(item.get('elapsed') or 0):.0f} s")
+        console.print(table)
+
+    out().result({"runs": listed}, render)
+
+
+def _print_round(entry: dict, rounds: int) -> None:
+    parts = [f"round {entry['round']}/{rounds}"]
+    if entry.get("server_policy_loss") is not None:
+        parts.append(f"server loss {entry['server_policy_loss']:.4f}")
+    if entry.get("loss_avg") is not None:
+        parts.append(f"client loss {entry['loss_avg']:.4f} ± {entry.get('loss_std') or 0:.4f}")
+    if entry.get("lr") is not None:
+        parts.append(f"lr {entry['lr']:.2e}  mu {entry.get('mu') or 0:.3f}")
+    clients = entry.get("client_losses") or {}
+    if clients:
+        parts.append("(" + ", ".join(f"{name} {loss:.4f}" for name, loss in clients.items() if loss is not None) + ")")
+    out().info(escape("  ".join(parts)))
