@@ -130,3 +130,29 @@ def _episode_stats(row: dict) -> dict:
             feature, metric = column[len("stats/"):].rsplit("/", 1)
             stats.setdefault(feature, {})[metric] = value
     return stats
+
+
+# --- federated engine (tests/test_fl_*) -------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def fl_datasets(tmp_path_factory) -> list[Path]:
+    """Two small datasets with different tasks (pick, stack), one per federated client, written once."""
+    from zk0cli.services.datasets.sample import write_sample
+
+    root = tmp_path_factory.mktemp("fl-datasets")
+    return [write_sample(root / task, task=task, episodes=3, frames_per_episode=30, image_size=32, seed=index)
+            for index, task in enumerate(("pick", "stack"))]
+
+
+@pytest.fixture
+def torch_one_thread(monkeypatch):
+    """torch on one thread (and OMP_NUM_THREADS=1 for child processes): on a shared 2-core machine
+    two intra-op threads per process make SmolVLA steps tens of times slower."""
+    import torch
+
+    previous = torch.get_num_threads()
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

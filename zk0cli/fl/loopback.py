@@ -48,6 +48,7 @@ class LoopbackGrid(Grid):
     run_id: int = 1
     bytes_down: list[int] = field(default_factory=list)  # per message, server -> node
     bytes_up: list[int] = field(default_factory=list)  # per reply, node -> server
+    array_names: set[str] = field(default_factory=set)  # every array name that crossed, either way
     _contexts: dict[int, Context] = field(default_factory=dict)
     _replies: dict[str, Message] = field(default_factory=dict)
     _ids: Any = field(default_factory=lambda: itertools.count(1))
@@ -79,6 +80,7 @@ class LoopbackGrid(Grid):
             message.metadata.__dict__["_message_id"] = message_id
             message.metadata.__dict__["_run_id"] = self.run_id
             self.bytes_down.append(wire_bytes(message))
+            self._note_arrays(message)
             received = transmit(message)
             try:
                 reply = self.client_app(received, self._contexts[message.metadata.dst_node_id])
@@ -86,9 +88,15 @@ class LoopbackGrid(Grid):
                 reason = str(type(exc)) + ":<'" + str(exc) + "'>"
                 reply = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=received)
             self.bytes_up.append(wire_bytes(reply))
+            self._note_arrays(reply)
             self._replies[message_id] = transmit(reply)
             ids.append(message_id)
         return ids
+
+    def _note_arrays(self, message: Message) -> None:
+        if message.has_content():
+            for record in message.content.array_records.values():
+                self.array_names.update(record.keys())
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         return [self._replies.pop(message_id) for message_id in message_ids if message_id in self._replies]

@@ -123,7 +123,8 @@ class Zk0FedProx(FedProx):
                 continue
             client, weights, reason = self._check_reply(reply)
             if reason:
-                self.entry["rejected"].append({"node": node, "dataset": client.get("dataset", ""), "reason": reason})
+                self.entry["rejected"].append({"node": node, "dataset": client.get("dataset", ""), "reason": reason,
+                                               "metrics": client.get("metrics", {})})
                 continue
             clients.append(client)
             accepted.append((weights, client["samples"]))
@@ -199,6 +200,7 @@ class Zk0FedProx(FedProx):
         if result:
             self.control.observe_server_loss(result["composite"]["policy_loss"])
         self.entry["server_eval"] = result
+        self.entry["global_sha256"] = integrity.digest(arrays)  # the weights this round ends with
         self.entry["seconds"] = round(time.monotonic() - self._round_started, 3)
         self.on_round(self.entry, self.global_weights)
         return MetricRecord(result["composite"]) if result else None

@@ -1,0 +1,164 @@
+"""The strategy's rules through real rounds: the real ClientApp and policy, the in-process grid.
+
+Each run's config forces rule paths; the round records must show them. A Flower mod on the
+client damages chosen replies (digest, NaN, shape) to show rejections and that they never touch
+the global weights. Runs through the Simulation Engine are in test_fl_sim.py.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flwr.app import MessageType
+from flwr.clientapp import ClientApp
+
+from zk0cli.fl import client_app as zk0_client
+from zk0cli.fl import integrity
+from zk0cli.fl.loopback import LoopbackGrid
+from zk0cli.fl.records import RunRecord
+from zk0cli.fl.run_config import RunConfig
+from zk0cli.fl.server_app import run_federation
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("torch_one_thread")]
+
+SMALL = {"num-server-rounds": 3, "local-steps": 2, "batch-size": 2, "chunk-size": 10, "eval-batches": 1,
+         "device": "cpu", "video-frequency": 100, "checkpoint-interval": 100, "seed": 7}
+
+
+def run_loopback(tmp_path: Path, datasets: list[Path], app: ClientApp | None = None, **overrides):
+    values = {**SMALL, "datasets": " ".join(f"local:{d}" for d in datasets), "runs-dir": str(tmp_path / "runs"),
+              "run-name": "run", **overrides}
+    config = RunConfig.from_mapping(values)
+    nodes = [{"partition-id": i, "num-partitions": len(datasets)} for i in range(len(datasets))]
+    grid = LoopbackGrid(app or zk0_client.app, nodes, config.to_flwr())
+    record = RunRecord.create(Path(config.runs_dir), config.run_name)
+    run_federation(grid, config, record)
+    return {r["round"]: r for r in record.rounds()}, grid, config
+
+
+class Tamper:
+    """A Flower client mod: damages the train replies named in ``faults`` {(round, partition): kind}
+    and keeps an untouched copy of every train message and reply it sees."""
+
+    def __init__(self, faults: dict[tuple[int, int], str]):
+        self.faults = faults
+        self.seen: dict[tuple[int, int], tuple] = {}
+
+    def __call__(self, msg, context, call_next):
+        reply = call_next(msg, context)
+        if msg.metadata.message_type != MessageType.TRAIN or reply.has_error():
+            return reply
+        key = (int(msg.content["config"]["server-round"]), int(context.node_config["partition-id"]))
+        self.seen[key] = (copy.deepcopy(msg.content["arrays"]), copy.deepcopy(reply.content["arrays"]),
+                          str(reply.content["info"]["sha256"]))
+        if key in self.faults:
+            self._damage(reply.content["arrays"], reply.content["info"], self.faults[key])
+        return reply
+
+    @staticmethod
+    def _damage(update, info, kind: str) -> None:
+        name = next(n for n in update.keys() if len(update[n].shape) == 2)
+        values = integrity.decode_array(update[name]).copy()
+        if kind == "digest":  # changed after the client made its digest
+            update[name] = integrity.bf16_array(values + 1.0)
+            return
+        if kind == "nan":
+            values[0, 0] = np.nan
+            update[name] = integrity.bf16_array(values)
+        elif kind == "shape":
+            update[name] = integrity.bf16_array(values.T.copy())
+        info["sha256"] = integrity.digest(update)  # a consistent digest: only the content is wrong
+
+
+def tampering_app(tamper: Tamper) -> ClientApp:
+    app = ClientApp(mods=[tamper])
+    app.train()(zk0_client.train)
+    app.evaluate()(zk0_client.evaluate)
+    return app
+
+
+def test_quiet_run_shows_plateau_stall_boost_mu_rules_and_rejections(tmp_path, fl_datasets):
+    from zk0cli.policy.trainable import VLM_PREFIX
+
+    tamper = Tamper({(2, 0): "digest", (3, 0): "shape", (3, 1): "nan"})
+    rounds, grid, config = run_loopback(
+        tmp_path, fl_datasets, tampering_app(tamper),
+        # lr so small that the weights do not move: the server loss stalls exactly
+        **{"lr": 1e-30, "eta-min": 0.0, "lr-schedule": "reduce_on_plateau", "stall-patience": 1,
+           "lr-trend": True, "adjustment-window": 2, "max-adjust-factor": 1.02, "early-rounds": 10,
+           "adaptive-lr": True, "high-loss-multiplier": 1.000001, "lr-boost-factor": 2.0,
+           "proximal-mu": 0.5, "mu-decay": 0.5, "dynamic-mu": True, "loss-std-threshold": 1e-9,
+           "mu-adjust-factor": 1.5, "mu-min": 0.2, "mu-max": 0.3},
+    )
+    assert sorted(rounds) == [0, 1, 2, 3]
+    plan2 = rounds[2]["plan"]
+    # reduce_on_plateau after one stalled eval, then the trend's stall nudge, capped in early rounds
+    assert any("plateau for 1 evals: lr x0.5" in why for why in plan2["lr"]["why"])
+    assert any("stall" in why and "capped at x0.9804 in early rounds" in why for why in plan2["lr"]["why"])
+    assert plan2["lr"]["value"] == pytest.approx(1e-30 * 0.5 / 1.02)
+    # the client with the higher round-1 loss trains round 2 at twice the round's lr
+    boosted = plan2["lr"]["boosted_clients"]
+    assert len(boosted) == 1
+    node, boost = next(iter(boosted.items()))
+    assert boost["lr"] == pytest.approx(2 * plan2["lr"]["value"]) and "lr x2" in boost["why"]
+    round1_losses = {c["node"]: c["metrics"]["loss"] for c in rounds[1]["clients"]["each"]}
+    assert node == max(round1_losses, key=round1_losses.get)
+    used = {c["node"]: c["metrics"]["lr"] for c in rounds[2]["clients"]["each"] + rounds[2]["rejected"]}
+    assert used[node] == pytest.approx(boost["lr"])
+    # mu: clamped to mu-max, then decay and spread, then clamped to mu-min
+    assert rounds[1]["plan"]["mu"]["value"] == 0.3 and "clamped" in rounds[1]["plan"]["mu"]["why"][-1]
+    assert plan2["mu"]["value"] == pytest.approx(0.225)
+    assert plan2["mu"]["why"][0] == "decay x0.5" and "mu x1.5" in plan2["mu"]["why"][1]
+    assert rounds[3]["plan"]["mu"]["value"] == 0.2 and "mu_min" in " ".join(rounds[3]["plan"]["mu"]["why"])
+
+    # rejections: reported with reasons, never aggregated, the round goes on
+    assert rounds[1]["rejected"] == []
+    assert [r["reason"].split(" (")[0] for r in rounds[2]["rejected"]] == ["digest mismatch"]
+    reasons = sorted(r["reason"] for r in rounds[3]["rejected"])
+    assert len(reasons) == 2 and "non-finite values" in reasons[0] and reasons[1].startswith("wrong shape")
+    assert rounds[3]["server_eval"] and rounds[3]["clients"]["aggregate"]["num_clients"] == 0
+    # round 3: every update rejected -> the global weights are exactly those round 2 ended with
+    assert rounds[3]["global_sha256"] == rounds[2]["global_sha256"]
+    # round 2: only partition 1 accepted -> the new global is exactly its decoded update
+    downlink, update, claimed = tamper.seen[(2, 1)]
+    start = integrity.from_record(downlink)
+    checked = integrity.check_update(update, claimed, integrity.spec_of(start, integrity.BF16_DELTA),
+                                     integrity.BF16_DELTA, start)
+    assert integrity.digest(integrity.to_record(checked.weights)) == rounds[2]["global_sha256"]
+
+    # only trainable parameters ever crossed, never the frozen VLM
+    assert grid.array_names and not any(name.startswith(VLM_PREFIX) for name in grid.array_names)
+    trainable = set(integrity.from_record(tamper.seen[(1, 0)][0]))
+    assert grid.array_names == trainable
+
+
+def test_exploding_run_shows_warm_restarts_and_divergence(tmp_path, fl_datasets):
+    rounds, _, _ = run_loopback(
+        tmp_path, fl_datasets,
+        **{"num-server-rounds": 2, "lr": 3.0, "eta-min": 0.0, "lr-schedule": "cosine_warm_restarts", "t-0": 1,
+           "lr-trend": True, "adjustment-window": 2, "spike-threshold": 1e9, "early-rounds": 0,
+           "adaptive-lr": False, "dynamic-mu": False},
+    )
+    losses = [rounds[r]["server_eval"]["composite"]["policy_loss"] for r in (0, 1)]
+    assert losses[1] > losses[0]  # lr 3 makes the policy worse
+    why = rounds[2]["plan"]["lr"]["why"]
+    assert why[0].startswith("warm restart (cycle 2")
+    assert any("divergence" in w and "lr x1.05" in w for w in why)
+    assert rounds[2]["plan"]["lr"]["value"] == pytest.approx(3.0 * 1.05)
+    assert [c["metrics"]["lr"] for c in rounds[2]["clients"]["each"]] == pytest.approx([3.15, 3.15])
+
+
+def test_bad_config_stops_the_server_app_before_round_one(tmp_path, fl_datasets):
+    from flwr.app import Context, RecordDict
+
+    from zk0cli.core.errors import Zk0Error
+    from zk0cli.fl import server_app
+
+    run_config = {**RunConfig().to_flwr(), "t-mult": 0, "runs-dir": str(tmp_path / "runs")}
+    grid = LoopbackGrid(zk0_client.app, [{"partition-id": 0, "num-partitions": 1}], run_config)
+    with pytest.raises(Zk0Error, match="t-mult must be >= 1"):
+        server_app.main(grid, Context(1, 0, {}, RecordDict(), run_config))
+    assert grid.bytes_down == [] and not (tmp_path / "runs").exists()
