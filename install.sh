@@ -57,7 +57,23 @@ else
   say "installed: $("$venv/bin/zk0" --version)"
 fi
 
+# zk0's own modules, byte-compiled once: where PYTHONDONTWRITEBYTECODE is set, every start would
+# otherwise compile them again (pip already did this for the dependencies).
+"$venv/bin/python" -m compileall -q "$here/zk0cli" >/dev/null || true
+
 if [ "$mode" = "--test" ]; then
+  # System tools some tests drive: tmux (the live status screen), chromium (the HTML report).
+  missing=()
+  command -v tmux >/dev/null 2>&1 || missing+=(tmux)
+  command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+  if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+      say "installing test tools: ${missing[*]}"
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    else
+      say "not installed: ${missing[*]} (as root: apt-get install ${missing[*]}); the tests needing them will skip"
+    fi
+  fi
   cd "$here"
   exec "$venv/bin/python" -m pytest "$@"
 fi
