@@ -21,8 +21,11 @@ from zk0cli.cli import server as server_cmd
 from zk0cli.cli import logs, node, stop
 from zk0cli.cli import run as run_cmd
 from zk0cli.cli import status as status_cmd
+from zk0cli.cli import compare as compare_cmd
 from zk0cli.cli import report as report_cmd
 from zk0cli.cli import sim as sim_cmd
+from zk0cli.cli import train as train_cmd
+from zk0cli.cli import demo as demo_cmd
 from zk0cli.core.errors import ExitCode, Zk0Error
 from zk0cli.ui import output
 
@@ -48,6 +51,9 @@ app.add_typer(run_cmd.app, name="run")
 app.command("runs")(run_cmd.runs)
 app.command("report")(report_cmd.report)
 app.command("sim")(sim_cmd.sim)
+app.command("compare")(compare_cmd.compare)
+app.command("train")(train_cmd.train)
+app.command("demo")(demo_cmd.demo)
 
 
 def _versions(verbose: bool) -> dict[str, str]:

@@ -15,12 +15,15 @@ import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from zk0cli.core.errors import bad_input
 from zk0cli.core.files import atomic_write_text
 from zk0cli.core.paths import Paths
 from zk0cli.fl.records import FINAL_LINK, ROUND_FILE, STATUS_FILE, summary
+
+if TYPE_CHECKING:
+    from zk0cli.services.simulation import SimRequest
 
 VIDEO_EMBED_LIMIT = 25 * 2**20  # bytes of video embedded as data URIs; beyond that they play from videos/
 REQUIRED_FILES = ("config.json", "policy_loss_history.json")
@@ -131,6 +134,49 @@ def load_run(ref: str | Path, runs_dir: Path | None = None) -> RunData:
         raise bad_input(f"run {root.name}: policy_loss_history.json names rounds without a round record",
                         hint="the record was edited or copied partly; re-run it with --from-record")
     return RunData(root, config, status, rounds, history)
+
+
+def sim_request_from_record(ref: str | Path, *, overrides: dict[str, Any] | None = None,
+                            runs_dir: Path | None = None) -> "SimRequest":
+    """What ``zk0 sim --from-record`` submits: the record's clients, rounds and full run config
+    (``overrides`` on top, e.g. another seed), into a new run. Refused when a dataset the record
+    trained or evaluated on is missing or its content changed (fingerprints)."""
+    from zk0cli.fl.records import new_run_name
+    from zk0cli.services.simulation import SimRequest
+
+    run = load_run(ref)
+    if run.mode != "federated":
+        raise bad_input(f"run {run.run_id} is a {run.mode} run", hint=f"re-run it with `{reproduce_command(run)}`")
+    settings = dict(run.run_config)
+    if not str(settings.get("datasets", "")).split():
+        raise bad_input(f"run {run.run_id} does not name its datasets (a deployment run: each node brought its own)",
+                        hint="re-run it with `zk0 sim --dataset URI ...` and the record's run config")
+    clients = int(settings.get("min-available-nodes", 1))
+    _check_record_datasets(run, clients)
+    settings["run-name"] = f"{new_run_name()}-sim"
+    settings["runs-dir"] = str(runs_dir or Paths.resolve().runs_dir)
+    settings.update({key.replace("_", "-"): value for key, value in (overrides or {}).items()})
+    return SimRequest(clients=clients, rounds=int(settings["num-server-rounds"]), run_config=settings)
+
+
+def _check_record_datasets(run: RunData, clients: int) -> None:
+    """The datasets the clients trained on and the server evaluated on still hold what they held."""
+    from zk0cli.fl.records import dataset_fingerprint
+    from zk0cli.services.datasets.uri import open_metadata, parse_uri
+
+    def refuse(uri: str) -> None:
+        raise bad_input(f"dataset {uri} is not the one run {run.run_id} used (its content fingerprint differs)",
+                        hint="restore the recorded dataset, or start a new run with `zk0 sim`")
+
+    uris = str(run.run_config["datasets"]).split()
+    trained = {str(c.get("dataset_fingerprint", "")) for entry in run.rounds
+               for c in (entry.get("clients") or {}).get("each") or []} - {""}
+    for uri in dict.fromkeys(uris[client % len(uris)] for client in range(clients)):  # each client's dataset
+        if trained and dataset_fingerprint(open_metadata(parse_uri(uri)).root) not in trained:
+            refuse(uri)
+    for uri, fingerprint in (run.config.get("dataset_fingerprints") or {}).items():  # the server's
+        if dataset_fingerprint(open_metadata(parse_uri(uri)).root) != fingerprint:
+            refuse(uri)
 
 
 def _read_json(path: Path) -> Any:
