@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
@@ -20,6 +22,9 @@ def sim(
     client_cpus: Annotated[int, typer.Option("--client-cpus", help="CPUs each simulated client gets.")] = 1,
     client_gpus: Annotated[float, typer.Option("--client-gpus", help="GPU fraction each client gets (e.g. 0.5).")] = 0.0,
     timeout: Annotated[float, typer.Option("--timeout", help="Give up after this many seconds (0: no limit).")] = 0.0,
+    from_record: Annotated[Optional[Path], typer.Option(
+        "--from-record", help="Re-run a run record: its clients, rounds, datasets and run config (-c changes keys, "
+        "e.g. -c seed=7).", file_okay=False)] = None,
     json_: JsonOption = False,
 ) -> None:
     """Run the zk0 Flower app on Flower's Simulation Engine: N clients, R rounds, one run record.
@@ -38,6 +43,14 @@ def sim(
         clients=clients, rounds=rounds, run_config=parse_overrides(run_config or []), datasets=list(dataset or []),
         client_cpus=client_cpus, client_gpus=client_gpus, timeout_s=timeout,
     )
+    if from_record is not None:
+        from zk0cli.services.report import sim_request_from_record
+
+        if dataset:
+            raise bad_input("--from-record re-runs the record's own datasets", hint="drop --dataset, or start a new run")
+        recorded = sim_request_from_record(from_record, overrides=request.run_config)
+        request = dataclasses.replace(request, clients=recorded.clients, rounds=recorded.rounds,
+                                      run_config=recorded.run_config)
     result = simulation.run(request, session().paths, on_round=_show_round, on_message=out().info)
     out().result(result.to_dict(), lambda console: _render(console, result))
 
