@@ -1,0 +1,204 @@
+"""End to end: `zk0 sim` on Flower's Simulation Engine, 2 clients x 3 rounds, tiny SmolVLA on CPU.
+
+One simulation (a real `zk0` process, its own SuperLink, Ray) serves the module; the tests read
+the run record it leaves.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from zk0cli.fl.run_config import RunConfig
+
+pytestmark = pytest.mark.slow
+
+ROUNDS = 3
+SIM_CONFIG = {"local-steps": 5, "batch-size": 4, "chunk-size": 10, "eval-batches": 2, "lr": 1e-3, "seed": 3,
+              "checkpoint-interval": 2, "keep-last-checkpoints": 1, "device": "cpu"}
+
+
+@pytest.fixture(scope="module")
+def sim_env(tmp_path_factory) -> dict[str, str]:
+    home = tmp_path_factory.mktemp("sim")
+    env = dict(os.environ)
+    for name in [n for n in env if n.startswith("ZK0_")]:
+        del env[name]
+    env.update(ZK0_HOME=str(home / "zk0home"), HF_HUB_OFFLINE="1", HF_HOME=str(home / "hf"),
+               HF_LEROBOT_HOME=str(home / "hf" / "lerobot"), OMP_NUM_THREADS="1", NO_COLOR="1")
+    return env
+
+
+def zk0(env: dict[str, str], *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    command = [str(Path(sys.executable).parent / "zk0"), *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def sim_run(sim_env, fl_datasets) -> dict:
+    args = ["--json", "sim", "--clients", "2", "--rounds", str(ROUNDS), "--timeout", "850"]
+    args += [item for uri in fl_datasets for item in ("--dataset", f"local:{uri}")]
+    args += [item for key, value in SIM_CONFIG.items() for item in ("-c", f"{key}={json.dumps(value)}")]
+    done = zk0(sim_env, *args)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    run_dir = Path(result["run_dir"])
+    rounds = {n: json.loads((run_dir / f"round_{n}_server_eval.json").read_text()) for n in range(ROUNDS + 1)}
+    config = json.loads((run_dir / "config.json").read_text())
+    return {"result": result, "dir": run_dir, "rounds": rounds, "config": config, "stderr": done.stderr}
+
+
+def test_run_record_is_complete(sim_run, fl_datasets):
+    run_dir, rounds = sim_run["dir"], sim_run["rounds"]
+    assert sim_run["result"]["state"] == "completed"
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "completed"
+    config = sim_run["config"]
+    assert config["run_config"]["num-server-rounds"] == ROUNDS and config["run_config"]["uplink-bf16-delta"] is True
+    assert {"zk0", "flwr", "lerobot", "torch"} <= set(config["versions"])
+    assert sorted(config["dataset_fingerprints"]) == sorted(f"local:{d}" for d in fl_datasets)
+    assert all(len(fp) == 64 for fp in config["dataset_fingerprints"].values())
+    metrics = json.loads((run_dir / "federated_metrics.json").read_text())
+    history = json.loads((run_dir / "policy_loss_history.json").read_text())
+    assert [m["round"] for m in metrics] == [h["round"] for h in history] == list(range(ROUNDS + 1))
+    for n in range(1, ROUNDS + 1):
+        entry = rounds[n]
+        assert entry["clients"]["aggregate"]["num_clients"] == 2 and entry["rejected"] == entry["failed"] == []
+        assert entry["plan"]["lr"]["why"][0].startswith("cosine") and entry["plan"]["mu"]["why"]
+        assert {c["dataset"] for c in entry["clients"]["each"]} == {"pick", "stack"}
+        for client in entry["clients"]["each"]:
+            assert {"loss", "policy_loss", "fedprox_loss", "grad_norm", "steps", "samples", "seconds", "lr",
+                    "update_norm"} <= set(client["metrics"])
+            assert client["metrics"]["steps"] == 5 and client["metrics"]["samples"] == 20
+        assert entry["federated_eval"]["aggregate"]["num_clients"] == 2
+        assert set(entry["server_eval"]["datasets"]) == {"pick-heldout", "stack-heldout"}
+    assert {p.name for p in (run_dir / "plots").iterdir()} == {"losses.png", "lr_mu.png"}
+    # checkpoints at rounds 2 and 3, only the last kept; final/ points at it
+    assert [p.name for p in (run_dir / "checkpoints").iterdir()] == [f"round_{ROUNDS:04d}"]
+    assert (run_dir / "final").resolve() == (run_dir / "checkpoints" / f"round_{ROUNDS:04d}").resolve()
+    # videos: the first evaluation (video-frequency 5) and the last round
+    videos = sorted(p.name for p in (run_dir / "videos").iterdir())
+    assert videos == ["round_0000.json", "round_0000.mp4", f"round_{ROUNDS:04d}.json", f"round_{ROUNDS:04d}.mp4"]
+    video = json.loads((run_dir / "videos" / f"round_{ROUNDS:04d}.json").read_text())
+    assert video["round"] == ROUNDS and video["action_error"] >= 0 and video["fps"] == 30
+    assert (run_dir / "flower.log").stat().st_size > 0
+
+
+def test_server_eval_loss_improves(sim_run):
+    history = json.loads((sim_run["dir"] / "policy_loss_history.json").read_text())
+    assert history[-1]["policy_loss"] < history[0]["policy_loss"]
+
+
+def test_sim_leaves_no_process_behind(sim_run, sim_env):
+    import psutil
+
+    flwr_home = str(Path(sim_env["ZK0_HOME"]) / "state" / "flwr-sim")
+    leftovers = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if any(flwr_home in part for part in proc.info["cmdline"] or []):
+                leftovers.append((proc.pid, " ".join(proc.info["cmdline"])[:120]))
+        except psutil.Error:
+            continue
+    assert leftovers == []
+
+
+def built_for(config: RunConfig, dataset_root: Path):
+    from zk0cli.policy.build import build_policy
+    from zk0cli.services.datasets.uri import open_metadata, parse_uri
+
+    return build_policy(config.policy_spec(), open_metadata(parse_uri(f"local:{dataset_root}")))
+
+
+def test_checkpoint_reloads_with_identical_outputs(sim_run, fl_datasets, sim_env, monkeypatch, torch_one_thread):
+    from lerobot.policies.factory import make_pre_post_processors
+    from lerobot.policies.smolvla import SmolVLAPolicy
+
+    from zk0cli.policy.build import BuiltPolicy
+    from zk0cli.policy.train import evaluate
+    from zk0cli.services.datasets.partition import open_partition
+    from zk0cli.services.datasets.uri import open_metadata, parse_uri
+
+    monkeypatch.setenv("ZK0_HOME", sim_env["ZK0_HOME"])  # the backbone the checkpoint's config names
+    config = RunConfig.from_mapping(sim_run["config"]["run_config"])
+    final = sim_run["dir"] / "final"
+    policy = SmolVLAPolicy.from_pretrained(final)
+    preprocessor, postprocessor = make_pre_post_processors(policy.config, pretrained_path=str(final))
+    template = built_for(config, fl_datasets[0])
+    reloaded = BuiltPolicy(policy, preprocessor, postprocessor, template.device, None, template.spec)
+    uri = parse_uri(f"local:{fl_datasets[0]}")
+    heldout = open_partition(uri, heldout=config.client_eval_episodes, split="heldout",
+                             delta_timestamps=reloaded.delta_timestamps(open_metadata(uri)))
+    metrics = evaluate(reloaded, heldout, seed=config.seed, max_batches=config.eval_batches,
+                       batch_size=config.batch_size)
+    recorded = sim_run["rounds"][ROUNDS]["server_eval"]["datasets"]["pick-heldout"]
+    assert metrics["policy_loss"] == pytest.approx(recorded["policy_loss"], rel=1e-6)
+    assert metrics["action_mae"] == pytest.approx(recorded["action_error"], rel=1e-6)
+
+
+def test_frozen_vlm_is_bit_identical_and_only_trainables_changed(sim_run, fl_datasets, sim_env, monkeypatch,
+                                                                torch_one_thread):
+    import torch
+    from safetensors.torch import load_file
+
+    from zk0cli.policy.trainable import VLM_PREFIX, trainable_names
+
+    monkeypatch.setenv("ZK0_HOME", sim_env["ZK0_HOME"])
+    config = RunConfig.from_mapping(sim_run["config"]["run_config"])
+    start = built_for(config, fl_datasets[0]).policy  # what every node and the server built at round 0
+    saved = load_file(str(sim_run["dir"] / "final" / "model.safetensors"))
+    initial = start.state_dict()
+    vlm = [name for name in saved if name.startswith(VLM_PREFIX)]
+    assert vlm and all(torch.equal(saved[name], initial[name]) for name in vlm)
+    trainable = set(trainable_names(start))
+    assert sim_run["config"]["trainable_parameters"] == sum(initial[n].numel() for n in trainable)
+    changed = {name for name in saved if not torch.equal(saved[name], initial[name])}
+    assert changed and changed <= trainable
+
+
+def test_bf16_delta_uplink_matches_fp32_uplink(sim_run, fl_datasets, tmp_path, torch_one_thread):
+    """The same run (config and seed) with fp32 uplink, through the in-process grid: final loss within 2%."""
+    from zk0cli.fl import client_app as zk0_client
+    from zk0cli.fl.loopback import LoopbackGrid
+    from zk0cli.fl.records import RunRecord
+    from zk0cli.fl.server_app import run_federation
+
+    values = {**sim_run["config"]["run_config"], "uplink-bf16-delta": False, "runs-dir": str(tmp_path), "run-name": "fp32"}
+    config = RunConfig.from_mapping(values)
+    grid = LoopbackGrid(zk0_client.app, [{"partition-id": i, "num-partitions": 2} for i in range(2)], config.to_flwr())
+    record = RunRecord.create(tmp_path, "fp32")
+    run_federation(grid, config, record)
+    fp32 = record.rounds()[-1]["server_eval"]["composite"]["policy_loss"]
+    bf16 = sim_run["rounds"][ROUNDS]["server_eval"]["composite"]["policy_loss"]
+    assert abs(bf16 - fp32) / fp32 < 0.02, (bf16, fp32)
+
+
+def test_sim_generates_a_task_per_client_without_datasets(monkeypatch, zk0_home):
+    from zk0cli.core.paths import Paths
+    from zk0cli.services import simulation
+
+    monkeypatch.setattr(simulation, "SAMPLE_EPISODES", 2)
+    monkeypatch.setattr(simulation, "SAMPLE_FRAMES", 10)
+    config = simulation.resolve_config(simulation.SimRequest(clients=3, rounds=1), Paths.resolve())
+    roots = [Path(uri.removeprefix("local:")) for uri in config.dataset_uris()]
+    assert [root.name for root in roots] == ["sim-pick-0", "sim-stack-1", "sim-sort-2"]
+    episodes = [json.loads((root / "meta" / "info.json").read_text())["total_episodes"] for root in roots]
+    assert episodes == [2, 2, 2]
+    assert config.policy == "tiny" and config.min_available_nodes == 3 and config.run_name.endswith("-sim")
+    assert (Paths.resolve().data_dir / "backbones").is_dir()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--clients", "0"], "--clients must be at least 1"),
+    (["-c", "lr-schedule=linear"], "lr-schedule must be one of"),
+    (["-c", "t-mult=1.5"], "t-mult must be int"),
+    (["--dataset", "/no/such/dataset"], "no such path"),
+])
+def test_bad_sim_input_is_one_line_and_exit_2(cli, args, message):
+    result = cli("sim", *args)
+    assert result.code == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
