@@ -36,7 +36,7 @@ def write_record(runs_dir: Path, name: str, losses: list[float], *, mode: str = 
                                  "composite": {"policy_loss": loss, "action_error": 10 * loss}}}
         if server_round:
             each = [{"node": node, "dataset": f"pick-p{i}", "samples": 4 * steps_per_client,
-                     "dataset_fingerprint": f"{i:064x}",
+                     "dataset_fingerprint": f"{i:064x}", "bytes_down": 1000, "bytes_up": 500,
                      "metrics": {"loss": loss + 0.1 * i, "steps": steps_per_client, "fedprox_loss": 0.0}}
                     for i, node in enumerate(nodes)]
             entry.update(
@@ -45,7 +45,6 @@ def write_record(runs_dir: Path, name: str, losses: list[float], *, mode: str = 
                 rejected=[{"node": "1009", "dataset": "bad", "reason": "digest mismatch"}]
                 if server_round == rejected_round else [],
                 failed=[],
-                bytes={"down": 1000 * len(each), "up": 500 * len(each)},
             )
         if with_video and server_round == len(losses) - 1:
             entry["video"] = _video(run.root / "videos" / f"round_{server_round:04d}.mp4", server_round)

@@ -246,15 +246,25 @@ def report_content(run: RunData, out_dir: Path) -> ReportContent:
 
 def bytes_transferred(run: RunData) -> dict[str, int] | None:
     """Bytes down (server to nodes) and up over the run, when the record has them."""
-    down = up = 0
-    found = False
-    for entry in run.rounds:
-        traffic = entry.get("bytes") or {}
-        if traffic:
-            found = True
-            down += int(traffic.get("down", 0))
-            up += int(traffic.get("up", 0))
-    return {"down": down, "up": up} if found else None
+    rounds = [round_bytes(entry) for entry in run.rounds]
+    found = [traffic for traffic in rounds if traffic is not None]
+    if not found:
+        return None
+    return {"down": sum(t["down"] for t in found), "up": sum(t["up"] for t in found)}
+
+
+def round_bytes(entry: dict[str, Any]) -> dict[str, int] | None:
+    """One round's bytes from its clients' ``bytes_down`` / ``bytes_up`` (the keys `zk0 status`
+    reads too), on the client entry or in its metrics; None when no client has them."""
+    totals, found = {"down": 0, "up": 0}, False
+    for client in (entry.get("clients") or {}).get("each") or []:
+        metrics = client.get("metrics") or {}
+        for direction in totals:
+            value = client.get(f"bytes_{direction}", metrics.get(f"bytes_{direction}"))
+            if value is not None:
+                found = True
+                totals[direction] += int(value)
+    return totals if found else None
 
 
 def reproduce_command(run: RunData) -> str:
@@ -289,13 +299,12 @@ def _rounds_table(run: RunData) -> Table:
     steps = run.cumulative_steps()
     rows = []
     for entry, line in zip(run.rounds, run.summaries()):
-        traffic = entry.get("bytes") or {}
         rows.append([
             line["round"], line["num_clients"], line["rejected"], line["failed"],
             _mean_std(line["loss_avg"], line["loss_std"]), _num(line["server_policy_loss"]),
             _num(line["server_action_error"]), _num(line["federated_eval_loss"]), _num(line["lr"]), _num(line["mu"]),
             steps[line["round"]], _num(entry.get("seconds")),
-            _bytes_text({"down": traffic["down"], "up": traffic["up"]}) if traffic else "-",
+            _bytes_text(round_bytes(entry), missing="-"),
         ])
     return Table("Rounds", ["round", "clients", "rejected", "failed", "train loss", "server loss", "action error",
                             "fed. eval loss", "lr", "mu", "steps (total)", "seconds", "bytes down / up"], rows)
@@ -344,9 +353,9 @@ def _mean_std(mean: Any, std: Any) -> str:
     return f"{mean:.4g} ± {std:.2g}" if std else f"{mean:.4g}"
 
 
-def _bytes_text(traffic: dict[str, int] | None) -> str:
+def _bytes_text(traffic: dict[str, int] | None, *, missing: str = "not recorded") -> str:
     if traffic is None:
-        return "not recorded"
+        return missing
     return f"{_size(traffic['down'])} down / {_size(traffic['up'])} up"
 
 
