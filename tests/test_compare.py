@@ -66,6 +66,7 @@ def test_compare_reads_every_number_from_the_records(cli, zk0_home, tmp_path):
     assert gap["text"].startswith(f"federated {federated['label']} is {percent:.1f}% (CI ")
     assert "above centralized" in gap["text"]
     assert Path(data["plot"]).read_bytes()[:4] == b"\x89PNG"
+    assert data["warnings"] == []  # same held-out data, same optimizer steps
     assert json.loads((tmp_path / "cmp" / "compare.json").read_text())["gaps"] == data["gaps"]
     human = cli("compare", "fed-1", "cen-1", "--out", str(tmp_path / "cmp2"))
     assert human.code == 0 and "one seed: no CI" in human.stdout
@@ -86,6 +87,21 @@ def test_seeds_are_taken_from_disk_before_running_more(zk0_home, tmp_path):
     assert asked == [("fed", 9, "fed-seed9"), ("cen", 8, "cen-seed8"), ("cen", 9, "cen-seed9")]
     assert [run["seed"] for run in data["arms"][0]["runs"]] == [7, 8, 9]
     assert data["arms"][1]["estimates"]["final_loss"]["n"] == 3
+    assert data["warnings"] == ["the arms trained for different optimizer steps (fed (+2 seeds): 15, cen (+2 seeds): 5); "
+                                "match them with `zk0 train --match-run`"]
+
+
+def test_runs_evaluated_on_other_data_are_flagged(zk0_home, tmp_path):
+    runs = zk0_home / "data" / "runs"
+    write_record(runs, "a", [2.0, 1.5])
+    other = write_record(runs, "b", [2.0, 1.4])
+    final = other / "round_1_server_eval.json"
+    entry = json.loads(final.read_text())
+    entry["server_eval"]["datasets"] = {"other-heldout": {"policy_loss": 1.4, "action_error": 14.0, "samples": 8}}
+    final.write_text(json.dumps(entry))
+    data = compare.compare([["a"], ["b"]], out_dir=tmp_path / "c")
+    assert data["warnings"] == ["the runs were evaluated on different held-out data (heldout:8 | other-heldout:8): "
+                                "their losses do not compare"]
 
 
 def test_bad_inputs_are_one_line_with_a_hint(cli, zk0_home):

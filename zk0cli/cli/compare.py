@@ -29,6 +29,8 @@ def compare(
 
     arms = [[ref for ref in arg.split(",") if ref] for arg in runs]
     result = compare_runs(arms, seeds=seeds, out_dir=out_dir, progress=out().info)
+    for warning in result["warnings"]:
+        out().warning(warning)
     out().result(result, lambda console: _render(console, result))
 
 

@@ -121,6 +121,7 @@ class RunResult:
     best_loss: float
     best_loss_round: int
     best_action_error: float
+    heldout: list[str]  # "dataset:samples" of the final server evaluation: what the numbers are measured on
     curve: list[EvalPoint]
 
     @classmethod
@@ -130,8 +131,11 @@ class RunResult:
             raise bad_input(f"run {run.run_id} has no server evaluation yet",
                             hint=f"wait for its first round or see {run.root / 'status.json'}")
         final, best = points[-1], min(points, key=lambda p: p.policy_loss)
+        evaluated = next(e for e in run.rounds if e["round"] == final.round)["server_eval"]["datasets"]
+        heldout = sorted(f"{name}:{m.get('samples')}" for name, m in evaluated.items())
         return cls(run.run_id, str(run.root), run.mode, run.seed, final.round, final.steps, final.policy_loss,
-                   final.action_error, best.policy_loss, best.round, min(p.action_error for p in points), points)
+                   final.action_error, best.policy_loss, best.round, min(p.action_error for p in points), heldout,
+                   points)
 
 
 @dataclass
@@ -190,9 +194,25 @@ def compare(
         "gaps": [{**asdict(gap), "text": gap.sentence(modes[gap.arm], modes[gap.reference])} for gap in gaps],
         "curves": {run.run_id: [asdict(point) for point in run.curve] for arm in arms for run in arm.runs},
         "plot": str(plot),
+        "warnings": comparability_warnings(arms),
     }
     atomic_write_json(out_dir / "compare.json", result)
     return result
+
+
+def comparability_warnings(arms: list[Arm]) -> list[str]:
+    """What makes the numbers of these runs not comparable: other held-out data, other step counts."""
+    warnings = []
+    heldout = {", ".join(run.heldout) for arm in arms for run in arm.runs}
+    if len(heldout) > 1:
+        warnings.append(f"the runs were evaluated on different held-out data ({' | '.join(sorted(heldout))}): "
+                        "their losses do not compare")
+    steps = {arm.label: sorted({run.steps for run in arm.runs}) for arm in arms}
+    if len({tuple(s) for s in steps.values()}) > 1:
+        warnings.append("the arms trained for different optimizer steps ("
+                        + ", ".join(f"{label}: {'/'.join(map(str, s))}" for label, s in steps.items())
+                        + "); match them with `zk0 train --match-run`")
+    return warnings
 
 
 def _label(runs: list[RunData]) -> str:
