@@ -65,3 +65,17 @@ def test_every_key_is_documented():
     docs = rc.documentation()
     assert len(docs) == len(rc.RunConfig().to_flwr())
     assert all(doc for _, _, doc in docs)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # pathspec's, inside flwr's builder
+def test_flower_app_builds_into_a_small_fab_with_flowers_own_builder():
+    import io
+    import zipfile
+
+    from flwr.cli.build import build_fab_from_disk
+
+    fab = build_fab_from_disk(APP_PYPROJECT.parent)
+    names = zipfile.ZipFile(io.BytesIO(fab)).namelist()
+    assert len(fab) < 10 * 2**20 and "pyproject.toml" in names
+    assert not [n for n in names if n.endswith(".py")]  # the code comes from the installed zk0cli package
+    assert "federations" not in tomllib.loads(APP_PYPROJECT.read_text())["tool"]["flwr"]

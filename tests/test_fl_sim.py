@@ -19,7 +19,7 @@ from zk0cli.fl.run_config import RunConfig
 pytestmark = pytest.mark.slow
 
 ROUNDS = 3
-SIM_CONFIG = {"local-steps": 5, "batch-size": 4, "chunk-size": 10, "eval-batches": 2, "lr": 1e-3, "seed": 3,
+SIM_CONFIG = {"policy": "tiny", "local-steps": 5, "batch-size": 4, "chunk-size": 10, "eval-batches": 2, "lr": 1e-3, "seed": 3,
               "checkpoint-interval": 2, "keep-last-checkpoints": 1, "device": "cpu"}
 
 

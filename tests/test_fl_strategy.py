@@ -24,7 +24,7 @@ from zk0cli.fl.server_app import run_federation
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("torch_one_thread")]
 
-SMALL = {"num-server-rounds": 3, "local-steps": 2, "batch-size": 2, "chunk-size": 10, "eval-batches": 1,
+SMALL = {"policy": "tiny", "num-server-rounds": 3, "local-steps": 2, "batch-size": 2, "chunk-size": 10, "eval-batches": 1,
          "device": "cpu", "video-frequency": 100, "checkpoint-interval": 100, "seed": 7}
 
 

@@ -83,6 +83,7 @@ def resolve_config(request: SimRequest, paths: Paths, *, generate: Callable[[str
     config = RunConfig.from_mapping(values)  # validation before anything starts
     if not config.datasets:
         values.update(datasets=" ".join(sample_datasets(paths, request.clients, progress=generate)))
+        values.setdefault("policy", "tiny")  # out of the box: the offline backbone, whatever the default
     values.setdefault("runs-dir", str(paths.runs_dir))
     values.setdefault("run-name", new_run_name() + "-sim")
     return RunConfig.from_mapping(values)
