@@ -77,6 +77,9 @@ def test_seeds_are_taken_from_disk_before_running_more(zk0_home, tmp_path):
     write_record(runs, "fed", [2.0, 1.5], seed=7)
     write_record(runs, "fed-seed8", [2.0, 1.4], seed=8)  # a seed run of an earlier compare
     write_record(runs, "cen", [2.0, 1.1], seed=7, mode="centralized")
+    failed = runs / "cen-seed8"  # an attempt that died: rerun from scratch, none of its files kept
+    failed.mkdir()
+    (failed / "round_5_server_eval.json").write_text("{}")
     asked = []
 
     def rerun(run, seed, name):  # stands in for the simulation/training only to see what is asked
@@ -85,6 +88,7 @@ def test_seeds_are_taken_from_disk_before_running_more(zk0_home, tmp_path):
 
     data = compare.compare([["fed"], ["cen"]], seeds=3, out_dir=tmp_path / "c", rerun=rerun)
     assert asked == [("fed", 9, "fed-seed9"), ("cen", 8, "cen-seed8"), ("cen", 9, "cen-seed9")]
+    assert not (failed / "round_5_server_eval.json").exists()
     assert [run["seed"] for run in data["arms"][0]["runs"]] == [7, 8, 9]
     assert data["arms"][1]["estimates"]["final_loss"]["n"] == 3
     assert data["warnings"] == ["the arms trained for different optimizer steps (fed (+2 seeds): 15, cen (+2 seeds): 5); "

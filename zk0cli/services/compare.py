@@ -15,6 +15,7 @@ share seeds) scaled by that mean.
 from __future__ import annotations
 
 import math
+import shutil
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -236,6 +237,7 @@ def _more_seeds(runs: list[RunData], wanted: int, rerun: Rerun, progress: Callab
             continue
         if progress:
             progress(f"running {base.mode} {base.run_id} with seed {seed} -> {name}")
+        shutil.rmtree(existing, ignore_errors=True)  # an earlier attempt that did not complete
         extra.append(load_run(rerun(base, seed, name)))
     return extra
 
