@@ -202,3 +202,10 @@ def test_bad_sim_input_is_one_line_and_exit_2(cli, args, message):
     result = cli("sim", *args)
     assert result.code == 2
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_list_keys_names_every_run_config_key(cli):
+    result = cli("--json", "sim", "--list-keys")
+    assert result.code == 0
+    keys = [row["key"] for row in result.json()]
+    assert keys == list(RunConfig().to_flwr()) and all(row["doc"] for row in result.json())

@@ -25,17 +25,22 @@ def sim(
     from_record: Annotated[Optional[Path], typer.Option(
         "--from-record", help="Re-run a run record: its clients, rounds, datasets and run config (-c changes keys, "
         "e.g. -c seed=7).", file_okay=False)] = None,
+    list_keys: Annotated[bool, typer.Option("--list-keys", help="List every run-config key with its default, and exit.")] = False,
     json_: JsonOption = False,
 ) -> None:
     """Run the zk0 Flower app on Flower's Simulation Engine: N clients, R rounds, one run record.
 
     Without --dataset it generates a small SO-100-style dataset per client (a different task each)
     and uses the tiny offline backbone, so it works out of the box with no network. Every key of
-    the run config (lr schedule, FedProx mu, local steps, ...) can be set with --run-config; the
-    keys are listed in zk0cli/fl/app/pyproject.toml.
+    the run config (lr schedule, FedProx mu, local steps, ...) can be set with --run-config;
+    --list-keys lists them.
     """
     from zk0cli.fl.run_config import parse_overrides
     from zk0cli.services import simulation
+
+    if list_keys:
+        _list_keys()
+        return
 
     if client_cpus < 1:
         raise bad_input(f"--client-cpus must be at least 1, got {client_cpus}", hint="e.g. --client-cpus 1")
@@ -53,6 +58,24 @@ def sim(
                                       run_config=recorded.run_config)
     result = simulation.run(request, session().paths, on_round=_show_round, on_message=out().info)
     out().result(result.to_dict(), lambda console: _render(console, result))
+
+
+def _list_keys() -> None:
+    from rich.table import Table
+
+    from zk0cli.fl.run_config import documentation
+
+    keys = [{"key": key, "default": default, "doc": doc} for key, default, doc in documentation()]
+
+    def render(console) -> None:
+        table = Table(title="run-config keys (zk0 sim -c KEY=VALUE, zk0 run --set KEY=VALUE)", title_justify="left")
+        for column in ("key", "default", "meaning"):
+            table.add_column(column, overflow="fold")
+        for row in keys:
+            table.add_row(row["key"], repr(row["default"]), row["doc"])
+        console.print(table)
+
+    out().result(keys, render)
 
 
 def _show_round(progress) -> None:

@@ -23,7 +23,7 @@ LR_SCHEDULES = ("constant", "cosine", "cosine_warm_restarts", "reduce_on_plateau
 
 def _p(default: Any, doc: str, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
        lt: float | None = None, choices: tuple[str, ...] | None = None) -> Any:
-    """A field with its range rule and one line of documentation (shown by `zk0 sim --help-config`)."""
+    """A field with its range rule and one line of documentation (listed by `zk0 sim --list-keys`)."""
     rules = {"ge": ge, "gt": gt, "le": le, "lt": lt, "choices": choices, "doc": doc}
     return field(default=default, metadata=rules)
 
@@ -106,7 +106,7 @@ class RunConfig:
         for key, value in values.items():
             name = key.replace("-", "_")
             if name not in known:
-                raise bad_input(f"unknown run-config key '{key}'", hint="see the keys in zk0cli/fl/app/pyproject.toml")
+                raise bad_input(f"unknown run-config key '{key}'", hint="`zk0 sim --list-keys` lists them")
             kwargs[name] = _typed(key, value, known[name])
         config = cls(**kwargs)
         config.validate()

@@ -17,6 +17,7 @@ A subclass of Flower's ``FedProx`` driven by its own ``start`` loop. Each round:
 from __future__ import annotations
 
 import math
+import random
 import time
 from typing import Any, Callable, Iterable, Mapping
 
@@ -67,12 +68,14 @@ class Zk0FedProx(FedProx):
         self.server_evaluate = server_evaluate
         self.on_round = on_round
         self.entry: dict[str, Any] = {}
+        self._asked: set[str] = set()  # nodes sent a train message this round
         self._round_started = time.monotonic()
 
     def initial_arrays(self) -> ArrayRecord:
         return integrity.to_record(self.global_weights)
 
     def run(self, grid: Grid) -> None:
+        random.seed(self.config.seed)  # Flower samples nodes with the global `random`: reproducible choices
         self.start(
             grid=grid,
             initial_arrays=self.initial_arrays(),
@@ -96,6 +99,7 @@ class Zk0FedProx(FedProx):
         self.entry = {"round": server_round, "plan": plan.to_dict(), "clients": None, "rejected": [], "failed": []}
         wanted = max(int(len(list(grid.get_node_ids())) * self.fraction_train), self.min_train_nodes)
         node_ids, _ = sample_nodes(grid, self.min_available_nodes, wanted)
+        self._asked = {str(node_id) for node_id in node_ids}
         digest = integrity.digest(arrays)
         messages = []
         for node_id in node_ids:
@@ -116,6 +120,10 @@ class Zk0FedProx(FedProx):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         accepted: list[tuple[dict[str, np.ndarray], float]] = []
         clients = []
+        replies = list(replies)
+        silent = self._asked - {str(reply.metadata.src_node_id) for reply in replies}
+        self.entry["failed"] += [{"node": node, "reason": f"no reply within {self.config.round_timeout_s:g} s"}
+                                 for node in sorted(silent)]
         for reply in replies:
             node = str(reply.metadata.src_node_id)
             if reply.has_error():
