@@ -144,6 +144,7 @@ def plan_centralized(
         from zk0cli.services.simulation import SimRequest, sample_datasets
 
         settings["datasets"] = " ".join(sample_datasets(Paths.resolve(), SimRequest().clients, progress=progress))
+        settings.setdefault("policy", "tiny")  # as `zk0 sim` does: the offline backbone for its samples
         config = RunConfig.from_mapping(settings)
     if federated is None:
         per_round = _spread(steps or config.num_server_rounds * config.local_steps, config.num_server_rounds)
