@@ -25,6 +25,7 @@ from zk0cli.cli import compare as compare_cmd
 from zk0cli.cli import report as report_cmd
 from zk0cli.cli import sim as sim_cmd
 from zk0cli.cli import train as train_cmd
+from zk0cli.cli import demo as demo_cmd
 from zk0cli.core.errors import ExitCode, Zk0Error
 from zk0cli.ui import output
 
@@ -52,6 +53,7 @@ app.command("report")(report_cmd.report)
 app.command("sim")(sim_cmd.sim)
 app.command("compare")(compare_cmd.compare)
 app.command("train")(train_cmd.train)
+app.command("demo")(demo_cmd.demo)
 
 
 def _versions(verbose: bool) -> dict[str, str]:

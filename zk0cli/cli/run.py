@@ -36,7 +36,7 @@ def run(
         out().result({**data, "state": "submitted"})
         return
     try:
-        status = server_service.follow_run(s.paths, submitted, _print_round)
+        status = server_service.follow_run(s.paths, submitted, print_round)
     except KeyboardInterrupt:
         out().warning(f"stopped following; run {submitted.run_id} goes on. Stop it with: zk0 run stop {submitted.run_id}")
         raise typer.Exit(130) from None
@@ -76,7 +76,7 @@ def runs(json_: JsonOption = False) -> None:
     out().result({"runs": listed}, render)
 
 
-def _print_round(entry: dict, rounds: int) -> None:
+def print_round(entry: dict, rounds: int) -> None:
     parts = [f"round {entry['round']}/{rounds}"]
     if entry.get("server_policy_loss") is not None:
         parts.append(f"server loss {entry['server_policy_loss']:.4f}")
