@@ -209,3 +209,31 @@ def test_list_keys_names_every_run_config_key(cli):
     assert result.code == 0
     keys = [row["key"] for row in result.json()]
     assert keys == list(RunConfig().to_flwr()) and all(row["doc"] for row in result.json())
+
+
+def test_interrupted_sim_stops_everything_it_started(sim_env, fl_datasets, tmp_path):
+    import signal
+    import time
+
+    import psutil
+
+    env = {**sim_env, "ZK0_HOME": str(tmp_path / "zk0home")}
+    args = [str(Path(sys.executable).parent / "zk0"), "--json", "sim", "--rounds", "50"]
+    args += [item for uri in fl_datasets for item in ("--dataset", f"local:{uri}")]
+    args += [item for key, value in SIM_CONFIG.items() for item in ("-c", f"{key}={json.dumps(value)}")]
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    runs = tmp_path / "zk0home" / "data" / "runs"
+    deadline = time.monotonic() + 300
+    # the server app's first status: the Simulation Engine (Ray and its client actors) is up by then
+    while not list(runs.glob("*/status.json")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(1)
+    assert proc.poll() is None, proc.stderr.read()[-2000:]
+    tree = psutil.Process(proc.pid).children(recursive=True)
+    assert any("flower-superlink" in " ".join(p.cmdline()) for p in tree)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in stderr
+    _, alive = psutil.wait_procs(tree, timeout=10)
+    assert alive == []
+    status = json.loads(next(runs.glob("*/status.json")).read_text())
+    assert status["state"] == "interrupted" and "--from-record" in status["hint"]

@@ -20,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ from typing import Any, Callable
 from zk0cli.core.errors import Zk0Error, bad_input, env_not_ready, unreachable
 from zk0cli.core.files import atomic_write_text
 from zk0cli.core.paths import Paths
-from zk0cli.fl.records import ROUND_FILE, STATUS_FILE, new_run_name, summary
+from zk0cli.fl.records import ROUND_FILE, STATUS_FILE, RunRecord, new_run_name, summary
 from zk0cli.fl.run_config import RunConfig
 
 APP_DIR = Path(__file__).resolve().parents[1] / "fl" / "app"
@@ -119,16 +120,32 @@ def run(request: SimRequest, paths: Paths, *, on_round: Callable[[RoundProgress]
     config = resolve_config(request, paths, generate=say)
     run_dir = Path(config.runs_dir) / config.run_name
     started = time.monotonic()
-    with LocalSuperLink(paths, threads=request.client_cpus) as superlink:
-        say(f"local SuperLink on 127.0.0.1:{superlink.port} (logs: {superlink.log_file})")
-        flwr_run_id = superlink.submit(config, request)
-        say(f"Flower run {flwr_run_id}: {request.clients} clients x {request.rounds} rounds -> {run_dir}")
-        try:
-            state = _follow(superlink, flwr_run_id, run_dir, config, request, on_round)
-        finally:
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous_sigterm = signal.signal(signal.SIGTERM, _interrupt) if in_main_thread else None  # `kill PID` = Ctrl-C
+    try:
+        with LocalSuperLink(paths, threads=request.client_cpus) as superlink:
+            say(f"local SuperLink on 127.0.0.1:{superlink.port} (logs: {superlink.log_file})")
+            flwr_run_id = superlink.submit(config, request)
+            say(f"Flower run {flwr_run_id}: {request.clients} clients x {request.rounds} rounds -> {run_dir}")
+            try:
+                state = _follow(superlink, flwr_run_id, run_dir, config, request, on_round)
+            except Zk0Error:
+                superlink.save_run_log(flwr_run_id, run_dir / "flower.log")
+                raise
             superlink.save_run_log(flwr_run_id, run_dir / "flower.log")
+    except KeyboardInterrupt:
+        if run_dir.is_dir():  # the server app was stopped with everything else: say so in the record
+            RunRecord(run_dir).write_status("interrupted", hint=f"re-run it: zk0 sim --from-record {run_dir}")
+        raise
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous_sigterm)
     rounds = _summaries(run_dir)
     return SimResult(run_dir, flwr_run_id, state, rounds, time.monotonic() - started, config)
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def _follow(superlink: "LocalSuperLink", flwr_run_id: str, run_dir: Path, config: RunConfig, request: SimRequest,
