@@ -56,19 +56,6 @@ app.command("train")(train_cmd.train)
 app.command("demo")(demo_cmd.demo)
 
 
-def _versions(verbose: bool) -> dict[str, str]:
-    from importlib import metadata
-
-    versions = {"zk0": __version__}
-    if verbose:
-        for package in ("flwr", "lerobot", "torch", "transformers"):
-            try:
-                versions[package] = metadata.version(package)
-            except metadata.PackageNotFoundError:
-                versions[package] = "not installed"
-    return versions
-
-
 @app.callback(invoke_without_command=True)
 def root(
     ctx: typer.Context,
@@ -82,8 +69,10 @@ def root(
     out = output.configure(json_mode=json_mode, verbose=verbose)
     common.start_session(config)
     if version:
-        versions = _versions(verbose)
-        out.result(versions, lambda c: c.print("\n".join(f"{k} {v}" for k, v in versions.items())))
+        from zk0cli.core.versions import package_versions
+
+        versions = package_versions() if verbose else {"zk0": __version__}
+        out.result(versions, lambda c: c.print("\n".join(f"{k} {v or 'not installed'}" for k, v in versions.items())))
         raise typer.Exit()
     if ctx.invoked_subcommand is None:
         out.out.print(ctx.get_help())

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from zk0cli.core.files import atomic_write_json
+from zk0cli.core.versions import package_versions
 
 ROUND_FILE = "round_{}_server_eval.json"
 STATUS_FILE = "status.json"
@@ -34,20 +35,6 @@ FINAL_LINK = "final"
 
 def new_run_name() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid() % 10000:04d}"
-
-
-def package_versions() -> dict[str, str]:
-    from importlib import metadata
-
-    from zk0cli import __version__
-
-    versions = {"zk0": __version__}
-    for package in ("flwr", "lerobot", "torch", "transformers"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = "not installed"
-    return versions
 
 
 def dataset_fingerprint(root: Path) -> str:

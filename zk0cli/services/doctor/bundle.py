@@ -21,7 +21,7 @@ from pathlib import Path
 from zk0cli.core.errors import bad_input
 from zk0cli.core.files import atomic_write_bytes
 from zk0cli.core.paths import Paths
-from zk0cli.services.doctor.system import package_versions
+from zk0cli.core.versions import STACK, package_versions
 
 ROOT = "zk0-support"
 MASK = "***"
@@ -72,12 +72,7 @@ def write_bundle(target: Path, paths: Paths, config_file: Path, doctor_report: d
 
 def _versions() -> dict:
     extra = ("av", "torchcodec", "torchvision", "huggingface_hub", "datasets", "httpx", "cryptography", "typer", "rich")
-    packages = dict(package_versions())
-    for name in extra:
-        try:
-            packages[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            packages[name] = None
+    packages = package_versions(STACK + extra)
     return {"python": sys.version, "executable": sys.executable, "platform": platform.platform(), "packages": packages}
 
 

@@ -6,11 +6,10 @@ import os
 import platform
 import shutil
 import sys
-from importlib import metadata
 from pathlib import Path
 
-from zk0cli import __version__
 from zk0cli.core.checks import CheckResult, fail, ok, warn
+from zk0cli.core.versions import package_versions
 from zk0cli.services.doctor.context import DoctorContext
 
 GIB = 1024**3
@@ -26,13 +25,6 @@ def check_python(ctx: DoctorContext) -> CheckResult:
     if sys.version_info[:2] < MIN_PYTHON:
         return fail("python", f"Python {version}: zk0 and lerobot need >= 3.12", "install Python 3.12 and rerun ./install.sh", **data)
     return ok("python", f"Python {version} ({sys.executable})", **data)
-
-
-def package_versions() -> dict[str, str | None]:
-    """zk0 and the packages that make up the tested set; None where one is not installed."""
-    versions: dict[str, str | None] = {"zk0": _installed("zk0") or __version__}
-    versions.update({name: _installed(name) for name in KNOWN_GOOD})
-    return versions
 
 
 def check_packages(ctx: DoctorContext) -> CheckResult:
@@ -100,13 +92,6 @@ def _nearest_existing(path: Path) -> Path:
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     return existing
-
-
-def _installed(name: str) -> str | None:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
 
 
 def _public(version: str | None) -> str:
