@@ -37,6 +37,10 @@ def test_mean_ci_and_welch_gap_by_hand():
     assert percent == pytest.approx(30.0)
     assert (low, high) == pytest.approx((100 * (0.3 - half), 100 * (0.3 + half)))
     assert compare.relative_gap([2.0], [1.0]) == (100.0, None, None)
+    # paired by seed: the interval of the per-seed differences (0.2, 0.28, 0.42), same point estimate
+    percent, low, high = compare.relative_gap(federated, centralized, paired=True)
+    half = 4.303 * statistics.stdev([0.2, 0.28, 0.42]) / math.sqrt(3)
+    assert percent == pytest.approx(30.0) and (low, high) == pytest.approx((100 * (0.3 - half), 100 * (0.3 + half)))
 
 
 def test_compare_reads_every_number_from_the_records(cli, zk0_home, tmp_path):
@@ -61,8 +65,8 @@ def test_compare_reads_every_number_from_the_records(cli, zk0_home, tmp_path):
     assert federated["estimates"]["final_loss"]["mean"] == pytest.approx(1.4)
     assert federated["estimates"]["final_loss"]["low"] == pytest.approx(1.4 - 4.303 * 0.1 / math.sqrt(3), abs=1e-9)
     gap = next(g for g in data["gaps"] if g["metric"] == "final_loss")
-    percent, low, high = compare.relative_gap(finals, [0.98, 0.96, 0.94])
-    assert (gap["percent"], gap["low"], gap["high"]) == pytest.approx((percent, low, high))
+    percent, low, high = compare.relative_gap(finals, [0.98, 0.96, 0.94], paired=True)  # seeds 1, 2, 3 in both
+    assert (gap["percent"], gap["low"], gap["high"], gap["method"]) == pytest.approx((percent, low, high, "paired by seed"))
     assert gap["text"].startswith(f"federated {federated['label']} is {percent:.1f}% (CI ")
     assert "above centralized" in gap["text"]
     assert Path(data["plot"]).read_bytes()[:4] == b"\x89PNG"
@@ -70,6 +74,10 @@ def test_compare_reads_every_number_from_the_records(cli, zk0_home, tmp_path):
     assert json.loads((tmp_path / "cmp" / "compare.json").read_text())["gaps"] == data["gaps"]
     human = cli("compare", "fed-1", "cen-1", "--out", str(tmp_path / "cmp2"))
     assert human.code == 0 and "one seed: no CI" in human.stdout
+    unpaired = compare.compare([["fed-1", "fed-2"], ["cen-2", "cen-3"]], out_dir=tmp_path / "cmp3")  # seeds differ
+    gap = next(g for g in unpaired["gaps"] if g["metric"] == "final_loss")
+    percent, low, high = compare.relative_gap([1.3, 1.4], [0.96, 0.94])
+    assert (gap["percent"], gap["low"], gap["high"], gap["method"]) == pytest.approx((percent, low, high, "Welch"))
 
 
 def test_seeds_are_taken_from_disk_before_running_more(zk0_home, tmp_path):

@@ -8,8 +8,11 @@ next seeds until it has N (``zk0 sim --from-record`` / ``zk0 train --from-record
 
 Statistics: the mean of each metric over an arm's seeds with a t-distribution 95% interval, and
 the gap of every arm to the reference arm (the first centralized one, else the first) as a
-percentage of the reference mean, with Welch's interval for a difference of means (arms need not
-share seeds) scaled by that mean.
+percentage of the reference mean, with a 95% interval scaled by that mean: when both arms hold the
+same seeds (the matched design: ``zk0 train --match-run`` and ``--seeds`` keep a federated run's
+seed), the t-interval of the per-seed differences, so what a seed changes in both arms alike
+(starting weights, data order, evaluation noise) cancels; otherwise Welch's interval for a
+difference of means.
 """
 
 from __future__ import annotations
@@ -77,18 +80,23 @@ class Gap:
     reference: str
     metric: str
     percent: float  # 100 * (arm mean - reference mean) / reference mean
-    low: float | None  # Welch 95% interval of the difference, in percent of the reference mean
+    low: float | None  # 95% interval of the difference, in percent of the reference mean
     high: float | None
+    method: str  # "paired by seed", "Welch" or "one seed" (no interval)
 
     def sentence(self, arm_mode: str, reference_mode: str) -> str:
         side = "above" if self.percent >= 0 else "below"
-        interval = f" (CI {self.low:+.1f}%..{self.high:+.1f}%)" if self.low is not None else " (one seed: no CI)"
+        interval = (f" (CI {self.low:+.1f}%..{self.high:+.1f}%, {self.method})" if self.low is not None
+                    else " (one seed: no CI)")
         return (f"{arm_mode} {self.arm} is {abs(self.percent):.1f}%{interval} {side} {reference_mode} "
                 f"{self.reference} in {METRICS[self.metric]}")
 
 
-def relative_gap(values: list[float], reference: list[float]) -> tuple[float, float | None, float | None]:
-    """(percent, low, high) of mean(values) against mean(reference), Welch's interval."""
+def relative_gap(values: list[float], reference: list[float], *,
+                 paired: bool = False) -> tuple[float, float | None, float | None]:
+    """(percent, low, high) of mean(values) against mean(reference). ``paired``: values[i] and
+    reference[i] come from the same seed, and the interval is that of the per-seed differences;
+    otherwise Welch's interval for a difference of means."""
     base = statistics.fmean(reference)
     if base == 0:
         raise bad_input("the reference arm's mean is 0: a relative gap is undefined", hint="compare another metric")
@@ -96,12 +104,28 @@ def relative_gap(values: list[float], reference: list[float]) -> tuple[float, fl
     percent = 100 * difference / base
     if len(values) < 2 or len(reference) < 2:
         return percent, None, None
-    va, vr = statistics.variance(values) / len(values), statistics.variance(reference) / len(reference)
-    if va + vr == 0:
-        return percent, percent, percent
-    df = (va + vr) ** 2 / (va**2 / (len(values) - 1) + vr**2 / (len(reference) - 1))
-    half = t_quantile_975(df) * math.sqrt(va + vr)
-    return percent, 100 * (difference - half) / abs(base), 100 * (difference + half) / abs(base)
+    if paired:
+        per_seed = mean_ci([value - ref for value, ref in zip(values, reference, strict=True)])
+        low, high = per_seed.low, per_seed.high
+    else:
+        va, vr = statistics.variance(values) / len(values), statistics.variance(reference) / len(reference)
+        df = (va + vr) ** 2 / (va**2 / (len(values) - 1) + vr**2 / (len(reference) - 1)) if va + vr else 1
+        half = t_quantile_975(df) * math.sqrt(va + vr)
+        low, high = difference - half, difference + half
+    return percent, 100 * low / abs(base), 100 * high / abs(base)
+
+
+def arm_gap(arm: "Arm", reference: "Arm", metric: str) -> Gap:
+    """The gap of ``arm`` to ``reference`` in ``metric``, paired by seed when both hold the same seeds."""
+    seeds = [run.seed for run in arm.runs]
+    paired = (len(seeds) > 1 and None not in seeds and len(set(seeds)) == len(seeds)
+              and sorted(seeds) == sorted(run.seed for run in reference.runs))
+    if paired:
+        values, base = arm.values(metric, by_seed=True), reference.values(metric, by_seed=True)
+    else:
+        values, base = arm.values(metric), reference.values(metric)
+    method = "one seed" if min(len(values), len(base)) < 2 else "paired by seed" if paired else "Welch"
+    return Gap(arm.label, reference.label, metric, *relative_gap(values, base, paired=paired), method)
 
 
 # ----------------------------------------------------------------------------- runs and arms
@@ -149,8 +173,9 @@ class Arm:
         modes = sorted({run.mode for run in self.runs})
         return modes[0] if len(modes) == 1 else "+".join(modes)
 
-    def values(self, metric: str) -> list[float]:
-        return [getattr(run, metric) for run in self.runs]
+    def values(self, metric: str, *, by_seed: bool = False) -> list[float]:
+        runs = sorted(self.runs, key=lambda run: run.seed) if by_seed else self.runs
+        return [getattr(run, metric) for run in runs]
 
     def estimates(self) -> dict[str, Estimate]:
         return {metric: mean_ci(self.values(metric)) for metric in METRICS}
@@ -179,10 +204,7 @@ def compare(
         runs += _more_seeds(runs, seeds, rerun or rerun_record, progress)
         arms.append(Arm(_label(runs), [RunResult.from_run(run) for run in runs]))
     reference = next((arm for arm in arms if arm.mode == "centralized"), arms[0])
-    gaps = [
-        Gap(arm.label, reference.label, metric, *relative_gap(arm.values(metric), reference.values(metric)))
-        for arm in arms if arm is not reference for metric in METRICS
-    ]
+    gaps = [arm_gap(arm, reference, metric) for arm in arms if arm is not reference for metric in METRICS]
     out_dir = Path(out_dir) if out_dir is not None else Paths.resolve().data_dir / "compare" / time.strftime("%Y%m%d-%H%M%S")
     plot = write_curves(out_dir / "loss_vs_steps.png", arms)
     modes = {arm.label: arm.mode for arm in arms}
