@@ -174,6 +174,8 @@ def test_bf16_delta_uplink_matches_fp32_uplink(sim_run, fl_datasets, tmp_path, t
     run_federation(grid, config, record)
     fp32 = record.rounds()[-1]["server_eval"]["composite"]["policy_loss"]
     bf16 = sim_run["rounds"][ROUNDS]["server_eval"]["composite"]["policy_loss"]
+    print(f"final server eval loss: bf16-delta uplink {bf16:.6f}, fp32 uplink {fp32:.6f} "
+          f"({100 * abs(bf16 - fp32) / fp32:.3f}% apart)")
     assert abs(bf16 - fp32) / fp32 < 0.02, (bf16, fp32)
 
 
@@ -237,3 +239,13 @@ def test_interrupted_sim_stops_everything_it_started(sim_env, fl_datasets, tmp_p
     assert alive == []
     status = json.loads(next(runs.glob("*/status.json")).read_text())
     assert status["state"] == "interrupted" and "--from-record" in status["hint"]
+
+
+def test_server_app_failure_is_one_line_with_its_reason(sim_env, fl_datasets, tmp_path):
+    env = {**sim_env, "ZK0_HOME": str(tmp_path / "zk0home")}
+    args = ["sim", "--rounds", "1", "--timeout", "400", "-c", "policy='/no/such/checkpoint'"]
+    args += [item for uri in fl_datasets for item in ("--dataset", f"local:{uri}")]
+    done = zk0(env, *args, timeout=450)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "the simulation failed: no checkpoint directory at /no/such/checkpoint" in done.stderr
+    assert "Traceback" not in done.stderr

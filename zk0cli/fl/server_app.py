@@ -33,7 +33,7 @@ def main(grid: Grid, context: Context) -> None:
     try:
         run_federation(grid, config, record, flwr_run_id=context.run_id)
     except Zk0Error as error:
-        record.write_status("failed", error=error.message, hint=error.hint)
+        record.write_status("failed", error=error.message, hint=error.hint, exit_code=int(error.code))
         raise
     except Exception as exc:
         record.write_status("failed", error=f"{type(exc).__name__}: {exc}", hint=f"see the server log; run dir {record.root}")

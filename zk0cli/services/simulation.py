@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from zk0cli.core.errors import Zk0Error, bad_input, env_not_ready, unreachable
+from zk0cli.core.errors import ExitCode, Zk0Error, bad_input, env_not_ready, unreachable
 from zk0cli.core.files import atomic_write_text
 from zk0cli.core.paths import Paths
 from zk0cli.fl.records import ROUND_FILE, STATUS_FILE, RunRecord, new_run_name, summary
@@ -165,7 +165,8 @@ def _follow(superlink: "LocalSuperLink", flwr_run_id: str, run_dir: Path, config
             return "completed"
         if status.get("state") == "failed":
             raise Zk0Error(f"the simulation failed: {status.get('error', 'unknown error')}",
-                           hint=status.get("hint") or f"see {superlink.log_file}")
+                           hint=status.get("hint") or f"see {superlink.log_file}",
+                           code=ExitCode(status.get("exit_code", ExitCode.FAILED)))
         if time.monotonic() >= next_flwr_check:
             next_flwr_check = time.monotonic() + FLWR_STATUS_EVERY_S
             if finished_since is None and superlink.run_status(flwr_run_id).startswith("finished"):
