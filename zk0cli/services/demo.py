@@ -117,8 +117,12 @@ def run(options: DemoOptions, runs_dir: Path, *, on_message: Callable[[str], Non
         with _stage(stages, "training"):
             submitted, status = federation.train(settings, options.rounds, on_message, on_round)
     finally:
+        # A second Ctrl-C must not cut the clean-up short and leave processes behind.
+        previous_sigint = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         with _stage(stages, "stop"):
             federation.stop(on_message)
+        signal.signal(signal.SIGINT, previous_sigint)
         signal.signal(signal.SIGTERM, previous_sigterm)
         if not options.keep:
             shutil.rmtree(root, ignore_errors=True)
