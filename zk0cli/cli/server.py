@@ -34,11 +34,17 @@ def serve(
     ] = None,
     detach: Annotated[bool, typer.Option("--detach", help="Run in the background; `zk0 stop server` ends it.")] = False,
     install_service: Annotated[bool, typer.Option("--install-service", help="Print a systemd user unit for this command.")] = False,
+    auto_run: Annotated[bool, typer.Option("--auto-run", help="Start a training session whenever --min-nodes nodes are online and none runs.")] = False,
+    min_nodes: Annotated[int, typer.Option("--min-nodes", help="--auto-run: online nodes a session needs.", min=1)] = 2,
+    rounds: Annotated[int, typer.Option("--rounds", help="--auto-run: rounds per session.", min=1)] = 3,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="--auto-run: run-config KEY=VALUE for each session (repeatable).")] = None,
     json_: JsonOption = False,
 ) -> None:
     """Serve the federation: Fleet API on the public address, Control API only on this host.
 
     Foreground by default: Ctrl-C stops the SuperLink, its proxy and every process they started.
+    With --auto-run the server also starts a session of --rounds rounds whenever --min-nodes
+    nodes are online and none is running, and the next one when it ends (logged in `zk0 logs server`).
     """
     from zk0cli.services import server as server_service
     from zk0cli.services import supervisor
@@ -50,7 +56,8 @@ def serve(
     flags = {"server.host": host, "server.port": port, "server.database": database, "server.require-node-auth": require_node_auth}
     config = s.load_config(flags).config.server
     options = server_service.ServeOptions(host=config.host, port=config.port, control_port=control_port, insecure=insecure,
-                                          database=config.database, require_node_auth=config.require_node_auth)
+                                          database=config.database, require_node_auth=config.require_node_auth,
+                                          auto_run=auto_run, min_nodes=min_nodes, rounds=rounds, run_settings=list(set_ or []))
     spec = server_service.build_spec(s.paths, options)
     if insecure:
         out().warning(INSECURE_WARNING)

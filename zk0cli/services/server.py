@@ -18,7 +18,7 @@ import ipaddress
 import socket
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from zk0cli.core import files
@@ -40,6 +40,10 @@ class ServeOptions:
     insecure: bool = False  # plain HTTP everywhere (demo/debug only)
     database: str = ""  # SuperLink SQLite file; empty = <data dir>/superlink.db
     require_node_auth: bool = True  # only registered node keys may join (needs TLS)
+    auto_run: bool = False  # start a training session whenever min_nodes nodes are online and none runs
+    min_nodes: int = 2  # auto-run: online nodes a session needs
+    rounds: int = 3  # auto-run: rounds per session
+    run_settings: list[str] = field(default_factory=list)  # auto-run: run-config KEY=VALUE for each session
 
     @property
     def superlink_port(self) -> int:
@@ -91,6 +95,9 @@ def build_spec(paths: Paths, options: ServeOptions) -> supervisor.ServiceSpec:
         health_ok_status=[200, 502],  # 502: the proxy is up, the SuperLink behind it is (re)starting
         ports={"public": options.port},
     )
+    processes = [superlink, proxy]
+    if options.auto_run:
+        processes.append(_auto_run_spec(options))
     info = {
         "public_address": _join(options.host, options.port),
         "control_address": superlink_address,
@@ -99,8 +106,24 @@ def build_spec(paths: Paths, options: ServeOptions) -> supervisor.ServiceSpec:
         "database": str(database),
         "ca_cert": ca or None,
         "ca_fingerprint": fingerprint(pki.ca_cert) if pki else None,
+        "auto_run": {"min_nodes": options.min_nodes, "rounds": options.rounds} if options.auto_run else None,
     }
-    return supervisor.ServiceSpec(name=SERVICE, kind="server", processes=[superlink, proxy], info=info)
+    return supervisor.ServiceSpec(name=SERVICE, kind="server", processes=processes, info=info)
+
+
+def _auto_run_spec(options: ServeOptions) -> supervisor.ProcessSpec:
+    """The auto-run loop as one more supervised process: restarted like the others, logged to the
+    server log, stopped with the server, in the foreground and with --detach alike."""
+    from zk0cli.fl.run_config import RunConfig, parse_overrides
+
+    if options.min_nodes < 1 or options.rounds < 1:
+        raise bad_input("--min-nodes and --rounds must be at least 1", hint="e.g. --auto-run --min-nodes 2 --rounds 3")
+    RunConfig.from_mapping(parse_overrides(options.run_settings))  # a bad --set stops `serve`, not each session
+    argv = [sys.executable, "-m", "zk0cli.services.server", "auto-run", "--min-nodes", str(options.min_nodes),
+            "--rounds", str(options.rounds)]
+    for pair in options.run_settings:
+        argv += ["--set", pair]
+    return supervisor.ProcessSpec(name="auto-run", argv=argv)
 
 
 def prepare_cli_connection(paths: Paths, spec: supervisor.ServiceSpec) -> Path:
@@ -355,3 +378,66 @@ def _json_or_none(path: Path):
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+
+
+# --------------------------------------------------------------------------- serve --auto-run
+
+AUTO_RUN_FILE = "auto-run.json"  # the session in progress, so a restarted loop never starts a second one
+
+
+def auto_run(paths: Paths, *, min_nodes: int, rounds: int, settings: dict, poll_s: float = 10.0,
+             say=lambda message: print(message, flush=True), sessions: int = 0) -> None:
+    """Start a session when ``min_nodes`` nodes are online and none is running; repeat forever
+    (or ``sessions`` times). A SuperLink that is (re)starting is waited for, not fatal."""
+    import json
+
+    marker = paths.state_dir / AUTO_RUN_FILE
+    current = _json_or_none(marker) or {}
+    started = 0
+    waiting_said = -1
+    while True:
+        try:
+            if current.get("run_id"):
+                status = run_status(paths, current["run_id"])
+                if status and not status.startswith("finished"):
+                    time.sleep(poll_s)
+                    continue
+                say(f"auto-run: session run {current['run_id']} ended ({status or 'unknown to the SuperLink'})")
+                current = {}
+                marker.unlink(missing_ok=True)
+                if sessions and started >= sessions:
+                    return
+            online = [n for n in list_nodes(paths) if n["status"] == "online"]
+            if len(online) >= min_nodes:
+                values = {**settings, "min-available-nodes": min_nodes}
+                run = submit_run(paths, rounds=rounds, settings=values)
+                current = {"run_id": run.run_id, "run_dir": str(run.run_dir), "nodes": [n["node_id"] for n in online]}
+                files.atomic_write_text(marker, json.dumps(current))
+                started += 1
+                say(f"auto-run: {len(online)} node(s) online: started run {run.run_id} ({rounds} rounds) -> {run.run_dir}")
+            elif len(online) != waiting_said:
+                waiting_said = len(online)
+                say(f"auto-run: {len(online)}/{min_nodes} node(s) online, waiting")
+        except Zk0Error as error:
+            say(f"auto-run: {error.message} (retrying in {poll_s:g} s)")
+        time.sleep(poll_s)
+
+
+def _auto_run_main(argv: list[str]) -> int:
+    import argparse
+
+    from zk0cli.fl.run_config import parse_overrides
+
+    parser = argparse.ArgumentParser(prog="zk0-auto-run")
+    parser.add_argument("--min-nodes", type=int, required=True)
+    parser.add_argument("--rounds", type=int, required=True)
+    parser.add_argument("--set", action="append", default=[])
+    args = parser.parse_args(argv)
+    auto_run(Paths.resolve(), min_nodes=args.min_nodes, rounds=args.rounds, settings=parse_overrides(args.set))
+    return 0
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["auto-run"]:
+        sys.exit(_auto_run_main(sys.argv[2:]))
+    sys.exit(f"usage: {sys.executable} -m zk0cli.services.server auto-run --min-nodes N --rounds R [--set K=V]")
