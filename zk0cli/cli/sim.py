@@ -97,7 +97,7 @@ def _render(console, result) -> None:
 
     table = Table(title=f"zk0 sim: {result.config.num_server_rounds} rounds, run {result.run_dir.name}",
                   title_justify="left")
-    for column in ("round", "clients", "train loss", "server eval loss", "action error", "lr", "mu", "rejected"):
+    for column in ("round", "clients", "train loss", "eval loss", "action err", "lr", "mu", "rejected"):
         table.add_column(column, justify="right")
     for line in result.rounds:
         table.add_row(
