@@ -52,16 +52,17 @@ def test_auto_run_waits_for_nodes_then_runs_session_after_session(tmp_path):
 
     server, node = tmp_path / "server", tmp_path / "node"
     port = free_port()
+    dataset = write_sample(tmp_path / "data" / "pick", task="pick", episodes=2, frames_per_episode=16, image_size=32)
+    heldout = write_sample(tmp_path / "data" / "eval", task="sort", episodes=1, frames_per_episode=16, image_size=32)
     started = zk0(server, "server", "serve", "--insecure", "--no-require-node-auth", "--host", "127.0.0.1",
                   "--port", str(port), "--control-port", str(free_port()), "--auto-run", "--min-nodes", "1",
-                  "--rounds", "1", *SMALL_SESSION, "--detach", "--json")
+                  "--rounds", "1", *SMALL_SESSION, "--set", f"eval-datasets='local:{heldout}'", "--detach", "--json")
     assert started.returncode == 0, started.stderr
     pids = []
     try:
         assert json.loads(started.stdout)["info"]["auto_run"] == {"min_nodes": 1, "rounds": 1}
         time.sleep(15)  # idle: no node, so no session
         assert runs(server) == []
-        dataset = write_sample(tmp_path / "data" / "pick", task="pick", episodes=2, frames_per_episode=16, image_size=32)
         joined = zk0(node, "node", "join", "--insecure", "--server", f"127.0.0.1:{port}", "--dataset", str(dataset),
                      "--skip-validation", "--name", "solo", "--detach")
         assert joined.returncode == 0, joined.stderr
