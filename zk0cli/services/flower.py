@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -99,36 +100,53 @@ def write_cli_connection(paths: Paths, *, address: str, root_ca: str | None) -> 
     return path
 
 
-def flwr_env(paths: Paths) -> dict[str, str]:
+def free_port() -> int:
+    """A loopback port nobody listens on right now (for SuperLink, SuperNode and proxy ports)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def flower_env(flwr_home: Path, **extra: str) -> dict[str, str]:
+    """The environment of every Flower process and flwr CLI call zk0 makes: the venv's bin/
+    first on PATH, zk0's own FLWR_HOME, no telemetry, no update check, no colour codes."""
     env = dict(os.environ)
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    env.update(FLWR_HOME=str(cli_home(paths)), FLWR_TELEMETRY_ENABLED="0", FLWR_DISABLE_UPDATE_CHECK="1", NO_COLOR="1")
+    env.update(FLWR_HOME=str(flwr_home), FLWR_TELEMETRY_ENABLED="0", FLWR_DISABLE_UPDATE_CHECK="1", NO_COLOR="1")
+    env.update(extra)
     return env
 
 
-def run_flwr(paths: Paths, args: list[str], *, timeout_s: float = 60.0) -> dict:
-    """Run ``flwr ARGS --format json`` against zk0-local and return its JSON document.
+def flwr_env(paths: Paths) -> dict[str, str]:
+    return flower_env(cli_home(paths))
 
-    Flower reports failures as ``{"success": false, "error-message": ...}``; those become a
-    Zk0Error carrying Flower's message.
-    """
+
+def run_flwr(paths: Paths, args: list[str], *, timeout_s: float = 60.0) -> dict:
+    """Run ``flwr ARGS --format json`` against zk0-local and return its JSON document."""
     if not (cli_home(paths) / "config.toml").exists():
         raise unreachable("no local server connection is configured", hint="start the server first: zk0 server serve --detach")
+    return flwr_json(args, env=flwr_env(paths), timeout_s=timeout_s,
+                     hint="check the server with `zk0 status` and `zk0 logs server`")
+
+
+def flwr_json(args: list[str], *, env: dict[str, str], timeout_s: float, hint: str) -> dict:
+    """``flwr ARGS --format json`` with ``env``; its JSON document, or a Zk0Error.
+
+    Flower reports failures as ``{"success": false, "error-message": ...}``; those become a
+    Zk0Error carrying Flower's message, with ``hint`` saying where to look next.
+    """
     command = ["flwr", *args, "--format", "json"]
     try:
-        done = subprocess.run(command, env=flwr_env(paths), capture_output=True, text=True, timeout=timeout_s)
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        raise unreachable(f"`flwr {' '.join(args[:2])}` did not answer within {timeout_s:g} s",
-                          hint="check the server with `zk0 status` and `zk0 logs server`") from None
+        raise unreachable(f"`flwr {' '.join(args[:2])}` did not answer within {timeout_s:g} s", hint=hint) from None
     document = _json_document(done.stdout)
     if document is None:
         detail = (done.stderr or done.stdout).strip().splitlines()
-        raise Zk0Error(f"`flwr {' '.join(args[:2])}` failed: {detail[-1] if detail else f'exit code {done.returncode}'}",
-                       hint="see `zk0 logs server` for the server's side")
+        raise Zk0Error(f"`flwr {' '.join(args[:2])}` failed: {detail[-1] if detail else f'exit code {done.returncode}'}", hint=hint)
     if not document.get("success", False):
         message = str(document.get("error-message", "unknown error")).strip().splitlines()
-        raise Zk0Error(f"Flower refused `flwr {' '.join(args[:2])}`: {message[0] if message else 'unknown error'}",
-                       hint="see `zk0 logs server` for the server's side")
+        raise Zk0Error(f"Flower refused `flwr {' '.join(args[:2])}`: {message[0] if message else 'unknown error'}", hint=hint)
     return document
 
 

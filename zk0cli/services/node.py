@@ -132,19 +132,13 @@ def _check_tls(sock: socket.socket, host: str, address: str, ca_cert: Path) -> N
         raise unreachable(f"the TLS handshake with {address} failed: {exc}", hint="check the address and port") from None
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def build_spec(paths: Paths, options: JoinOptions, *, node_name: str, dataset_uri: str,
                pki: NodePki | None, runtime_port: int | None = None) -> supervisor.ServiceSpec:
     service = supervisor.check_service_name(service_name(node_name), what="node name")
     holder = supervisor.lock_holder(paths, service)
     if holder:
         raise supervisor.already_running(service, holder)
-    port = runtime_port or free_port()
+    port = runtime_port or flower.free_port()
     ca = str(pki.ca_cert) if pki else None
     scheme = "http" if pki is None else "https"
     key_hint = f"{pki.public_key}" if pki else "node_key.pub"

@@ -17,9 +17,7 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -31,6 +29,9 @@ from zk0cli.core.files import atomic_write_text
 from zk0cli.core.paths import Paths
 from zk0cli.fl.records import ROUND_FILE, STATUS_FILE, RunRecord, new_run_name, summary
 from zk0cli.fl.run_config import RunConfig
+from zk0cli.services import flower
+from zk0cli.services.flower import free_port
+from zk0cli.services.supervisor import terminate_processes
 
 APP_DIR = Path(__file__).resolve().parents[1] / "fl" / "app"
 CONNECTION = "zk0-sim"
@@ -216,7 +217,7 @@ class LocalSuperLink:
         self.threads = threads
         self.home = paths.state_dir / "flwr-sim"
         self.log_file = self.home / "superlink.log"
-        self.port = _free_port()
+        self.port = free_port()
         self.process: subprocess.Popen | None = None
 
     def __enter__(self) -> "LocalSuperLink":
@@ -226,7 +227,7 @@ class LocalSuperLink:
         atomic_write_text(self.home / "config.toml", tomli_w.dumps(
             {"superlink": {"default": CONNECTION, CONNECTION: {"address": ":local:"}}}))
         argv = ["flower-superlink", "--insecure", "--simulation", "--isolation", "subprocess",
-                "--host", "127.0.0.1", "--port", str(self.port), "--control-api-address", f"127.0.0.1:{_free_port()}",
+                "--host", "127.0.0.1", "--port", str(self.port), "--control-api-address", f"127.0.0.1:{free_port()}",
                 "--disable-runtime-dependency-installation", "--log-file", str(self.log_file)]
         try:
             self.process = subprocess.Popen(argv, env=self.env(), stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
@@ -244,22 +245,13 @@ class LocalSuperLink:
         self.stop()
 
     def env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-        env.update(
-            FLWR_HOME=str(self.home),
+        return flower.flower_env(
+            self.home,
             FLWR_LOCAL_SUPERLINK_HTTP_API_PORT=str(self.port),
-            FLWR_TELEMETRY_ENABLED="0",
-            FLWR_DISABLE_UPDATE_CHECK="1",
-            ZK0_HOME=os.environ.get("ZK0_HOME", ""),
             PYTHONUNBUFFERED="1",
             # the server app and the clients share this machine: no thread oversubscription
             OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", str(self.threads)),
-            NO_COLOR="1",
         )
-        if not env["ZK0_HOME"]:
-            del env["ZK0_HOME"]
-        return env
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -281,21 +273,7 @@ class LocalSuperLink:
         raise unreachable(f"the local SuperLink did not answer within {timeout_s:g} s", hint=f"see {self.log_file}")
 
     def flwr(self, args: list[str], timeout_s: float = 120.0) -> dict:
-        command = ["flwr", *args, "--format", "json"]
-        try:
-            done = subprocess.run(command, env=self.env(), capture_output=True, text=True, timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            raise unreachable(f"`flwr {args[0]}` did not answer within {timeout_s:g} s", hint=f"see {self.log_file}") from None
-        start = done.stdout.find("{")
-        try:
-            document = json.loads(done.stdout[start:]) if start >= 0 else None
-        except ValueError:
-            document = None
-        if not document or not document.get("success", False):
-            detail = (document or {}).get("error-message") or (done.stderr or done.stdout).strip()
-            line = str(detail).strip().splitlines()[-1] if str(detail).strip() else f"exit code {done.returncode}"
-            raise Zk0Error(f"`flwr {args[0]}` failed: {line}", hint=f"see {self.log_file}")
-        return document
+        return flower.flwr_json(args, env=self.env(), timeout_s=timeout_s, hint=f"see {self.log_file}")
 
     def submit(self, config: RunConfig, request: SimRequest) -> str:
         import tomli_w
@@ -336,23 +314,6 @@ class LocalSuperLink:
             tree += tree[0].children(recursive=True)
         except psutil.NoSuchProcess:
             tree = []
-        for proc in tree:
-            try:
-                proc.send_signal(signal.SIGTERM)
-            except psutil.NoSuchProcess:
-                pass
-        _, alive = psutil.wait_procs(tree, timeout=grace_s)
-        for proc in alive:
-            try:
-                proc.kill()
-            except psutil.NoSuchProcess:
-                pass
-        psutil.wait_procs(alive, timeout=5)
+        terminate_processes(tree, grace_s=grace_s)
         self.process.poll()
         self.process = None
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]

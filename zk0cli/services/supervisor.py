@@ -872,7 +872,7 @@ class Supervisor:
                 tree.setdefault(child.pid, child)
         except psutil.Error:
             pass
-        _terminate_all(list(tree.values()), grace_s=3.0)
+        terminate_processes(list(tree.values()), grace_s=3.0)
         self._reap_children()
         self._pump(0)
         for key in list(self.selector.get_map().values()):
@@ -887,7 +887,7 @@ class Supervisor:
         leftovers = _live_recorded_processes(previous)
         if leftovers:
             self._event("warning", f"stopping {len(leftovers)} process(es) left by the previous supervisor: {[p.pid for p in leftovers]}")
-            _terminate_all(leftovers, grace_s=5.0)
+            terminate_processes(leftovers, grace_s=5.0)
 
     def _discard(self, popen: subprocess.Popen) -> None:
         try:
@@ -992,7 +992,8 @@ def _become_subreaper() -> None:
     libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 
 
-def _terminate_all(procs: list, *, grace_s: float) -> None:
+def terminate_processes(procs: list, *, grace_s: float) -> None:
+    """SIGTERM each psutil process, SIGKILL those still alive after ``grace_s``."""
     import psutil
 
     alive = []
@@ -1112,7 +1113,7 @@ def stop_service(paths: Paths, service: str, *, timeout_s: float = 40.0) -> dict
     leftovers = _live_recorded_processes(read_state(paths, service) or state)
     if leftovers:
         result["killed"] = [p.pid for p in leftovers]
-        _terminate_all(leftovers, grace_s=5.0)
+        terminate_processes(leftovers, grace_s=5.0)
     return result
 
 
