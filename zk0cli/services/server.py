@@ -383,17 +383,15 @@ def _json_or_none(path: Path):
 # --------------------------------------------------------------------------- serve --auto-run
 
 AUTO_RUN_FILE = "auto-run.json"  # the session in progress, so a restarted loop never starts a second one
+FAILED_SESSION_PAUSE_S = 60.0
 
 
 def auto_run(paths: Paths, *, min_nodes: int, rounds: int, settings: dict, poll_s: float = 10.0,
-             say=lambda message: print(message, flush=True), sessions: int = 0) -> None:
-    """Start a session when ``min_nodes`` nodes are online and none is running; repeat forever
-    (or ``sessions`` times). A SuperLink that is (re)starting is waited for, not fatal."""
-    import json
-
+             say=lambda message: print(message, flush=True)) -> None:
+    """Start a session when ``min_nodes`` nodes are online and none is running; repeat forever.
+    A SuperLink that is (re)starting is waited for, not fatal."""
     marker = paths.state_dir / AUTO_RUN_FILE
     current = _json_or_none(marker) or {}
-    started = 0
     waiting_said = -1
     while True:
         try:
@@ -405,15 +403,15 @@ def auto_run(paths: Paths, *, min_nodes: int, rounds: int, settings: dict, poll_
                 say(f"auto-run: session run {current['run_id']} ended ({status or 'unknown to the SuperLink'})")
                 current = {}
                 marker.unlink(missing_ok=True)
-                if sessions and started >= sessions:
-                    return
+                if status != "finished:completed":  # a broken config would otherwise fail one session per poll
+                    say(f"auto-run: next session in {FAILED_SESSION_PAUSE_S:g} s; see `zk0 logs server` for why it failed")
+                    time.sleep(FAILED_SESSION_PAUSE_S)
             online = [n for n in list_nodes(paths) if n["status"] == "online"]
             if len(online) >= min_nodes:
                 values = {**settings, "min-available-nodes": min_nodes}
                 run = submit_run(paths, rounds=rounds, settings=values)
                 current = {"run_id": run.run_id, "run_dir": str(run.run_dir), "nodes": [n["node_id"] for n in online]}
-                files.atomic_write_text(marker, json.dumps(current))
-                started += 1
+                files.atomic_write_json(marker, current)
                 say(f"auto-run: {len(online)} node(s) online: started run {run.run_id} ({rounds} rounds) -> {run.run_dir}")
             elif len(online) != waiting_said:
                 waiting_said = len(online)
