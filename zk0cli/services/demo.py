@@ -177,12 +177,13 @@ class Federation:
             ensure_tiny_backbone(paths.data_dir / "backbones" / TINY.name)
 
     def start(self, say: Callable[[str], None]) -> None:
+        from zk0cli.services import flower
         from zk0cli.services import node as node_service
         from zk0cli.services import server as server_service
         from zk0cli.services import supervisor
 
-        options = server_service.ServeOptions(host=HOST, port=node_service.free_port(),
-                                              control_port=node_service.free_port(), require_node_auth=True)
+        options = server_service.ServeOptions(host=HOST, port=flower.free_port(),
+                                              control_port=flower.free_port(), require_node_auth=True)
         spec = server_service.build_spec(self.server, options)
         _add_env(spec, self.server.config_dir.parent)
         server_service.prepare_cli_connection(self.server, spec)
