@@ -20,7 +20,7 @@ from zk0cli.services import flower, supervisor
 
 pytestmark = pytest.mark.slow
 
-SMALL_SESSION = ["--set", "local-steps=1", "--set", "eval-batches=1", "--set", "fraction-evaluate=0.0",
+SMALL_SESSION = ["--set", "policy='tiny'", "--set", "local-steps=1", "--set", "eval-batches=1", "--set", "fraction-evaluate=0.0",
                  "--set", "client-eval-episodes=0", "--set", "video-frequency=1000"]
 
 

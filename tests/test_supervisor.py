@@ -115,7 +115,7 @@ def test_second_start_is_refused_and_a_stale_lock_is_cleared(paths, started):
         sup.start_detached(paths, spec)
     assert second.value.code == ExitCode.BAD_INPUT
     assert f"already running (pid {pid})" in second.value.message
-    direct = subprocess.run([sys.executable, "-m", "zk0cli.services.supervisor", "run", str(sup.ServiceFiles.of(paths, "locked").spec)],
+    direct = subprocess.run([sys.executable, "-m", "zk0cli.services.supervisor", "run", str(sup.ServiceFiles.of(paths, "locked").spec), paths.to_json()],
                             capture_output=True, text=True, timeout=30)
     assert direct.returncode == ExitCode.BAD_INPUT and "already running" in direct.stderr
 

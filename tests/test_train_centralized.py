@@ -56,7 +56,7 @@ def federated(env, data) -> Path:
     from zk0cli.fl.server_app import run_federation
 
     config = RunConfig.from_mapping({
-        "num-server-rounds": 2, "min-available-nodes": 3, "local-steps": 2, "batch-size": 2, "chunk-size": 10,
+        "policy": "tiny", "num-server-rounds": 2, "min-available-nodes": 3, "local-steps": 2, "batch-size": 2, "chunk-size": 10,
         "device": "cpu", "datasets": f"{data['pick']} {data['stack']}", "eval-datasets": data["heldout"],
         "client-eval-episodes": 1, "eval-batches": 1, "video-frequency": 10, "seed": 42,
         "runs-dir": str(env / "runs"), "run-name": "fed",

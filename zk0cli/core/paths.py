@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 APP_NAME = "zk0"
@@ -33,6 +34,13 @@ class Paths:
 
     def all_dirs(self) -> tuple[Path, ...]:
         return (self.config_dir, self.data_dir, self.state_dir, self.log_dir)
+
+    def to_json(self) -> str:
+        return json.dumps({name: str(value) for name, value in asdict(self).items()})
+
+    @classmethod
+    def from_json(cls, text: str) -> "Paths":
+        return cls(**{name: Path(value) for name, value in json.loads(text).items()})
 
     @classmethod
     def resolve(cls, home: str | os.PathLike | None = None) -> "Paths":

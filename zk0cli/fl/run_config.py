@@ -39,7 +39,7 @@ class RunConfig:
     seed: int = _p(42, "seed of local training, evaluation noise and sampling", ge=0)
 
     # --- policy (see zk0cli.policy)
-    policy: str = _p("tiny", "'tiny' (offline test backbone), 'real-geometry' (random weights), or a SmolVLA checkpoint (Hub id or dir)")
+    policy: str = _p("lerobot/smolvla_base", "'tiny' (offline test backbone), 'real-geometry' (random weights), or a SmolVLA checkpoint (Hub id or dir)")
     vlm_model_name: str = _p("", "local VLM directory used instead of the checkpoint's Hub VLM (offline use)")
     device: str = _p("auto", "'auto' (cuda, then mps, then cpu), 'cuda', 'mps' or 'cpu'")
     chunk_size: int = _p(0, "actions predicted per inference; 0 keeps the policy's own (SmolVLA: 50)", ge=0)

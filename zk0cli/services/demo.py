@@ -22,7 +22,6 @@ one compute thread (``OMP_NUM_THREADS=1``): two nodes on two cores would otherwi
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -45,6 +44,7 @@ EVAL_SAMPLE = dict(episodes=1, frames_per_episode=24, image_size=32)
 
 # Small workload, same engine: every key is an ordinary run-config key (`zk0 run --set`).
 DEMO_RUN_CONFIG: dict[str, Any] = {
+    "policy": "tiny",  # the offline backbone written above: a fresh machine has no Hub access
     "local-steps": 5,
     "batch-size": 4,
     "eval-batches": 1,
@@ -189,8 +189,7 @@ class Federation:
         server_service.prepare_cli_connection(self.server, spec)
         self.address = spec.info["public_address"]
         self.started.append((self.server, spec.name))
-        with _zk0_home(self.server):
-            supervisor.start_detached(self.server, spec)
+        supervisor.start_detached(self.server, spec)
         say(f"server running: fleet {self.address} (TLS, node auth), control {spec.info['control_address']} (loopback)")
         keys = {name: node_service.node_pki(paths, insecure=False) for name, paths in self.nodes.items()}
         with ThreadPoolExecutor(len(keys)) as pool:  # each registration is a flwr CLI start-up: overlap them
@@ -204,8 +203,7 @@ class Federation:
                                                 node_name=name, dataset_uri=uri, pki=pki)
             _add_env(node_spec, paths.config_dir.parent)
             self.started.append((paths, node_spec.name))
-            with _zk0_home(paths):
-                supervisor.start_detached(paths, node_spec)
+            supervisor.start_detached(paths, node_spec)
             say(f"node {name} joined with {self.datasets[name].name}")
 
     def train(self, settings: dict[str, Any], rounds: int, say: Callable[[str], None],
@@ -236,21 +234,6 @@ class Federation:
                 list(pool.map(stop, group))
         left = sweep_processes(self.root)
         say("stopped every demo process" + (f" ({len(left)} found by the final sweep)" if left else ""))
-
-
-@contextlib.contextmanager
-def _zk0_home(paths: Paths):
-    """A detached supervisor finds its state dir through ZK0_HOME, not through the Paths given to
-    start_detached: point it at the party's home while it starts."""
-    previous = os.environ.get("ZK0_HOME")
-    os.environ["ZK0_HOME"] = str(paths.config_dir.parent)
-    try:
-        yield
-    finally:
-        if previous is None:
-            del os.environ["ZK0_HOME"]
-        else:
-            os.environ["ZK0_HOME"] = previous
 
 
 def _add_env(spec, home: Path) -> None:

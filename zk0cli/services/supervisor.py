@@ -1248,7 +1248,7 @@ def start_detached(paths: Paths, spec: ServiceSpec, *, wait_s: float = 120.0,
     files.supervisor_out.parent.mkdir(parents=True, exist_ok=True)
     with open(files.supervisor_out, "ab") as out:
         popen = subprocess.Popen(
-            [sys.executable, "-m", "zk0cli.services.supervisor", "run", str(files.spec)],
+            [sys.executable, "-m", "zk0cli.services.supervisor", "run", str(files.spec), paths.to_json()],
             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True, cwd=paths.state_dir,  # never pin the caller's directory
         )
@@ -1356,10 +1356,14 @@ def _import(entry: str):
     return getattr(importlib.import_module(module), function)
 
 
-def _run_spec_main(spec_path: str) -> int:
-    """A detached supervisor: ``python -m zk0cli.services.supervisor run SPEC.json``."""
+def _run_spec_main(spec_path: str, paths_json: str) -> int:
+    """A detached supervisor: ``python -m zk0cli.services.supervisor run SPEC.json PATHS_JSON``.
+
+    The caller's Paths travel with the command, so the supervisor writes its state where the
+    caller will look for it, whatever the environment says.
+    """
     spec = ServiceSpec.from_dict(json.loads(Path(spec_path).read_text(encoding="utf-8")))
-    paths = Paths.resolve()
+    paths = Paths.from_json(paths_json)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         return Supervisor(paths, spec, detached=True).run()
@@ -1372,9 +1376,9 @@ def main(argv: list[str]) -> int:
     if len(argv) >= 3 and argv[0] == "preload" and "--" in argv:
         split = argv.index("--")
         return _preload_main(argv[1], argv[split + 1:])
-    if len(argv) == 2 and argv[0] == "run":
-        return _run_spec_main(argv[1])
-    print("usage: python -m zk0cli.services.supervisor run SPEC.json | preload MODULE:FUNC -- ARGV...", file=sys.stderr)
+    if len(argv) == 3 and argv[0] == "run":
+        return _run_spec_main(argv[1], argv[2])
+    print("usage: python -m zk0cli.services.supervisor run SPEC.json PATHS_JSON | preload MODULE:FUNC -- ARGV...", file=sys.stderr)
     return int(ExitCode.BAD_INPUT)
 
 
