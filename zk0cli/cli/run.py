@@ -8,6 +8,7 @@ import typer
 from rich.markup import escape
 
 from zk0cli.cli.common import JsonOption, out, session
+from zk0cli.ui.rounds import round_line
 
 app = typer.Typer(help="Start a training run on this server (`zk0 run stop RUN_ID` stops one).", invoke_without_command=True)
 
@@ -76,15 +77,5 @@ def runs(json_: JsonOption = False) -> None:
     out().result({"runs": listed}, render)
 
 
-def print_round(entry: dict, rounds: int) -> None:
-    parts = [f"round {entry['round']}/{rounds}"]
-    if entry.get("server_policy_loss") is not None:
-        parts.append(f"server loss {entry['server_policy_loss']:.4f}")
-    if entry.get("loss_avg") is not None:
-        parts.append(f"client loss {entry['loss_avg']:.4f} ± {entry.get('loss_std') or 0:.4f}")
-    if entry.get("lr") is not None:
-        parts.append(f"lr {entry['lr']:.2e}  mu {entry.get('mu') or 0:.3f}")
-    clients = entry.get("client_losses") or {}
-    if clients:
-        parts.append("(" + ", ".join(f"{name} {loss:.4f}" for name, loss in clients.items() if loss is not None) + ")")
-    out().info(escape("  ".join(parts)))
+def print_round(summary: dict, rounds: int) -> None:
+    out().info(round_line(summary, rounds))

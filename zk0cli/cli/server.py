@@ -90,7 +90,7 @@ def _render_started(console, state: dict) -> None:
                   f"node auth {'on' if info['node_auth'] else 'off'})")
     console.print(f"  control (local) {escape(info['control_address'])}")
     console.print(f"  database       {escape(info['database'])}")
-    console.print(f"  logs           zk0 logs server -f    stop: zk0 stop server")
+    console.print("  logs           zk0 logs server -f    stop: zk0 stop server")
 
 
 @nodes_app.command("add")

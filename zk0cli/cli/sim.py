@@ -10,6 +10,7 @@ import typer
 
 from zk0cli.cli.common import JsonOption, out, session
 from zk0cli.core.errors import bad_input
+from zk0cli.ui.rounds import round_line
 
 
 def sim(
@@ -79,17 +80,7 @@ def _list_keys() -> None:
 
 
 def _show_round(progress) -> None:
-    s = progress.summary
-    parts = [f"round {progress.round}/{progress.rounds}"]
-    if s.get("loss_avg") is not None:
-        parts.append(f"train loss {s['loss_avg']:.4f} ± {s['loss_std'] or 0:.3f} ({s['num_clients']} clients)")
-    if s.get("server_policy_loss") is not None:
-        parts.append(f"server eval {s['server_policy_loss']:.4f}")
-    if s.get("lr") is not None:
-        parts.append(f"lr {s['lr']:.3g} mu {s['mu']:.3g}")
-    if s.get("rejected") or s.get("failed"):
-        parts.append(f"[yellow]{s['rejected']} rejected, {s['failed']} failed[/yellow]")
-    out().info("  ".join(parts))
+    out().info(round_line(progress.summary, progress.rounds))
 
 
 def _render(console, result) -> None:

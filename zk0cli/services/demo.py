@@ -262,21 +262,10 @@ def demo_processes(root: Path) -> list:
 
 def sweep_processes(root: Path, grace_s: float = 5.0) -> list[int]:
     """SIGTERM, then SIGKILL, every process still tied to ``root``; the pids that had to be stopped."""
-    import psutil
+    from zk0cli.services.supervisor import terminate_processes
 
     procs = demo_processes(root)
-    for proc in procs:
-        try:
-            proc.terminate()
-        except psutil.Error:
-            pass
-    _, alive = psutil.wait_procs(procs, timeout=grace_s)
-    for proc in alive:
-        try:
-            proc.kill()
-        except psutil.Error:
-            pass
-    psutil.wait_procs(alive, timeout=grace_s)
+    terminate_processes(procs, grace_s=grace_s)
     return [p.pid for p in procs]
 
 
