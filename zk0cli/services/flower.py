@@ -14,6 +14,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ SUPERNODE_ENTRY = "flwr.supernode.cli:flower_supernode"
 CLI_CONNECTION = "zk0-local"  # the flwr CLI connection zk0 writes, to the SuperLink on loopback
 NODE_AUTH_REFUSED = r"Failed to activate SuperNode|\[code: 2004\]"  # SuperLink does not know the node's key
 SUPERNODE_EXIT_CONNECTION_ERROR = 305
+LOST_MESSAGE_HOLD_S = 2.0  # > 3 polls of zk0's ServerApp for replies (fl.strategy.REPLY_POLL_S)
 
 
 @dataclass
@@ -51,8 +53,12 @@ def superlink_argv(*, host: str, port: int, database: str, tls: TlsFiles | None,
 
 def supernode_argv(*, superlink: str, root_ca: str | None, auth_key: str | None, runtime_port: int,
                    node_config: dict[str, Any]) -> list[str]:
-    """flower-supernode joining ``superlink`` (HOST:PORT); ``root_ca`` None means --insecure."""
-    argv = ["flower-supernode", "--superlink", superlink, "--port", str(runtime_port)]
+    """flower-supernode joining ``superlink`` (HOST:PORT); ``root_ca`` None means --insecure.
+
+    ``--isolation process``: the SuperNode starts no ClientApp processes itself; zk0's resident
+    host (:mod:`zk0cli.fl.clientapp_host`) takes its tasks from the Runtime API on ``runtime_port``.
+    """
+    argv = ["flower-supernode", "--superlink", superlink, "--port", str(runtime_port), "--isolation", "process"]
     argv += ["--insecure"] if root_ca is None else ["--root-certificates", root_ca]
     if auth_key:
         argv += ["--auth-supernode-private-key", auth_key]
@@ -172,6 +178,11 @@ def release_stale_node(argv: list[str], events: dict) -> None:
     the warm spare before the restart, which already has Flower imported: it signs DeactivateNode
     with the node's own key, exactly as the SuperNode would on a clean exit.
     Without a key (self-registered nodes) there is nothing to release: a fresh node id is used.
+
+    If the killed SuperNode had taken a message it never answered (``received`` seen after the
+    last ``sent``), the node stays offline for ``LOST_MESSAGE_HOLD_S`` first: the ServerApp,
+    polling for that reply, then gets Flower's "node unavailable" error and goes on with the
+    round, instead of waiting for the round timeout for a reply that will never come.
     """
     options = _flag_values(argv, ("--superlink", "--root-certificates", "--auth-supernode-private-key"))
     node_id = (events.get("connected") or {}).get("groups", {}).get("node_id")
@@ -190,10 +201,19 @@ def release_stale_node(argv: list[str], events: dict) -> None:
     try:
         client.DeactivateNode(DeactivateNodeRequest(node_id=int(node_id)))
         print(f"zk0: released the session node id {node_id} left behind, so this restart can join at once", flush=True)
+        if _held_a_message(events):
+            print(f"zk0: the killed SuperNode held an unanswered message: offline {LOST_MESSAGE_HOLD_S:g} s so the "
+                  f"server sees it lost", flush=True)
+            time.sleep(LOST_MESSAGE_HOLD_S)
     except (httpx.HTTPError, RuntimeError) as exc:
         print(f"zk0: no stale session to release for node id {node_id} ({str(exc).splitlines()[0][:120]})", flush=True)
     finally:
         client.close()
+
+
+def _held_a_message(events: dict) -> bool:
+    received = (events.get("received") or {}).get("at", "")
+    return bool(received) and received > (events.get("sent") or {}).get("at", "")
 
 
 def _flag_values(argv: list[str], flags: tuple[str, ...]) -> dict[str, str]:

@@ -1,5 +1,8 @@
 """`zk0 node join`: check the dataset and the server, then run a supervised SuperNode.
 
+The service runs two processes: ``flower-supernode`` (the connection to the server) in process
+isolation, and zk0's resident ClientApp host (:mod:`zk0cli.fl.clientapp_host`), which trains
+every round in one long-lived process with the policy and data built once.
 Each node is the service ``node-<name>`` with its own FLWR_HOME, its own free Runtime API port
 and its own state, lock and log, so several nodes can run on one host. With TLS the node always
 presents its key from ``zk0 init --role node`` (Flower's SuperNode auth): the server admin
@@ -11,12 +14,14 @@ from __future__ import annotations
 
 import socket
 import ssl
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from zk0cli.core.config import parse_host_port
 from zk0cli.core.errors import Zk0Error, bad_input, env_not_ready, unreachable
 from zk0cli.core.paths import Paths
+from zk0cli.fl import clientapp_host
 from zk0cli.services import flower, supervisor
 from zk0cli.services.pki import NodePki, fingerprint
 
@@ -28,6 +33,8 @@ WATCH = {
     "connected": r"SuperNode ID: (?P<node_id>\d+)",
     "reconnecting": r"Connection attempt failed, retrying in (?P<next_try_s>[\d.]+) seconds",
     "reconnected": r"Connection successful after (?P<after_s>[\d.]+) seconds and (?P<tries>\d+) tries",
+    "received": r"Receiving: (?P<type>\w+) message",  # with "sent": is a message in flight (restart hook)
+    "sent": r"Sent successfully",
 }
 
 
@@ -157,7 +164,13 @@ def build_spec(paths: Paths, options: JoinOptions, *, node_name: str, dataset_ur
                                          f"node with the same key is connected (admin: zk0 server nodes add {key_hint} "
                                          f"--name {node_name})"},
     )
+    clientapp = supervisor.ProcessSpec(
+        name="clientapp",
+        argv=[sys.executable, "-m", "zk0cli.fl.clientapp_host", "--runtime-api-address", f"127.0.0.1:{port}"],
+        watch={"ready": clientapp_host.READY_LINE},
+        ready_event="ready",
+    )
     probe = supervisor.ProbeSpec(name="server", url=f"{scheme}://{options.server}/health", ca=ca or "")
     info = {"name": node_name, "server": options.server, "dataset": dataset_uri, "tls": pki is not None,
             "auth_key": str(pki.private_key) if pki else None, "runtime_port": port}
-    return supervisor.ServiceSpec(name=service, kind="node", processes=[supernode], info=info, probes=[probe])
+    return supervisor.ServiceSpec(name=service, kind="node", processes=[supernode, clientapp], info=info, probes=[probe])

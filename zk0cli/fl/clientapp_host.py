@@ -1,0 +1,166 @@
+"""The node's resident ClientApp: one long-lived process runs every train and evaluate task.
+
+In Flower's default ``subprocess`` isolation the SuperNode starts ``flower-superexec``, which
+starts a fresh ``flwr-clientapp`` process for every message, so imports, the policy build and
+opening the dataset are paid again each round (bench/round_overhead.py measured 21-39 s of
+start-up per message against ~25 s of training). zk0 starts the SuperNode with
+``--isolation process`` and runs this host beside it instead: it takes the node's tasks from the
+SuperNode's Runtime API as SuperExec does, and runs each one in this process as
+``flwr-clientapp`` does (the same Flower calls), so :mod:`zk0cli.fl.node`'s cache of the built
+policy and datasets lives as long as the node.
+
+It runs only the ClientApp of the zk0 package installed here. A run whose app names another
+ClientApp gets an error reply: whoever controls the server cannot make a node execute code its
+operator did not install (with subprocess isolation, any FAB's code would run on every node).
+
+    python -m zk0cli.fl.clientapp_host --runtime-api-address 127.0.0.1:9094
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import zipfile
+from typing import Any
+
+CLIENTAPP = "zk0cli.fl.client_app:app"  # the one ClientApp this host runs
+READY_LINE = "clientapp host ready"  # the supervisor waits for this line (imports done)
+POLL_S = 0.1  # between task polls; Flower's SuperExec waits 1 s
+TASK_RETRY_S = 30.0  # how long one task's calls retry a SuperNode that does not answer
+RETRYABLE_STATUS = (502, 503, 504)
+
+
+def serve(runtime_api_address: str, *, poll_s: float = POLL_S) -> None:
+    """Take and run the SuperNode's ClientApp tasks until the process is stopped."""
+    from flwr.proto.runtime_pb2 import AcquireTaskRequest  # pylint: disable=no-name-in-module
+    from flwr.supercore.constant import TaskType
+
+    from zk0cli.fl.client_app import app  # torch, lerobot, zk0: imported once, before the first task
+
+    tasks = _runtime_client(runtime_api_address, component="SuperExec")
+    say(f"{READY_LINE}: taking tasks from the SuperNode at {runtime_api_address}")
+    request = AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP])
+    try:
+        while True:
+            response = tasks.AcquireTask(request)
+            if response.HasField("task") and response.token:
+                run_task(runtime_api_address, response.token, app)
+            else:
+                time.sleep(poll_s)
+    finally:
+        tasks.close()
+
+
+def run_task(runtime_api_address: str, token: str, app: Any) -> None:
+    """One task, as ``flwr-clientapp`` runs it: pull the message, call the app, push the reply."""
+    from flwr.app import Error, Message
+    from flwr.clientapp.client_app import LoadClientAppError
+    from flwr.common.constant import ErrorCode, SubStatus
+    from flwr.supercore.heartbeat import HeartbeatSender
+    from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
+
+    client = _runtime_client(runtime_api_address, component="flwr-clientapp", token=token, retry_for_s=TASK_RETRY_S)
+    heartbeat = HeartbeatSender(_heartbeat(client))
+    heartbeat.start()
+    message = context = reply = None
+    status, details = SubStatus.FAILED, "the ClientApp task failed"
+    started = time.monotonic()
+    try:
+        message, context, run, fab = pull_task_input(client)
+        say(f"task for run {run.run_id}: {message.metadata.message_type} message")
+        requested = _clientapp_of(fab.content)
+        if requested != CLIENTAPP:
+            raise LoadClientAppError(f"this node runs only zk0's ClientApp ({CLIENTAPP}); run {run.run_id} "
+                                     f"asks for {requested!r}")
+        reply = app(message=message, context=context)
+        status, details = SubStatus.COMPLETED, ""
+    except Exception as exc:  # noqa: BLE001 - any failure becomes the error reply, as in flwr-clientapp
+        code = ErrorCode.LOAD_CLIENT_APP_EXCEPTION if isinstance(exc, LoadClientAppError) else ErrorCode.CLIENT_APP_RAISED_EXCEPTION
+        details = f"{type(exc).__name__}: {exc}"
+        say(f"task failed: {details}")
+        if message is not None:
+            reply = Message(Error(code=code, reason=details), reply_to=message)
+    finally:
+        try:
+            if reply is not None and context is not None:
+                push_message(client, reply, context)
+                say(f"reply pushed after {time.monotonic() - started:.1f} s")
+        except Exception as exc:  # noqa: BLE001 - the SuperNode went away (restart): nothing to answer to
+            say(f"could not push the reply: {type(exc).__name__}: {exc}")
+        push_task_output(client=client, context=context, sub_status=status, details=details)
+        heartbeat.stop()
+        client.close()
+
+
+def _runtime_client(address: str, *, component: str, token: str = "", retry_for_s: float | None = None) -> Any:
+    """A client of the SuperNode's Runtime API on loopback (plain HTTP, as Flower's own SuperExec uses it)."""
+    from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor
+    from flwr.supercore.runtime import RuntimeHttpClient
+
+    interceptors: list = [RuntimeVersionHttpInterceptor(component_name=component)]
+    if token:
+        interceptors.append(RuntimeTokenHttpInterceptor(token))
+    return RuntimeHttpClient.from_server_address(server_address=address, insecure=True, root_certificates=None,
+                                                 interceptors=interceptors, retry_invoker=_retry_invoker(retry_for_s))
+
+
+def _retry_invoker(max_time_s: float | None) -> Any:
+    """Retry while the SuperNode is away for a moment (restarting); give up on any HTTP refusal.
+
+    Not Flower's ``make_simple_http_retry_invoker``: on a 401 it SIGINTs its own process, right
+    for a one-task ``flwr-clientapp`` and wrong here. A restarted SuperNode no longer knows the
+    token of the task in flight; that task is lost, and the host goes on to the next one.
+    """
+    import httpx
+    from flwr.supercore.retry import RetryInvoker, exponential
+
+    def refused(exc: Exception) -> bool:
+        return isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code not in RETRYABLE_STATUS
+
+    return RetryInvoker(lambda: exponential(base_delay=0.2, max_delay=5), (httpx.TransportError, httpx.HTTPStatusError),
+                        max_tries=None, max_time=max_time_s, should_giveup=refused)
+
+
+def _heartbeat(client: Any):
+    """The task's heartbeat: False (retried later) on any failure. Flower's own raises SIGINT when
+    the SuperNode says no, which would end this long-lived process."""
+    import httpx
+    from flwr.proto.runtime_pb2 import SendTaskHeartbeatRequest  # pylint: disable=no-name-in-module
+
+    def beat() -> bool:
+        try:
+            return bool(client.SendTaskHeartbeat(SendTaskHeartbeatRequest()).success)
+        except httpx.HTTPError:
+            return False
+
+    return beat
+
+
+def _clientapp_of(fab_content: bytes) -> str:
+    """The ClientApp reference a FAB's pyproject names (its code is never imported here)."""
+    from flwr.common.config import get_fab_config
+
+    try:
+        return str(get_fab_config(fab_content)["tool"]["flwr"]["app"]["components"]["clientapp"])
+    except (KeyError, TypeError, ValueError, zipfile.BadZipFile) as exc:
+        return f"<unreadable FAB: {exc}>"
+
+
+def say(text: str) -> None:
+    print(f"zk0: {text}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="zk0-clientapp-host", description=__doc__.splitlines()[0])
+    parser.add_argument("--runtime-api-address", required=True, help="the SuperNode's Runtime API, HOST:PORT")
+    args = parser.parse_args(argv)
+    try:
+        serve(args.runtime_api_address)
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
