@@ -6,6 +6,7 @@ Builds SmolVLA with the SmolVLM2-500M geometry (random weights, no download; ~45
 makes one round's messages with zk0's own code (the strategy's train message to one client, the
 client app's reply in both uplink encodings) and measures them serialised the way Flower pushes
 them (:func:`zk0cli.fl.loopback.wire_bytes`: every unique deflated object, chunks included).
+Also counts those objects: Flower moves each one in its own HTTP round trip.
 
 Baselines, from the same policy:
   (a) the full fp32 state dict (what the upstream system sent each way): raw bytes, no headers;
@@ -38,7 +39,7 @@ def measure(tmp: Path) -> int:
     from flwr.app import ConfigRecord
 
     from zk0cli.fl import client_app, integrity
-    from zk0cli.fl.loopback import LoopbackGrid, wire_bytes
+    from zk0cli.fl.loopback import LoopbackGrid, serialise, wire_bytes
     from zk0cli.fl.node import Assignment, NodeRuntime
     from zk0cli.fl.run_config import RunConfig
     from zk0cli.fl.strategy import Zk0FedProx
@@ -72,17 +73,19 @@ def measure(tmp: Path) -> int:
         message.metadata.__dict__["_message_id"] = "bench"
         reply = client_app.train_reply(message, node, local, global_weights, strategy.encoding,
                                        {"loss": 1.0, "samples": 8})
-        rows.append((strategy.encoding, wire_bytes(message), wire_bytes(reply)))
+        rows.append((strategy.encoding, wire_bytes(message), wire_bytes(reply), len(serialise(message)),
+                     len(serialise(reply))))
         checked = integrity.check_update(reply.content["arrays"], str(reply.content["info"]["sha256"]),
                                          strategy.spec, strategy.encoding, global_weights)
         assert checked.reason == "", checked.reason
 
     print(f"\n(a) full fp32 state dict:        {full_fp32 / 2**20:10.1f} MiB")
     print(f"(b) trainable parameters x 2 B:  {bf16_raw / 2**20:10.1f} MiB\n")
-    print(f"{'uplink encoding':16} {'down MiB':>10} {'up MiB':>10} {'(a)/up':>8} {'up/(b)':>8}")
-    for encoding, down, up in rows:
-        print(f"{encoding:16} {down / 2**20:10.1f} {up / 2**20:10.1f} {full_fp32 / up:8.2f} {up / bf16_raw:8.4f}")
-    _, _, up = rows[0]
+    print(f"{'uplink encoding':16} {'down MiB':>10} {'up MiB':>10} {'(a)/up':>8} {'up/(b)':>8} {'objects down/up':>16}")
+    for encoding, down, up, objects_down, objects_up in rows:
+        print(f"{encoding:16} {down / 2**20:10.1f} {up / 2**20:10.1f} {full_fp32 / up:8.2f} {up / bf16_raw:8.4f} "
+              f"{objects_down:>8}/{objects_up}")
+    _, _, up, _, _ = rows[0]
     ok = full_fp32 / up >= TARGET_VS_FULL and up / bf16_raw <= TARGET_VS_BF16
     print(f"\nbf16-delta upload: {full_fp32 / up:.2f}x less than (a) (target >= {TARGET_VS_FULL:g}), "
           f"{up / bf16_raw:.4f}x (b) (target <= {TARGET_VS_BF16:g}): {'OK' if ok else 'MISSED'}")

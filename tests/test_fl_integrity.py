@@ -19,12 +19,25 @@ def local_from(global_weights, scale=1e-2):
 
 def test_digest_is_stable_and_sensitive(global_weights):
     record = it.to_record(global_weights)
-    assert it.digest(record) == it.digest(it.to_record(dict(reversed(list(global_weights.items())))))
+    assert it.digest(record) == it.digest(it.to_record({k: v.copy() for k, v in global_weights.items()}))
     changed = dict(global_weights, **{"proj.b": global_weights["proj.b"].copy()})
     changed["proj.b"].view(np.uint32)[0] ^= 1  # one bit
     assert it.digest(it.to_record(changed)) != it.digest(record)
-    renamed = {"other": global_weights["proj.b"], "expert.w": global_weights["expert.w"]}
+    renamed = {"other": global_weights["expert.w"], "proj.b": global_weights["proj.b"]}
     assert it.digest(it.to_record(renamed)) != it.digest(record)
+
+
+def test_weights_travel_packed_in_two_arrays_whatever_the_tensor_count():
+    rng = np.random.default_rng(1)
+    many = {f"expert.layers.{i}.w": rng.normal(size=(3, i + 1)).astype(np.float32) for i in range(50)}
+    record = it.to_record(many)
+    assert sorted(record.keys()) == [it.LAYOUT, it.VALUES]  # Flower moves one object per array
+    restored = it.from_record(record)
+    assert list(restored) == list(many)
+    for name, value in many.items():
+        np.testing.assert_array_equal(restored[name], value)
+    with pytest.raises(it.PackingError, match="expected the arrays"):
+        it.from_record(ArrayRecord({"w": Array(np.zeros(2, dtype=np.float32))}))
 
 
 @pytest.mark.parametrize("encoding", it.ENCODINGS)
@@ -44,8 +57,8 @@ def test_bf16_delta_halves_the_payload(global_weights):
     fp32 = it.encode_update(local, global_weights, it.FP32)
     bf16 = it.encode_update(local, global_weights, it.BF16_DELTA)
     raw_fp32 = sum(v.size for v in local.values()) * 4
-    assert sum(len(a.data) for a in bf16.values()) == raw_fp32 // 2
-    assert sum(len(a.data) for a in fp32.values()) > raw_fp32  # numpy headers on top
+    assert len(bf16[it.VALUES].data) == raw_fp32 // 2
+    assert len(fp32[it.VALUES].data) > raw_fp32  # a numpy header on top
 
 
 def test_bf16_rounding_matches_torch_and_keeps_nan():
@@ -62,7 +75,7 @@ def test_bf16_rounding_matches_torch_and_keeps_nan():
 def test_tampered_digest_is_rejected(global_weights):
     record = it.encode_update(local_from(global_weights), global_weights, it.FP32)
     claimed = it.digest(record)
-    record["proj.b"] = Array(np.zeros(3, dtype=np.float32))  # changed in transit
+    record[it.VALUES] = Array(np.zeros(15, dtype=np.float32))  # changed in transit
     checked = it.check_update(record, claimed, it.spec_of(global_weights, it.FP32), it.FP32, global_weights)
     assert checked.weights is None and "digest mismatch" in checked.reason
 
@@ -86,7 +99,7 @@ def test_wrong_shape_is_rejected(global_weights):
 
 
 def test_wrong_dtype_and_encoding_mismatch_are_rejected(global_weights):
-    record = ArrayRecord({name: Array(value.astype(np.float64)) for name, value in global_weights.items()})
+    record = it.pack(global_weights, Array(it.flat(global_weights).astype(np.float64)))
     checked = it.check_update(record, it.digest(record), it.spec_of(global_weights, it.FP32), it.FP32, global_weights)
     assert "wrong dtype" in checked.reason and "float64" in checked.reason
     bf16 = it.encode_update(local_from(global_weights), global_weights, it.BF16_DELTA)
@@ -105,8 +118,14 @@ def test_missing_or_extra_names_are_rejected(global_weights):
 
 def test_truncated_raw_payload_is_rejected(global_weights):
     record = it.encode_update(local_from(global_weights), global_weights, it.BF16_DELTA)
-    short = record["proj.b"]
-    record["proj.b"] = Array(dtype=short.dtype, shape=short.shape, stype=short.stype, data=short.data[:-2])
+    short = record[it.VALUES]
+    record[it.VALUES] = Array(dtype=short.dtype, shape=short.shape, stype=short.stype, data=short.data[:-2])
     checked = it.check_update(record, it.digest(record), it.spec_of(global_weights, it.BF16_DELTA), it.BF16_DELTA,
                               global_weights)
-    assert checked.weights is None and "proj.b" in checked.reason
+    assert checked.weights is None and "undecodable values" in checked.reason
+
+
+def test_a_record_that_is_not_packed_is_rejected_as_malformed(global_weights):
+    record = ArrayRecord({name: Array(value) for name, value in global_weights.items()})  # one array per tensor
+    checked = it.check_update(record, it.digest(record), it.spec_of(global_weights, it.FP32), it.FP32, global_weights)
+    assert checked.weights is None and "malformed update: expected the arrays 'layout' and 'values'" in checked.reason

@@ -22,6 +22,8 @@ from flwr.supercore.inflatable.inflatable_utils import inflate_object_from_conte
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
+from zk0cli.fl import integrity
+
 
 def serialise(message: Message) -> dict[str, bytes]:
     """The unique objects Flower pushes for ``message`` (identical chunks travel once)."""
@@ -48,7 +50,7 @@ class LoopbackGrid(Grid):
     run_id: int = 1
     bytes_down: list[int] = field(default_factory=list)  # per message, server -> node
     bytes_up: list[int] = field(default_factory=list)  # per reply, node -> server
-    array_names: set[str] = field(default_factory=set)  # every array name that crossed, either way
+    array_names: set[str] = field(default_factory=set)  # every parameter name that crossed, either way
     _contexts: dict[int, Context] = field(default_factory=dict)
     _replies: dict[str, Message] = field(default_factory=dict)
     _ids: Any = field(default_factory=lambda: itertools.count(1))
@@ -96,7 +98,7 @@ class LoopbackGrid(Grid):
     def _note_arrays(self, message: Message) -> None:
         if message.has_content():
             for record in message.content.array_records.values():
-                self.array_names.update(record.keys())
+                self.array_names.update(name for name, _ in integrity.read_layout(record))
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         return [self._replies.pop(message_id) for message_id in message_ids if message_id in self._replies]
