@@ -60,17 +60,19 @@ class Tamper:
 
     @staticmethod
     def _damage(update, info, kind: str) -> None:
-        name = next(n for n in update.keys() if len(update[n].shape) == 2)
-        values = integrity.decode_array(update[name]).copy()
+        layout = integrity.read_layout(update)
+        values = {name: v.copy() for name, v in integrity.split(integrity.decode_array(update[integrity.VALUES]), layout).items()}
+        name = next(n for n, shape in layout if len(shape) == 2)
         if kind == "digest":  # changed after the client made its digest
-            update[name] = integrity.bf16_array(values + 1.0)
-            return
-        if kind == "nan":
-            values[0, 0] = np.nan
-            update[name] = integrity.bf16_array(values)
+            values[name] += 1.0
+        elif kind == "nan":
+            values[name][0, 0] = np.nan
         elif kind == "shape":
-            update[name] = integrity.bf16_array(values.T.copy())
-        info["sha256"] = integrity.digest(update)  # a consistent digest: only the content is wrong
+            values[name] = values[name].T.copy()
+        for key, array in integrity.pack(values, integrity.bf16_array(integrity.flat(values))).items():
+            update[key] = array
+        if kind != "digest":
+            info["sha256"] = integrity.digest(update)  # a consistent digest: only the content is wrong
 
 
 def tampering_app(tamper: Tamper) -> ClientApp:
@@ -162,3 +164,33 @@ def test_bad_config_stops_the_server_app_before_round_one(tmp_path, fl_datasets)
     with pytest.raises(Zk0Error, match="t-mult must be >= 1"):
         server_app.main(grid, Context(1, 0, {}, RecordDict(), run_config))
     assert grid.bytes_down == [] and not (tmp_path / "runs").exists()
+
+
+class OneNodeUnavailable(LoopbackGrid):
+    """The SuperLink answers for node 1001 itself: Flower's own "node unavailable" error reply."""
+
+    def push_messages(self, messages):
+        from flwr.server.superlink.linkstate.utils import create_message_error_unavailable_res_message
+
+        messages = list(messages)
+        gone = [m for m in messages if m.metadata.dst_node_id == 1001]
+        ids = list(super().push_messages([m for m in messages if m not in gone]))
+        for message in gone:
+            message.metadata.__dict__["_message_id"] = f"lost{len(self._replies)}"
+            self._replies[message.metadata.message_id] = create_message_error_unavailable_res_message(
+                message.metadata, "node_unavail")
+            ids.append(message.metadata.message_id)
+        return ids
+
+
+def test_an_error_the_superlink_sends_for_a_node_is_recorded_under_that_node(tmp_path, fl_datasets):
+    values = {**SMALL, "num-server-rounds": 1, "datasets": " ".join(f"local:{d}" for d in fl_datasets),
+              "runs-dir": str(tmp_path / "runs"), "run-name": "run"}
+    config = RunConfig.from_mapping(values)
+    grid = OneNodeUnavailable(zk0_client.app, [{"partition-id": i, "num-partitions": 2} for i in range(2)], config.to_flwr())
+    record = RunRecord.create(Path(config.runs_dir), config.run_name)
+    run_federation(grid, config, record)
+    round1 = {r["round"]: r for r in record.rounds()}[1]
+    assert [f["node"] for f in round1["failed"]] == ["1001"]  # not SuperLink's own node id, and not twice
+    assert "Node Unavailable" in round1["failed"][0]["reason"]
+    assert [c["node"] for c in round1["clients"]["each"]] == ["1000"]

@@ -1,6 +1,9 @@
 """zk0's FedProx: per-round lr/mu, integrity checks, sample-weighted aggregation, round records.
 
-A subclass of Flower's ``FedProx`` driven by its own ``start`` loop. Each round:
+A subclass of Flower's ``FedProx`` with its own round loop (:meth:`Zk0FedProx.run`) instead of
+``Strategy.start``: the loop can begin at any round (``zk0 run --resume`` continues from a
+checkpoint with the true round numbers), and it collects replies every 0.5 s where Flower's
+grid waits 3 s between polls. Each round:
 
 1. ``configure_train``: the :class:`RoundControl` plan gives the round's lr (per client, with
    boosts) and mu; each sampled node gets the global trainable weights, their SHA-256 digest and
@@ -10,12 +13,13 @@ A subclass of Flower's ``FedProx`` driven by its own ``start`` loop. Each round:
    samples each client actually used this round. The server keeps the fp32 master weights.
 3. ``configure_evaluate`` / ``aggregate_evaluate``: federated evaluation on clients' held-out
    episodes, on evaluation rounds.
-4. ``evaluate_round`` (the ``evaluate_fn``; also runs at round 0): server-side evaluation on the
-   held-out datasets, feeding the schedules, then the round record goes to ``on_round``.
+4. ``evaluate_round`` (also at round 0 of a fresh run): server-side evaluation on the held-out
+   datasets, feeding the schedules, then the round record goes to ``on_round``.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import time
@@ -38,6 +42,9 @@ CONFIG = "config"
 METRICS = "metrics"
 INFO = "info"  # ConfigRecord of a reply: digest, uplink encoding, dataset name and fingerprint
 SAMPLES = "samples"  # metric: training samples the client actually used this round
+REPLY_POLL_S = 0.5  # between checks for replies while a round waits (Flower's own grid: 3 s)
+
+log = logging.getLogger("zk0.server")
 
 ServerEvaluate = Callable[[int, Mapping[str, np.ndarray]], "dict[str, Any] | None"]
 RoundSink = Callable[[dict[str, Any], Mapping[str, np.ndarray]], None]
@@ -69,20 +76,55 @@ class Zk0FedProx(FedProx):
         self.on_round = on_round
         self.entry: dict[str, Any] = {}
         self._asked: set[str] = set()  # nodes sent a train message this round
+        self._destinations: dict[str, str] = {}  # message id -> node id, of the messages in flight
         self._round_started = time.monotonic()
 
     def initial_arrays(self) -> ArrayRecord:
         return integrity.to_record(self.global_weights)
 
-    def run(self, grid: Grid) -> None:
+    def run(self, grid: Grid, *, first_round: int = 1) -> None:
+        """Rounds ``first_round`` .. num-server-rounds; a fresh run (first_round 1) evaluates round 0 first.
+
+        A resumed run starts from the weights it was constructed with (its last checkpoint) and a
+        RoundControl rebuilt from the earlier rounds' records (:meth:`RoundControl.replay`).
+        """
         random.seed(self.config.seed)  # Flower samples nodes with the global `random`: reproducible choices
-        self.start(
-            grid=grid,
-            initial_arrays=self.initial_arrays(),
-            num_rounds=self.config.num_server_rounds,
-            timeout=self.config.round_timeout_s,
-            evaluate_fn=self.evaluate_round,
-        )
+        arrays = self.initial_arrays()
+        if first_round == 1:
+            self.evaluate_round(0, arrays)
+        last = self.config.num_server_rounds
+        for server_round in range(first_round, last + 1):
+            log.info("round %d/%d: training", server_round, last)
+            replies = self._send_and_receive(grid, self.configure_train(server_round, arrays, ConfigRecord(), grid))
+            aggregated, _ = self.aggregate_train(server_round, replies)
+            if aggregated is not None:
+                arrays = aggregated
+            replies = self._send_and_receive(grid, self.configure_evaluate(server_round, arrays, ConfigRecord(), grid))
+            self.aggregate_evaluate(server_round, replies)
+            self.evaluate_round(server_round, arrays)
+
+    def _send_and_receive(self, grid: Grid, messages: Iterable[Message]) -> list[Message]:
+        """Push ``messages``, collect their replies until all are in or the round timeout passes."""
+        messages = list(messages)
+        if not messages:
+            return []
+        waiting = set(grid.push_messages(messages))  # every Grid sets each message's id as it pushes it
+        self._destinations = {m.metadata.message_id: str(m.metadata.dst_node_id) for m in messages}
+        replies: list[Message] = []
+        deadline = time.monotonic() + self.config.round_timeout_s
+        while waiting:
+            arrived = list(grid.pull_messages(waiting))
+            replies += arrived
+            waiting -= {reply.metadata.reply_to_message_id for reply in arrived}
+            if not waiting or time.monotonic() >= deadline:
+                break
+            time.sleep(REPLY_POLL_S)
+        return replies
+
+    def _sender(self, reply: Message) -> str:
+        """The node a reply answers for. An error the SuperLink itself sends on a node's behalf
+        (node unavailable, reply expired) comes from SuperLink's own id, not the node's."""
+        return self._destinations.get(reply.metadata.reply_to_message_id, str(reply.metadata.src_node_id))
 
     def is_eval_round(self, server_round: int) -> bool:
         c = self.config
@@ -121,11 +163,11 @@ class Zk0FedProx(FedProx):
         accepted: list[tuple[dict[str, np.ndarray], float]] = []
         clients = []
         replies = list(replies)
-        silent = self._asked - {str(reply.metadata.src_node_id) for reply in replies}
+        silent = self._asked - {self._sender(reply) for reply in replies}
         self.entry["failed"] += [{"node": node, "reason": f"no reply within {self.config.round_timeout_s:g} s"}
                                  for node in sorted(silent)]
         for reply in replies:
-            node = str(reply.metadata.src_node_id)
+            node = self._sender(reply)
             if reply.has_error():
                 self.entry["failed"].append({"node": node, "reason": reply.error.reason})
                 continue
@@ -146,7 +188,7 @@ class Zk0FedProx(FedProx):
 
     def _check_reply(self, reply: Message) -> tuple[dict[str, Any], dict[str, np.ndarray] | None, str]:
         """(client entry, full fp32 weights, rejection reason or '')."""
-        node = str(reply.metadata.src_node_id)
+        node = self._sender(reply)
         content = reply.content
         if len(content.array_records) != 1 or METRICS not in content.metric_records or INFO not in content.config_records:
             return {"node": node}, None, "malformed reply (needs one ArrayRecord, 'metrics' and 'info')"
@@ -179,7 +221,7 @@ class Zk0FedProx(FedProx):
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         each, failed = [], []
         for reply in replies:
-            node = str(reply.metadata.src_node_id)
+            node = self._sender(reply)
             if reply.has_error():
                 failed.append({"node": node, "reason": reply.error.reason})
                 continue
