@@ -20,7 +20,10 @@ import pytest
 
 from zk0cli.core.errors import ExitCode
 from zk0cli.core.paths import Paths
-from zk0cli.services import flower, supervisor
+from zk0cli.fl.records import RunRecord
+from zk0cli.services import demo, flower, supervisor
+from zk0cli.services import server as server_service
+from zk0cli.services.datasets.sample import write_sample
 
 pytestmark = pytest.mark.slow
 
@@ -36,9 +39,15 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def zk0(home: Path, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-    env = {**os.environ, "ZK0_HOME": str(home), "HF_HUB_OFFLINE": "1", "HF_HOME": str(home / "hf"), "NO_COLOR": "1",
-           "COLUMNS": "250"}
-    return subprocess.run([sys.executable, "-m", "zk0cli", *args], env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "zk0cli", *args], env=zk0_env(home), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def zk0_env(home: Path) -> dict[str, str]:
+    """A party's environment: its own ZK0_HOME, offline, one compute thread (the detached
+    supervisors and every process under them inherit it: two nodes on two cores must not fight)."""
+    return {**os.environ, "ZK0_HOME": str(home), "HF_HUB_OFFLINE": "1", "HF_HOME": str(home / "hf"), "NO_COLOR": "1",
+            "COLUMNS": "250", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
 def recorded_pids(home: Path, service: str) -> list[int]:
@@ -64,12 +73,38 @@ class Federation:
         self.control_port = free_port()
         self.address = f"{PUBLIC_HOST}:{self.port}"
         self.ca = self.server / "config" / "pki" / "ca.pem"
+        self.eval_dataset = root / "datasets" / "eval-sort"
 
     def node_home(self, name: str, ca: Path | None = None) -> Path:
         home = self.root / name
+        if (home / "config" / "pki" / "node_key.pub").exists() and ca is None:
+            return home
         result = zk0(home, "init", "--role", "node", "--ca-cert", str(ca or self.ca), "-y")
         assert result.returncode == 0, result.stderr
         return home
+
+    def join(self, name: str, task: str) -> Path:
+        """Register ``name``'s key and join it with its own generated dataset (detached)."""
+        home = self.node_home(name)
+        dataset = self.root / "datasets" / f"{name}-{task}"
+        if not dataset.exists():
+            write_sample(dataset, task=task, seed=len(name), **demo.SAMPLE)
+        added = zk0(self.server, "server", "nodes", "add", str(home / "config" / "pki" / "node_key.pub"), "--name", name)
+        assert added.returncode == 0, added.stderr
+        joined = zk0(home, "node", "join", "--server", self.address, "--dataset", f"local:{dataset}", "--name", name,
+                     "--detach")
+        assert joined.returncode == 0, joined.stderr
+        return home
+
+    def run_settings(self, **overrides) -> list[str]:
+        """`--set` pairs for a small zk0 run on the tiny policy (the demo's workload)."""
+        if not self.eval_dataset.exists():
+            write_sample(self.eval_dataset, task="sort", seed=9, **demo.EVAL_SAMPLE)
+        values = {**demo.DEMO_RUN_CONFIG, "eval-datasets": f"local:{self.eval_dataset}", **overrides}
+        return [arg for key, value in values.items() for arg in ("--set", f"{key}={json.dumps(value)}")]
+
+    def node_log(self, name: str) -> str:
+        return (self.root / name / "state" / "logs" / f"node-{name}.log").read_text(encoding="utf-8", errors="replace")
 
 
 @pytest.fixture(scope="module")
@@ -83,12 +118,13 @@ def federation(tmp_path_factory):
     assert state["state"] == "healthy" and state["info"]["tls"] and state["info"]["node_auth"]
     yield fed
     pids = recorded_pids(fed.server, "server")
-    for home in [fed.root / name for name in ("alice",)]:
-        if home.exists():
-            zk0(home, "stop", "--all")
+    for name in ("alice", "bob"):
+        if (fed.root / name).exists():
+            pids += recorded_pids(fed.root / name, f"node-{name}")
+            zk0(fed.root / name, "stop", "--all")
     stopped = zk0(fed.server, "stop", "server")
     assert stopped.returncode == 0, stopped.stderr
-    assert not [pid for pid in pids if alive(pid)], "processes left after `zk0 stop server`"
+    assert not [pid for pid in pids if alive(pid)], "processes left after `zk0 stop`"
 
 
 def test_public_address_serves_fleet_and_health_but_refuses_control_and_runtime(federation):
@@ -159,50 +195,97 @@ def test_unregistered_node_is_refused_with_the_registration_command(federation):
     assert supervisor.read_state(Paths.resolve(mallory), "node-mallory")["state"] == "failed"
 
 
-def test_registered_node_joins_through_the_proxy_and_trains_a_run(federation):
-    alice = federation.node_home("alice") if not (federation.root / "alice").exists() else federation.root / "alice"
-    added = zk0(federation.server, "server", "nodes", "add", str(alice / "config" / "pki" / "node_key.pub"), "--name", "alice", "--json")
-    assert added.returncode == 0, added.stderr
-    joined = zk0(alice, "node", "join", "--server", federation.address, "--dataset", str(SHARED_DATASET),
-                 "--skip-validation", "--name", "alice", "--detach", "--json")
-    assert joined.returncode == 0, joined.stderr
-    node = json.loads(joined.stdout)
-    assert node["processes"]["supernode"]["events"]["connected"]["groups"]["node_id"] == json.loads(added.stdout)["node_id"]
+def test_two_nodes_train_a_streamed_run_and_a_supernode_killed_mid_run_is_restarted(federation):
+    """TLS, node auth, the fleet proxy: `zk0 run --rounds 2 --stream` with two registered nodes,
+    one of whose SuperNode is killed -9 while it trains round 1; the supervisor restarts it and
+    the run completes, the record complete."""
+    alice, bob = federation.join("alice", "pick"), federation.join("bob", "stack")
+    alice_paths = Paths.resolve(alice)
+    state = supervisor.read_state(alice_paths, "node-alice")
+    assert state["state"] == "healthy" and set(state["processes"]) == {"supernode", "clientapp"}
+    supernode_pid = state["processes"]["supernode"]["pid"]
 
+    stream = subprocess.Popen([sys.executable, "-m", "zk0cli", "run", "--rounds", "2", "--stream", "--json",
+                               *federation.run_settings(**{"local-steps": 30, "round-timeout-s": 60.0})],
+                              env=zk0_env(federation.server), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: "zk0: task for run" in federation.node_log("alice"), 240, "alice training round 1")
+        os.kill(supernode_pid, signal.SIGKILL)
+        out, err = stream.communicate(timeout=300)
+    finally:
+        if stream.poll() is None:
+            stream.kill()
+    assert stream.returncode == 0, err[-3000:]
+    result = json.loads(out)
+    assert result["state"] == "completed"
+    rounds = {entry["round"]: entry for entry in RunRecord(Path(result["run_dir"])).rounds()}
+    assert sorted(rounds) == [0, 1, 2]
+    alice_id = supervisor.read_state(alice_paths, "node-alice")["processes"]["supernode"]["events"]["connected"]["groups"]["node_id"]
+    assert [f["node"] for f in rounds[1]["failed"]] == [alice_id]  # its round-1 message died with it ...
+    assert "Node Unavailable" in rounds[1]["failed"][0]["reason"]  # ... and the server heard so, no timeout
+    assert "held an unanswered message" in federation.node_log("alice")
+    assert rounds[1]["clients"]["aggregate"]["num_clients"] == 1  # bob's update carried the round
+    assert rounds[2]["clients"]["aggregate"]["num_clients"] == 2 and not rounds[2]["failed"]  # alice is back
+    supernode = supervisor.read_state(alice_paths, "node-alice")["processes"]["supernode"]
+    assert supernode["restarts"] == 1 and supernode["pid"] != supernode_pid and supernode["state"] == "healthy"
+    assert "round 1/2" in err and "round 2/2" in err  # the stream printed each round
+
+
+def test_nodes_run_only_the_installed_zk0_clientapp(federation):
+    """A run of another app reaches the nodes but its ClientApp code never runs there."""
     server_paths = Paths.resolve(federation.server)
     run_id = flower.run_flwr(server_paths, ["run", str(TINY_APP), flower.CLI_CONNECTION, "--run-config", "num-server-rounds=1"])["run-id"]
-    deadline = time.monotonic() + 150
-    status = ""
-    while time.monotonic() < deadline and not status.startswith("finished"):
-        time.sleep(5)  # each flwr call costs ~1 s of CPU: poll gently
-        status = flower.run_flwr(server_paths, ["ls", flower.CLI_CONNECTION, "--run-id", str(run_id)])["runs"][0]["status"]
-    assert status == "finished:completed"
+    wait_for(lambda: "runs only zk0's ClientApp" in federation.node_log("bob"), 120, "bob refusing the tiny app")
+    assert "asks for 'tiny_app.client_app:app'" in federation.node_log("bob")
+    flower.run_flwr(server_paths, ["stop", str(run_id), flower.CLI_CONNECTION])
 
-    listed = json.loads(zk0(federation.server, "server", "nodes", "list", "--json").stdout)["nodes"]
-    assert [(n["name"], n["status"]) for n in listed] == [("alice", "online")]
 
-    # kill -9 the SuperLink: the supervisor restarts it with its database, and the node rides it out
-    node_paths = Paths.resolve(alice)
-    supernode_pid = supervisor.read_state(node_paths, "node-alice")["processes"]["supernode"]["pid"]
+def test_superlink_killed_mid_run_restarts_nodes_reconnect_and_resume_finishes_the_run(federation):
+    server_paths = Paths.resolve(federation.server)
+    submitted = zk0(federation.server, "run", "--rounds", "3", "--json", *federation.run_settings(**{"checkpoint-interval": 1}))
+    assert submitted.returncode == 0, submitted.stderr
+    run = json.loads(submitted.stdout)
+    record = RunRecord(Path(run["run_dir"]))
+    wait_for(lambda: [p.name for p in record.checkpoints()] == ["round_0001"], 240, "the round-1 checkpoint")
+
     superlink_pid = supervisor.read_state(server_paths, "server")["processes"]["superlink"]["pid"]
+    reconnects = {name: node_event_count(federation, name, "reconnected") for name in ("alice", "bob")}
     os.kill(superlink_pid, signal.SIGKILL)
-    deadline = time.monotonic() + 90
+    wait_for(lambda: all(node_event_count(federation, name, "reconnected") > reconnects[name] for name in reconnects),
+             120, "both nodes reconnecting by themselves")
+    superlink = supervisor.read_state(server_paths, "server")["processes"]["superlink"]
+    assert superlink["restarts"] >= 1 and superlink["pid"] != superlink_pid
+    before = {entry["round"] for entry in record.rounds()}
+    assert {0, 1} <= before and max(before) < 3  # nothing the run recorded was lost
+
+    resumed = zk0(federation.server, "run", "--resume", run["run_id"], "--stream", "--json", timeout=400)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    result = json.loads(resumed.stdout)
+    assert result["state"] == "completed" and result["resumed"] and result["run_dir"] == run["run_dir"]
+    # Flower marks the killed run failed once its ServerApp's heartbeat expires; before that,
+    # resume stops it (orphaned_by_restart). Either way it has finished now.
+    assert server_service.run_status(server_paths, run["run_id"]).startswith("finished")
+    assert ("stopped run" in resumed.stderr) == (f"stopped run {run['run_id']}" in resumed.stderr)
+    rounds = {entry["round"]: entry for entry in record.rounds()}
+    assert sorted(rounds) == [0, 1, 2, 3]
+    assert all(rounds[n]["clients"]["aggregate"]["num_clients"] == 2 for n in (2, 3))
+    config = record.read_config()
+    assert config["resumes"][0]["from_round"] == max(int(p.name[6:]) for p in record.checkpoints() if int(p.name[6:]) < 3)
+    assert record.flwr_run_ids()[0] == int(run["run_id"]) and str(record.flwr_run_ids()[1]) == result["run_id"]
+
+
+def node_event_count(federation, name: str, event: str) -> int:
+    state = supervisor.read_state(Paths.resolve(federation.root / name), f"node-{name}") or {}
+    return state.get("processes", {}).get("supernode", {}).get("events", {}).get(event, {}).get("count", 0)
+
+
+def wait_for(condition, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        events = supervisor.read_state(node_paths, "node-alice")["processes"]["supernode"]["events"]
-        if "reconnected" in events:
-            break
+        if condition():
+            return
         time.sleep(0.5)
-    assert "reconnected" in events and "reconnecting" in events, events
-    server_state = supervisor.read_state(server_paths, "server")
-    assert server_state["processes"]["superlink"]["restarts"] == 1
-    assert supervisor.read_state(node_paths, "node-alice")["processes"]["supernode"]["pid"] == supernode_pid
-    assert flower.run_flwr(server_paths, ["ls", flower.CLI_CONNECTION, "--run-id", str(run_id)])["runs"][0]["status"] == status
-    node_pids = recorded_pids(alice, "node-alice")
-    stopped = zk0(alice, "stop", "node", "alice")
-    assert stopped.returncode == 0, stopped.stderr
-    assert not [pid for pid in node_pids if alive(pid)]
-    log = zk0(alice, "logs", "node", "alice", "--since", "10m").stdout
-    assert "supernode: connected" in log and "node-alice stopped" in log
+    pytest.fail(f"timed out after {timeout_s:g} s waiting for {what}")
 
 
 def test_ctrl_c_on_a_foreground_serve_leaves_no_process(tmp_path):
@@ -234,6 +317,15 @@ def test_ctrl_c_on_a_foreground_serve_leaves_no_process(tmp_path):
     assert not [pid for pid in tree if alive(pid)]
 
 
+def test_only_runs_that_began_before_the_superlink_restart_count_as_orphaned():
+    restarted = "2026-12-01T10:00:05.120Z"  # supervisor state format
+    assert server_service.orphaned_by_restart({"running-at": "2026-12-01 10:00:01Z"}, restarted)  # flwr ls format
+    assert server_service.orphaned_by_restart({"running-at": "N/A", "starting-at": "2026-12-01 09:59:00Z"}, restarted)
+    assert not server_service.orphaned_by_restart({"running-at": "2026-12-01 10:00:09Z"}, restarted)  # after it
+    assert not server_service.orphaned_by_restart({"running-at": "N/A", "starting-at": "N/A"}, restarted)  # pending
+    assert not server_service.orphaned_by_restart({"running-at": "2026-12-01 10:00:01Z"}, None)
+
+
 def test_run_commands_check_their_input_before_reaching_flower(tmp_path):
     home = tmp_path / "no-server"
     bad_key = zk0(home, "run", "--set", "no-such-key=1")
@@ -242,3 +334,11 @@ def test_run_commands_check_their_input_before_reaching_flower(tmp_path):
     assert no_server.returncode == ExitCode.UNREACHABLE and "zk0 server serve --detach" in no_server.stderr
     assert zk0(home, "runs").returncode == ExitCode.UNREACHABLE
     assert zk0(home, "run", "stop", "abc").returncode == ExitCode.BAD_INPUT
+    with_set = zk0(home, "run", "--resume", "7", "--set", "lr=0.1")
+    assert with_set.returncode == ExitCode.BAD_INPUT and "--set cannot change a resumed run" in with_set.stderr
+    unknown = zk0(home, "run", "--resume", "7")
+    assert unknown.returncode == ExitCode.BAD_INPUT and "belongs to run 7" in unknown.stderr and "zk0 runs" in unknown.stderr
+    by_hand = zk0(home, "run", "--set", "resume=true")
+    assert by_hand.returncode == ExitCode.BAD_INPUT and "zk0 run --resume RUN_ID" in by_hand.stderr
+    for result in (with_set, unknown, by_hand):
+        assert "Traceback" not in result.stderr and "hint:" in result.stderr

@@ -19,19 +19,30 @@ def run(
     rounds: Annotated[Optional[int], typer.Option("--rounds", help="Rounds of federated training.", min=1)] = None,
     stream: Annotated[bool, typer.Option("--stream", help="Follow the run round by round; exit code = its outcome.")] = False,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Run-config KEY=VALUE (repeatable), e.g. --set local-steps=50.")] = None,
+    resume: Annotated[Optional[str], typer.Option("--resume", metavar="RUN_ID", help="Continue a stopped run from its last checkpoint (run id, run name or record dir); --rounds may raise its total.")] = None,
     json_: JsonOption = False,
 ) -> None:
     """Submit the zk0 app to the local SuperLink (Control API on loopback) and print the run id."""
     if ctx.invoked_subcommand is not None:
         return
+    from zk0cli.core.errors import bad_input
+    from zk0cli.fl.run_config import parse_overrides
     from zk0cli.services import server as server_service
 
     s = session()
-    from zk0cli.fl.run_config import parse_overrides
-
-    submitted = server_service.submit_run(s.paths, rounds=rounds, settings=parse_overrides(set_ or []))
-    data = {"run_id": submitted.run_id, "run_dir": str(submitted.run_dir), "rounds": submitted.rounds}
-    out().success(f"run {submitted.run_id} submitted: {submitted.rounds} round(s); record in {escape(str(submitted.run_dir))}")
+    if resume is not None and set_:
+        raise bad_input("--set cannot change a resumed run: it continues with its recorded run config",
+                        hint="drop --set (only --rounds may raise the total), or start a new run")
+    if resume is not None:
+        submitted = server_service.resume_run(s.paths, resume, rounds=rounds)
+    else:
+        submitted = server_service.submit_run(s.paths, rounds=rounds, settings=parse_overrides(set_ or []))
+    for note in submitted.notes:
+        out().info(escape(note))
+    data = {"run_id": submitted.run_id, "run_dir": str(submitted.run_dir), "rounds": submitted.rounds,
+            "resumed": resume is not None}
+    verb = "resumed" if resume is not None else "submitted"
+    out().success(f"run {submitted.run_id} {verb}: {submitted.rounds} round(s); record in {escape(str(submitted.run_dir))}")
     if not stream:
         out().info(f"follow it: zk0 logs run {submitted.run_id} -f, or zk0 status --watch")
         out().result({**data, "state": "submitted"})

@@ -49,6 +49,21 @@ class RoundControl:
     plateau_reason: str = ""
     _new_server_loss: bool = False
 
+    def replay(self, rounds: list[dict]) -> None:
+        """Rebuild the state a run had after these round records (round 0 first), to resume it.
+
+        The same calls in the same order as the live run made them: plan, the accepted clients'
+        losses, the server eval loss. Every rule is deterministic, so the next plan is the one
+        the uninterrupted run would have made.
+        """
+        for entry in rounds:
+            if entry["round"] > 0:
+                self.plan(entry["round"])
+                accepted = (entry.get("clients") or {}).get("each") or []
+                self.observe_clients({c["node"]: c["metrics"]["loss"] for c in accepted})
+            if entry.get("server_eval"):
+                self.observe_server_loss(entry["server_eval"]["composite"]["policy_loss"])
+
     def observe_clients(self, losses: dict[str, float]) -> None:
         """Training losses of this round's accepted clients (the next plan compares them)."""
         self.client_losses = dict(losses)

@@ -11,8 +11,13 @@
     final -> checkpoints/round_NNNN
     videos/round_NNNN_<dataset>.mp4 + .json
     status.json                    running / completed / failed (with the error), for `zk0 sim`
+    superseded/<time>/             rounds after the checkpoint a resumed run continued from
 
 Every file is written atomically; a checkpoint is written to a temporary directory and renamed.
+
+A run that stopped (a crash, a SuperLink restart, ``zk0 run stop``) continues from its last
+checkpoint with ``zk0 run --resume``: the same record, the same round numbers; the rounds it had
+recorded after that checkpoint are moved to ``superseded/`` (kept, not mixed in) and run again.
 """
 
 from __future__ import annotations
@@ -25,11 +30,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from zk0cli.core.errors import bad_input
 from zk0cli.core.files import atomic_write_json
 from zk0cli.core.versions import package_versions
 
 ROUND_FILE = "round_{}_server_eval.json"
 STATUS_FILE = "status.json"
+CONFIG_FILE = "config.json"
 FINAL_LINK = "final"
 
 
@@ -65,12 +72,26 @@ class RunRecord:
     # ------------------------------------------------------------ files
 
     def write_config(self, run_config: dict[str, Any], fingerprints: dict[str, str], extra: dict[str, Any]) -> None:
-        atomic_write_json(self.root / "config.json", {
+        atomic_write_json(self.root / CONFIG_FILE, {
             "run_config": run_config,
             "versions": package_versions(),
             "dataset_fingerprints": fingerprints,
             **extra,
         })
+
+    def read_config(self) -> dict[str, Any]:
+        import json
+
+        try:
+            return json.loads((self.root / CONFIG_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise bad_input(f"run {self.root.name} has no readable {CONFIG_FILE} ({exc})",
+                            hint="the ServerApp writes it before round 0: a run that failed that early cannot be resumed") from None
+
+    def flwr_run_ids(self) -> list[int]:
+        """The Flower runs that wrote this record: the first, then each resume."""
+        config = self.read_config()
+        return [int(config["flwr_run_id"])] + [int(r["flwr_run_id"]) for r in config.get("resumes", [])]
 
     def write_status(self, state: str, **details: Any) -> None:
         atomic_write_json(self.root / STATUS_FILE, {"state": state, "time": time.time(), **details})
@@ -78,6 +99,9 @@ class RunRecord:
     def write_round(self, entry: dict[str, Any]) -> None:
         """One round's full record, then the two summaries derived from all rounds so far."""
         atomic_write_json(self.root / ROUND_FILE.format(entry["round"]), entry)
+        self._write_summaries()
+
+    def _write_summaries(self) -> None:
         rounds = self.rounds()
         atomic_write_json(self.root / "federated_metrics.json", [summary(r) for r in rounds])
         atomic_write_json(self.root / "policy_loss_history.json", [
@@ -94,6 +118,40 @@ class RunRecord:
         for path in self.root.glob(ROUND_FILE.format("*")):
             found.append(json.loads(path.read_text(encoding="utf-8")))
         return sorted(found, key=lambda r: r["round"])
+
+    # ------------------------------------------------------------ resume
+
+    def resume_point(self, num_rounds: int) -> "ResumePoint":
+        """Where a resumed run of ``num_rounds`` rounds starts: the last checkpoint, or why it cannot."""
+        checkpoints = self.checkpoints()
+        if not checkpoints:
+            raise bad_input(f"run {self.root.name} has no checkpoint to resume from",
+                            hint="start a new run; checkpoint-interval sets how often a run writes one")
+        last = checkpoints[-1]
+        done = int(last.name.split("_")[1])
+        if done >= num_rounds:
+            raise bad_input(f"run {self.root.name} already has its checkpoint of round {done} of {num_rounds}",
+                            hint=f"resume with more rounds to train further: --rounds {done + 1} or more")
+        return ResumePoint(done, last, [r for r in self.rounds() if r["round"] <= done])
+
+    def continue_after(self, point: "ResumePoint", flwr_run_id: int) -> list[int]:
+        """Set the record back to ``point`` for a resumed run; the rounds moved aside.
+
+        Round files and videos of later rounds go to ``superseded/<time>/`` (kept for whoever
+        wants to see what the interrupted run did), and config.json lists the resume.
+        """
+        later = [r["round"] for r in self.rounds() if r["round"] > point.round]
+        target = self.root / "superseded" / time.strftime("%Y%m%d-%H%M%S")
+        for number in later:
+            for path in [self.root / ROUND_FILE.format(number), *(self.root / "videos").glob(f"round_{number:04d}*")]:
+                target.mkdir(parents=True, exist_ok=True)
+                os.replace(path, target / path.name)
+        config = self.read_config()
+        config.setdefault("resumes", []).append(
+            {"flwr_run_id": flwr_run_id, "from_round": point.round, "superseded_rounds": later, "at": time.time()})
+        atomic_write_json(self.root / CONFIG_FILE, config)
+        self._write_summaries()
+        return later
 
     # ------------------------------------------------------------ checkpoints
 
@@ -128,6 +186,13 @@ class RunRecord:
         tmp_link.unlink(missing_ok=True)
         tmp_link.symlink_to(target.relative_to(self.root), target_is_directory=True)
         os.replace(tmp_link, link)
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    round: int  # the last round the checkpoint holds
+    checkpoint: Path
+    history: list[dict[str, Any]]  # the round records 0..round, to rebuild the schedules
 
 
 def summary(entry: dict[str, Any]) -> dict[str, Any]:

@@ -97,6 +97,7 @@ class RunConfig:
     keep_last_checkpoints: int = _p(0, "round checkpoints kept (0 keeps all)", ge=0)
     runs_dir: str = _p("", "where run records go; empty means <data dir>/runs")
     run_name: str = _p("", "run directory name; empty derives one from the time")
+    resume: bool = _p(False, "continue the record runs-dir/run-name from its last checkpoint (`zk0 run --resume` sets it)")
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> "RunConfig":

@@ -1,5 +1,9 @@
 """The ServerApp: validate the run config, set up the run record, run zk0's FedProx.
 
+A fresh run starts from the policy's initial trainable weights at round 0; a resumed run
+(run config ``resume``, from ``zk0 run --resume``) from its record's last checkpoint, with the
+schedules rebuilt from the recorded rounds, so round numbers, lr/mu and history continue.
+
 Every failure before or during the rounds is written to the run's status.json (``zk0 sim`` and
 ``zk0 run`` read it to print one clear line) and then raised, so Flower marks the run failed.
 """
@@ -7,6 +11,7 @@ Every failure before or during the rounds is written to the run's status.json (`
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -14,7 +19,7 @@ import numpy as np
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from zk0cli.core.errors import Zk0Error
+from zk0cli.core.errors import Zk0Error, bad_input
 from zk0cli.core.paths import Paths
 from zk0cli.fl import plots
 from zk0cli.fl.records import RunRecord, new_run_name, summary
@@ -50,6 +55,24 @@ def run_federation(grid: Grid, config: RunConfig, record: RunRecord, *, flwr_run
     from zk0cli.fl.strategy import Zk0FedProx
 
     evaluator = ServerEvaluator(config)
+    start = _resume(record, evaluator, config, flwr_run_id) if config.resume else _fresh(record, evaluator, config, flwr_run_id)
+    evaluations = sum(1 for entry in start.history if entry.get("server_eval"))
+    outputs = RunOutputs(config, record, evaluator, evaluations=evaluations)
+    record.write_status("running", flwr_run_id=flwr_run_id, rounds=config.num_server_rounds,
+                        **({"resumed_from_round": start.round} if config.resume else {}))
+    strategy = Zk0FedProx(config, start.weights, evaluator, outputs)
+    strategy.control.replay(start.history)
+    strategy.run(grid, first_round=start.round + 1)
+
+
+@dataclass
+class Start:
+    round: int  # the last round already done: 0 for a fresh run
+    weights: dict[str, np.ndarray]
+    history: list[dict[str, Any]] = field(default_factory=list)  # round records up to ``round``
+
+
+def _fresh(record: RunRecord, evaluator: Any, config: RunConfig, flwr_run_id: int) -> Start:
     initial = evaluator.initial_weights()
     record.write_config(
         config.to_flwr(),
@@ -60,19 +83,32 @@ def run_federation(grid: Grid, config: RunConfig, record: RunRecord, *, flwr_run
             "trainable_tensors": len(initial),
         },
     )
-    outputs = RunOutputs(config, record, evaluator)
-    record.write_status("running", flwr_run_id=flwr_run_id, rounds=config.num_server_rounds)
-    Zk0FedProx(config, initial, evaluator, outputs).run(grid)
+    return Start(0, initial)
+
+
+def _resume(record: RunRecord, evaluator: Any, config: RunConfig, flwr_run_id: int) -> Start:
+    """Continue ``record`` from its last checkpoint, refusing when the held-out data changed."""
+    point = record.resume_point(config.num_server_rounds)
+    recorded = record.read_config().get("dataset_fingerprints") or {}
+    for uri, fingerprint in evaluator.fingerprints().items():
+        if recorded.get(uri) != fingerprint:
+            raise bad_input(f"held-out dataset {uri} is not the one run {record.root.name} evaluated on",
+                            hint="a resumed run must evaluate on the same data: restore it, or start a new run")
+    weights = evaluator.checkpoint_weights(point.checkpoint)
+    superseded = record.continue_after(point, flwr_run_id)
+    log.info("resuming %s from the checkpoint of round %d%s", record.root.name, point.round,
+             f" (rounds {superseded} recorded after it are superseded)" if superseded else "")
+    return Start(point.round, weights, point.history)
 
 
 class RunOutputs:
     """What the end of each round leaves on disk: record, plots, checkpoint, video."""
 
-    def __init__(self, config: RunConfig, record: RunRecord, evaluator: Any):
+    def __init__(self, config: RunConfig, record: RunRecord, evaluator: Any, *, evaluations: int = 0):
         self.config = config
         self.record = record
         self.evaluator = evaluator
-        self.evaluations = 0
+        self.evaluations = evaluations  # server evaluations so far (videos follow their count)
 
     def __call__(self, entry: dict[str, Any], weights: Mapping[str, np.ndarray]) -> None:
         server_round = entry["round"]

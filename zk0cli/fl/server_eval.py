@@ -59,6 +59,12 @@ class ServerEvaluator:
 
         return {name: t.numpy() for name, t in get_trainable(self.targets[0].built.policy).items()}
 
+    def checkpoint_weights(self, directory: Path) -> dict[str, np.ndarray]:
+        """The trainable weights a round checkpoint holds (what a resumed run starts from)."""
+        from zk0cli.policy.trainable import read_checkpoint_trainable
+
+        return {name: t.numpy() for name, t in read_checkpoint_trainable(self.targets[0].built.policy, directory).items()}
+
     def __call__(self, server_round: int, weights: Mapping[str, np.ndarray]) -> dict[str, Any]:
         from zk0cli.policy.train import evaluate
 

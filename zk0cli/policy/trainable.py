@@ -9,6 +9,7 @@ action_time_mlp_in/out): ~100M of the ~450M parameters. The VLM is identical on 
 from __future__ import annotations
 
 from collections import OrderedDict
+from pathlib import Path
 from typing import TYPE_CHECKING, Mapping
 
 from zk0cli.core.errors import Zk0Error
@@ -54,6 +55,23 @@ def set_trainable(policy: "torch.nn.Module", state: Mapping[str, "torch.Tensor"]
     with torch.no_grad():
         for name, param in named:
             param.copy_(torch.as_tensor(state[name]).to(device=param.device, dtype=param.dtype))
+
+
+def read_checkpoint_trainable(policy: "torch.nn.Module", directory: "Path") -> "OrderedDict[str, torch.Tensor]":
+    """The trainable parameters saved in a LeRobot checkpoint dir (``model.safetensors``), fp32,
+    checked against ``policy``'s names and shapes."""
+    from safetensors.torch import load_file
+
+    path = Path(directory) / "model.safetensors"
+    try:
+        saved = load_file(str(path))
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise Zk0Error(f"cannot read the checkpoint {path}: {exc}", hint="the checkpoint is damaged; resume from an "
+                       "earlier one by removing this one's directory") from None
+    named = trainable_parameters(policy)
+    state = OrderedDict((name, saved[name].float()) for name, _ in named if name in saved)
+    check_matches(named, state)
+    return state
 
 
 def check_matches(named: list[tuple[str, "torch.Tensor"]], state: Mapping[str, "torch.Tensor"]) -> None:

@@ -290,6 +290,7 @@ class SubmittedRun:
     run_id: str  # Flower's run id
     run_dir: Path  # where the ServerApp writes the run record
     rounds: int
+    notes: list[str] = field(default_factory=list)  # what was done on the way (e.g. a stale run stopped)
 
 
 def app_dir() -> Path:
@@ -301,8 +302,6 @@ def app_dir() -> Path:
 
 def submit_run(paths: Paths, *, rounds: int | None, settings: dict) -> SubmittedRun:
     """Validate the run config here (a bad key never reaches Flower), then `flwr run` on zk0-local."""
-    import tomli_w
-
     from zk0cli.fl.records import new_run_name
     from zk0cli.fl.run_config import RunConfig
 
@@ -312,17 +311,110 @@ def submit_run(paths: Paths, *, rounds: int | None, settings: dict) -> Submitted
     values.setdefault("runs-dir", str(paths.runs_dir))
     values.setdefault("run-name", f"{new_run_name()}-run")
     config = RunConfig.from_mapping(values)
+    if config.resume:
+        raise bad_input("run-config resume is set by `zk0 run --resume RUN_ID`, not by hand",
+                        hint="zk0 run --resume RUN_ID continues a run from its last checkpoint")
     require_running(paths)
+    return _submit(paths, config)
+
+
+def resume_run(paths: Paths, run_ref: str, *, rounds: int | None) -> SubmittedRun:
+    """Continue a run that stopped from its last checkpoint: same record, same round numbers.
+
+    The run config is the one recorded (only the number of rounds may grow); a run Flower still
+    runs is refused, so two ServerApps never write one record.
+    """
+    from zk0cli.fl.records import RunRecord
+    from zk0cli.fl.run_config import RunConfig
+
+    record = RunRecord(find_run_record(paths, run_ref))
+    values = {**record.read_config()["run_config"], "resume": True, "runs-dir": str(record.root.parent),
+              "run-name": record.root.name}
+    if rounds is not None:
+        values["num-server-rounds"] = rounds
+    config = RunConfig.from_mapping(values)
+    point = record.resume_point(config.num_server_rounds)
+    notes = _settle_earlier_runs(paths, record.flwr_run_ids())
+    record.write_status("resuming", from_round=point.round, rounds=config.num_server_rounds)
+    submitted = _submit(paths, config)
+    submitted.notes = notes
+    return submitted
+
+
+def _settle_earlier_runs(paths: Paths, flwr_run_ids: list[int]) -> list[str]:
+    """No earlier Flower run of a record may still run when it is resumed.
+
+    One that started before the SuperLink's last (re)start lost its ServerApp with that restart
+    (the supervisor leaves no orphan), but Flower keeps calling it running until its heartbeat
+    expires: it is stopped here. Any other live one is refused.
+    """
+    superlink_started = require_running(paths)["processes"]["superlink"].get("started_at")
+    notes = []
+    for flwr_run_id in flwr_run_ids:
+        run = flower_run(paths, str(flwr_run_id))
+        status = str(run.get("status", ""))
+        if not status or status.startswith("finished"):
+            continue
+        if not orphaned_by_restart(run, superlink_started):
+            raise bad_input(f"run {flwr_run_id} is still {status} on the SuperLink",
+                            hint=f"stop it first (zk0 run stop {flwr_run_id}), then resume it")
+        flower.run_flwr(paths, ["stop", str(flwr_run_id), flower.CLI_CONNECTION])
+        notes.append(f"stopped run {flwr_run_id}: Flower still listed it as {status}, but its ServerApp ended "
+                     f"when the SuperLink restarted")
+    return notes
+
+
+def orphaned_by_restart(run: dict, superlink_started_at: str | None) -> bool:
+    """A run (``flwr ls`` JSON) that was started or running before the SuperLink's last start.
+    A pending one is not: the restarted SuperLink will start it."""
+    began = _instant(run.get("running-at")) or _instant(run.get("starting-at"))
+    restarted = _instant(superlink_started_at)
+    return began is not None and restarted is not None and began < restarted
+
+
+def _instant(text) -> float | None:
+    """Epoch seconds of an ISO time as zk0's state files and Flower's CLI write it ("N/A": None)."""
+    import datetime as dt
+
+    try:
+        return dt.datetime.fromisoformat(str(text).replace(" ", "T").replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def find_run_record(paths: Paths, run_ref: str) -> Path:
+    """A run's record directory from a Flower run id (the first run or a resume), a run name or a path."""
+    from zk0cli.services.report import resolve_run
+
+    if run_ref.isdigit():
+        for config_file in sorted(paths.runs_dir.glob("*/config.json")):
+            config = _json_or_none(config_file) or {}
+            ids = [config.get("flwr_run_id"), *(r.get("flwr_run_id") for r in config.get("resumes", []))]
+            if int(run_ref) in ids:
+                return config_file.parent
+        raise bad_input(f"no run record under {paths.runs_dir} belongs to run {run_ref}",
+                        hint="`zk0 runs` lists run ids; or pass the run's directory")
+    return resolve_run(run_ref, paths.runs_dir)
+
+
+def _submit(paths: Paths, config) -> SubmittedRun:
+    import tomli_w
+
     overrides = paths.state_dir / "run-configs" / f"{config.run_name}.toml"
     files.atomic_write_text(overrides, tomli_w.dumps(config.to_flwr()))
     document = flower.run_flwr(paths, ["run", str(app_dir()), flower.CLI_CONNECTION, "--run-config", str(overrides)])
     return SubmittedRun(str(document["run-id"]), Path(config.runs_dir) / config.run_name, config.num_server_rounds)
 
 
+def flower_run(paths: Paths, run_id: str) -> dict:
+    """What Flower knows of a run (``flwr ls --run-id``): status, times, traffic; {} if unknown."""
+    runs = flower.run_flwr(paths, ["ls", flower.CLI_CONNECTION, "--run-id", run_id]).get("runs", [])
+    return dict(runs[0]) if runs else {}
+
+
 def run_status(paths: Paths, run_id: str) -> str:
     """Flower's status of a run (``pending``, ``running``, ``finished:completed`` ...)."""
-    runs = flower.run_flwr(paths, ["ls", flower.CLI_CONNECTION, "--run-id", run_id]).get("runs", [])
-    return str(runs[0].get("status", "")) if runs else ""
+    return str(flower_run(paths, run_id).get("status", ""))
 
 
 def follow_run(paths: Paths, run: SubmittedRun, on_round, *, poll_s: float = 1.0, flower_every_s: float = 10.0) -> dict:

@@ -1,0 +1,100 @@
+"""Resuming a run from its last checkpoint (what `zk0 run --resume` asks the ServerApp to do).
+
+The real strategy, ClientApp and tiny SmolVLA on the in-process grid: a run that dies after
+round 3 (checkpoints every 2 rounds) and is resumed must end exactly where the same run without
+the crash ends: same round numbers, same lr/mu plans, bit-identical global weights.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from zk0cli.core.errors import Zk0Error
+from zk0cli.fl import client_app as zk0_client
+from zk0cli.fl.loopback import LoopbackGrid
+from zk0cli.fl.records import RunRecord
+from zk0cli.fl.run_config import RunConfig
+from zk0cli.fl.server_app import run_federation
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("torch_one_thread")]
+
+SETTINGS = {"policy": "tiny", "num-server-rounds": 4, "local-steps": 2, "batch-size": 2, "chunk-size": 10,
+            "eval-batches": 1, "device": "cpu", "video-frequency": 100, "checkpoint-interval": 2, "seed": 3,
+            "fraction-evaluate": 0.0}
+
+
+class CrashingGrid(LoopbackGrid):
+    """Loses the server (as a SuperLink kill would) when round ``crash_round``'s train messages go out."""
+
+    crash_round = 0
+
+    def push_messages(self, messages):
+        messages = list(messages)
+        if any(int(m.content["config"].get("server-round", 0)) == self.crash_round for m in messages
+               if "config" in m.content.config_records):
+            raise ConnectionError("the SuperLink went away")
+        return super().push_messages(messages)
+
+
+def federation(tmp_path: Path, datasets: list[Path], name: str, grid_class=LoopbackGrid, **overrides):
+    values = {**SETTINGS, "datasets": " ".join(f"local:{d}" for d in datasets), "runs-dir": str(tmp_path / "runs"),
+              "run-name": name, **overrides}
+    config = RunConfig.from_mapping(values)
+    nodes = [{"partition-id": i, "num-partitions": len(datasets)} for i in range(len(datasets))]
+    grid = grid_class(zk0_client.app, nodes, config.to_flwr())
+    return config, grid, RunRecord.create(Path(config.runs_dir), config.run_name)
+
+
+def by_round(record: RunRecord) -> dict[int, dict]:
+    return {entry["round"]: entry for entry in record.rounds()}
+
+
+def test_a_resumed_run_ends_exactly_where_the_uninterrupted_run_ends(tmp_path, fl_datasets):
+    config, grid, straight = federation(tmp_path, fl_datasets, "straight")
+    run_federation(grid, config, straight)
+    expected = by_round(straight)
+
+    config, grid, record = federation(tmp_path, fl_datasets, "crashed", CrashingGrid)
+    grid.crash_round = 4
+    with pytest.raises(ConnectionError):
+        run_federation(grid, config, record, flwr_run_id=11)
+    assert sorted(by_round(record)) == [0, 1, 2, 3] and [p.name for p in record.checkpoints()] == ["round_0002"]
+
+    resumed_config = RunConfig.from_mapping({**config.to_flwr(), "resume": True})
+    _, grid, _ = federation(tmp_path, fl_datasets, "crashed")
+    run_federation(grid, resumed_config, record, flwr_run_id=12)
+    rounds = by_round(record)
+    assert sorted(rounds) == [0, 1, 2, 3, 4]
+    for number in (3, 4):  # rebuilt schedules: the plans the uninterrupted run made
+        assert rounds[number]["plan"] == expected[number]["plan"], number
+    assert rounds[4]["global_sha256"] == expected[4]["global_sha256"]  # bit-identical weights at the end
+    assert rounds[4]["server_eval"] == expected[4]["server_eval"]
+
+    recorded = json.loads((record.root / "config.json").read_text())
+    assert recorded["flwr_run_id"] == 11 and record.flwr_run_ids() == [11, 12]
+    assert [(r["from_round"], r["superseded_rounds"]) for r in recorded["resumes"]] == [(2, [3])]
+    superseded = list((record.root / "superseded").glob("*/round_3_server_eval.json"))
+    assert len(superseded) == 1  # the crashed run's round 3 is kept aside, not mixed in
+    history = json.loads((record.root / "federated_metrics.json").read_text())
+    assert [line["round"] for line in history] == [0, 1, 2, 3, 4]
+    assert [p.name for p in record.checkpoints()] == ["round_0002", "round_0004"]
+
+
+def test_resume_refuses_without_a_checkpoint_or_when_nothing_is_left(tmp_path, fl_datasets):
+    config, grid, record = federation(tmp_path, fl_datasets, "early", CrashingGrid, **{"checkpoint-interval": 3})
+    grid.crash_round = 2
+    with pytest.raises(ConnectionError):
+        run_federation(grid, config, record)
+    with pytest.raises(Zk0Error, match="has no checkpoint to resume from") as refused:
+        record.resume_point(4)
+    assert "checkpoint-interval" in refused.value.hint
+
+    config, grid, done = federation(tmp_path, fl_datasets, "done", **{"num-server-rounds": 2})
+    run_federation(grid, config, done)
+    with pytest.raises(Zk0Error, match="already has its checkpoint of round 2 of 2") as finished:
+        done.resume_point(2)
+    assert "--rounds 3" in finished.value.hint
+    assert done.resume_point(3).round == 2  # more rounds: it continues
