@@ -76,6 +76,7 @@ def test_a_resumed_run_ends_exactly_where_the_uninterrupted_run_ends(tmp_path, f
     recorded = json.loads((record.root / "config.json").read_text())
     assert recorded["flwr_run_id"] == 11 and record.flwr_run_ids() == [11, 12]
     assert [(r["from_round"], r["superseded_rounds"]) for r in recorded["resumes"]] == [(2, [3])]
+    assert recorded["run_config"]["num-server-rounds"] == 4
     superseded = list((record.root / "superseded").glob("*/round_3_server_eval.json"))
     assert len(superseded) == 1  # the crashed run's round 3 is kept aside, not mixed in
     history = json.loads((record.root / "federated_metrics.json").read_text())

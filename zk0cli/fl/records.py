@@ -134,11 +134,13 @@ class RunRecord:
                             hint=f"resume with more rounds to train further: --rounds {done + 1} or more")
         return ResumePoint(done, last, [r for r in self.rounds() if r["round"] <= done])
 
-    def continue_after(self, point: "ResumePoint", flwr_run_id: int) -> list[int]:
-        """Set the record back to ``point`` for a resumed run; the rounds moved aside.
+    def continue_after(self, point: "ResumePoint", flwr_run_id: int, num_rounds: int) -> list[int]:
+        """Set the record back to ``point`` for a resumed run of ``num_rounds`` rounds in all; the
+        rounds moved aside.
 
         Round files and videos of later rounds go to ``superseded/<time>/`` (kept for whoever
-        wants to see what the interrupted run did), and config.json lists the resume.
+        wants to see what the interrupted run did), and config.json lists the resume (its run
+        config then says the new number of rounds).
         """
         later = [r["round"] for r in self.rounds() if r["round"] > point.round]
         target = self.root / "superseded" / time.strftime("%Y%m%d-%H%M%S")
@@ -148,7 +150,9 @@ class RunRecord:
                 os.replace(path, target / path.name)
         config = self.read_config()
         config.setdefault("resumes", []).append(
-            {"flwr_run_id": flwr_run_id, "from_round": point.round, "superseded_rounds": later, "at": time.time()})
+            {"flwr_run_id": flwr_run_id, "from_round": point.round, "superseded_rounds": later, "at": time.time(),
+             "num_server_rounds": num_rounds})
+        config["run_config"]["num-server-rounds"] = num_rounds
         atomic_write_json(self.root / CONFIG_FILE, config)
         self._write_summaries()
         return later

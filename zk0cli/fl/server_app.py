@@ -95,7 +95,7 @@ def _resume(record: RunRecord, evaluator: Any, config: RunConfig, flwr_run_id: i
             raise bad_input(f"held-out dataset {uri} is not the one run {record.root.name} evaluated on",
                             hint="a resumed run must evaluate on the same data: restore it, or start a new run")
     weights = evaluator.checkpoint_weights(point.checkpoint)
-    superseded = record.continue_after(point, flwr_run_id)
+    superseded = record.continue_after(point, flwr_run_id, config.num_server_rounds)
     log.info("resuming %s from the checkpoint of round %d%s", record.root.name, point.round,
              f" (rounds {superseded} recorded after it are superseded)" if superseded else "")
     return Start(point.round, weights, point.history)

@@ -324,7 +324,7 @@ def resume_run(paths: Paths, run_ref: str, *, rounds: int | None) -> SubmittedRu
     The run config is the one recorded (only the number of rounds may grow); a run Flower still
     runs is refused, so two ServerApps never write one record.
     """
-    from zk0cli.fl.records import RunRecord
+    from zk0cli.fl.records import STATUS_FILE, RunRecord
     from zk0cli.fl.run_config import RunConfig
 
     record = RunRecord(find_run_record(paths, run_ref))
@@ -335,8 +335,15 @@ def resume_run(paths: Paths, run_ref: str, *, rounds: int | None) -> SubmittedRu
     config = RunConfig.from_mapping(values)
     point = record.resume_point(config.num_server_rounds)
     notes = _settle_earlier_runs(paths, record.flwr_run_ids())
+    previous = _json_or_none(record.root / STATUS_FILE)
+    # follow_run must not take the interrupted run's last status for this one's
     record.write_status("resuming", from_round=point.round, rounds=config.num_server_rounds)
-    submitted = _submit(paths, config)
+    try:
+        submitted = _submit(paths, config)
+    except Zk0Error:
+        if previous:
+            files.atomic_write_json(record.root / STATUS_FILE, previous)
+        raise
     submitted.notes = notes
     return submitted
 
