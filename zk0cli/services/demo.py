@@ -48,9 +48,9 @@ DEMO_RUN_CONFIG: dict[str, Any] = {
     "local-steps": 5,
     "batch-size": 4,
     "eval-batches": 1,
-    # Federated evaluation would be a second message per node per round, and in a deployment each
-    # message starts a fresh flwr-clientapp (imports, policy build, data): the server evaluates
-    # on its own held-out dataset instead, and the nodes train on all their episodes.
+    # Each node has only two episodes: holding one out for federated evaluation would halve its
+    # training data and add a message per node per round. The server evaluates on its own
+    # held-out dataset instead, and the nodes train on all their episodes.
     "fraction-evaluate": 0.0,
     "client-eval-episodes": 0,
     "video-frequency": 1000,  # one video, at the last round (always written there)
