@@ -206,7 +206,7 @@ def test_two_nodes_train_a_streamed_run_and_a_supernode_killed_mid_run_is_restar
     supernode_pid = state["processes"]["supernode"]["pid"]
 
     stream = subprocess.Popen([sys.executable, "-m", "zk0cli", "run", "--rounds", "2", "--stream", "--json",
-                               *federation.run_settings(**{"local-steps": 30, "round-timeout-s": 60.0})],
+                               *federation.run_settings(**{"round-timeout-s": 60.0})],
                               env=zk0_env(federation.server), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_for(lambda: "zk0: task for run" in federation.node_log("alice"), 240, "alice training round 1")

@@ -212,6 +212,16 @@ def test_finished_run_record_shows_rounds_losses_and_clients(paths):
     assert all(len(line) <= 80 for line in text.splitlines())
 
 
+def test_a_resumed_record_belongs_to_the_flower_run_that_resumed_it(paths):
+    record = replay_record(paths.runs_dir, rounds=2, state="running")
+    config = json.loads((record.root / "config.json").read_text())
+    config["resumes"] = [{"flwr_run_id": 5151, "from_round": 1, "superseded_rounds": [2], "at": 0.0,
+                          "num_server_rounds": 3}]
+    (record.root / "config.json").write_text(json.dumps(config))
+    (run,) = status_mod.collect(paths).runs
+    assert (run.run_id, run.flwr_run_id) == ("5151", 5151)
+
+
 def test_running_record_gives_eta_and_rejected_updates_with_reason(paths):
     record = replay_record(paths.runs_dir, rounds=1, state="running")
     entry = json.loads((record.root / "round_1_server_eval.json").read_text())

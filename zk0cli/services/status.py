@@ -519,7 +519,9 @@ class RunRecordReader:
         run_config = config.get("run_config") if isinstance(config.get("run_config"), dict) else {}
         total = run_config.get("num-server-rounds", status.get("rounds"))
         view.rounds_total = total if isinstance(total, int) else None
-        flwr_run_id = config.get("flwr_run_id", status.get("flwr_run_id"))
+        resumes = config.get("resumes") if isinstance(config.get("resumes"), list) else []
+        latest = resumes[-1].get("flwr_run_id") if resumes and isinstance(resumes[-1], dict) else None
+        flwr_run_id = latest or config.get("flwr_run_id", status.get("flwr_run_id"))  # a resume writes it now
         view.flwr_run_id = flwr_run_id if isinstance(flwr_run_id, int) and flwr_run_id > 0 else None
         if view.flwr_run_id is not None:
             view.run_id = str(view.flwr_run_id)
