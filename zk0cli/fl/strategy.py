@@ -75,7 +75,6 @@ class Zk0FedProx(FedProx):
         self.server_evaluate = server_evaluate
         self.on_round = on_round
         self.entry: dict[str, Any] = {}
-        self._asked: set[str] = set()  # nodes sent a train message this round
         self._destinations: dict[str, str] = {}  # message id -> node id, of the messages in flight
         self._round_started = time.monotonic()
 
@@ -141,7 +140,6 @@ class Zk0FedProx(FedProx):
         self.entry = {"round": server_round, "plan": plan.to_dict(), "clients": None, "rejected": [], "failed": []}
         wanted = max(int(len(list(grid.get_node_ids())) * self.fraction_train), self.min_train_nodes)
         node_ids, _ = sample_nodes(grid, self.min_available_nodes, wanted)
-        self._asked = {str(node_id) for node_id in node_ids}
         digest = integrity.digest(arrays)
         messages = []
         for node_id in node_ids:
@@ -163,7 +161,7 @@ class Zk0FedProx(FedProx):
         accepted: list[tuple[dict[str, np.ndarray], float]] = []
         clients = []
         replies = list(replies)
-        silent = self._asked - {self._sender(reply) for reply in replies}
+        silent = set(self._destinations.values()) - {self._sender(reply) for reply in replies}  # asked, no answer
         self.entry["failed"] += [{"node": node, "reason": f"no reply within {self.config.round_timeout_s:g} s"}
                                  for node in sorted(silent)]
         for reply in replies:
