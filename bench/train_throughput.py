@@ -110,7 +110,7 @@ def main() -> int:
         from lerobot.datasets.lerobot_dataset import LeRobotDataset, LeRobotDatasetMetadata
 
         from zk0cli.policy.build import PolicySpec, build_policy
-        from zk0cli.services.datasets.sample import write_sample
+        from zk0cli.datasets.sample import write_sample
 
         torch.set_num_threads(args.threads)
         root = write_sample(Path(scratch) / "pick", task="pick", episodes=4, frames_per_episode=60, image_size=64, seed=0)

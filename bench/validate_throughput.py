@@ -110,8 +110,8 @@ def main() -> None:
         print(f"built {args.frames:,} frames in {time.perf_counter() - started:.1f} s at {root}", file=sys.stderr)
 
         from zk0cli.core.checks import Status
-        from zk0cli.services.datasets.uri import parse_uri
-        from zk0cli.services.datasets.validate import validate_dataset
+        from zk0cli.datasets.uri import parse_uri
+        from zk0cli.datasets.validate import validate_dataset
 
         uri = parse_uri(f"local:{root}")
         runs, cpu = [], []

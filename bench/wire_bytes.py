@@ -45,8 +45,8 @@ def measure(tmp: Path) -> int:
     from zk0cli.fl.strategy import Zk0FedProx
     from zk0cli.policy.build import build_policy
     from zk0cli.policy.trainable import get_trainable
-    from zk0cli.services.datasets.sample import write_sample
-    from zk0cli.services.datasets.uri import open_metadata, parse_uri
+    from zk0cli.datasets.sample import write_sample
+    from zk0cli.datasets.uri import open_metadata, parse_uri
 
     started = time.perf_counter()
     dataset = write_sample(tmp / "pick", episodes=1, frames_per_episode=10, image_size=32)

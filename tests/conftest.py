@@ -60,7 +60,7 @@ def cli(capsys):
 @pytest.fixture(scope="session")
 def sample_dataset_master(tmp_path_factory) -> Path:
     """One small image dataset written with LeRobot's writer, shared read-only by the session."""
-    from zk0cli.services.datasets.sample import write_sample
+    from zk0cli.datasets.sample import write_sample
 
     return write_sample(tmp_path_factory.mktemp("datasets") / "pick", episodes=3, frames_per_episode=40,
                         image_size=32, seed=0)
@@ -138,7 +138,7 @@ def _episode_stats(row: dict) -> dict:
 @pytest.fixture(scope="session")
 def fl_datasets(tmp_path_factory) -> list[Path]:
     """Two small datasets with different tasks (pick, stack), one per federated client, written once."""
-    from zk0cli.services.datasets.sample import write_sample
+    from zk0cli.datasets.sample import write_sample
 
     root = tmp_path_factory.mktemp("fl-datasets")
     return [write_sample(root / task, task=task, episodes=3, frames_per_episode=30, image_size=32, seed=index)

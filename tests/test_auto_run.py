@@ -48,7 +48,7 @@ def test_bad_auto_run_settings_stop_serve_before_anything_starts(tmp_path):
 
 
 def test_auto_run_waits_for_nodes_then_runs_session_after_session(tmp_path):
-    from zk0cli.services.datasets.sample import write_sample
+    from zk0cli.datasets.sample import write_sample
 
     server, node = tmp_path / "server", tmp_path / "node"
     port = free_port()

@@ -8,8 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from zk0cli.core.errors import ExitCode, Zk0Error
-from zk0cli.services.datasets.partition import open_partition, partition_episodes, select_episodes, split_heldout
-from zk0cli.services.datasets.uri import parse_uri
+from zk0cli.datasets.partition import open_partition, partition_episodes, select_episodes, split_heldout
+from zk0cli.datasets.uri import parse_uri
 
 
 @given(episodes=st.sets(st.integers(0, 500), max_size=60), n=st.integers(1, 12))

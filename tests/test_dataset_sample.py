@@ -9,8 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from zk0cli.core.errors import ExitCode, Zk0Error
-from zk0cli.services.datasets.sample import CAMERA_KEY, SO100_JOINTS, write_sample
-from zk0cli.services.datasets.uri import open_dataset, parse_uri
+from zk0cli.datasets.sample import CAMERA_KEY, SO100_JOINTS, write_sample
+from zk0cli.datasets.uri import open_dataset, parse_uri
 
 
 def _frames(root):

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from zk0cli.core.errors import ExitCode, Zk0Error
-from zk0cli.services.datasets.uri import DatasetUri, open_dataset, open_metadata, parse_uri
+from zk0cli.datasets.uri import DatasetUri, open_dataset, open_metadata, parse_uri
 
 
 def test_hf_forms():

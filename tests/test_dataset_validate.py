@@ -12,8 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from zk0cli.core.checks import Status
-from zk0cli.services.datasets.uri import parse_uri
-from zk0cli.services.datasets.validate import validate_dataset
+from zk0cli.datasets.uri import parse_uri
+from zk0cli.datasets.validate import validate_dataset
 
 DATA_FILE = Path("data/chunk-000/file-000.parquet")
 EPISODES_FILE = Path("meta/episodes/chunk-000/file-000.parquet")
@@ -281,7 +281,7 @@ def test_sample_then_info(tmp_path, cli):
 @pytest.mark.slow
 def test_video_timestamp_error_found_before_training(tmp_path):
     """A 13 ms timestamp error passes LeRobot's loading and only fails when a frame is decoded."""
-    from zk0cli.services.datasets.sample import write_sample
+    from zk0cli.datasets.sample import write_sample
 
     root = write_sample(tmp_path / "video", episodes=2, frames_per_episode=12, image_size=32, video=True)
     assert _failed(_checks(root, deep=True)) == set()

@@ -109,7 +109,7 @@ def test_sim_leaves_no_process_behind(sim_run, sim_env):
 
 def built_for(config: RunConfig, dataset_root: Path):
     from zk0cli.policy.build import build_policy
-    from zk0cli.services.datasets.uri import open_metadata, parse_uri
+    from zk0cli.datasets.uri import open_metadata, parse_uri
 
     return build_policy(config.policy_spec(), open_metadata(parse_uri(f"local:{dataset_root}")))
 
@@ -120,8 +120,8 @@ def test_checkpoint_reloads_with_identical_outputs(sim_run, fl_datasets, sim_env
 
     from zk0cli.policy.build import BuiltPolicy
     from zk0cli.policy.train import evaluate
-    from zk0cli.services.datasets.partition import open_partition
-    from zk0cli.services.datasets.uri import open_metadata, parse_uri
+    from zk0cli.datasets.partition import open_partition
+    from zk0cli.datasets.uri import open_metadata, parse_uri
 
     monkeypatch.setenv("ZK0_HOME", sim_env["ZK0_HOME"])  # the backbone the checkpoint's config names
     config = RunConfig.from_mapping(sim_run["config"]["run_config"])

@@ -54,7 +54,7 @@ def offline_env(tmp_path_factory):
 @pytest.fixture(scope="module")
 def datasets_root(offline_env) -> Path:
     """Two small datasets of different tasks, written with LeRobot's writer (2 episodes x 30 frames)."""
-    from zk0cli.services.datasets.sample import write_sample
+    from zk0cli.datasets.sample import write_sample
 
     for task, seed in (("pick", 0), ("stack", 1)):
         write_sample(offline_env / "data" / task, task=task, episodes=2, frames_per_episode=30, image_size=64, seed=seed)

@@ -23,7 +23,7 @@ from zk0cli.core.paths import Paths
 from zk0cli.fl.records import RunRecord
 from zk0cli.services import demo, flower, supervisor
 from zk0cli.services import server as server_service
-from zk0cli.services.datasets.sample import write_sample
+from zk0cli.datasets.sample import write_sample
 
 pytestmark = pytest.mark.slow
 

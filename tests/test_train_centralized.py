@@ -36,7 +36,7 @@ def env(tmp_path_factory):
 @pytest.fixture(scope="module")
 def data(env) -> dict[str, str]:
     """Two training datasets of different tasks and a held-out one (LeRobot's writer, 20-frame episodes)."""
-    from zk0cli.services.datasets.sample import write_sample
+    from zk0cli.datasets.sample import write_sample
 
     small = dict(frames_per_episode=20, image_size=32)
     return {

@@ -49,8 +49,8 @@ def validate(
     Exit code 0 when there is no error (warnings allowed), 1 on errors, 2 for a bad URI or
     something that is not a dataset, 3 when the Hub cannot be reached.
     """
-    from zk0cli.services.datasets.uri import parse_uri
-    from zk0cli.services.datasets.validate import validate_dataset
+    from zk0cli.datasets.uri import parse_uri
+    from zk0cli.datasets.validate import validate_dataset
     from zk0cli.ui.checks import render_checks
 
     parsed = parse_uri(uri)
@@ -74,8 +74,8 @@ def info(uri: UriArgument, json_: JsonOption = False) -> None:
     """Summary: robot type, fps, episodes, frames, duration, features, cameras, tasks, size, version."""
     from rich.table import Table
 
-    from zk0cli.services.datasets.info import dataset_info
-    from zk0cli.services.datasets.uri import parse_uri
+    from zk0cli.datasets.info import dataset_info
+    from zk0cli.datasets.uri import parse_uri
 
     data = dataset_info(parse_uri(uri))
 
@@ -109,7 +109,7 @@ def sample(
     json_: JsonOption = False,
 ) -> None:
     """Write a synthetic SO-100 dataset (LeRobot v3.0) to train and test on without a robot."""
-    from zk0cli.services.datasets.sample import write_sample
+    from zk0cli.datasets.sample import write_sample
 
     with _progress() as progress:
         root = write_sample(directory, task=task, episodes=episodes, frames_per_episode=frames_per_episode,
@@ -130,8 +130,8 @@ def convert(
     json_: JsonOption = False,
 ) -> None:
     """Convert a local LeRobot v2.1 dataset to v3.0 with LeRobot's converter, offline, on a copy."""
-    from zk0cli.services.datasets.convert import convert_to_v30
-    from zk0cli.services.datasets.uri import parse_uri
+    from zk0cli.datasets.convert import convert_to_v30
+    from zk0cli.datasets.uri import parse_uri
 
     with out().err.status("converting with LeRobot's converter…"):
         target = convert_to_v30(parse_uri(uri), output)

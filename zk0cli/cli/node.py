@@ -36,7 +36,7 @@ def join(
     """
     from zk0cli.services import node as node_service
     from zk0cli.services import supervisor
-    from zk0cli.services.datasets.uri import parse_uri
+    from zk0cli.datasets.uri import parse_uri
 
     s = session()
     config = s.load_config({"node.server": server, "node.dataset": dataset, "node.name": name}).config.node

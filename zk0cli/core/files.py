@@ -6,6 +6,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from zk0cli.core.errors import env_not_ready
 
@@ -46,3 +47,35 @@ def atomic_write_text(path: Path, text: str, *, mode: int | None = None) -> None
 
 def atomic_write_json(path: Path, data: object, *, mode: int | None = None) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n", mode=mode)
+
+
+class UnreadableJson(ValueError):
+    """A JSON file that is missing, unreadable, empty or invalid; ``reason`` says which in one line."""
+
+    def __init__(self, path: Path, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+_RAISE = object()
+
+
+def read_json(path: Path, default: object = _RAISE) -> Any:
+    """The document in ``path``. Any failure returns ``default`` when one is given, else raises
+    :class:`UnreadableJson` with a one-line reason (``config.json is missing``)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+        return json.loads(text)
+    except FileNotFoundError:
+        reason = f"{path.name} is missing"
+    except OSError as exc:
+        reason = f"{path.name} cannot be read: {exc.strerror}"
+    except UnicodeDecodeError:
+        reason = f"{path.name} is not UTF-8 text"
+    except ValueError as exc:
+        reason = f"{path.name} is " + ("empty" if not text.strip() else f"not valid JSON ({exc})")
+    if default is not _RAISE:
+        return default
+    raise UnreadableJson(path, reason)

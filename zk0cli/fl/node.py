@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
     from zk0cli.policy.build import BuiltPolicy
-    from zk0cli.services.datasets.uri import DatasetUri
+    from zk0cli.datasets.uri import DatasetUri
 
 log = logging.getLogger("zk0.node")
 
@@ -96,8 +96,8 @@ def runtime(node_config: Mapping[str, Any], config: RunConfig) -> NodeRuntime:
 def _build(assignment: Assignment, config: RunConfig) -> NodeRuntime:
     from zk0cli.fl.records import dataset_fingerprint
     from zk0cli.policy.build import build_policy
-    from zk0cli.services.datasets.partition import open_partition
-    from zk0cli.services.datasets.uri import open_metadata, parse_uri
+    from zk0cli.datasets.partition import open_partition
+    from zk0cli.datasets.uri import open_metadata, parse_uri
 
     uri = parse_uri(assignment.uri)
     meta = open_metadata(uri)

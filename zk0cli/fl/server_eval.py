@@ -108,8 +108,8 @@ class ServerEvaluator:
 def _target(uri_text: str, config: RunConfig, *, heldout_only: bool) -> EvalTarget:
     from zk0cli.fl.records import dataset_fingerprint
     from zk0cli.policy.build import build_policy
-    from zk0cli.services.datasets.partition import open_partition
-    from zk0cli.services.datasets.uri import open_dataset, open_metadata, parse_uri
+    from zk0cli.datasets.partition import open_partition
+    from zk0cli.datasets.uri import open_dataset, open_metadata, parse_uri
 
     uri = parse_uri(uri_text)
     meta = open_metadata(uri)

@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
 
     from zk0cli.fl.records import RunRecord
-    from zk0cli.services.datasets.uri import DatasetUri
+    from zk0cli.datasets.uri import DatasetUri
 
 MODE = "centralized"
 NODE = "centralized"  # the one "client" of the round records
@@ -201,8 +201,8 @@ def _union(config: RunConfig, federated: Any) -> list[TrainingData]:
     pooled, and a dataset whose content changed since is refused.
     """
     from zk0cli.fl.records import dataset_fingerprint
-    from zk0cli.services.datasets.partition import split_heldout
-    from zk0cli.services.datasets.uri import open_metadata, parse_uri
+    from zk0cli.datasets.partition import split_heldout
+    from zk0cli.datasets.uri import open_metadata, parse_uri
 
     used = _client_fingerprints(federated) if federated is not None else set()
     pool = []
@@ -295,7 +295,7 @@ def _train_rounds(plan: CentralizedPlan, record: "RunRecord", progress: Progress
     from zk0cli.policy.build import build_policy
     from zk0cli.policy.train import TrainConfig, train
     from zk0cli.policy.trainable import get_trainable, set_trainable
-    from zk0cli.services.datasets.uri import open_dataset, open_metadata
+    from zk0cli.datasets.uri import open_dataset, open_metadata
 
     config = dataclasses.replace(plan.config, num_server_rounds=len(plan.steps_per_round))
     seed_everything(config.seed)
@@ -377,7 +377,7 @@ def pooled_name(training: list[TrainingData]) -> str:
 
 
 def _name(uri: str) -> str:
-    from zk0cli.services.datasets.uri import parse_uri
+    from zk0cli.datasets.uri import parse_uri
 
     return parse_uri(uri).name
 
@@ -386,7 +386,7 @@ def pooled_source(training: list[TrainingData], progress: Progress) -> tuple["Da
     """The dataset holding the union of the training episodes, and those episodes' indices in it.
     One dataset is used in place; several are merged once into a cache."""
     from zk0cli.fl.records import dataset_fingerprint
-    from zk0cli.services.datasets.uri import open_metadata, parse_uri
+    from zk0cli.datasets.uri import open_metadata, parse_uri
 
     uris = [parse_uri(data.uri) for data in training]
     metas = [open_metadata(uri) for uri in uris]
@@ -408,7 +408,7 @@ def _merged_dataset(uris: list["DatasetUri"], metas: list["LeRobotDatasetMetadat
     from lerobot.datasets.aggregate import aggregate_datasets
 
     from zk0cli.fl.records import dataset_fingerprint
-    from zk0cli.services.datasets.uri import parse_uri
+    from zk0cli.datasets.uri import parse_uri
 
     digest = hashlib.sha256("\n".join(dataset_fingerprint(meta.root) for meta in metas).encode()).hexdigest()[:16]
     target = Paths.resolve().data_dir / "pooled" / f"{pooled_name(training)[:80]}-{digest}"

@@ -161,7 +161,7 @@ class Federation:
     def prepare(self, say: Callable[[str], None]) -> None:
         from zk0cli.policy.backbone import TINY, ensure_tiny_backbone
         from zk0cli.services import init
-        from zk0cli.services.datasets.sample import write_sample
+        from zk0cli.datasets.sample import write_sample
 
         say(f"demo federation under {self.root}")
         init.init_server(self.server, self.server.config_file, [HOST], force=False)

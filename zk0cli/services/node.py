@@ -58,7 +58,7 @@ def default_name(dataset_name: str) -> str:
 
 def validate(uri) -> object:
     """Run the dataset checks; the report (``errors``, ``warnings``, ``checks``) for the caller to act on."""
-    from zk0cli.services.datasets.validate import validate_dataset
+    from zk0cli.datasets.validate import validate_dataset
 
     return validate_dataset(uri)
 

@@ -162,7 +162,7 @@ def sim_request_from_record(ref: str | Path, *, overrides: dict[str, Any] | None
 def _check_record_datasets(run: RunData, clients: int) -> None:
     """The datasets the clients trained on and the server evaluated on still hold what they held."""
     from zk0cli.fl.records import dataset_fingerprint
-    from zk0cli.services.datasets.uri import open_metadata, parse_uri
+    from zk0cli.datasets.uri import open_metadata, parse_uri
 
     def refuse(uri: str) -> None:
         raise bad_input(f"dataset {uri} is not the one run {run.run_id} used (its content fingerprint differs)",
@@ -333,7 +333,7 @@ def _copy_videos(run: RunData, out_dir: Path) -> list[dict[str, Any]]:
 
 def _episodes_text(episodes: Any) -> str:
     if isinstance(episodes, list):
-        from zk0cli.services.datasets.layout import short_ranges
+        from zk0cli.datasets.layout import short_ranges
 
         return f"{len(episodes)} ({short_ranges(episodes)})"
     return "" if episodes is None else str(episodes)

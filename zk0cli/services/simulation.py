@@ -92,7 +92,7 @@ def resolve_config(request: SimRequest, paths: Paths, *, generate: Callable[[str
 
 
 def _canonical(text: str) -> str:
-    from zk0cli.services.datasets.uri import parse_uri
+    from zk0cli.datasets.uri import parse_uri
 
     return str(parse_uri(text))
 
@@ -100,7 +100,7 @@ def _canonical(text: str) -> str:
 def sample_datasets(paths: Paths, clients: int, *, progress: Callable[[str], None] | None = None) -> list[str]:
     """One generated dataset per client (tasks cycle pick, stack, sort), written once and reused."""
     from zk0cli.policy.backbone import ensure_tiny_backbone
-    from zk0cli.services.datasets.sample import write_sample
+    from zk0cli.datasets.sample import write_sample
 
     ensure_tiny_backbone()
     uris = []

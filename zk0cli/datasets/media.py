@@ -15,8 +15,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from zk0cli.core.checks import CheckResult, fail, ok, skip
-from zk0cli.services.datasets.layout import DatasetFiles, Frames, Progress
-from zk0cli.services.datasets.layout import short_ranges as _short_list
+from zk0cli.datasets.layout import DatasetFiles, Frames, Progress
+from zk0cli.datasets.layout import short_ranges as _short_list
 
 DEEP_HINT = "add --deep to decode the first and last frame of every episode"
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from zk0cli.services.datasets.layout import disk_size, load_tasks
-from zk0cli.services.datasets.media import camera_keys
-from zk0cli.services.datasets.uri import DatasetUri, dataset_root, read_info
+from zk0cli.datasets.layout import disk_size, load_tasks
+from zk0cli.datasets.media import camera_keys
+from zk0cli.datasets.uri import DatasetUri, dataset_root, read_info
 
 
 def dataset_info(uri: DatasetUri) -> dict:

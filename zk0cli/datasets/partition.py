@@ -16,7 +16,7 @@ from zk0cli.core.errors import bad_input
 if TYPE_CHECKING:
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
-    from zk0cli.services.datasets.uri import DatasetUri
+    from zk0cli.datasets.uri import DatasetUri
 
 Split = Literal["train", "heldout"]
 
@@ -84,7 +84,7 @@ def open_partition(
     It is an ordinary LeRobotDataset: DataLoaders, delta_timestamps and LeRobot's training code
     work on it unchanged. Its ``meta.stats`` still describe the whole dataset.
     """
-    from zk0cli.services.datasets.uri import open_dataset, open_metadata
+    from zk0cli.datasets.uri import open_dataset, open_metadata
 
     meta = open_metadata(uri)
     chosen = select_episodes(

@@ -16,11 +16,11 @@ import numpy as np
 
 from zk0cli.core.checks import CheckResult, Status, fail, ok, skip, summarize, warn
 from zk0cli.core.errors import ExitCode
-from zk0cli.services.datasets import media
-from zk0cli.services.datasets.layout import DatasetFiles, Frames, Progress, disk_size, read_dataset, rel
-from zk0cli.services.datasets.layout import short_ranges as _ranges
-from zk0cli.services.datasets.spec import FederationSpec, load_spec
-from zk0cli.services.datasets.uri import DatasetUri, codebase_major, convert_command, dataset_root, read_info
+from zk0cli.datasets import media
+from zk0cli.datasets.layout import DatasetFiles, Frames, Progress, disk_size, read_dataset, rel
+from zk0cli.datasets.layout import short_ranges as _ranges
+from zk0cli.datasets.spec import FederationSpec, load_spec
+from zk0cli.datasets.uri import DatasetUri, codebase_major, convert_command, dataset_root, read_info
 
 DEFAULT_TOLERANCE_S = 1e-4  # LeRobot's own tolerance_s
 REQUIRED_INFO_FIELDS = ("codebase_version", "fps", "features", "total_episodes", "total_frames",

@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 from zk0cli.core.errors import bad_input
-from zk0cli.services.datasets.uri import DatasetUri, local_dataset_dir, read_info
+from zk0cli.datasets.uri import DatasetUri, local_dataset_dir, read_info
 
 CONVERTIBLE = "v2.1"
 

@@ -1,0 +1,38 @@
+"""Times as zk0 writes and reads them: UTC ISO-8601 with a ``Z`` in files, local stamps in folder names."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+
+
+def utc_now_iso(timespec: str = "milliseconds") -> str:
+    """Now, e.g. ``2026-12-02T08:41:02.123Z``: the form of every time zk0 writes into a file."""
+    return iso_from_epoch(time.time(), timespec=timespec)
+
+
+def iso_from_epoch(epoch: float, *, timespec: str = "milliseconds") -> str:
+    return dt.datetime.fromtimestamp(epoch, dt.timezone.utc).isoformat(timespec=timespec).replace("+00:00", "Z")
+
+
+def iso_from_datetime(moment: dt.datetime, *, timespec: str = "milliseconds") -> str:
+    return moment.astimezone(dt.timezone.utc).isoformat(timespec=timespec).replace("+00:00", "Z")
+
+
+def epoch_from_iso(text: object) -> float | None:
+    """Epoch seconds of an ISO-8601 time: ``...Z``, an offset, or Flower's ``2026-12-02 05:28:17``
+    (no zone: UTC, as Flower writes it). None when absent or not a time (Flower's ``N/A``)."""
+    if not text:
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(str(text).strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=dt.timezone.utc)
+    return parsed.timestamp()
+
+
+def folder_stamp() -> str:
+    """``20261202-084102`` in local time: names of run, backup and comparison folders sort by it."""
+    return time.strftime("%Y%m%d-%H%M%S")
