@@ -46,19 +46,33 @@ def run_config(args: argparse.Namespace, seed: int) -> dict:
     from zk0cli.fl.run_config import parse_overrides
 
     tiny = {"chunk-size": 10, "batch-size": 4, "eval-batches": 2} if args.policy == "tiny" else {}
-    return {**tiny, "policy": args.policy, "device": args.device, "local-steps": args.local_steps,
-            "video-frequency": 1000, **parse_overrides(args.settings), "seed": seed}
+    return {
+        **tiny,
+        "policy": args.policy,
+        "device": args.device,
+        "local-steps": args.local_steps,
+        "video-frequency": 1000,
+        **parse_overrides(args.settings),
+        "seed": seed,
+    }
 
 
 def federated_run(args: argparse.Namespace, seed: int) -> Path:
     from zk0cli.core.paths import Paths
     from zk0cli.services import simulation
 
-    request = simulation.SimRequest(clients=args.clients, rounds=args.rounds, run_config=run_config(args, seed),
-                                    datasets=list(args.dataset))
-    result = simulation.run(request, Paths.resolve(), on_message=lambda m: print(f"  {m}", file=sys.stderr),
-                            on_round=lambda r: print(f"  federated round {r.round}/{r.rounds}: server loss "
-                                                     f"{r.summary.get('server_policy_loss')}", file=sys.stderr))
+    request = simulation.SimRequest(
+        clients=args.clients, rounds=args.rounds, run_config=run_config(args, seed), datasets=list(args.dataset)
+    )
+    result = simulation.run(
+        request,
+        Paths.resolve(),
+        on_message=lambda m: print(f"  {m}", file=sys.stderr),
+        on_round=lambda r: print(
+            f"  federated round {r.round}/{r.rounds}: server loss {r.summary.get('server_policy_loss')}",
+            file=sys.stderr,
+        ),
+    )
     return result.run_dir
 
 
@@ -93,8 +107,10 @@ def main(argv: list[str] | None = None) -> int:
         if exc.code:
             return int(exc.code)
     ratio = seconds["federated"] / seconds["centralized"]
-    print(f"wall clock: federated {seconds['federated']:.1f} s, centralized {seconds['centralized']:.1f} s "
-          f"(federated / centralized = {ratio:.2f}) over {args.seeds} seed(s)")
+    print(
+        f"wall clock: federated {seconds['federated']:.1f} s, centralized {seconds['centralized']:.1f} s "
+        f"(federated / centralized = {ratio:.2f}) over {args.seeds} seed(s)"
+    )
     return 0
 
 

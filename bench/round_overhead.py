@@ -61,43 +61,56 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="zk0-bench-overhead-"))
     root = work / "federation"
     load_before = os.getloadavg()
-    options = demo.DemoOptions(rounds=args.rounds, keep=True, root=root,
-                               settings={"local-steps": args.local_steps, "eval-frequency": 1000})
+    options = demo.DemoOptions(
+        rounds=args.rounds, keep=True, root=root, settings={"local-steps": args.local_steps, "eval-frequency": 1000}
+    )
     started = time.monotonic()
-    result = demo.run(options, Paths.resolve(work / "caller").runs_dir, on_message=lambda m: print("  " + m, flush=True),
-                      on_round=lambda entry, rounds: print(f"  round {entry['round']}/{rounds} done", flush=True))
+    result = demo.run(
+        options,
+        Paths.resolve(work / "caller").runs_dir,
+        on_message=lambda m: print("  " + m, flush=True),
+        on_round=lambda entry, rounds: print(f"  round {entry['round']}/{rounds} done", flush=True),
+    )
     wall = time.monotonic() - started
     rounds = [json.loads(p.read_text()) for p in sorted(result.run_dir.glob("round_*_server_eval.json"))]
     rounds = sorted((r for r in rounds if r["round"] > 0), key=lambda r: r["round"])
     messages = {name: train_messages(root / name / "state" / "logs" / f"node-{name}.log") for name, _ in demo.NODES}
-    print(f"\nload average before {fmt_load(load_before)}, after {fmt_load(os.getloadavg())}; "
-          f"{args.rounds} rounds, local-steps {args.local_steps}; demo total {wall:.0f} s "
-          f"({', '.join(f'{k} {v:.0f} s' for k, v in result.stage_seconds.items())})")
+    print(
+        f"\nload average before {fmt_load(load_before)}, after {fmt_load(os.getloadavg())}; "
+        f"{args.rounds} rounds, local-steps {args.local_steps}; demo total {wall:.0f} s "
+        f"({', '.join(f'{k} {v:.0f} s' for k, v in result.stage_seconds.items())})"
+    )
     ratios = {}
     for entry in rounds:
         each = entry["clients"]["each"]
         training = max(c["metrics"]["seconds"] for c in each)
         ratio = ratios[entry["round"]] = entry["seconds"] / training
-        print(f"\nround {entry['round']}: wall {entry['seconds']:.1f} s, slowest client training {training:.1f} s, "
-              f"ratio {ratio:.2f} (target <= {TARGET})")
+        print(
+            f"\nround {entry['round']}: wall {entry['seconds']:.1f} s, slowest client training {training:.1f} s, "
+            f"ratio {ratio:.2f} (target <= {TARGET})"
+        )
         slowest_message = 0.0
         for name, per_round in messages.items():
             parts = per_round[entry["round"] - 1] if len(per_round) >= entry["round"] else None
             if parts is None:
                 continue
             slowest_message = max(slowest_message, parts["total"])
-            print(f"  {name:6} message {parts['total']:5.1f} s = download {parts['download']:4.1f} + handoff to the "
-                  f"ClientApp host {parts['handoff']:4.1f} + to first step {parts['startup']:4.1f} + training "
-                  f"{parts['training']:4.1f} + reply built {parts['reply']:4.1f} + upload {parts['upload']:4.1f}")
+            print(
+                f"  {name:6} message {parts['total']:5.1f} s = download {parts['download']:4.1f} + handoff to the "
+                f"ClientApp host {parts['handoff']:4.1f} + to first step {parts['startup']:4.1f} + training "
+                f"{parts['training']:4.1f} + reply built {parts['reply']:4.1f} + upload {parts['upload']:4.1f}"
+            )
         print(f"  server side and polling (round wall - slowest message): {entry['seconds'] - slowest_message:.1f} s")
     steady = [ratio for number, ratio in ratios.items() if number > 1]
     if not steady:
         print(f"\nround 1 ratio {ratios.get(1, 0):.2f}; run at least 2 rounds for the steady state")
         return 1
     worst = max(steady)
-    print(f"\nsteady state (rounds 2-{max(ratios)}): worst ratio {worst:.2f}, target <= {TARGET} "
-          f"{'met' if worst <= TARGET else 'MISSED'}; round 1 (one-time policy build on each node) "
-          f"{ratios[1]:.2f}; record {result.run_dir}")
+    print(
+        f"\nsteady state (rounds 2-{max(ratios)}): worst ratio {worst:.2f}, target <= {TARGET} "
+        f"{'met' if worst <= TARGET else 'MISSED'}; round 1 (one-time policy build on each node) "
+        f"{ratios[1]:.2f}; record {result.run_dir}"
+    )
     return 0 if worst <= TARGET else 1
 
 

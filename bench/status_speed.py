@@ -74,8 +74,10 @@ def bench_empty(home: Path, runs: int) -> dict[str, tuple[float, float]]:
     for _ in range(runs):
         for name, (argv, command_env) in commands.items():
             samples[name].append(measure(argv, command_env, check=False))  # flwr exits 1: nothing to reach
-    return {name: (statistics.median(w for w, _ in found), statistics.median(c for _, c in found))
-            for name, found in samples.items()}
+    return {
+        name: (statistics.median(w for w, _ in found), statistics.median(c for _, c in found))
+        for name, found in samples.items()
+    }
 
 
 def wait_healthy(port: int, timeout_s: float = 120.0) -> None:
@@ -101,25 +103,49 @@ def replay_record(runs_dir: Path) -> None:
 
 
 def bench_refresh(home: Path, refreshes: int, runs: int) -> tuple[float, float, dict]:
-    from zk0cli.core.paths import Paths
-    from zk0cli.services import flower, supervisor
     from rich.console import Console
 
+    from zk0cli.core.paths import Paths
+    from zk0cli.services import flower, supervisor
     from zk0cli.services.status import StatusCollector
     from zk0cli.ui.status import render_status
 
     os.environ["ZK0_HOME"] = str(home)
     paths = Paths.resolve(home)
-    env = dict(os.environ, FLWR_TELEMETRY_ENABLED="0", FLWR_DISABLE_UPDATE_CHECK="1", PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
+    env = dict(
+        os.environ,
+        FLWR_TELEMETRY_ENABLED="0",
+        FLWR_DISABLE_UPDATE_CHECK="1",
+        PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}",
+    )
     port = free_port()
-    link = subprocess.Popen([str(BIN / "flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(port),
-                             "--disable-runtime-dependency-installation"], env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    node = subprocess.Popen([str(BIN / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{port}", "--port",
-                             str(free_port())], env=dict(env, FLWR_HOME=str(home / "node-home")), start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    service = supervisor.ServiceSpec(name="server", kind="server", processes=[
-        supervisor.ProcessSpec(name="sleeper", argv=[sys.executable, "-c", "import time; time.sleep(600)"])])
+    link = subprocess.Popen(
+        [
+            str(BIN / "flower-superlink"),
+            "--insecure",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--disable-runtime-dependency-installation",
+        ],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    node = subprocess.Popen(
+        [str(BIN / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{port}", "--port", str(free_port())],
+        env=dict(env, FLWR_HOME=str(home / "node-home")),
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    service = supervisor.ServiceSpec(
+        name="server",
+        kind="server",
+        processes=[supervisor.ProcessSpec(name="sleeper", argv=[sys.executable, "-c", "import time; time.sleep(600)"])],
+    )
     try:
         wait_healthy(port)
         flower.write_cli_connection(paths, address=f"127.0.0.1:{port}", root_ca=None)
@@ -138,11 +164,17 @@ def bench_refresh(home: Path, refreshes: int, runs: int) -> tuple[float, float, 
             console.print(render_status(snapshot, width=console.width))
         zk0_cpu = (time.process_time() - started) / refreshes
         flwr = [str(BIN / "flwr")]
-        asks = [[*flwr, "ls", flower.CLI_CONNECTION, "--format", "json"],
-                [*flwr, "supernode", "list", flower.CLI_CONNECTION, "--format", "json"]]
+        asks = [
+            [*flwr, "ls", flower.CLI_CONNECTION, "--format", "json"],
+            [*flwr, "supernode", "list", flower.CLI_CONNECTION, "--format", "json"],
+        ]
         flwr_cpu = statistics.median(sum(measure(argv, flwr_env)[1] for argv in asks) for _ in range(runs))
-        seen = {"services": len(snapshot.services), "nodes": len(snapshot.federation.nodes), "runs": len(snapshot.runs),
-                "sources": {k: v.state for k, v in snapshot.sources.items()}}
+        seen = {
+            "services": len(snapshot.services),
+            "nodes": len(snapshot.federation.nodes),
+            "runs": len(snapshot.runs),
+            "sources": {k: v.state for k, v in snapshot.sources.items()},
+        }
         return zk0_cpu, flwr_cpu, seen
     finally:
         supervisor.stop_service(paths, "server")
@@ -161,16 +193,22 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         empty = bench_empty(Path(tmp) / "empty", args.runs)
         (zk0_s, zk0_cpu_s), (flwr_s, flwr_cpu_s) = empty["zk0"], empty["flwr"]
-        print(f"nothing running (median of {args.runs}): zk0 status --json {zk0_s:.3f} s wall / {zk0_cpu_s:.3f} s CPU, "
-              f"flwr ls --format json {flwr_s:.3f} s wall / {flwr_cpu_s:.3f} s CPU; "
-              f"ratio zk0/flwr {zk0_s / flwr_s:.2f} wall, {zk0_cpu_s / flwr_cpu_s:.2f} CPU; target zk0 <= {TARGET_EMPTY_S} s")
+        print(
+            f"nothing running (median of {args.runs}): zk0 status --json {zk0_s:.3f} s wall / {zk0_cpu_s:.3f} s CPU, "
+            f"flwr ls --format json {flwr_s:.3f} s wall / {flwr_cpu_s:.3f} s CPU; "
+            f"ratio zk0/flwr {zk0_s / flwr_s:.2f} wall, {zk0_cpu_s / flwr_cpu_s:.2f} CPU; target zk0 <= {TARGET_EMPTY_S} s"
+        )
         floor_s, floor_cpu_s = empty["floor"]
-        print(f"  of which the zk0 command's own start-up (zk0 --version): {floor_s:.3f} s wall / {floor_cpu_s:.3f} s CPU")
+        print(
+            f"  of which the zk0 command's own start-up (zk0 --version): {floor_s:.3f} s wall / {floor_cpu_s:.3f} s CPU"
+        )
         ok &= zk0_s <= TARGET_EMPTY_S
         zk0_cpu, flwr_cpu, seen = bench_refresh(Path(tmp) / "live", args.refreshes, args.runs)
-        print(f"one refresh (live SuperLink, {seen}): zk0 snapshot + render {zk0_cpu * 1000:.1f} ms CPU, "
-              f"flwr ls + flwr supernode list {flwr_cpu * 1000:.0f} ms CPU; ratio zk0/flwr {zk0_cpu / flwr_cpu:.3f}; "
-              f"target zk0 <= {TARGET_REFRESH_CPU_S * 1000:.0f} ms")
+        print(
+            f"one refresh (live SuperLink, {seen}): zk0 snapshot + render {zk0_cpu * 1000:.1f} ms CPU, "
+            f"flwr ls + flwr supernode list {flwr_cpu * 1000:.0f} ms CPU; ratio zk0/flwr {zk0_cpu / flwr_cpu:.3f}; "
+            f"target zk0 <= {TARGET_REFRESH_CPU_S * 1000:.0f} ms"
+        )
         ok &= zk0_cpu <= TARGET_REFRESH_CPU_S
     return 0 if ok else 1
 

@@ -42,8 +42,13 @@ def free_port() -> int:
 
 
 def zk0(home: Path, *args: str) -> str:
-    done = subprocess.run([sys.executable, "-m", "zk0cli", *args], env={**os.environ, "ZK0_HOME": str(home)},
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "zk0cli", *args],
+        env={**os.environ, "ZK0_HOME": str(home)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     if done.returncode != 0:
         sys.exit(f"zk0 {' '.join(args)} failed: {done.stderr.strip()}")
     return done.stdout
@@ -82,8 +87,13 @@ def cold_start(home: Path) -> float:
     env = supervisor.process_env(supervisor.ProcessSpec(name="cold", argv=[], flwr_home=str(home / "cold")))
     (home / "cold").mkdir(exist_ok=True)
     start = time.monotonic()
-    process = subprocess.Popen(["flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{free_port()}", "--port", str(port)],
-                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    process = subprocess.Popen(
+        ["flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{free_port()}", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         return wait_health(f"http://127.0.0.1:{port}/health") - start
     finally:
@@ -101,10 +111,32 @@ def main() -> None:
     zk0(server, "init", "--role", "server", "-y")
     zk0(node, "init", "--role", "node", "--ca-cert", str(server / "config" / "pki" / "ca.pem"), "-y")
     try:
-        zk0(server, "server", "serve", "--host", "127.0.0.1", "--port", str(port), "--control-port", str(control), "--detach")
+        zk0(
+            server,
+            "server",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--control-port",
+            str(control),
+            "--detach",
+        )
         zk0(server, "server", "nodes", "add", str(node / "config" / "pki" / "node_key.pub"), "--name", "bench")
-        zk0(node, "node", "join", "--server", f"127.0.0.1:{port}", "--dataset", str(root), "--name", "bench",
-            "--skip-validation", "--detach")
+        zk0(
+            node,
+            "node",
+            "join",
+            "--server",
+            f"127.0.0.1:{port}",
+            "--dataset",
+            str(root),
+            "--name",
+            "bench",
+            "--skip-validation",
+            "--detach",
+        )
         paths = Paths.resolve(node)
         settle_s = RestartPolicy().quick_exit_s + 1
         runtime, connected = [], []

@@ -70,8 +70,13 @@ def lerobot_loop(built, dataset, steps: int, batch_size: int, seed: int) -> floa
                 batch[key] = batch[key].to(dtype=torch.float32) / 255.0
         batch = built.preprocessor(batch)
         tracker, _ = update_policy(
-            tracker, policy, batch, optimizer, config.optimizer_grad_clip_norm,
-            accelerator=accelerator, lr_scheduler=scheduler,
+            tracker,
+            policy,
+            batch,
+            optimizer,
+            config.optimizer_grad_clip_norm,
+            accelerator=accelerator,
+            lr_scheduler=scheduler,
         )
         tracker.step()
     return time.perf_counter() - started
@@ -104,16 +109,21 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as scratch:
         os.environ.update(
-            HF_HUB_OFFLINE="1", HF_HOME=f"{scratch}/hf", HF_LEROBOT_HOME=f"{scratch}/hf/lerobot", ZK0_HOME=f"{scratch}/zk0"
+            HF_HUB_OFFLINE="1",
+            HF_HOME=f"{scratch}/hf",
+            HF_LEROBOT_HOME=f"{scratch}/hf/lerobot",
+            ZK0_HOME=f"{scratch}/zk0",
         )
         import torch
         from lerobot.datasets.lerobot_dataset import LeRobotDataset, LeRobotDatasetMetadata
 
-        from zk0cli.policy.build import PolicySpec, build_policy
         from zk0cli.datasets.sample import write_sample
+        from zk0cli.policy.build import PolicySpec, build_policy
 
         torch.set_num_threads(args.threads)
-        root = write_sample(Path(scratch) / "pick", task="pick", episodes=4, frames_per_episode=60, image_size=64, seed=0)
+        root = write_sample(
+            Path(scratch) / "pick", task="pick", episodes=4, frames_per_episode=60, image_size=64, seed=0
+        )
         meta = LeRobotDatasetMetadata("local/pick", root=root)
         spec = PolicySpec(tiny=True, chunk_size=CHUNK, device=args.device)
         loops = {"zk0": zk0_loop, "lerobot": lerobot_loop}
@@ -122,8 +132,10 @@ def main() -> int:
         deltas = built["zk0"].delta_timestamps(meta)
         dataset = LeRobotDataset("local/pick", root=root, delta_timestamps=deltas, video_backend="pyav")
         device = built["zk0"].device
-        print(f"device {device}, torch threads {torch.get_num_threads()}, {len(dataset)} frames, "
-              f"batch {args.batch_size}, {args.steps} steps x {args.repeats} pairs of runs")
+        print(
+            f"device {device}, torch threads {torch.get_num_threads()}, {len(dataset)} frames, "
+            f"batch {args.batch_size}, {args.steps} steps x {args.repeats} pairs of runs"
+        )
 
         for name, loop in loops.items():  # warm-up: caches, allocator, lazy imports
             loop(built[name], dataset, 3, args.batch_size, seed=0)

@@ -36,8 +36,13 @@ def build(root: Path, frames: int, episode_length: int, files: int) -> None:
     action = (40 * np.sin(t[:, None] * np.linspace(0.5, 1.5, 6) + phase)).astype(np.float32)
     state = (action + rng.normal(0, 0.2, action.shape)).astype(np.float32)
     columns = {
-        "action": action, "observation.state": state, "timestamp": t.astype(np.float32), "frame_index": frame,
-        "episode_index": episode, "index": np.arange(frames, dtype=np.int64), "task_index": np.zeros(frames, np.int64),
+        "action": action,
+        "observation.state": state,
+        "timestamp": t.astype(np.float32),
+        "frame_index": frame,
+        "episode_index": episode,
+        "index": np.arange(frames, dtype=np.int64),
+        "task_index": np.zeros(frames, np.int64),
     }
     per_file = int(np.ceil(episodes / files))
     file_of_episode = np.arange(episodes) // per_file
@@ -49,32 +54,48 @@ def build(root: Path, frames: int, episode_length: int, files: int) -> None:
         pq.write_table(table, path)
 
     starts = np.arange(episodes, dtype=np.int64) * episode_length
-    meta = pa.table({
-        "episode_index": np.arange(episodes, dtype=np.int64),
-        "tasks": pa.array([["Pick up the cube and place it in the box"]] * episodes),
-        "length": np.full(episodes, episode_length, dtype=np.int64),
-        "data/chunk_index": np.zeros(episodes, dtype=np.int64),
-        "data/file_index": file_of_episode.astype(np.int64),
-        "dataset_from_index": starts,
-        "dataset_to_index": starts + episode_length,
-        "meta/episodes/chunk_index": np.zeros(episodes, dtype=np.int64),
-        "meta/episodes/file_index": np.zeros(episodes, dtype=np.int64),
-    })
+    meta = pa.table(
+        {
+            "episode_index": np.arange(episodes, dtype=np.int64),
+            "tasks": pa.array([["Pick up the cube and place it in the box"]] * episodes),
+            "length": np.full(episodes, episode_length, dtype=np.int64),
+            "data/chunk_index": np.zeros(episodes, dtype=np.int64),
+            "data/file_index": file_of_episode.astype(np.int64),
+            "dataset_from_index": starts,
+            "dataset_to_index": starts + episode_length,
+            "meta/episodes/chunk_index": np.zeros(episodes, dtype=np.int64),
+            "meta/episodes/file_index": np.zeros(episodes, dtype=np.int64),
+        }
+    )
     (root / "meta/episodes/chunk-000").mkdir(parents=True)
     pq.write_table(meta, root / "meta/episodes/chunk-000/file-000.parquet")
-    pq.write_table(pa.table({"task_index": [0], "task": ["Pick up the cube and place it in the box"]}),
-                   root / "meta/tasks.parquet")
+    pq.write_table(
+        pa.table({"task_index": [0], "task": ["Pick up the cube and place it in the box"]}), root / "meta/tasks.parquet"
+    )
     vector = {"dtype": "float32", "shape": [6], "names": JOINTS}
     scalar = lambda dtype: {"dtype": dtype, "shape": [1], "names": None}  # noqa: E731
     info = {
-        "codebase_version": "v3.0", "robot_type": "so100_follower", "total_episodes": episodes,
-        "total_frames": frames, "total_tasks": 1, "chunks_size": 1000, "data_files_size_in_mb": 100,
-        "video_files_size_in_mb": 200, "fps": FPS, "splits": {"train": f"0:{episodes}"},
+        "codebase_version": "v3.0",
+        "robot_type": "so100_follower",
+        "total_episodes": episodes,
+        "total_frames": frames,
+        "total_tasks": 1,
+        "chunks_size": 1000,
+        "data_files_size_in_mb": 100,
+        "video_files_size_in_mb": 200,
+        "fps": FPS,
+        "splits": {"train": f"0:{episodes}"},
         "data_path": "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet",
         "video_path": None,
-        "features": {"action": vector, "observation.state": vector, "timestamp": scalar("float32"),
-                     "frame_index": scalar("int64"), "episode_index": scalar("int64"), "index": scalar("int64"),
-                     "task_index": scalar("int64")},
+        "features": {
+            "action": vector,
+            "observation.state": vector,
+            "timestamp": scalar("float32"),
+            "frame_index": scalar("int64"),
+            "episode_index": scalar("int64"),
+            "index": scalar("int64"),
+            "task_index": scalar("int64"),
+        },
     }
     (root / "meta/info.json").write_text(json.dumps(info, indent=2))
     stats = {key: _stats(columns[key]) for key in ("action", "observation.state")}
@@ -90,8 +111,14 @@ def _vectors(values: np.ndarray) -> pa.Array:
 def _stats(values: np.ndarray) -> dict:
     v = values.astype(np.float64)
     q = {f"q{p:02d}": np.percentile(v, p, axis=0).tolist() for p in (1, 10, 50, 90, 99)}
-    return {"min": v.min(0).tolist(), "max": v.max(0).tolist(), "mean": v.mean(0).tolist(),
-            "std": v.std(0).tolist(), "count": [len(v)], **q}
+    return {
+        "min": v.min(0).tolist(),
+        "max": v.max(0).tolist(),
+        "mean": v.mean(0).tolist(),
+        "std": v.std(0).tolist(),
+        "count": [len(v)],
+        **q,
+    }
 
 
 def main() -> None:

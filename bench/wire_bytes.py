@@ -29,8 +29,12 @@ TARGET_VS_BF16 = 1.05
 
 def main() -> int:
     with tempfile.TemporaryDirectory(prefix="zk0-wire-") as tmp:
-        os.environ.update(ZK0_HOME=str(Path(tmp) / "home"), HF_HUB_OFFLINE="1", HF_HOME=str(Path(tmp) / "hf"),
-                          HF_LEROBOT_HOME=str(Path(tmp) / "hf" / "lerobot"))
+        os.environ.update(
+            ZK0_HOME=str(Path(tmp) / "home"),
+            HF_HUB_OFFLINE="1",
+            HF_HOME=str(Path(tmp) / "hf"),
+            HF_LEROBOT_HOME=str(Path(tmp) / "hf" / "lerobot"),
+        )
         return measure(Path(tmp))
 
 
@@ -38,6 +42,8 @@ def measure(tmp: Path) -> int:
     import numpy as np
     from flwr.app import ConfigRecord
 
+    from zk0cli.datasets.sample import write_sample
+    from zk0cli.datasets.uri import open_metadata, parse_uri
     from zk0cli.fl import client_app, integrity
     from zk0cli.fl.loopback import LoopbackGrid, serialise, wire_bytes
     from zk0cli.fl.node import Assignment, NodeRuntime
@@ -45,8 +51,6 @@ def measure(tmp: Path) -> int:
     from zk0cli.fl.strategy import Zk0FedProx
     from zk0cli.policy.build import build_policy
     from zk0cli.policy.trainable import get_trainable
-    from zk0cli.datasets.sample import write_sample
-    from zk0cli.datasets.uri import open_metadata, parse_uri
 
     started = time.perf_counter()
     dataset = write_sample(tmp / "pick", episodes=1, frames_per_episode=10, image_size=32)
@@ -58,37 +62,53 @@ def measure(tmp: Path) -> int:
     global_weights = {name: t.numpy() for name, t in get_trainable(built.policy).items()}
     trainable = sum(v.size for v in global_weights.values())
     bf16_raw = trainable * 2
-    print(f"policy built in {time.perf_counter() - started:.0f} s: {sum(t.numel() for t in state.values()) / 1e6:.1f}M "
-          f"parameters+buffers, {trainable / 1e6:.1f}M trainable in {len(global_weights)} tensors")
+    print(
+        f"policy built in {time.perf_counter() - started:.0f} s: {sum(t.numel() for t in state.values()) / 1e6:.1f}M "
+        f"parameters+buffers, {trainable / 1e6:.1f}M trainable in {len(global_weights)} tensors"
+    )
 
     rng = np.random.default_rng(0)
-    local = {name: value + rng.normal(0, 1e-4, value.shape).astype(np.float32) for name, value in global_weights.items()}
+    local = {
+        name: value + rng.normal(0, 1e-4, value.shape).astype(np.float32) for name, value in global_weights.items()
+    }
     node = NodeRuntime(Assignment(str(uri)), uri, built, None, None, "0" * 64)
     grid = LoopbackGrid(client_app.app, [{}], config.to_flwr())  # only its node list is used here
     rows = []
     for bf16 in (True, False):
-        strategy = Zk0FedProx(RunConfig(uplink_bf16_delta=bf16, min_available_nodes=1), global_weights,
-                              lambda *_: None, lambda *_: None)
+        strategy = Zk0FedProx(
+            RunConfig(uplink_bf16_delta=bf16, min_available_nodes=1), global_weights, lambda *_: None, lambda *_: None
+        )
         message = next(iter(strategy.configure_train(1, strategy.initial_arrays(), ConfigRecord(), grid)))
         message.metadata.__dict__["_message_id"] = "bench"
-        reply = client_app.train_reply(message, node, local, global_weights, strategy.encoding,
-                                       {"loss": 1.0, "samples": 8})
-        rows.append((strategy.encoding, wire_bytes(message), wire_bytes(reply), len(serialise(message)),
-                     len(serialise(reply))))
-        checked = integrity.check_update(reply.content["arrays"], str(reply.content["info"]["sha256"]),
-                                         strategy.spec, strategy.encoding, global_weights)
+        reply = client_app.train_reply(
+            message, node, local, global_weights, strategy.encoding, {"loss": 1.0, "samples": 8}
+        )
+        rows.append(
+            (strategy.encoding, wire_bytes(message), wire_bytes(reply), len(serialise(message)), len(serialise(reply)))
+        )
+        checked = integrity.check_update(
+            reply.content["arrays"],
+            str(reply.content["info"]["sha256"]),
+            strategy.spec,
+            strategy.encoding,
+            global_weights,
+        )
         assert checked.reason == "", checked.reason
 
     print(f"\n(a) full fp32 state dict:        {full_fp32 / 2**20:10.1f} MiB")
     print(f"(b) trainable parameters x 2 B:  {bf16_raw / 2**20:10.1f} MiB\n")
     print(f"{'uplink encoding':16} {'down MiB':>10} {'up MiB':>10} {'(a)/up':>8} {'up/(b)':>8} {'objects down/up':>16}")
     for encoding, down, up, objects_down, objects_up in rows:
-        print(f"{encoding:16} {down / 2**20:10.1f} {up / 2**20:10.1f} {full_fp32 / up:8.2f} {up / bf16_raw:8.4f} "
-              f"{objects_down:>8}/{objects_up}")
+        print(
+            f"{encoding:16} {down / 2**20:10.1f} {up / 2**20:10.1f} {full_fp32 / up:8.2f} {up / bf16_raw:8.4f} "
+            f"{objects_down:>8}/{objects_up}"
+        )
     _, _, up, _, _ = rows[0]
     ok = full_fp32 / up >= TARGET_VS_FULL and up / bf16_raw <= TARGET_VS_BF16
-    print(f"\nbf16-delta upload: {full_fp32 / up:.2f}x less than (a) (target >= {TARGET_VS_FULL:g}), "
-          f"{up / bf16_raw:.4f}x (b) (target <= {TARGET_VS_BF16:g}): {'OK' if ok else 'MISSED'}")
+    print(
+        f"\nbf16-delta upload: {full_fp32 / up:.2f}x less than (a) (target >= {TARGET_VS_FULL:g}), "
+        f"{up / bf16_raw:.4f}x (b) (target <= {TARGET_VS_BF16:g}): {'OK' if ok else 'MISSED'}"
+    )
     print("download (server -> client) stays fp32: the server's master weights, exact on every node")
     return 0 if ok else 1
 

@@ -62,8 +62,9 @@ def sample_dataset_master(tmp_path_factory) -> Path:
     """One small image dataset written with LeRobot's writer, shared read-only by the session."""
     from zk0cli.datasets.sample import write_sample
 
-    return write_sample(tmp_path_factory.mktemp("datasets") / "pick", episodes=3, frames_per_episode=40,
-                        image_size=32, seed=0)
+    return write_sample(
+        tmp_path_factory.mktemp("datasets") / "pick", episodes=3, frames_per_episode=40, image_size=32, seed=0
+    )
 
 
 @pytest.fixture
@@ -106,18 +107,26 @@ def v21_dataset(sample_dataset) -> Path:
 
     tasks = pq.read_table(root / "meta/tasks.parquet").to_pylist()
     jsonl("tasks.jsonl", ({"task_index": t["task_index"], "task": t["task"]} for t in tasks))
-    jsonl("episodes.jsonl", ({"episode_index": r["episode_index"], "tasks": r["tasks"], "length": r["length"]}
-                             for r in episodes_meta))
-    jsonl("episodes_stats.jsonl", ({"episode_index": r["episode_index"], "stats": _episode_stats(r)}
-                                   for r in episodes_meta))
+    jsonl(
+        "episodes.jsonl",
+        ({"episode_index": r["episode_index"], "tasks": r["tasks"], "length": r["length"]} for r in episodes_meta),
+    )
+    jsonl(
+        "episodes_stats.jsonl",
+        ({"episode_index": r["episode_index"], "stats": _episode_stats(r)} for r in episodes_meta),
+    )
     import shutil
 
     shutil.rmtree(root / "meta/episodes")
     (root / "meta/tasks.parquet").unlink()
     info_path = root / "meta/info.json"
     info = json.loads(info_path.read_text())
-    info.update(codebase_version="v2.1", total_chunks=1, total_videos=0,
-                data_path="data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet")
+    info.update(
+        codebase_version="v2.1",
+        total_chunks=1,
+        total_videos=0,
+        data_path="data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet",
+    )
     info_path.write_text(json.dumps(info, indent=2))
     return root
 
@@ -127,7 +136,7 @@ def _episode_stats(row: dict) -> dict:
     stats: dict = {}
     for column, value in row.items():
         if column.startswith("stats/"):
-            feature, metric = column[len("stats/"):].rsplit("/", 1)
+            feature, metric = column[len("stats/") :].rsplit("/", 1)
             stats.setdefault(feature, {})[metric] = value
     return stats
 
@@ -141,8 +150,10 @@ def fl_datasets(tmp_path_factory) -> list[Path]:
     from zk0cli.datasets.sample import write_sample
 
     root = tmp_path_factory.mktemp("fl-datasets")
-    return [write_sample(root / task, task=task, episodes=3, frames_per_episode=30, image_size=32, seed=index)
-            for index, task in enumerate(("pick", "stack"))]
+    return [
+        write_sample(root / task, task=task, episodes=3, frames_per_episode=30, image_size=32, seed=index)
+        for index, task in enumerate(("pick", "stack"))
+    ]
 
 
 @pytest.fixture

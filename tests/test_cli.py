@@ -29,7 +29,11 @@ def test_json_mode_keeps_stdout_parseable(cli):
 def test_json_errors_are_a_json_document_too(cli):
     result = cli("--json", "config", "get", "no.such.key")
     assert result.code == 2
-    assert result.json() == {"error": "unknown config key 'no.such.key'", "hint": "see `zk0 config show` for the keys", "exit_code": 2}
+    assert result.json() == {
+        "error": "unknown config key 'no.such.key'",
+        "hint": "see `zk0 config show` for the keys",
+        "exit_code": 2,
+    }
 
 
 def test_config_commands_round_trip(cli):
@@ -82,7 +86,9 @@ def test_unexpected_errors_are_one_line_unless_verbose(cli, monkeypatch):
 
 
 def test_generated_command_reference_is_current():
-    check = subprocess.run([sys.executable, str(ROOT / "docs" / "gen_reference.py"), "--check"], capture_output=True, text=True, timeout=60)
+    check = subprocess.run(
+        [sys.executable, str(ROOT / "docs" / "gen_reference.py"), "--check"], capture_output=True, text=True, timeout=60
+    )
     assert check.returncode == 0, check.stdout + check.stderr
 
 

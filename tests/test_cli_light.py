@@ -11,16 +11,16 @@ import pytest
 HEAVY = ("torch", "lerobot", "transformers", "flwr", "numpy", "pandas", "pyarrow")
 
 # Runs one command through the real entry point, then reports which heavy modules got imported.
-PROBE = """
+PROBE = f"""
 import json, sys
 from zk0cli.cli.app import main
 try:
     main(sys.argv[1:])
 except SystemExit as exc:
     code = exc.code
-heavy = sorted(name for name in sys.modules if name.split(".")[0] in {heavy!r})
+heavy = sorted(name for name in sys.modules if name.split(".")[0] in {set(HEAVY)!r})
 sys.__stderr__.write("\\nHEAVY=" + json.dumps({{"code": code, "heavy": sorted({{n.split(".")[0] for n in heavy}})}}) + "\\n")
-""".format(heavy=set(HEAVY))
+"""
 
 
 @pytest.mark.parametrize(

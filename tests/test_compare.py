@@ -8,8 +8,8 @@ import statistics
 from pathlib import Path
 
 import pytest
-
 from test_report import write_record
+
 from zk0cli.core.errors import ExitCode
 from zk0cli.services import compare
 
@@ -46,14 +46,26 @@ def test_mean_ci_and_welch_gap_by_hand():
 def test_compare_reads_every_number_from_the_records(cli, zk0_home, tmp_path):
     runs = zk0_home / "data" / "runs"
     fed = [write_record(runs, f"fed-{s}", [2.0, 1.6, 1.2 + 0.1 * s], seed=s) for s in (1, 2, 3)]
-    cen = [write_record(runs, f"cen-{s}", [2.0, 1.3, 1.0 - 0.02 * s], seed=s, mode="centralized",
-                        steps_per_client=15) for s in (1, 2, 3)]
-    result = cli("compare", ",".join(p.name for p in fed), ",".join(str(p) for p in cen),
-                 "--out", str(tmp_path / "cmp"), "--json")
+    cen = [
+        write_record(runs, f"cen-{s}", [2.0, 1.3, 1.0 - 0.02 * s], seed=s, mode="centralized", steps_per_client=15)
+        for s in (1, 2, 3)
+    ]
+    result = cli(
+        "compare",
+        ",".join(p.name for p in fed),
+        ",".join(str(p) for p in cen),
+        "--out",
+        str(tmp_path / "cmp"),
+        "--json",
+    )
     assert result.code == 0, result.stderr
     data = result.json()
     federated, centralized = data["arms"]
-    assert (federated["mode"], centralized["mode"], data["reference"]) == ("federated", "centralized", centralized["label"])
+    assert (federated["mode"], centralized["mode"], data["reference"]) == (
+        "federated",
+        "centralized",
+        centralized["label"],
+    )
     for arm, dirs in ((federated, fed), (centralized, cen)):
         for run, root in zip(arm["runs"], dirs):
             history = json.loads((root / "policy_loss_history.json").read_text())
@@ -66,7 +78,9 @@ def test_compare_reads_every_number_from_the_records(cli, zk0_home, tmp_path):
     assert federated["estimates"]["final_loss"]["low"] == pytest.approx(1.4 - 4.303 * 0.1 / math.sqrt(3), abs=1e-9)
     gap = next(g for g in data["gaps"] if g["metric"] == "final_loss")
     percent, low, high = compare.relative_gap(finals, [0.98, 0.96, 0.94], paired=True)  # seeds 1, 2, 3 in both
-    assert (gap["percent"], gap["low"], gap["high"], gap["method"]) == pytest.approx((percent, low, high, "paired by seed"))
+    assert (gap["percent"], gap["low"], gap["high"], gap["method"]) == pytest.approx(
+        (percent, low, high, "paired by seed")
+    )
     assert gap["text"].startswith(f"federated {federated['label']} is {percent:.1f}% (CI ")
     assert "above centralized" in gap["text"]
     assert Path(data["plot"]).read_bytes()[:4] == b"\x89PNG"
@@ -99,8 +113,10 @@ def test_seeds_are_taken_from_disk_before_running_more(zk0_home, tmp_path):
     assert not (failed / "round_5_server_eval.json").exists()
     assert [run["seed"] for run in data["arms"][0]["runs"]] == [7, 8, 9]
     assert data["arms"][1]["estimates"]["final_loss"]["n"] == 3
-    assert data["warnings"] == ["the arms trained for different optimizer steps (fed (+2 seeds): 15, cen (+2 seeds): 5); "
-                                "match them with `zk0 train --match-run`"]
+    assert data["warnings"] == [
+        "the arms trained for different optimizer steps (fed (+2 seeds): 15, cen (+2 seeds): 5); "
+        "match them with `zk0 train --match-run`"
+    ]
 
 
 def test_runs_evaluated_on_other_data_are_flagged(zk0_home, tmp_path):
@@ -112,8 +128,9 @@ def test_runs_evaluated_on_other_data_are_flagged(zk0_home, tmp_path):
     entry["server_eval"]["datasets"] = {"other-heldout": {"policy_loss": 1.4, "action_error": 14.0, "samples": 8}}
     final.write_text(json.dumps(entry))
     data = compare.compare([["a"], ["b"]], out_dir=tmp_path / "c")
-    assert data["warnings"] == ["the runs were evaluated on different held-out data (heldout:8 | other-heldout:8): "
-                                "their losses do not compare"]
+    assert data["warnings"] == [
+        "the runs were evaluated on different held-out data (heldout:8 | other-heldout:8): their losses do not compare"
+    ]
 
 
 def test_bad_inputs_are_one_line_with_a_hint(cli, zk0_home):

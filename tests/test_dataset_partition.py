@@ -35,14 +35,17 @@ def test_select_never_trains_on_heldout():
     assert heldout == [8, 9] and sorted(train) == list(range(8))
 
 
-@pytest.mark.parametrize("call", [
-    lambda: partition_episodes(range(4), 0, 0),
-    lambda: partition_episodes(range(4), 2, 2),
-    lambda: partition_episodes(range(4), 2, -1),
-    lambda: split_heldout(range(4), 4),
-    lambda: split_heldout(range(4), -1),
-    lambda: select_episodes(range(4), split="test"),
-])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: partition_episodes(range(4), 0, 0),
+        lambda: partition_episodes(range(4), 2, 2),
+        lambda: partition_episodes(range(4), 2, -1),
+        lambda: split_heldout(range(4), 4),
+        lambda: split_heldout(range(4), -1),
+        lambda: select_episodes(range(4), split="test"),
+    ],
+)
 def test_bad_arguments_are_bad_input(call):
     with pytest.raises(Zk0Error) as err:
         call()
@@ -52,8 +55,9 @@ def test_bad_arguments_are_bad_input(call):
 def test_open_partition_feeds_a_dataloader(sample_dataset):
     uri = parse_uri(str(sample_dataset))
     fps = 30
-    dataset = open_partition(uri, num_partitions=2, partition_id=1,
-                             delta_timestamps={"action": [i / fps for i in range(5)]})
+    dataset = open_partition(
+        uri, num_partitions=2, partition_id=1, delta_timestamps={"action": [i / fps for i in range(5)]}
+    )
     assert len(dataset) == 40  # episode 1 of 0..2
     batch = next(iter(torch.utils.data.DataLoader(dataset, batch_size=8, shuffle=True)))
     assert batch["action"].shape == (8, 5, 6) and set(batch["episode_index"].tolist()) == {1}

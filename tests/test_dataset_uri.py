@@ -31,8 +31,20 @@ def test_local_forms_are_absolute(tmp_path, monkeypatch):
     assert parse_uri(str(uri)) == uri
 
 
-@pytest.mark.parametrize("text", ["", "hf:", "hf:noslash", "hf:a/b/c", "hf:org/name@", "s3://bucket/x",
-                                  "org/name", "local:", "/no/such/dir/anywhere"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "hf:",
+        "hf:noslash",
+        "hf:a/b/c",
+        "hf:org/name@",
+        "s3://bucket/x",
+        "org/name",
+        "local:",
+        "/no/such/dir/anywhere",
+    ],
+)
 def test_bad_uris_name_the_accepted_forms(text):
     with pytest.raises(Zk0Error) as err:
         parse_uri(text)
@@ -55,13 +67,16 @@ def _through_node_config(uri: DatasetUri) -> str:
     return parsed["dataset-uri"]
 
 
-@pytest.mark.parametrize("uri", [
-    DatasetUri("hf", "org/name"),
-    DatasetUri("hf", "org/name", revision="main"),
-    DatasetUri("local", "local/set", path=Path("/data/my set")),
-    DatasetUri("local", "local/here", path=Path("/d/it's here")),
-    DatasetUri("local", "local/set", path=Path("/mnt/C:\\robots\\set")),
-])
+@pytest.mark.parametrize(
+    "uri",
+    [
+        DatasetUri("hf", "org/name"),
+        DatasetUri("hf", "org/name", revision="main"),
+        DatasetUri("local", "local/set", path=Path("/data/my set")),
+        DatasetUri("local", "local/here", path=Path("/d/it's here")),
+        DatasetUri("local", "local/set", path=Path("/mnt/C:\\robots\\set")),
+    ],
+)
 def test_round_trip_through_flower_node_config(uri):
     assert _through_node_config(uri) == str(uri)
 
@@ -118,7 +133,9 @@ def test_open_v21_names_the_conversion_command(v21_dataset):
     err = _error(lambda: open_dataset(parse_uri(str(v21_dataset))))
     assert err.code is ExitCode.BAD_INPUT and "v2.1" in err.message
     assert f"zk0 dataset convert {v21_dataset}" in err.hint
-    assert f"python -m lerobot.scripts.convert_dataset_v21_to_v30 --repo-id=local/sample --root={v21_dataset}" in err.hint
+    assert (
+        f"python -m lerobot.scripts.convert_dataset_v21_to_v30 --repo-id=local/sample --root={v21_dataset}" in err.hint
+    )
 
 
 def test_open_incomplete_dataset(sample_dataset):

@@ -17,9 +17,21 @@ from zk0cli.datasets.validate import validate_dataset
 
 DATA_FILE = Path("data/chunk-000/file-000.parquet")
 EPISODES_FILE = Path("meta/episodes/chunk-000/file-000.parquet")
-STATE_ACTION_TIME = ("spec: observation.state", "spec: action", "spec: fps", "counts", "episodes metadata",
-                     "doubled data", "frame index", "timestamps", "values: finite", "values: motion",
-                     "values: range", "stats", "tasks")
+STATE_ACTION_TIME = (
+    "spec: observation.state",
+    "spec: action",
+    "spec: fps",
+    "counts",
+    "episodes metadata",
+    "doubled data",
+    "frame index",
+    "timestamps",
+    "values: finite",
+    "values: motion",
+    "values: range",
+    "stats",
+    "tasks",
+)
 
 
 def _checks(root: Path, **kwargs) -> dict:
@@ -59,8 +71,9 @@ def test_real_recording_passes_data_checks_and_names_both_missing_videos(real_da
     assert result.code == 1
     report = result.json()
     checks = {c["name"]: c for c in report["checks"]}
-    assert all(checks[name]["status"] == "ok" for name in STATE_ACTION_TIME), \
-        {n: checks[n]["detail"] for n in STATE_ACTION_TIME if checks[n]["status"] != "ok"}
+    assert all(checks[name]["status"] == "ok" for name in STATE_ACTION_TIME), {
+        n: checks[n]["detail"] for n in STATE_ACTION_TIME if checks[n]["status"] != "ok"
+    }
     videos = checks["media: videos"]
     assert videos["status"] == "fail"
     assert "videos/observation.images.front/chunk-000/file-000.mp4" in videos["detail"]
@@ -140,8 +153,9 @@ def test_deleted_episode_metadata_row(sample_dataset):
 def test_wrong_state_dimension(sample_dataset):
     def five_joints(table):
         state = _vectors(table, "observation.state")[:, :5]
-        return table.set_column(table.schema.get_field_index("observation.state"), "observation.state",
-                                _fixed_list(state))
+        return table.set_column(
+            table.schema.get_field_index("observation.state"), "observation.state", _fixed_list(state)
+        )
 
     _rewrite(sample_dataset / DATA_FILE, five_joints)
     checks = _checks(sample_dataset)
@@ -162,8 +176,10 @@ def test_v21_layout_is_recognised_with_the_conversion_command(v21_dataset, cli):
     checks = {c["name"]: c for c in result.json()["checks"]}
     assert checks["format"]["status"] == "fail" and "v2.1" in checks["format"]["detail"]
     assert f"zk0 dataset convert {v21_dataset}" in checks["format"]["fix"]
-    assert (f"python -m lerobot.scripts.convert_dataset_v21_to_v30 --repo-id=local/sample --root={v21_dataset} "
-            "--push-to-hub=false") in checks["format"]["fix"]
+    assert (
+        f"python -m lerobot.scripts.convert_dataset_v21_to_v30 --repo-id=local/sample --root={v21_dataset} "
+        "--push-to-hub=false"
+    ) in checks["format"]["fix"]
     info = cli("dataset", "info", str(v21_dataset), "--json")
     assert info.code == 0 and info.json()["codebase_version"] == "v2.1" and info.json()["tasks"]
 
@@ -182,8 +198,9 @@ def test_broken_image_is_caught_with_deep(sample_dataset):
         images = table["observation.images.front"].to_pylist()
         images[0] = {"bytes": b"not a png", "path": None}
         column = pa.array(images, type=table.schema.field("observation.images.front").type)
-        return table.set_column(table.schema.get_field_index("observation.images.front"), "observation.images.front",
-                                column)
+        return table.set_column(
+            table.schema.get_field_index("observation.images.front"), "observation.images.front", column
+        )
 
     _rewrite(sample_dataset / DATA_FILE, break_first_image)
     assert _checks(sample_dataset)["media: image decoding"].status is Status.SKIP
@@ -193,8 +210,7 @@ def test_broken_image_is_caught_with_deep(sample_dataset):
 
 def test_missing_stats_and_empty_task(sample_dataset):
     (sample_dataset / "meta/stats.json").unlink()
-    _rewrite(sample_dataset / "meta/tasks.parquet",
-             lambda t: _set_column(t, "task", ["  "] * t.num_rows))
+    _rewrite(sample_dataset / "meta/tasks.parquet", lambda t: _set_column(t, "task", ["  "] * t.num_rows))
     checks = _checks(sample_dataset)
     assert checks["stats"].status is Status.FAIL and "recompute_stats" in checks["stats"].fix
     assert checks["tasks"].status is Status.FAIL and "empty instruction" in checks["tasks"].detail
@@ -204,8 +220,9 @@ def test_dead_motor_is_a_warning(sample_dataset):
     def freeze_gripper(table):
         state = _vectors(table, "observation.state")
         state[table["episode_index"].to_numpy() == 0, 5] = 10.0
-        return table.set_column(table.schema.get_field_index("observation.state"), "observation.state",
-                                _fixed_list(state))
+        return table.set_column(
+            table.schema.get_field_index("observation.state"), "observation.state", _fixed_list(state)
+        )
 
     _rewrite(sample_dataset / DATA_FILE, freeze_gripper)
     motion = _checks(sample_dataset)["values: motion"]
@@ -238,8 +255,13 @@ def test_hf_without_network_is_unreachable(cli):
 
 @pytest.mark.parametrize("make", ["missing", "file", "empty", "not a dataset", "malformed info"])
 def test_local_paths_that_are_not_datasets(make, tmp_path, sample_dataset, cli):
-    target = {"missing": tmp_path / "nope", "file": tmp_path / "file.txt", "empty": tmp_path / "empty",
-              "not a dataset": tmp_path / "docs", "malformed info": sample_dataset}[make]
+    target = {
+        "missing": tmp_path / "nope",
+        "file": tmp_path / "file.txt",
+        "empty": tmp_path / "empty",
+        "not a dataset": tmp_path / "docs",
+        "malformed info": sample_dataset,
+    }[make]
     if make == "file":
         target.write_text("hello")
     elif make == "empty":
@@ -268,8 +290,20 @@ def test_sample_bad_inputs(tmp_path, cli):
 
 
 def test_sample_then_info(tmp_path, cli):
-    written = cli("dataset", "sample", str(tmp_path / "stack"), "--task", "stack", "--episodes", "2",
-                  "--frames-per-episode", "12", "--image-size", "16", "--json")
+    written = cli(
+        "dataset",
+        "sample",
+        str(tmp_path / "stack"),
+        "--task",
+        "stack",
+        "--episodes",
+        "2",
+        "--frames-per-episode",
+        "12",
+        "--image-size",
+        "16",
+        "--json",
+    )
     assert written.code == 0 and written.json()["uri"] == f"local:{tmp_path / 'stack'}"
     info = cli("dataset", "info", written.json()["uri"], "--json").json()
     assert (info["episodes"], info["frames"], info["robot_type"]) == (2, 24, "so100_follower")
@@ -313,8 +347,10 @@ def _move_episode_2_to_its_own_file(root: Path) -> None:
 def test_data_split_over_several_files_reads_in_order(sample_dataset):
     """Several data files are read in one pyarrow call; rows must keep file order."""
     _move_episode_2_to_its_own_file(sample_dataset)
-    _rewrite(sample_dataset / EPISODES_FILE, lambda t: _set_column(
-        t, "data/file_index", (t["episode_index"].to_numpy() == 2).astype(np.int64)))
+    _rewrite(
+        sample_dataset / EPISODES_FILE,
+        lambda t: _set_column(t, "data/file_index", (t["episode_index"].to_numpy() == 2).astype(np.int64)),
+    )
     assert _failed(_checks(sample_dataset)) == set()
 
 

@@ -20,8 +20,14 @@ pytestmark = pytest.mark.slow
 
 
 def demo_env(home: Path) -> dict[str, str]:
-    return {**os.environ, "ZK0_HOME": str(home), "HF_HUB_OFFLINE": "1", "HF_HOME": str(home / "hf"), "NO_COLOR": "1",
-            "COLUMNS": "200"}
+    return {
+        **os.environ,
+        "ZK0_HOME": str(home),
+        "HF_HUB_OFFLINE": "1",
+        "HF_HOME": str(home / "hf"),
+        "NO_COLOR": "1",
+        "COLUMNS": "200",
+    }
 
 
 def demo_roots(text: str) -> list[Path]:
@@ -31,8 +37,13 @@ def demo_roots(text: str) -> list[Path]:
 
 def test_demo_trains_a_tls_federation_and_leaves_nothing_running(tmp_path):
     home = tmp_path / "home"
-    done = subprocess.run([sys.executable, "-m", "zk0cli", "demo", "--rounds", "1", "--json"], env=demo_env(home),
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "zk0cli", "demo", "--rounds", "1", "--json"],
+        env=demo_env(home),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout)
     assert result["state"] == "completed"
@@ -54,8 +65,13 @@ def test_demo_trains_a_tls_federation_and_leaves_nothing_running(tmp_path):
 
 def test_ctrl_c_mid_run_stops_every_demo_process(tmp_path):
     home = tmp_path / "home"
-    demo = subprocess.Popen([sys.executable, "-m", "zk0cli", "demo", "--rounds", "3", "--keep"], env=demo_env(home),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "zk0cli", "demo", "--rounds", "3", "--keep"],
+        env=demo_env(home),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         root = _wait_for_training(home, demo)
         assert demo_processes(root), "the federation should be running before the Ctrl-C"

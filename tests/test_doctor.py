@@ -3,10 +3,9 @@ server/node role checks against real certificates and a real TLS /health server,
 
 from __future__ import annotations
 
-import re
-
 import datetime as dt
 import http.server
+import re
 import shutil
 import socket
 import ssl
@@ -32,7 +31,19 @@ from zk0cli.services.pki import ServerPki
 DATA = Path(__file__).parent / "data"
 REPO = Path(__file__).resolve().parents[1]
 GIB = 1024**3
-NAMES_ALWAYS = ["config", "python", "packages", "gpu", "cpu/ram", "disk", "video decoding", "hf hub", "hf token", "hf cache", "role"]
+NAMES_ALWAYS = [
+    "config",
+    "python",
+    "packages",
+    "gpu",
+    "cpu/ram",
+    "disk",
+    "video decoding",
+    "hf hub",
+    "hf token",
+    "hf cache",
+    "role",
+]
 
 
 def free_port() -> int:
@@ -88,8 +99,12 @@ def test_doctor_human_output_has_a_fix_under_every_problem(cli):
 
 def test_offline_mode_and_skip_network(tmp_path):
     paths = Paths.resolve(tmp_path / "home")
-    results = by_name(doctor.run_checks(paths, Config(), role="", skip_network=True, checks=_only("hf hub", "hf token")))
-    assert results["hf hub"].status is Status.OK and "offline" in results["hf hub"].detail  # conftest sets HF_HUB_OFFLINE=1
+    results = by_name(
+        doctor.run_checks(paths, Config(), role="", skip_network=True, checks=_only("hf hub", "hf token"))
+    )
+    assert (
+        results["hf hub"].status is Status.OK and "offline" in results["hf hub"].detail
+    )  # conftest sets HF_HUB_OFFLINE=1
     assert results["hf token"].status is Status.OK and results["hf token"].data["present"] is False
 
 
@@ -114,7 +129,9 @@ def test_broken_config_is_a_failed_check_not_a_crash(cli, zk0_home):
 
 def test_bad_input(cli, tmp_path):
     result = cli("doctor", "--role", "banana")
-    assert result.code == 2 and "banana" in result.stderr and "hint:" in result.stderr and "Traceback" not in result.stderr
+    assert (
+        result.code == 2 and "banana" in result.stderr and "hint:" in result.stderr and "Traceback" not in result.stderr
+    )
     result = cli("doctor", "--skip-network", "--bundle", str(tmp_path))
     assert result.code == 2 and "is a directory" in result.stderr and "Traceback" not in result.stderr
 
@@ -141,12 +158,19 @@ def test_a_hanging_or_crashing_check_is_reported_and_does_not_block(tmp_path):
     def crashes(ctx):
         raise RuntimeError("driver exploded")
 
-    checks = [doctor.Check("hangs", hangs, budget_s=0.3), doctor.Check("crashes", crashes),
-              doctor.Check("fine", lambda ctx: ok("fine", "fine"))]
+    checks = [
+        doctor.Check("hangs", hangs, budget_s=0.3),
+        doctor.Check("crashes", crashes),
+        doctor.Check("fine", lambda ctx: ok("fine", "fine")),
+    ]
     started = time.monotonic()
     results = by_name(doctor.run_checks(Paths.resolve(tmp_path), Config(), role="", checks=checks))
     assert time.monotonic() - started < 5
-    assert results["hangs"].status is Status.FAIL and "no answer within" in results["hangs"].detail and results["hangs"].fix
+    assert (
+        results["hangs"].status is Status.FAIL
+        and "no answer within" in results["hangs"].detail
+        and results["hangs"].fix
+    )
     assert results["crashes"].status is Status.FAIL and "driver exploded" in results["crashes"].detail
     assert "RuntimeError" in results["crashes"].data["traceback"]
     assert results["fine"].status is Status.OK
@@ -174,8 +198,13 @@ def fake_cuda(monkeypatch, devices: list[tuple[str, int, int, tuple[int, int]]],
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: len(devices))
-    monkeypatch.setattr(torch.cuda, "get_device_properties",
-                        lambda i: SimpleNamespace(name=devices[i][0], total_memory=devices[i][1], major=devices[i][3][0], minor=devices[i][3][1]))
+    monkeypatch.setattr(
+        torch.cuda,
+        "get_device_properties",
+        lambda i: SimpleNamespace(
+            name=devices[i][0], total_memory=devices[i][1], major=devices[i][3][0], minor=devices[i][3][1]
+        ),
+    )
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda i: (devices[i][2], devices[i][1]))
     monkeypatch.setattr(torch.version, "cuda", runtime)
 
@@ -210,8 +239,14 @@ def test_gpu_h100_fits(tmp_path, monkeypatch):
 
 def test_gpu_busy_card_and_free_card_picks_the_free_one(tmp_path, monkeypatch):
     total = 24564 * 2**20
-    fake_cuda(monkeypatch, [("NVIDIA GeForce RTX 4090", total, 1187 * 2**20, (8, 9)),
-                            ("NVIDIA GeForce RTX 4090", total, 23990 * 2**20, (8, 9))], runtime="12.4")
+    fake_cuda(
+        monkeypatch,
+        [
+            ("NVIDIA GeForce RTX 4090", total, 1187 * 2**20, (8, 9)),
+            ("NVIDIA GeForce RTX 4090", total, 23990 * 2**20, (8, 9)),
+        ],
+        runtime="12.4",
+    )
     result = gpu_check(tmp_path, recorded_smi("2x4090"))
     assert result.status is Status.OK and "fits on GPU 1" in result.detail
     assert [d["smolvla_training_fits"] for d in result.data["devices"]] == [False, True]
@@ -315,16 +350,23 @@ def replace_server_cert(paths: Paths, *, not_after: dt.datetime) -> None:
     ca_key = serialization.load_pem_private_key(pki.ca_key.read_bytes(), None)
     ca = x509.load_pem_x509_certificate(pki.ca_cert.read_bytes())
     old = x509.load_pem_x509_certificate(pki.server_cert.read_bytes())
-    cert = (x509.CertificateBuilder().subject_name(old.subject).issuer_name(ca.subject).public_key(old.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(not_after - dt.timedelta(days=400))
-            .not_valid_after(not_after).add_extension(old.extensions.get_extension_for_class(x509.SubjectAlternativeName).value, False)
-            .sign(ca_key, hashes.SHA384()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(old.subject)
+        .issuer_name(ca.subject)
+        .public_key(old.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_after - dt.timedelta(days=400))
+        .not_valid_after(not_after)
+        .add_extension(old.extensions.get_extension_for_class(x509.SubjectAlternativeName).value, False)
+        .sign(ca_key, hashes.SHA384())
+    )
     pki.server_cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
 
 @pytest.mark.parametrize(("days", "status", "words"), [(10, Status.WARN, "expires in"), (-3, Status.FAIL, "expired")])
 def test_expiring_and_expired_server_certificate(server_home, days, status, words):
-    replace_server_cert(server_home, not_after=dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=days, hours=1))
+    replace_server_cert(server_home, not_after=dt.datetime.now(dt.UTC) + dt.timedelta(days=days, hours=1))
     config = config_mod.load(server_home.config_file).config
     result = doctor.run_checks(server_home, config, role="server", checks=_only("server certs"))[0]
     assert result.status is status and words in result.detail
@@ -390,7 +432,13 @@ def test_server_port_held_by_our_server_or_by_another_program(server_home, healt
 
 def make_node(tmp_path, server_paths: Paths, port: int) -> Paths:
     node_paths = Paths.resolve(tmp_path / "node")
-    init_node(node_paths, node_paths.config_file, ServerPki.at(server_paths.pki_dir).ca_cert, server=f"127.0.0.1:{port}", force=False)
+    init_node(
+        node_paths,
+        node_paths.config_file,
+        ServerPki.at(server_paths.pki_dir).ca_cert,
+        server=f"127.0.0.1:{port}",
+        force=False,
+    )
     return node_paths
 
 
@@ -450,8 +498,17 @@ def test_bundle_is_complete_and_redacted(cli, server_home, tmp_path, monkeypatch
     assert result.code in (0, 4) and result.json()["bundle"]["path"] == str(target)
     with tarfile.open(target) as archive:
         texts = {m.name: archive.extractfile(m).read().decode() for m in archive.getmembers()}
-    assert set(texts) == {f"zk0-support/{name}" for name in
-                          ("doctor.json", "versions.json", "pip-freeze.txt", "environment.json", "config.toml", "logs/superlink.log")}
+    assert set(texts) == {
+        f"zk0-support/{name}"
+        for name in (
+            "doctor.json",
+            "versions.json",
+            "pip-freeze.txt",
+            "environment.json",
+            "config.toml",
+            "logs/superlink.log",
+        )
+    }
     everything = "\n".join(texts.values())
     assert token not in everything and key_body not in everything and "PRIVATE KEY-----" not in everything
     log = texts["zk0-support/logs/superlink.log"]

@@ -86,7 +86,9 @@ def test_nan_or_inf_is_rejected(global_weights, encoding):
         local = local_from(global_weights)
         local["expert.w"][1, 1] = bad
         record = it.encode_update(local, global_weights, encoding)
-        checked = it.check_update(record, it.digest(record), it.spec_of(global_weights, encoding), encoding, global_weights)
+        checked = it.check_update(
+            record, it.digest(record), it.spec_of(global_weights, encoding), encoding, global_weights
+        )
         assert checked.weights is None and "non-finite" in checked.reason and "expert.w" in checked.reason
 
 
@@ -120,8 +122,9 @@ def test_truncated_raw_payload_is_rejected(global_weights):
     record = it.encode_update(local_from(global_weights), global_weights, it.BF16_DELTA)
     short = record[it.VALUES]
     record[it.VALUES] = Array(dtype=short.dtype, shape=short.shape, stype=short.stype, data=short.data[:-2])
-    checked = it.check_update(record, it.digest(record), it.spec_of(global_weights, it.BF16_DELTA), it.BF16_DELTA,
-                              global_weights)
+    checked = it.check_update(
+        record, it.digest(record), it.spec_of(global_weights, it.BF16_DELTA), it.BF16_DELTA, global_weights
+    )
     assert checked.weights is None and "undecodable values" in checked.reason
 
 

@@ -72,8 +72,10 @@ def test_dataset_fingerprint_covers_meta_and_data_only(tmp_path):
 
 
 def test_plots_are_pngs(tmp_path):
-    metrics = [records.summary(round_entry(0, server_loss=2.0)),
-               records.summary(round_entry(1, server_loss=1.5, client_losses={"1": 1.7, "2": 1.9}))]
+    metrics = [
+        records.summary(round_entry(0, server_loss=2.0)),
+        records.summary(round_entry(1, server_loss=1.5, client_losses={"1": 1.7, "2": 1.9})),
+    ]
     for path in plots.write_plots(tmp_path / "plots", metrics):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -85,9 +87,19 @@ def test_video_has_every_frame_at_the_dataset_fps(tmp_path):
     recorded = np.cumsum(rng.normal(size=(steps, 6)), axis=0)
     episode = video.EpisodeTrajectories(
         frames=rng.integers(0, 255, size=(steps, 48, 64, 3), dtype=np.uint8),
-        predicted=recorded + 0.5, recorded=recorded,
-        joint_names=["shoulder_pan.pos", "shoulder_lift.pos", "elbow_flex.pos", "wrist_flex.pos", "wrist_roll.pos", "gripper.pos"],
-        fps=15, dataset="pick", episode=3,
+        predicted=recorded + 0.5,
+        recorded=recorded,
+        joint_names=[
+            "shoulder_pan.pos",
+            "shoulder_lift.pos",
+            "elbow_flex.pos",
+            "wrist_flex.pos",
+            "wrist_roll.pos",
+            "gripper.pos",
+        ],
+        fps=15,
+        dataset="pick",
+        episode=3,
     )
     info = video.write_video(tmp_path / "round_0002_pick.mp4", episode, server_round=2)
     assert info["action_error"] == pytest.approx(0.5) and info["episode"] == 3 and info["round"] == 2

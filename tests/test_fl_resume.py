@@ -21,9 +21,19 @@ from zk0cli.fl.server_app import run_federation
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("torch_one_thread")]
 
-SETTINGS = {"policy": "tiny", "num-server-rounds": 4, "local-steps": 2, "batch-size": 2, "chunk-size": 10,
-            "eval-batches": 1, "device": "cpu", "video-frequency": 100, "checkpoint-interval": 2, "seed": 3,
-            "fraction-evaluate": 0.0}
+SETTINGS = {
+    "policy": "tiny",
+    "num-server-rounds": 4,
+    "local-steps": 2,
+    "batch-size": 2,
+    "chunk-size": 10,
+    "eval-batches": 1,
+    "device": "cpu",
+    "video-frequency": 100,
+    "checkpoint-interval": 2,
+    "seed": 3,
+    "fraction-evaluate": 0.0,
+}
 
 
 class CrashingGrid(LoopbackGrid):
@@ -33,15 +43,23 @@ class CrashingGrid(LoopbackGrid):
 
     def push_messages(self, messages):
         messages = list(messages)
-        if any(int(m.content["config"].get("server-round", 0)) == self.crash_round for m in messages
-               if "config" in m.content.config_records):
+        if any(
+            int(m.content["config"].get("server-round", 0)) == self.crash_round
+            for m in messages
+            if "config" in m.content.config_records
+        ):
             raise ConnectionError("the SuperLink went away")
         return super().push_messages(messages)
 
 
 def federation(tmp_path: Path, datasets: list[Path], name: str, grid_class=LoopbackGrid, **overrides):
-    values = {**SETTINGS, "datasets": " ".join(f"local:{d}" for d in datasets), "runs-dir": str(tmp_path / "runs"),
-              "run-name": name, **overrides}
+    values = {
+        **SETTINGS,
+        "datasets": " ".join(f"local:{d}" for d in datasets),
+        "runs-dir": str(tmp_path / "runs"),
+        "run-name": name,
+        **overrides,
+    }
     config = RunConfig.from_mapping(values)
     nodes = [{"partition-id": i, "num-partitions": len(datasets)} for i in range(len(datasets))]
     grid = grid_class(zk0_client.app, nodes, config.to_flwr())

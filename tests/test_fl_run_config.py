@@ -55,7 +55,9 @@ def test_bad_values_name_their_key(values, named):
 
 
 def test_parse_overrides_reads_toml_literals():
-    parsed = rc.parse_overrides(["local-steps=5", "lr=3e-4", "lr-schedule=cosine", "adaptive-lr=false", "datasets='a b'"])
+    parsed = rc.parse_overrides(
+        ["local-steps=5", "lr=3e-4", "lr-schedule=cosine", "adaptive-lr=false", "datasets='a b'"]
+    )
     assert parsed == {"local-steps": 5, "lr": 3e-4, "lr-schedule": "cosine", "adaptive-lr": False, "datasets": "a b"}
     with pytest.raises(Zk0Error, match="KEY=VALUE"):
         rc.parse_overrides(["local-steps"])

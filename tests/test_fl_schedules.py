@@ -6,7 +6,6 @@ import pytest
 
 from zk0cli.fl import schedules as s
 
-
 # ---------------------------------------------------------------- cosine
 
 

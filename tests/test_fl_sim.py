@@ -19,8 +19,18 @@ from zk0cli.fl.run_config import RunConfig
 pytestmark = pytest.mark.slow
 
 ROUNDS = 3
-SIM_CONFIG = {"policy": "tiny", "local-steps": 5, "batch-size": 4, "chunk-size": 10, "eval-batches": 2, "lr": 1e-3, "seed": 3,
-              "checkpoint-interval": 2, "keep-last-checkpoints": 1, "device": "cpu"}
+SIM_CONFIG = {
+    "policy": "tiny",
+    "local-steps": 5,
+    "batch-size": 4,
+    "chunk-size": 10,
+    "eval-batches": 2,
+    "lr": 1e-3,
+    "seed": 3,
+    "checkpoint-interval": 2,
+    "keep-last-checkpoints": 1,
+    "device": "cpu",
+}
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +39,14 @@ def sim_env(tmp_path_factory) -> dict[str, str]:
     env = dict(os.environ)
     for name in [n for n in env if n.startswith("ZK0_")]:
         del env[name]
-    env.update(ZK0_HOME=str(home / "zk0home"), HF_HUB_OFFLINE="1", HF_HOME=str(home / "hf"),
-               HF_LEROBOT_HOME=str(home / "hf" / "lerobot"), OMP_NUM_THREADS="1", NO_COLOR="1")
+    env.update(
+        ZK0_HOME=str(home / "zk0home"),
+        HF_HUB_OFFLINE="1",
+        HF_HOME=str(home / "hf"),
+        HF_LEROBOT_HOME=str(home / "hf" / "lerobot"),
+        OMP_NUM_THREADS="1",
+        NO_COLOR="1",
+    )
     return env
 
 
@@ -71,8 +87,17 @@ def test_run_record_is_complete(sim_run, fl_datasets):
         assert entry["plan"]["lr"]["why"][0].startswith("cosine") and entry["plan"]["mu"]["why"]
         assert {c["dataset"] for c in entry["clients"]["each"]} == {"pick", "stack"}
         for client in entry["clients"]["each"]:
-            assert {"loss", "policy_loss", "fedprox_loss", "grad_norm", "steps", "samples", "seconds", "lr",
-                    "update_norm"} <= set(client["metrics"])
+            assert {
+                "loss",
+                "policy_loss",
+                "fedprox_loss",
+                "grad_norm",
+                "steps",
+                "samples",
+                "seconds",
+                "lr",
+                "update_norm",
+            } <= set(client["metrics"])
             assert client["metrics"]["steps"] == 5 and client["metrics"]["samples"] == 20
         assert entry["federated_eval"]["aggregate"]["num_clients"] == 2
         assert set(entry["server_eval"]["datasets"]) == {"pick-heldout", "stack-heldout"}
@@ -108,8 +133,8 @@ def test_sim_leaves_no_process_behind(sim_run, sim_env):
 
 
 def built_for(config: RunConfig, dataset_root: Path):
-    from zk0cli.policy.build import build_policy
     from zk0cli.datasets.uri import open_metadata, parse_uri
+    from zk0cli.policy.build import build_policy
 
     return build_policy(config.policy_spec(), open_metadata(parse_uri(f"local:{dataset_root}")))
 
@@ -118,10 +143,10 @@ def test_checkpoint_reloads_with_identical_outputs(sim_run, fl_datasets, sim_env
     from lerobot.policies.factory import make_pre_post_processors
     from lerobot.policies.smolvla import SmolVLAPolicy
 
-    from zk0cli.policy.build import BuiltPolicy
-    from zk0cli.policy.train import evaluate
     from zk0cli.datasets.partition import open_partition
     from zk0cli.datasets.uri import open_metadata, parse_uri
+    from zk0cli.policy.build import BuiltPolicy
+    from zk0cli.policy.train import evaluate
 
     monkeypatch.setenv("ZK0_HOME", sim_env["ZK0_HOME"])  # the backbone the checkpoint's config names
     config = RunConfig.from_mapping(sim_run["config"]["run_config"])
@@ -131,17 +156,23 @@ def test_checkpoint_reloads_with_identical_outputs(sim_run, fl_datasets, sim_env
     template = built_for(config, fl_datasets[0])
     reloaded = BuiltPolicy(policy, preprocessor, postprocessor, template.device, None, template.spec)
     uri = parse_uri(f"local:{fl_datasets[0]}")
-    heldout = open_partition(uri, heldout=config.client_eval_episodes, split="heldout",
-                             delta_timestamps=reloaded.delta_timestamps(open_metadata(uri)))
-    metrics = evaluate(reloaded, heldout, seed=config.seed, max_batches=config.eval_batches,
-                       batch_size=config.batch_size)
+    heldout = open_partition(
+        uri,
+        heldout=config.client_eval_episodes,
+        split="heldout",
+        delta_timestamps=reloaded.delta_timestamps(open_metadata(uri)),
+    )
+    metrics = evaluate(
+        reloaded, heldout, seed=config.seed, max_batches=config.eval_batches, batch_size=config.batch_size
+    )
     recorded = sim_run["rounds"][ROUNDS]["server_eval"]["datasets"]["pick-heldout"]
     assert metrics["policy_loss"] == pytest.approx(recorded["policy_loss"], rel=1e-6)
     assert metrics["action_mae"] == pytest.approx(recorded["action_error"], rel=1e-6)
 
 
-def test_frozen_vlm_is_bit_identical_and_only_trainables_changed(sim_run, fl_datasets, sim_env, monkeypatch,
-                                                                torch_one_thread):
+def test_frozen_vlm_is_bit_identical_and_only_trainables_changed(
+    sim_run, fl_datasets, sim_env, monkeypatch, torch_one_thread
+):
     import torch
     from safetensors.torch import load_file
 
@@ -167,15 +198,22 @@ def test_bf16_delta_uplink_matches_fp32_uplink(sim_run, fl_datasets, tmp_path, t
     from zk0cli.fl.records import RunRecord
     from zk0cli.fl.server_app import run_federation
 
-    values = {**sim_run["config"]["run_config"], "uplink-bf16-delta": False, "runs-dir": str(tmp_path), "run-name": "fp32"}
+    values = {
+        **sim_run["config"]["run_config"],
+        "uplink-bf16-delta": False,
+        "runs-dir": str(tmp_path),
+        "run-name": "fp32",
+    }
     config = RunConfig.from_mapping(values)
     grid = LoopbackGrid(zk0_client.app, [{"partition-id": i, "num-partitions": 2} for i in range(2)], config.to_flwr())
     record = RunRecord.create(tmp_path, "fp32")
     run_federation(grid, config, record)
     fp32 = record.rounds()[-1]["server_eval"]["composite"]["policy_loss"]
     bf16 = sim_run["rounds"][ROUNDS]["server_eval"]["composite"]["policy_loss"]
-    print(f"final server eval loss: bf16-delta uplink {bf16:.6f}, fp32 uplink {fp32:.6f} "
-          f"({100 * abs(bf16 - fp32) / fp32:.3f}% apart)")
+    print(
+        f"final server eval loss: bf16-delta uplink {bf16:.6f}, fp32 uplink {fp32:.6f} "
+        f"({100 * abs(bf16 - fp32) / fp32:.3f}% apart)"
+    )
     assert abs(bf16 - fp32) / fp32 < 0.02, (bf16, fp32)
 
 
@@ -194,12 +232,15 @@ def test_sim_generates_a_task_per_client_without_datasets(monkeypatch, zk0_home)
     assert (Paths.resolve().data_dir / "backbones").is_dir()
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--clients", "0"], "--clients must be at least 1"),
-    (["-c", "lr-schedule=linear"], "lr-schedule must be one of"),
-    (["-c", "t-mult=1.5"], "t-mult must be int"),
-    (["--dataset", "/no/such/dataset"], "no such path"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--clients", "0"], "--clients must be at least 1"),
+        (["-c", "lr-schedule=linear"], "lr-schedule must be one of"),
+        (["-c", "t-mult=1.5"], "t-mult must be int"),
+        (["--dataset", "/no/such/dataset"], "no such path"),
+    ],
+)
 def test_bad_sim_input_is_one_line_and_exit_2(cli, args, message):
     result = cli("sim", *args)
     assert result.code == 2

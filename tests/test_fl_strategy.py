@@ -24,13 +24,28 @@ from zk0cli.fl.server_app import run_federation
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("torch_one_thread")]
 
-SMALL = {"policy": "tiny", "num-server-rounds": 3, "local-steps": 2, "batch-size": 2, "chunk-size": 10, "eval-batches": 1,
-         "device": "cpu", "video-frequency": 100, "checkpoint-interval": 100, "seed": 7}
+SMALL = {
+    "policy": "tiny",
+    "num-server-rounds": 3,
+    "local-steps": 2,
+    "batch-size": 2,
+    "chunk-size": 10,
+    "eval-batches": 1,
+    "device": "cpu",
+    "video-frequency": 100,
+    "checkpoint-interval": 100,
+    "seed": 7,
+}
 
 
 def run_loopback(tmp_path: Path, datasets: list[Path], app: ClientApp | None = None, **overrides):
-    values = {**SMALL, "datasets": " ".join(f"local:{d}" for d in datasets), "runs-dir": str(tmp_path / "runs"),
-              "run-name": "run", **overrides}
+    values = {
+        **SMALL,
+        "datasets": " ".join(f"local:{d}" for d in datasets),
+        "runs-dir": str(tmp_path / "runs"),
+        "run-name": "run",
+        **overrides,
+    }
     config = RunConfig.from_mapping(values)
     nodes = [{"partition-id": i, "num-partitions": len(datasets)} for i in range(len(datasets))]
     grid = LoopbackGrid(app or zk0_client.app, nodes, config.to_flwr())
@@ -52,8 +67,11 @@ class Tamper:
         if msg.metadata.message_type != MessageType.TRAIN or reply.has_error():
             return reply
         key = (int(msg.content["config"]["server-round"]), int(context.node_config["partition-id"]))
-        self.seen[key] = (copy.deepcopy(msg.content["arrays"]), copy.deepcopy(reply.content["arrays"]),
-                          str(reply.content["info"]["sha256"]))
+        self.seen[key] = (
+            copy.deepcopy(msg.content["arrays"]),
+            copy.deepcopy(reply.content["arrays"]),
+            str(reply.content["info"]["sha256"]),
+        )
         if key in self.faults:
             self._damage(reply.content["arrays"], reply.content["info"], self.faults[key])
         return reply
@@ -61,7 +79,10 @@ class Tamper:
     @staticmethod
     def _damage(update, info, kind: str) -> None:
         layout = integrity.read_layout(update)
-        values = {name: v.copy() for name, v in integrity.split(integrity.decode_array(update[integrity.VALUES]), layout).items()}
+        values = {
+            name: v.copy()
+            for name, v in integrity.split(integrity.decode_array(update[integrity.VALUES]), layout).items()
+        }
         name = next(n for n, shape in layout if len(shape) == 2)
         if kind == "digest":  # changed after the client made its digest
             values[name] += 1.0
@@ -87,13 +108,30 @@ def test_quiet_run_shows_plateau_stall_boost_mu_rules_and_rejections(tmp_path, f
 
     tamper = Tamper({(2, 0): "digest", (3, 0): "shape", (3, 1): "nan"})
     rounds, grid, config = run_loopback(
-        tmp_path, fl_datasets, tampering_app(tamper),
+        tmp_path,
+        fl_datasets,
+        tampering_app(tamper),
         # lr so small that the weights do not move: the server loss stalls exactly
-        **{"lr": 1e-30, "eta-min": 0.0, "lr-schedule": "reduce_on_plateau", "stall-patience": 1,
-           "lr-trend": True, "adjustment-window": 2, "max-adjust-factor": 1.02, "early-rounds": 10,
-           "adaptive-lr": True, "high-loss-multiplier": 1.000001, "lr-boost-factor": 2.0,
-           "proximal-mu": 0.5, "mu-decay": 0.5, "dynamic-mu": True, "loss-std-threshold": 1e-9,
-           "mu-adjust-factor": 1.5, "mu-min": 0.2, "mu-max": 0.3},
+        **{
+            "lr": 1e-30,
+            "eta-min": 0.0,
+            "lr-schedule": "reduce_on_plateau",
+            "stall-patience": 1,
+            "lr-trend": True,
+            "adjustment-window": 2,
+            "max-adjust-factor": 1.02,
+            "early-rounds": 10,
+            "adaptive-lr": True,
+            "high-loss-multiplier": 1.000001,
+            "lr-boost-factor": 2.0,
+            "proximal-mu": 0.5,
+            "mu-decay": 0.5,
+            "dynamic-mu": True,
+            "loss-std-threshold": 1e-9,
+            "mu-adjust-factor": 1.5,
+            "mu-min": 0.2,
+            "mu-max": 0.3,
+        },
     )
     assert sorted(rounds) == [0, 1, 2, 3]
     plan2 = rounds[2]["plan"]
@@ -127,8 +165,9 @@ def test_quiet_run_shows_plateau_stall_boost_mu_rules_and_rejections(tmp_path, f
     # round 2: only partition 1 accepted -> the new global is exactly its decoded update
     downlink, update, claimed = tamper.seen[(2, 1)]
     start = integrity.from_record(downlink)
-    checked = integrity.check_update(update, claimed, integrity.spec_of(start, integrity.BF16_DELTA),
-                                     integrity.BF16_DELTA, start)
+    checked = integrity.check_update(
+        update, claimed, integrity.spec_of(start, integrity.BF16_DELTA), integrity.BF16_DELTA, start
+    )
     assert integrity.digest(integrity.to_record(checked.weights)) == rounds[2]["global_sha256"]
 
     # only trainable parameters ever crossed, never the frozen VLM
@@ -139,10 +178,21 @@ def test_quiet_run_shows_plateau_stall_boost_mu_rules_and_rejections(tmp_path, f
 
 def test_exploding_run_shows_warm_restarts_and_divergence(tmp_path, fl_datasets):
     rounds, _, _ = run_loopback(
-        tmp_path, fl_datasets,
-        **{"num-server-rounds": 2, "lr": 3.0, "eta-min": 0.0, "lr-schedule": "cosine_warm_restarts", "t-0": 1,
-           "lr-trend": True, "adjustment-window": 2, "spike-threshold": 1e9, "early-rounds": 0,
-           "adaptive-lr": False, "dynamic-mu": False},
+        tmp_path,
+        fl_datasets,
+        **{
+            "num-server-rounds": 2,
+            "lr": 3.0,
+            "eta-min": 0.0,
+            "lr-schedule": "cosine_warm_restarts",
+            "t-0": 1,
+            "lr-trend": True,
+            "adjustment-window": 2,
+            "spike-threshold": 1e9,
+            "early-rounds": 0,
+            "adaptive-lr": False,
+            "dynamic-mu": False,
+        },
     )
     losses = [rounds[r]["server_eval"]["composite"]["policy_loss"] for r in (0, 1)]
     assert losses[1] > losses[0]  # lr 3 makes the policy worse
@@ -178,16 +228,24 @@ class OneNodeUnavailable(LoopbackGrid):
         for message in gone:
             message.metadata.__dict__["_message_id"] = f"lost{len(self._replies)}"
             self._replies[message.metadata.message_id] = create_message_error_unavailable_res_message(
-                message.metadata, "node_unavail")
+                message.metadata, "node_unavail"
+            )
             ids.append(message.metadata.message_id)
         return ids
 
 
 def test_an_error_the_superlink_sends_for_a_node_is_recorded_under_that_node(tmp_path, fl_datasets):
-    values = {**SMALL, "num-server-rounds": 1, "datasets": " ".join(f"local:{d}" for d in fl_datasets),
-              "runs-dir": str(tmp_path / "runs"), "run-name": "run"}
+    values = {
+        **SMALL,
+        "num-server-rounds": 1,
+        "datasets": " ".join(f"local:{d}" for d in fl_datasets),
+        "runs-dir": str(tmp_path / "runs"),
+        "run-name": "run",
+    }
     config = RunConfig.from_mapping(values)
-    grid = OneNodeUnavailable(zk0_client.app, [{"partition-id": i, "num-partitions": 2} for i in range(2)], config.to_flwr())
+    grid = OneNodeUnavailable(
+        zk0_client.app, [{"partition-id": i, "num-partitions": 2} for i in range(2)], config.to_flwr()
+    )
     record = RunRecord.create(Path(config.runs_dir), config.run_name)
     run_federation(grid, config, record)
     round1 = {r["round"]: r for r in record.rounds()}[1]

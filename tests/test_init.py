@@ -28,8 +28,17 @@ def load_cert(path: Path) -> x509.Certificate:
 
 @pytest.fixture
 def server_home(cli, zk0_home):
-    result = cli("--json", "init", "--role", "server", "--public-address", "fl.example.org",
-                 "--public-address", "203.0.113.7", "--yes")
+    result = cli(
+        "--json",
+        "init",
+        "--role",
+        "server",
+        "--public-address",
+        "fl.example.org",
+        "--public-address",
+        "203.0.113.7",
+        "--yes",
+    )
     assert result.code == 0, result.stderr
     return result.json()
 
@@ -42,7 +51,10 @@ def test_server_init_makes_a_ca_signed_certificate_with_the_right_names(server_h
     assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca is True
     sans = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert set(sans.get_values_for_type(x509.DNSName)) == {"fl.example.org", "localhost"}
-    assert set(sans.get_values_for_type(x509.IPAddress)) == {ipaddress.ip_address("203.0.113.7"), ipaddress.ip_address("127.0.0.1")}
+    assert set(sans.get_values_for_type(x509.IPAddress)) == {
+        ipaddress.ip_address("203.0.113.7"),
+        ipaddress.ip_address("127.0.0.1"),
+    }
     assert mode(pki.ca_key) == 0o600 and mode(pki.server_key) == 0o600
     assert server_home["ca_fingerprint"].count(":") == 31
 
@@ -77,7 +89,9 @@ def test_server_certificate_is_accepted_by_a_real_tls_client(server_home, zk0_ho
 def test_node_init_stores_ca_and_makes_an_openssh_p384_key(cli, server_home, zk0_home, tmp_path, monkeypatch):
     ca_path = Path(server_home["files"]["ca_cert"])
     monkeypatch.setenv("ZK0_HOME", str(tmp_path / "node"))
-    result = cli("--json", "init", "--role", "node", "--ca-cert", str(ca_path), "--server", "fl.example.org:9092", "--yes")
+    result = cli(
+        "--json", "init", "--role", "node", "--ca-cert", str(ca_path), "--server", "fl.example.org:9092", "--yes"
+    )
     assert result.code == 0, result.stderr
     info = result.json()
     pki = NodePki.at(Paths.resolve().pki_dir)

@@ -57,7 +57,9 @@ def datasets_root(offline_env) -> Path:
     from zk0cli.datasets.sample import write_sample
 
     for task, seed in (("pick", 0), ("stack", 1)):
-        write_sample(offline_env / "data" / task, task=task, episodes=2, frames_per_episode=30, image_size=64, seed=seed)
+        write_sample(
+            offline_env / "data" / task, task=task, episodes=2, frames_per_episode=30, image_size=64, seed=seed
+        )
     return offline_env / "data"
 
 
@@ -131,7 +133,12 @@ def test_real_geometry_backbone_has_smolvlm2_500m_sizes(tmp_path):
     directory = write_real_geometry_backbone(tmp_path / "real")
     config = AutoConfig.from_pretrained(directory)
     text, vision = config.text_config, config.vision_config
-    assert (text.hidden_size, text.num_hidden_layers, text.num_attention_heads, text.num_key_value_heads) == (960, 32, 15, 5)
+    assert (text.hidden_size, text.num_hidden_layers, text.num_attention_heads, text.num_key_value_heads) == (
+        960,
+        32,
+        15,
+        5,
+    )
     assert (text.intermediate_size, text.vocab_size) == (2560, 49280)
     assert (vision.hidden_size, vision.num_hidden_layers, vision.image_size, vision.patch_size) == (768, 12, 512, 16)
     assert config.scale_factor == 4 and AutoProcessor.from_pretrained(directory).image_seq_len == 64
@@ -196,7 +203,9 @@ def test_each_node_normalises_with_its_own_dataset_stats(pick, datasets_root, ba
 def test_a_local_checkpoint_is_a_base(pick, datasets_root, tmp_path):
     built, _ = pick
     built.policy.save_pretrained(tmp_path / "checkpoint")
-    reloaded = build_policy(PolicySpec(base=str(tmp_path / "checkpoint"), device="cpu"), meta_of(datasets_root / "pick"))
+    reloaded = build_policy(
+        PolicySpec(base=str(tmp_path / "checkpoint"), device="cpu"), meta_of(datasets_root / "pick")
+    )
     assert reloaded.config.chunk_size == CHUNK
     for (name, a), (_, b) in zip(built.policy.state_dict().items(), reloaded.policy.state_dict().items()):
         assert torch.equal(a, b), name
@@ -301,7 +310,9 @@ def test_training_lowers_the_loss_and_never_touches_the_frozen_vlm(datasets_root
     before = evaluate(built, dataset, seed=0, max_batches=2)
     seen = []
     result = train(
-        built, dataset, TrainConfig(steps=10, batch_size=8, lr=1e-3, proximal_mu=0.01),
+        built,
+        dataset,
+        TrainConfig(steps=10, batch_size=8, lr=1e-3, proximal_mu=0.01),
         progress=lambda step, total, loss: seen.append((step, total)),
     )
     after = evaluate(built, dataset, seed=0, max_batches=2)
@@ -367,8 +378,11 @@ def open_subset(built, root: Path, episodes: list[int]):
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
     return LeRobotDataset(
-        f"local/{root.name}", root=root, episodes=episodes,
-        delta_timestamps=built.delta_timestamps(meta_of(root)), video_backend="pyav",
+        f"local/{root.name}",
+        root=root,
+        episodes=episodes,
+        delta_timestamps=built.delta_timestamps(meta_of(root)),
+        video_backend="pyav",
     )
 
 

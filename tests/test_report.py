@@ -17,9 +17,18 @@ CHROMIUM = Path("/usr/bin/chromium")
 JOINTS = ["shoulder_pan.pos", "shoulder_lift.pos", "elbow_flex.pos", "wrist_flex.pos", "wrist_roll.pos", "gripper.pos"]
 
 
-def write_record(runs_dir: Path, name: str, losses: list[float], *, mode: str = "federated", seed: int = 42,
-                 steps_per_client: int = 5, clients: int = 3, rejected_round: int | None = None,
-                 with_video: bool = False) -> Path:
+def write_record(
+    runs_dir: Path,
+    name: str,
+    losses: list[float],
+    *,
+    mode: str = "federated",
+    seed: int = 42,
+    steps_per_client: int = 5,
+    clients: int = 3,
+    rejected_round: int | None = None,
+    with_video: bool = False,
+) -> Path:
     """A run record written with the record's own writers: round 0 and one round per loss after it.
 
     Server eval loss ``losses[r]`` at round r, action error 10x the loss; every round trains
@@ -31,19 +40,33 @@ def write_record(runs_dir: Path, name: str, losses: list[float], *, mode: str = 
     run.write_config(run_config, {"local:/data/heldout": "ab" * 32}, extra)
     nodes = ["centralized"] if mode == "centralized" else [str(1000 + i) for i in range(clients)]
     for server_round, loss in enumerate(losses):
-        entry = {"round": server_round, "seconds": 1.5 * server_round,
-                 "server_eval": {"datasets": {"heldout": {"policy_loss": loss, "action_error": 10 * loss, "samples": 8}},
-                                 "composite": {"policy_loss": loss, "action_error": 10 * loss}}}
+        entry = {
+            "round": server_round,
+            "seconds": 1.5 * server_round,
+            "server_eval": {
+                "datasets": {"heldout": {"policy_loss": loss, "action_error": 10 * loss, "samples": 8}},
+                "composite": {"policy_loss": loss, "action_error": 10 * loss},
+            },
+        }
         if server_round:
-            each = [{"node": node, "dataset": f"pick-p{i}", "samples": 4 * steps_per_client,
-                     "dataset_fingerprint": f"{i:064x}", "bytes_down": 1000, "bytes_up": 500,
-                     "metrics": {"loss": loss + 0.1 * i, "steps": steps_per_client, "fedprox_loss": 0.0}}
-                    for i, node in enumerate(nodes)]
+            each = [
+                {
+                    "node": node,
+                    "dataset": f"pick-p{i}",
+                    "samples": 4 * steps_per_client,
+                    "dataset_fingerprint": f"{i:064x}",
+                    "bytes_down": 1000,
+                    "bytes_up": 500,
+                    "metrics": {"loss": loss + 0.1 * i, "steps": steps_per_client, "fedprox_loss": 0.0},
+                }
+                for i, node in enumerate(nodes)
+            ]
             entry.update(
                 plan={"lr": {"value": 1e-4 / server_round, "why": ["cosine"]}, "mu": {"value": 0.01, "why": []}},
                 clients={"aggregate": {"num_clients": len(each), "loss_avg": loss, "loss_std": 0.05}, "each": each},
                 rejected=[{"node": "1009", "dataset": "bad", "reason": "digest mismatch"}]
-                if server_round == rejected_round else [],
+                if server_round == rejected_round
+                else [],
                 failed=[],
             )
         if with_video and server_round == len(losses) - 1:
@@ -58,17 +81,26 @@ def write_record(runs_dir: Path, name: str, losses: list[float], *, mode: str = 
 def _video(path: Path, server_round: int) -> dict:
     rng = np.random.default_rng(0)
     recorded = np.cumsum(rng.normal(size=(6, 6)), axis=0)
-    return video.write_video(path, video.EpisodeTrajectories(
-        frames=rng.integers(0, 255, size=(6, 32, 32, 3), dtype=np.uint8), predicted=recorded + 0.5,
-        recorded=recorded, joint_names=JOINTS, fps=10, dataset="heldout", episode=0), server_round)
+    return video.write_video(
+        path,
+        video.EpisodeTrajectories(
+            frames=rng.integers(0, 255, size=(6, 32, 32, 3), dtype=np.uint8),
+            predicted=recorded + 0.5,
+            recorded=recorded,
+            joint_names=JOINTS,
+            fps=10,
+            dataset="heldout",
+            episode=0,
+        ),
+        server_round,
+    )
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
     """A federated record with a rejected update and an evaluation video (written once: a few seconds)."""
     pytest.importorskip("av")
-    return write_record(tmp_path_factory.mktemp("runs"), "fed-run", [2.0, 1.5, 1.2], rejected_round=2,
-                        with_video=True)
+    return write_record(tmp_path_factory.mktemp("runs"), "fed-run", [2.0, 1.5, 1.2], rejected_round=2, with_video=True)
 
 
 def test_report_holds_the_record(cli, run_dir):
@@ -146,10 +178,22 @@ def test_report_renders_in_headless_chromium(cli, run_dir, tmp_path):
     page.write_text(Path(result.json()["html"]).read_text().replace("<head>", "<head>" + PROBE, 1))
     shutil.copytree(tmp_path / "report" / "videos", tmp_path / "videos")
     browser = subprocess.run(
-        [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
-         "--virtual-time-budget=10000", "--dump-dom", page.as_uri()],
-        capture_output=True, text=True, timeout=120,
+        [
+            str(CHROMIUM),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--no-first-run",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--virtual-time-budget=10000",
+            "--dump-dom",
+            page.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert browser.returncode == 0, browser.stderr[-2000:]
     dom = browser.stdout

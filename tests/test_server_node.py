@@ -20,10 +20,10 @@ import pytest
 
 from zk0cli.core.errors import ExitCode
 from zk0cli.core.paths import Paths
+from zk0cli.datasets.sample import write_sample
 from zk0cli.fl.records import RunRecord
 from zk0cli.services import demo, flower, supervisor
 from zk0cli.services import server as server_service
-from zk0cli.datasets.sample import write_sample
 
 pytestmark = pytest.mark.slow
 
@@ -39,15 +39,25 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def zk0(home: Path, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "zk0cli", *args], env=zk0_env(home), capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "zk0cli", *args], env=zk0_env(home), capture_output=True, text=True, timeout=timeout
+    )
 
 
 def zk0_env(home: Path) -> dict[str, str]:
     """A party's environment: its own ZK0_HOME, offline, one compute thread (the detached
     supervisors and every process under them inherit it: two nodes on two cores must not fight)."""
-    return {**os.environ, "ZK0_HOME": str(home), "HF_HUB_OFFLINE": "1", "HF_HOME": str(home / "hf"), "NO_COLOR": "1",
-            "COLUMNS": "250", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    return {
+        **os.environ,
+        "ZK0_HOME": str(home),
+        "HF_HUB_OFFLINE": "1",
+        "HF_HOME": str(home / "hf"),
+        "NO_COLOR": "1",
+        "COLUMNS": "250",
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
 
 
 def recorded_pids(home: Path, service: str) -> list[int]:
@@ -89,10 +99,13 @@ class Federation:
         dataset = self.root / "datasets" / f"{name}-{task}"
         if not dataset.exists():
             write_sample(dataset, task=task, seed=len(name), **demo.SAMPLE)
-        added = zk0(self.server, "server", "nodes", "add", str(home / "config" / "pki" / "node_key.pub"), "--name", name)
+        added = zk0(
+            self.server, "server", "nodes", "add", str(home / "config" / "pki" / "node_key.pub"), "--name", name
+        )
         assert added.returncode == 0, added.stderr
-        joined = zk0(home, "node", "join", "--server", self.address, "--dataset", f"local:{dataset}", "--name", name,
-                     "--detach")
+        joined = zk0(
+            home, "node", "join", "--server", self.address, "--dataset", f"local:{dataset}", "--name", name, "--detach"
+        )
         assert joined.returncode == 0, joined.stderr
         return home
 
@@ -111,8 +124,19 @@ class Federation:
 def federation(tmp_path_factory):
     fed = Federation(tmp_path_factory.mktemp("federation"))
     assert zk0(fed.server, "init", "--role", "server", "--public-address", PUBLIC_HOST, "-y").returncode == 0
-    started = zk0(fed.server, "server", "serve", "--host", PUBLIC_HOST, "--port", str(fed.port),
-                  "--control-port", str(fed.control_port), "--detach", "--json")
+    started = zk0(
+        fed.server,
+        "server",
+        "serve",
+        "--host",
+        PUBLIC_HOST,
+        "--port",
+        str(fed.port),
+        "--control-port",
+        str(fed.control_port),
+        "--detach",
+        "--json",
+    )
     assert started.returncode == 0, started.stderr
     state = json.loads(started.stdout)
     assert state["state"] == "healthy" and state["info"]["tls"] and state["info"]["node_auth"]
@@ -140,25 +164,49 @@ def test_public_address_serves_fleet_and_health_but_refuses_control_and_runtime(
     home.mkdir(exist_ok=True)
     (home / "config.toml").write_text(
         f'[superlink]\ndefault = "pub"\n[superlink.pub]\naddress = "{federation.address}"\n'
-        f'root-certificates = "{federation.ca}"\n')
-    outsider = subprocess.run(["flwr", "ls", "pub", "--format", "json"], capture_output=True, text=True, timeout=60,
-                              env={**flower.flwr_env(Paths.resolve(federation.server)), "FLWR_HOME": str(home)})
-    refused = json.loads(outsider.stdout[outsider.stdout.find("{"):])
+        f'root-certificates = "{federation.ca}"\n'
+    )
+    outsider = subprocess.run(
+        ["flwr", "ls", "pub", "--format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**flower.flwr_env(Paths.resolve(federation.server)), "FLWR_HOME": str(home)},
+    )
+    refused = json.loads(outsider.stdout[outsider.stdout.find("{") :])
     assert refused["success"] is False and "403" in refused["error-message"]
     # ... while the admin on the server host reaches the Control API on loopback.
     assert flower.run_flwr(Paths.resolve(federation.server), ["ls", flower.CLI_CONNECTION])["success"] is True
 
 
 def test_second_serve_and_a_taken_port_are_one_line_errors(federation):
-    again = zk0(federation.server, "server", "serve", "--host", PUBLIC_HOST, "--port", str(free_port(PUBLIC_HOST)),
-                "--control-port", str(free_port()))
+    again = zk0(
+        federation.server,
+        "server",
+        "serve",
+        "--host",
+        PUBLIC_HOST,
+        "--port",
+        str(free_port(PUBLIC_HOST)),
+        "--control-port",
+        str(free_port()),
+    )
     pid = supervisor.read_state(Paths.resolve(federation.server), "server")["supervisor"]["pid"]
     assert again.returncode == ExitCode.BAD_INPUT
     assert f"server is already running (pid {pid})" in again.stderr and "zk0 stop server" in again.stderr
 
     other = federation.root / "other-server"
-    taken = zk0(other, "server", "serve", "--insecure", "--no-require-node-auth", "--host", PUBLIC_HOST,
-                "--port", str(federation.port))
+    taken = zk0(
+        other,
+        "server",
+        "serve",
+        "--insecure",
+        "--no-require-node-auth",
+        "--host",
+        PUBLIC_HOST,
+        "--port",
+        str(federation.port),
+    )
     assert taken.returncode == ExitCode.ENV_NOT_READY
     assert f"port {federation.port} on {PUBLIC_HOST} is already in use" in taken.stderr and "--port N" in taken.stderr
     assert "Traceback" not in taken.stderr + again.stderr
@@ -166,14 +214,24 @@ def test_second_serve_and_a_taken_port_are_one_line_errors(federation):
 
 def test_join_errors_say_what_is_wrong(federation, tmp_path):
     alice = federation.node_home("alice")
-    down = zk0(alice, "node", "join", "--server", f"{PUBLIC_HOST}:{free_port(PUBLIC_HOST)}", "--dataset", str(SHARED_DATASET),
-               "--skip-validation")
+    down = zk0(
+        alice,
+        "node",
+        "join",
+        "--server",
+        f"{PUBLIC_HOST}:{free_port(PUBLIC_HOST)}",
+        "--dataset",
+        str(SHARED_DATASET),
+        "--skip-validation",
+    )
     assert down.returncode == ExitCode.UNREACHABLE and "connection refused" in down.stderr and "hint:" in down.stderr
 
     other_ca = federation.root / "other-federation"
     assert zk0(other_ca, "init", "--role", "server", "-y").returncode == 0
     eve = federation.node_home("eve", ca=other_ca / "config" / "pki" / "ca.pem")
-    wrong_ca = zk0(eve, "node", "join", "--server", federation.address, "--dataset", str(SHARED_DATASET), "--skip-validation")
+    wrong_ca = zk0(
+        eve, "node", "join", "--server", federation.address, "--dataset", str(SHARED_DATASET), "--skip-validation"
+    )
     assert wrong_ca.returncode == ExitCode.BAD_INPUT
     assert "not signed by this node's pinned CA" in wrong_ca.stderr and "zk0 init --role node" in wrong_ca.stderr
 
@@ -188,8 +246,19 @@ def test_join_errors_say_what_is_wrong(federation, tmp_path):
 
 def test_unregistered_node_is_refused_with_the_registration_command(federation):
     mallory = federation.node_home("mallory")
-    refused = zk0(mallory, "node", "join", "--server", federation.address, "--dataset", str(SHARED_DATASET),
-                  "--skip-validation", "--name", "mallory", "--detach")
+    refused = zk0(
+        mallory,
+        "node",
+        "join",
+        "--server",
+        federation.address,
+        "--dataset",
+        str(SHARED_DATASET),
+        "--skip-validation",
+        "--name",
+        "mallory",
+        "--detach",
+    )
     assert refused.returncode == ExitCode.FAILED
     assert "its key is not registered there" in refused.stderr and "zk0 server nodes add" in refused.stderr
     assert supervisor.read_state(Paths.resolve(mallory), "node-mallory")["state"] == "failed"
@@ -205,9 +274,23 @@ def test_two_nodes_train_a_streamed_run_and_a_supernode_killed_mid_run_is_restar
     assert state["state"] == "healthy" and set(state["processes"]) == {"supernode", "clientapp"}
     supernode_pid = state["processes"]["supernode"]["pid"]
 
-    stream = subprocess.Popen([sys.executable, "-m", "zk0cli", "run", "--rounds", "2", "--stream", "--json",
-                               *federation.run_settings(**{"round-timeout-s": 60.0})],
-                              env=zk0_env(federation.server), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stream = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "zk0cli",
+            "run",
+            "--rounds",
+            "2",
+            "--stream",
+            "--json",
+            *federation.run_settings(**{"round-timeout-s": 60.0}),
+        ],
+        env=zk0_env(federation.server),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         wait_for(lambda: "zk0: task for run" in federation.node_log("alice"), 240, "alice training round 1")
         os.kill(supernode_pid, signal.SIGKILL)
@@ -220,7 +303,9 @@ def test_two_nodes_train_a_streamed_run_and_a_supernode_killed_mid_run_is_restar
     assert result["state"] == "completed"
     rounds = {entry["round"]: entry for entry in RunRecord(Path(result["run_dir"])).rounds()}
     assert sorted(rounds) == [0, 1, 2]
-    alice_id = supervisor.read_state(alice_paths, "node-alice")["processes"]["supernode"]["events"]["connected"]["groups"]["node_id"]
+    alice_id = supervisor.read_state(alice_paths, "node-alice")["processes"]["supernode"]["events"]["connected"][
+        "groups"
+    ]["node_id"]
     assert [f["node"] for f in rounds[1]["failed"]] == [alice_id]  # its round-1 message died with it ...
     assert "Node Unavailable" in rounds[1]["failed"][0]["reason"]  # ... and the server heard so, no timeout
     assert "held an unanswered message" in federation.node_log("alice")
@@ -234,7 +319,9 @@ def test_two_nodes_train_a_streamed_run_and_a_supernode_killed_mid_run_is_restar
 def test_nodes_run_only_the_installed_zk0_clientapp(federation):
     """A run of another app reaches the nodes but its ClientApp code never runs there."""
     server_paths = Paths.resolve(federation.server)
-    run_id = flower.run_flwr(server_paths, ["run", str(TINY_APP), flower.CLI_CONNECTION, "--run-config", "num-server-rounds=1"])["run-id"]
+    run_id = flower.run_flwr(
+        server_paths, ["run", str(TINY_APP), flower.CLI_CONNECTION, "--run-config", "num-server-rounds=1"]
+    )["run-id"]
     wait_for(lambda: "runs only zk0's ClientApp" in federation.node_log("bob"), 120, "bob refusing the tiny app")
     assert "asks for 'tiny_app.client_app:app'" in federation.node_log("bob")
     flower.run_flwr(server_paths, ["stop", str(run_id), flower.CLI_CONNECTION])
@@ -242,7 +329,9 @@ def test_nodes_run_only_the_installed_zk0_clientapp(federation):
 
 def test_superlink_killed_mid_run_restarts_nodes_reconnect_and_resume_finishes_the_run(federation):
     server_paths = Paths.resolve(federation.server)
-    submitted = zk0(federation.server, "run", "--rounds", "3", "--json", *federation.run_settings(**{"checkpoint-interval": 1}))
+    submitted = zk0(
+        federation.server, "run", "--rounds", "3", "--json", *federation.run_settings(**{"checkpoint-interval": 1})
+    )
     assert submitted.returncode == 0, submitted.stderr
     run = json.loads(submitted.stdout)
     record = RunRecord(Path(run["run_dir"]))
@@ -251,8 +340,11 @@ def test_superlink_killed_mid_run_restarts_nodes_reconnect_and_resume_finishes_t
     superlink_pid = supervisor.read_state(server_paths, "server")["processes"]["superlink"]["pid"]
     reconnects = {name: node_event_count(federation, name, "reconnected") for name in ("alice", "bob")}
     os.kill(superlink_pid, signal.SIGKILL)
-    wait_for(lambda: all(node_event_count(federation, name, "reconnected") > reconnects[name] for name in reconnects),
-             120, "both nodes reconnecting by themselves")
+    wait_for(
+        lambda: all(node_event_count(federation, name, "reconnected") > reconnects[name] for name in reconnects),
+        120,
+        "both nodes reconnecting by themselves",
+    )
     superlink = supervisor.read_state(server_paths, "server")["processes"]["superlink"]
     assert superlink["restarts"] >= 1 and superlink["pid"] != superlink_pid
     before = {entry["round"] for entry in record.rounds()}
@@ -293,9 +385,27 @@ def test_ctrl_c_on_a_foreground_serve_leaves_no_process(tmp_path):
     home = tmp_path / "fg"
     port = free_port()
     env = {**os.environ, "ZK0_HOME": str(home)}
-    serve = subprocess.Popen([sys.executable, "-m", "zk0cli", "server", "serve", "--insecure", "--no-require-node-auth",
-                              "--host", "127.0.0.1", "--port", str(port), "--control-port", str(free_port())],
-                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    serve = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "zk0cli",
+            "server",
+            "serve",
+            "--insecure",
+            "--no-require-node-auth",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--control-port",
+            str(free_port()),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -338,7 +448,11 @@ def test_run_commands_check_their_input_before_reaching_flower(tmp_path):
     with_set = zk0(home, "run", "--resume", "7", "--set", "lr=0.1")
     assert with_set.returncode == ExitCode.BAD_INPUT and "--set cannot change a resumed run" in with_set.stderr
     unknown = zk0(home, "run", "--resume", "7")
-    assert unknown.returncode == ExitCode.BAD_INPUT and "belongs to run 7" in unknown.stderr and "zk0 runs" in unknown.stderr
+    assert (
+        unknown.returncode == ExitCode.BAD_INPUT
+        and "belongs to run 7" in unknown.stderr
+        and "zk0 runs" in unknown.stderr
+    )
     by_hand = zk0(home, "run", "--set", "resume=true")
     assert by_hand.returncode == ExitCode.BAD_INPUT and "zk0 run --resume RUN_ID" in by_hand.stderr
     for result in (with_set, unknown, by_hand):

@@ -24,14 +24,17 @@ from zk0cli.core.files import atomic_write_json
 from zk0cli.core.paths import Paths
 from zk0cli.fl.records import RunRecord
 from zk0cli.services import flower, supervisor
-from zk0cli.services.pki import ServerPki
 from zk0cli.services import status as status_mod
+from zk0cli.services.pki import ServerPki
 from zk0cli.ui.status import SPARK_BLOCKS, render_status, sparkline
 
 RECORD = Path(__file__).parent / "data" / "status_run_record"
 RECORD_NAME = "20261128-060000-0001-run4242"
 TINY_APP = Path(__file__).parent / "fixtures" / "tiny_app"  # a numpy-only Flower app
-TRAINING_LINES = ("round 2 pick [####################] 3/3 loss 0.5321", "round 3 pick [######..............] 1/3 loss 0.4")
+TRAINING_LINES = (
+    "round 2 pick [####################] 3/3 loss 0.5321",
+    "round 3 pick [######..............] 1/3 loss 0.4",
+)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -89,20 +92,33 @@ def replay_record(runs_dir: Path, *, rounds: int = 3, state: str = "completed", 
 
 
 def recorded_losses() -> list[float]:
-    return [json.loads((RECORD / f"round_{n}_server_eval.json").read_text())["server_eval"]["composite"]["policy_loss"]
-            for n in range(4)]
+    return [
+        json.loads((RECORD / f"round_{n}_server_eval.json").read_text())["server_eval"]["composite"]["policy_loss"]
+        for n in range(4)
+    ]
 
 
 # --------------------------------------------------------------------------- services
 
 
 def test_real_supervised_services_render_with_live_numbers(paths, supervised):
-    supervised(supervisor.ServiceSpec(name="server", kind="server", info={"min_nodes": 2},
-                                      processes=[python_process("superlink"), python_process("fleet-proxy")]))
+    supervised(
+        supervisor.ServiceSpec(
+            name="server",
+            kind="server",
+            info={"min_nodes": 2},
+            processes=[python_process("superlink"), python_process("fleet-proxy")],
+        )
+    )
     say = "; ".join(f"print({line!r}, file=sys.stderr, flush=True)" for line in TRAINING_LINES)
-    node = supervised(supervisor.ServiceSpec(
-        name="node-alice", kind="node", processes=[python_process("supernode", f"import sys, time; {say}; time.sleep(120)")],
-        info={"server": "fl.example.org:9092", "dataset": "hf:me/pick"}))
+    node = supervised(
+        supervisor.ServiceSpec(
+            name="node-alice",
+            kind="node",
+            processes=[python_process("supernode", f"import sys, time; {say}; time.sleep(120)")],
+            info={"server": "fl.example.org:9092", "dataset": "hf:me/pick"},
+        )
+    )
 
     collector = status_mod.StatusCollector(paths, role="server")
     collector.snapshot()
@@ -130,9 +146,15 @@ def test_real_supervised_services_render_with_live_numbers(paths, supervised):
 
 def test_node_whose_server_does_not_answer_reads_as_reconnecting(paths, supervised):
     closed = free_port()
-    supervised(supervisor.ServiceSpec(
-        name="node-dave", kind="node", processes=[python_process("supernode")], info={"server": f"127.0.0.1:{closed}"},
-        probes=[supervisor.ProbeSpec(name="server", url=f"http://127.0.0.1:{closed}/health", period_s=0.2)]))
+    supervised(
+        supervisor.ServiceSpec(
+            name="node-dave",
+            kind="node",
+            processes=[python_process("supernode")],
+            info={"server": f"127.0.0.1:{closed}"},
+            probes=[supervisor.ProbeSpec(name="server", url=f"http://127.0.0.1:{closed}/health", period_s=0.2)],
+        )
+    )
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         host = status_mod.collect(paths).node_hosts[0]
@@ -172,7 +194,7 @@ def test_killed_supervisor_reads_as_stopped_without_live_numbers(paths, supervis
     assert "supervisor is no longer running" in text and str(state["processes"]["supernode"]["pid"]) not in text
 
 
-@pytest.mark.parametrize("content", ["{\"schema\": 1, \"service\": \"node-bob\", \"sta", "", "[1, 2"])
+@pytest.mark.parametrize("content", ['{"schema": 1, "service": "node-bob", "sta', "", "[1, 2"])
 def test_corrupted_state_file_is_reported_and_the_rest_renders(paths, supervised, content):
     supervised(supervisor.ServiceSpec(name="server", kind="server", processes=[python_process("superlink")]))
     broken = supervisor.ServiceFiles.of(paths, "node-bob").state
@@ -200,8 +222,9 @@ def test_finished_run_record_shows_rounds_losses_and_clients(paths):
     assert (run.round, run.rounds_total, run.eta_s) == (3, 3, None)
     assert run.loss_history == losses and run.last_loss == losses[-1]
     assert run.best_loss == min(losses) and run.best_round == losses.index(min(losses))
-    assert run.mean_round_s == pytest.approx(sum(json.loads((RECORD / f"round_{n}_server_eval.json").read_text())["seconds"]
-                                                 for n in (1, 2, 3)) / 3)
+    assert run.mean_round_s == pytest.approx(
+        sum(json.loads((RECORD / f"round_{n}_server_eval.json").read_text())["seconds"] for n in (1, 2, 3)) / 3
+    )
     assert run.clients_round == 3 and [c.node for c in run.clients] == ["1000", "1001"]
     assert run.clients[0].steps == 3 and run.clients[0].dataset == "pick" and run.clients[0].fedprox_loss > 0
     assert not run.problems
@@ -215,8 +238,9 @@ def test_finished_run_record_shows_rounds_losses_and_clients(paths):
 def test_a_resumed_record_belongs_to_the_flower_run_that_resumed_it(paths):
     record = replay_record(paths.runs_dir, rounds=2, state="running")
     config = json.loads((record.root / "config.json").read_text())
-    config["resumes"] = [{"flwr_run_id": 5151, "from_round": 1, "superseded_rounds": [2], "at": 0.0,
-                          "num_server_rounds": 3}]
+    config["resumes"] = [
+        {"flwr_run_id": 5151, "from_round": 1, "superseded_rounds": [2], "at": 0.0, "num_server_rounds": 3}
+    ]
     (record.root / "config.json").write_text(json.dumps(config))
     (run,) = status_mod.collect(paths).runs
     assert (run.run_id, run.flwr_run_id) == ("5151", 5151)
@@ -310,15 +334,43 @@ def test_real_tls_federation_nodes_and_runs_match_flwr_cli(paths, tmp_path, cli,
     pki = ServerPki.at(paths.pki_dir)
     port, runtime_port = free_port(), free_port()
     tls = flower.TlsFiles(str(pki.server_cert), str(pki.server_key), str(pki.ca_cert))
-    supervised(supervisor.ServiceSpec(name="server", kind="server", processes=[supervisor.ProcessSpec(
-        name="superlink", health_url=f"https://127.0.0.1:{port}/health", health_ca=str(pki.ca_cert),
-        argv=flower.superlink_argv(host="127.0.0.1", port=port, database=str(tmp_path / "link.db"), tls=tls, node_auth=False),
-        flwr_home=str(supervisor.flwr_home(paths, "server")))]))
-    supervised(supervisor.ServiceSpec(name="node-tls", kind="node", processes=[supervisor.ProcessSpec(
-        name="supernode", health_url=f"http://127.0.0.1:{runtime_port}/health",
-        argv=flower.supernode_argv(superlink=f"127.0.0.1:{port}", root_ca=str(pki.ca_cert), auth_key=None,
-                                   runtime_port=runtime_port, node_config={}),
-        flwr_home=str(supervisor.flwr_home(paths, "node-tls")))]))
+    supervised(
+        supervisor.ServiceSpec(
+            name="server",
+            kind="server",
+            processes=[
+                supervisor.ProcessSpec(
+                    name="superlink",
+                    health_url=f"https://127.0.0.1:{port}/health",
+                    health_ca=str(pki.ca_cert),
+                    argv=flower.superlink_argv(
+                        host="127.0.0.1", port=port, database=str(tmp_path / "link.db"), tls=tls, node_auth=False
+                    ),
+                    flwr_home=str(supervisor.flwr_home(paths, "server")),
+                )
+            ],
+        )
+    )
+    supervised(
+        supervisor.ServiceSpec(
+            name="node-tls",
+            kind="node",
+            processes=[
+                supervisor.ProcessSpec(
+                    name="supernode",
+                    health_url=f"http://127.0.0.1:{runtime_port}/health",
+                    argv=flower.supernode_argv(
+                        superlink=f"127.0.0.1:{port}",
+                        root_ca=str(pki.ca_cert),
+                        auth_key=None,
+                        runtime_port=runtime_port,
+                        node_config={},
+                    ),
+                    flwr_home=str(supervisor.flwr_home(paths, "node-tls")),
+                )
+            ],
+        )
+    )
     flower.write_cli_connection(paths, address=f"127.0.0.1:{port}", root_ca=str(pki.ca_cert))
 
     collector = status_mod.StatusCollector(paths, role="server")
@@ -409,7 +461,17 @@ def test_status_json_is_one_snapshot_document(cli, paths, supervised):
     result = cli("status", "--json")
     assert result.code == 0, result.stderr
     document = result.json()
-    assert set(document) >= {"taken_at", "host", "role", "gpu", "sources", "services", "federation", "runs", "node_hosts"}
+    assert set(document) >= {
+        "taken_at",
+        "host",
+        "role",
+        "gpu",
+        "sources",
+        "services",
+        "federation",
+        "runs",
+        "node_hosts",
+    }
     assert document["services"][0]["processes"][0]["state"] == "healthy"
     assert document["runs"][0]["round"] == 3 and document["runs"][0]["loss_history"] == recorded_losses()
     assert document["sources"]["services"]["state"] == "ok"
@@ -433,9 +495,11 @@ def test_broken_config_still_shows_status(cli, paths):
 
 
 def test_status_imports_no_heavy_module(tmp_path):
-    probe = ("import sys\nfrom zk0cli.cli.app import main\ntry:\n    main(['status', '--json'])\nexcept SystemExit:\n    pass\n"
-             "heavy = {'torch', 'lerobot', 'transformers', 'flwr', 'numpy', 'pandas', 'pyarrow', 'httpx'}\n"
-             "sys.stderr.write('HEAVY=' + ','.join(sorted({m.split('.')[0] for m in sys.modules} & heavy)))\n")
+    probe = (
+        "import sys\nfrom zk0cli.cli.app import main\ntry:\n    main(['status', '--json'])\nexcept SystemExit:\n    pass\n"
+        "heavy = {'torch', 'lerobot', 'transformers', 'flwr', 'numpy', 'pandas', 'pyarrow', 'httpx'}\n"
+        "sys.stderr.write('HEAVY=' + ','.join(sorted({m.split('.')[0] for m in sys.modules} & heavy)))\n"
+    )
     env = dict(os.environ, ZK0_HOME=str(tmp_path / "home"))
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, env=env)
     assert done.stderr.strip().endswith("HEAVY="), done.stderr

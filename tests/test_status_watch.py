@@ -20,8 +20,8 @@ import uuid
 from pathlib import Path
 
 import pytest
-
 from test_status import RECORD, free_port, replay_record
+
 from zk0cli.core.paths import Paths
 
 pytestmark = [
@@ -37,11 +37,14 @@ class Terminal:
     def __init__(self, env: dict[str, str], width: int = 100, height: int = 50):
         self.socket = f"zk0-test-{uuid.uuid4().hex[:8]}"
         exports = [item for key, value in env.items() for item in ("-e", f"{key}={value}")]
-        self.tmux("new-session", "-d", "-s", "t", "-x", str(width), "-y", str(height), *exports,
-                  "bash --norc --noprofile -i")
+        self.tmux(
+            "new-session", "-d", "-s", "t", "-x", str(width), "-y", str(height), *exports, "bash --norc --noprofile -i"
+        )
 
     def tmux(self, *args: str) -> str:
-        return subprocess.run(["tmux", "-L", self.socket, *args], capture_output=True, text=True, check=True, timeout=10).stdout
+        return subprocess.run(
+            ["tmux", "-L", self.socket, *args], capture_output=True, text=True, check=True, timeout=10
+        ).stdout
 
     def type(self, text: str) -> None:
         self.tmux("send-keys", "-t", "t", "-l", text)
@@ -82,11 +85,35 @@ def federation(zk0_home, real_dataset):
     """A real local federation under this test's ZK0_HOME: server (insecure, loopback) + one node."""
     env = dict(os.environ, NO_COLOR="1", COLUMNS="200")
     port = free_port()
-    zk0("server", "serve", "--host", "127.0.0.1", "--port", str(port), "--control-port", str(free_port()),
-        "--insecure", "--no-require-node-auth", "--detach", env=env)
+    zk0(
+        "server",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--control-port",
+        str(free_port()),
+        "--insecure",
+        "--no-require-node-auth",
+        "--detach",
+        env=env,
+    )
     try:
-        zk0("node", "join", "--server", f"127.0.0.1:{port}", "--dataset", str(real_dataset), "--name", "alice",
-            "--insecure", "--skip-validation", "--detach", env=env)
+        zk0(
+            "node",
+            "join",
+            "--server",
+            f"127.0.0.1:{port}",
+            "--dataset",
+            str(real_dataset),
+            "--name",
+            "alice",
+            "--insecure",
+            "--skip-validation",
+            "--detach",
+            env=env,
+        )
         yield env
     finally:
         subprocess.run([ZK0, "stop", "--all"], capture_output=True, env=env, timeout=120)
@@ -104,7 +131,9 @@ def assert_terminal_clean(term: Terminal) -> None:
 def test_watch_follows_live_federation_and_quits_cleanly(federation):
     paths = Paths.resolve()
     record = replay_record(paths.runs_dir, rounds=1, state="running")
-    term = Terminal({"ZK0_HOME": federation["ZK0_HOME"], "PATH": federation["PATH"], "PS1": "$ ", "TERM": "xterm-256color"})
+    term = Terminal(
+        {"ZK0_HOME": federation["ZK0_HOME"], "PATH": federation["PATH"], "PS1": "$ ", "TERM": "xterm-256color"}
+    )
     try:
         term.type(f"{ZK0} status --watch; echo rc=$?")
         screen = term.wait_for(r"1/3", timeout_s=60)

@@ -43,9 +43,15 @@ def wait_for(predicate, timeout: float, what: str):
 def fake_spec(name: str, *args: str, port: int | None = None, **process) -> sup.ServiceSpec:
     argv = [sys.executable, str(FAKE), *args] + (["--port", str(port)] if port else [])
     health = {"health_url": f"http://127.0.0.1:{port}/health", "ports": {"http": port}} if port else {}
-    restart = process.pop("restart", sup.RestartPolicy(backoff_initial_s=0.2, quick_exit_s=10, give_up_after=3, stop_grace_s=3))
-    return sup.ServiceSpec(name=name, kind="node", processes=[sup.ProcessSpec(name="fake", argv=argv, **health, **process)],
-                           restart=restart)
+    restart = process.pop(
+        "restart", sup.RestartPolicy(backoff_initial_s=0.2, quick_exit_s=10, give_up_after=3, stop_grace_s=3)
+    )
+    return sup.ServiceSpec(
+        name=name,
+        kind="node",
+        processes=[sup.ProcessSpec(name="fake", argv=argv, **health, **process)],
+        restart=restart,
+    )
 
 
 def log_text(paths: Paths, service: str) -> str:
@@ -99,8 +105,11 @@ def test_any_exit_is_restarted_with_backoff_then_given_up_with_the_last_lines(pa
 
 def test_a_process_that_never_gets_healthy_is_reported_with_the_reason(paths, started):
     port = free_port()  # nothing will listen here
-    spec = fake_spec("sick", restart=sup.RestartPolicy(backoff_initial_s=0.1, give_up_after=2, start_timeout_s=1.0),
-                     health_url=f"http://127.0.0.1:{port}/health")
+    spec = fake_spec(
+        "sick",
+        restart=sup.RestartPolicy(backoff_initial_s=0.1, give_up_after=2, start_timeout_s=1.0),
+        health_url=f"http://127.0.0.1:{port}/health",
+    )
     with pytest.raises(Zk0Error) as failure:
         started(spec)
     assert "not healthy after 1 s (connection refused)" in failure.value.message
@@ -115,8 +124,19 @@ def test_second_start_is_refused_and_a_stale_lock_is_cleared(paths, started):
         sup.start_detached(paths, spec)
     assert second.value.code == ExitCode.BAD_INPUT
     assert f"already running (pid {pid})" in second.value.message
-    direct = subprocess.run([sys.executable, "-m", "zk0cli.services.supervisor", "run", str(sup.ServiceFiles.of(paths, "locked").spec), paths.to_json()],
-                            capture_output=True, text=True, timeout=30)
+    direct = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "zk0cli.services.supervisor",
+            "run",
+            str(sup.ServiceFiles.of(paths, "locked").spec),
+            paths.to_json(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert direct.returncode == ExitCode.BAD_INPUT and "already running" in direct.stderr
 
     sup.stop_service(paths, "locked")
@@ -135,8 +155,15 @@ def test_stop_and_kill_9_leave_no_process_of_the_tree(paths, started):
     assert all(alive(pid) for pid in children)
 
     os.kill(leader, signal.SIGKILL)  # the child in its own session is re-parented to the supervisor, which ends it
-    restarted = wait_for(lambda: (s := sup.read_state(paths, "tree"))["processes"]["fake"]["pid"] not in (None, leader)
-                         and s["state"] == "healthy" and s, 20, "restart after kill -9")
+    restarted = wait_for(
+        lambda: (
+            (s := sup.read_state(paths, "tree"))["processes"]["fake"]["pid"] not in (None, leader)
+            and s["state"] == "healthy"
+            and s
+        ),
+        20,
+        "restart after kill -9",
+    )
     wait_for(lambda: not any(alive(pid) for pid in children), 10, "orphans of the killed process to end")
 
     new_leader = restarted["processes"]["fake"]["pid"]
@@ -163,15 +190,28 @@ def test_stop_ends_what_a_killed_supervisor_left_behind(paths, started):
 
 def test_warm_spare_takes_over_and_runs_the_restart_hook(paths, started):
     port = free_port()
-    spec = fake_spec("warm", port=port, preload="fake_service:main", restart_hook="fake_service:hook",
-                     env={"PYTHONPATH": str(FAKE.parent)}, watch={"up": r"fake service pid (?P<pid>\d+) up"})
+    spec = fake_spec(
+        "warm",
+        port=port,
+        preload="fake_service:main",
+        restart_hook="fake_service:hook",
+        env={"PYTHONPATH": str(FAKE.parent)},
+        watch={"up": r"fake service pid (?P<pid>\d+) up"},
+    )
     spec.processes[0].argv = ["fake-service", "--port", str(port)]
     state = started(spec)
     leader = state["processes"]["fake"]["pid"]
-    spare = int(wait_for(lambda: re.search(r"warm spare pid (\d+)", log_text(paths, "warm")), 30, "a warm spare").group(1))
+    spare = int(
+        wait_for(lambda: re.search(r"warm spare pid (\d+)", log_text(paths, "warm")), 30, "a warm spare").group(1)
+    )
     os.kill(leader, signal.SIGKILL)
-    state = wait_for(lambda: (s := sup.read_state(paths, "warm"))["processes"]["fake"]["pid"] == spare
-                     and s["state"] == "healthy" and s, 20, "the spare to take over")
+    state = wait_for(
+        lambda: (
+            (s := sup.read_state(paths, "warm"))["processes"]["fake"]["pid"] == spare and s["state"] == "healthy" and s
+        ),
+        20,
+        "the spare to take over",
+    )
     assert state["processes"]["fake"]["restarts"] == 1
     assert "hook saw argv ['--port', '%d'] and events ['up']" % port in log_text(paths, "warm")
 
@@ -181,15 +221,22 @@ def test_the_server_probe_reports_reachability_in_state_and_logs(paths, started)
     spec = fake_spec("probed", port=free_port())
     spec.probes = [sup.ProbeSpec(name="server", url=f"http://127.0.0.1:{port}/health", period_s=0.2)]
     started(spec)
-    probe = wait_for(lambda: (p := sup.read_state(paths, "probed")["probes"]["server"])["consecutive_failures"] >= 2 and p,
-                     10, "failed probes")
+    probe = wait_for(
+        lambda: (p := sup.read_state(paths, "probed")["probes"]["server"])["consecutive_failures"] >= 2 and p,
+        10,
+        "failed probes",
+    )
     assert probe["ok"] is False and probe["detail"] == "connection refused"
     assert "server unreachable at" in log_text(paths, "probed")
-    assert re.search(r"server still unreachable: connection refused \(check \d+, next in 0.2 s\)", log_text(paths, "probed"))
+    assert re.search(
+        r"server still unreachable: connection refused \(check \d+, next in 0.2 s\)", log_text(paths, "probed")
+    )
 
 
 def _children_of(paths: Paths, service: str, leader: int) -> list[int]:
-    match = wait_for(lambda: re.findall(r"\[fake\] children (\d+) (\d+)", log_text(paths, service)), 10, "children line")
+    match = wait_for(
+        lambda: re.findall(r"\[fake\] children (\d+) (\d+)", log_text(paths, service)), 10, "children line"
+    )
     return [int(pid) for pid in match[-1]]
 
 
@@ -215,9 +262,11 @@ def test_rotating_log_keeps_backups_and_reads_across_them(paths):
 def test_read_log_since_filters_by_time_stamp(paths):
     log_path = sup.ServiceFiles.of(paths, "since").log
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    now = dt.datetime.now(dt.timezone.utc)
-    lines = [f"{(now - dt.timedelta(minutes=m)).isoformat(timespec='milliseconds').replace('+00:00', 'Z')} [fake] {m} min ago"
-             for m in (30, 12, 5, 1)]
+    now = dt.datetime.now(dt.UTC)
+    lines = [
+        f"{(now - dt.timedelta(minutes=m)).isoformat(timespec='milliseconds').replace('+00:00', 'Z')} [fake] {m} min ago"
+        for m in (30, 12, 5, 1)
+    ]
     log_path.write_text("\n".join(lines) + "\n")
     recent = sup.read_log(paths, "since", since=sup.parse_since("10m"))
     assert [line.split("] ")[1] for line in recent] == ["5 min ago", "1 min ago"]

@@ -55,12 +55,25 @@ def federated(env, data) -> Path:
     from zk0cli.fl.run_config import RunConfig
     from zk0cli.fl.server_app import run_federation
 
-    config = RunConfig.from_mapping({
-        "policy": "tiny", "num-server-rounds": 2, "min-available-nodes": 3, "local-steps": 2, "batch-size": 2, "chunk-size": 10,
-        "device": "cpu", "datasets": f"{data['pick']} {data['stack']}", "eval-datasets": data["heldout"],
-        "client-eval-episodes": 1, "eval-batches": 1, "video-frequency": 10, "seed": 42,
-        "runs-dir": str(env / "runs"), "run-name": "fed",
-    })
+    config = RunConfig.from_mapping(
+        {
+            "policy": "tiny",
+            "num-server-rounds": 2,
+            "min-available-nodes": 3,
+            "local-steps": 2,
+            "batch-size": 2,
+            "chunk-size": 10,
+            "device": "cpu",
+            "datasets": f"{data['pick']} {data['stack']}",
+            "eval-datasets": data["heldout"],
+            "client-eval-episodes": 1,
+            "eval-batches": 1,
+            "video-frequency": 10,
+            "seed": 42,
+            "runs-dir": str(env / "runs"),
+            "run-name": "fed",
+        }
+    )
     nodes = [{"partition-id": client, "num-partitions": 3} for client in range(3)]
     record = RunRecord.create(env / "runs", "fed")
     run_federation(LoopbackGrid(client_app, nodes, config.to_flwr()), config, record)
@@ -82,6 +95,7 @@ def capsys_module(env):
     import io
 
     from conftest import CliResult
+
     from zk0cli.cli.app import main
 
     def run(*args: str) -> CliResult:
@@ -120,7 +134,10 @@ def test_matched_centralized_run_then_compare_end_to_end(federated, centralized,
     assert config["run_config"]["proximal-mu"] == 0.0 and config["run_config"]["seed"] == 42
     assert set(config["dataset_fingerprints"]) == set(data.values())
     # same starting weights and the same deterministic evaluation: round 0 is the same number
-    assert read(centralized, "round_0_server_eval.json")["server_eval"] == read(federated, "round_0_server_eval.json")["server_eval"]
+    assert (
+        read(centralized, "round_0_server_eval.json")["server_eval"]
+        == read(federated, "round_0_server_eval.json")["server_eval"]
+    )
     for name in ("plots/losses.png", "plots/lr_mu.png", "final/config.json", "videos/round_0002.mp4"):
         assert (centralized / name).exists(), name
     round_1 = read(centralized, "round_1_server_eval.json")
@@ -132,7 +149,9 @@ def test_matched_centralized_run_then_compare_end_to_end(federated, centralized,
     for arm, root in zip(compared["arms"], (federated, centralized)):
         history = read(root, "policy_loss_history.json")
         (run,) = arm["runs"]
-        assert run["final_loss"] == history[-1]["policy_loss"] and run["final_action_error"] == history[-1]["action_error"]
+        assert (
+            run["final_loss"] == history[-1]["policy_loss"] and run["final_action_error"] == history[-1]["action_error"]
+        )
         assert run["best_loss"] == min(h["policy_loss"] for h in history)
         assert run["steps"] == 12
     fed_loss, cen_loss = (arm["runs"][0]["final_loss"] for arm in compared["arms"])
@@ -153,13 +172,18 @@ def test_same_seed_gives_identical_round_records(centralized, capsys_module, env
     for server_round in (0, 1, 2):
         name = f"round_{server_round}_server_eval.json"
         assert without_timing(read(again, name)) == without_timing(read(centralized, name)), name
-    assert (again / "final" / "model.safetensors").read_bytes() == (centralized / "final" / "model.safetensors").read_bytes()
+    assert (again / "final" / "model.safetensors").read_bytes() == (
+        centralized / "final" / "model.safetensors"
+    ).read_bytes()
 
     other = capsys_module("train", "--from-record", str(centralized), "--seed", "7", "--json")
     assert other.code == 0, other.stderr
     changed = Path(other.json()["record"])
     assert read(changed, "config.json")["run_config"]["seed"] == 7
-    assert read(changed, "round_2_server_eval.json")["server_eval"] != read(centralized, "round_2_server_eval.json")["server_eval"]
+    assert (
+        read(changed, "round_2_server_eval.json")["server_eval"]
+        != read(centralized, "round_2_server_eval.json")["server_eval"]
+    )
 
 
 @pytest.mark.slow
@@ -171,8 +195,12 @@ def test_sim_from_record_resubmits_the_recorded_federation(federated, data, env,
     recorded = read(federated, "config.json")["run_config"]
     request = sim_request_from_record(federated, overrides={"seed": 7}, runs_dir=tmp_path)
     assert (request.clients, request.rounds) == (3, 2)
-    assert request.run_config == {**recorded, "seed": 7, "runs-dir": str(tmp_path),
-                                  "run-name": request.run_config["run-name"]}
+    assert request.run_config == {
+        **recorded,
+        "seed": 7,
+        "runs-dir": str(tmp_path),
+        "run-name": request.run_config["run-name"],
+    }
     assert request.run_config["run-name"] != "fed"
     info = Path(data["stack"].removeprefix("local:")) / "meta" / "info.json"
     original = info.read_bytes()
@@ -187,10 +215,16 @@ def test_sim_from_record_resubmits_the_recorded_federation(federated, data, env,
 def test_steps_are_spread_over_the_rounds_and_held_out_episodes_stay_out(data):
     from zk0cli.services.centralized import plan_centralized
 
-    plan = plan_centralized(datasets=[data["pick"], data["stack"], data["pick"]], steps=5,
-                            overrides={"num-server-rounds": 2, "client-eval-episodes": 1, "eval-frequency": 5})
+    plan = plan_centralized(
+        datasets=[data["pick"], data["stack"], data["pick"]],
+        steps=5,
+        overrides={"num-server-rounds": 2, "client-eval-episodes": 1, "eval-frequency": 5},
+    )
     assert plan.steps_per_round == [3, 2] and plan.eval_rounds == [0, 2]
-    assert [(t.uri, t.episodes, t.frames) for t in plan.training] == [(data["pick"], [0, 1], 40), (data["stack"], [0], 20)]
+    assert [(t.uri, t.episodes, t.frames) for t in plan.training] == [
+        (data["pick"], [0, 1], 40),
+        (data["stack"], [0], 20),
+    ]
     assert plan.config.proximal_mu == 0.0 and plan.config.mu_min == 0.0
     few = plan_centralized(datasets=[data["stack"]], steps=2, overrides={"num-server-rounds": 4})
     assert few.steps_per_round == [1, 1] and few.config.num_server_rounds == 2 and few.eval_rounds == [0, 1, 2]

@@ -4,12 +4,27 @@ from zk0cli.ui.rounds import round_line
 
 
 def test_round_line_shows_what_the_round_record_says():
-    summary = {"round": 2, "server_policy_loss": 1.23456, "loss_avg": 2.1, "loss_std": 0.1, "num_clients": 2,
-               "lr": 1e-4, "mu": 0.01, "rejected": 1, "failed": 0, "client_losses": {"alice": 2.0, "bob": None}}
+    summary = {
+        "round": 2,
+        "server_policy_loss": 1.23456,
+        "loss_avg": 2.1,
+        "loss_std": 0.1,
+        "num_clients": 2,
+        "lr": 1e-4,
+        "mu": 0.01,
+        "rejected": 1,
+        "failed": 0,
+        "client_losses": {"alice": 2.0, "bob": None},
+    }
     line = round_line(summary, 3)
     assert line.startswith("round 2/3")
-    for part in ("server eval 1.2346", "train loss 2.1000 ± 0.1000 (2 clients)", "lr 1.00e-04 mu 0.010",
-                 "1 rejected, 0 failed", "(alice 2.0000)"):
+    for part in (
+        "server eval 1.2346",
+        "train loss 2.1000 ± 0.1000 (2 clients)",
+        "lr 1.00e-04 mu 0.010",
+        "1 rejected, 0 failed",
+        "(alice 2.0000)",
+    ):
         assert part in line
 
 

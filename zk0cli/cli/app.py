@@ -8,24 +8,21 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import click
 import typer
 
 from zk0cli import __version__
-from zk0cli.cli import common, config_cmd, init
-from zk0cli.cli import doctor
-from zk0cli.cli import dataset
-from zk0cli.cli import server as server_cmd
-from zk0cli.cli import logs, node, stop
-from zk0cli.cli import run as run_cmd
-from zk0cli.cli import status as status_cmd
+from zk0cli.cli import common, config_cmd, dataset, doctor, init, logs, node, stop
 from zk0cli.cli import compare as compare_cmd
-from zk0cli.cli import report as report_cmd
-from zk0cli.cli import sim as sim_cmd
-from zk0cli.cli import train as train_cmd
 from zk0cli.cli import demo as demo_cmd
+from zk0cli.cli import report as report_cmd
+from zk0cli.cli import run as run_cmd
+from zk0cli.cli import server as server_cmd
+from zk0cli.cli import sim as sim_cmd
+from zk0cli.cli import status as status_cmd
+from zk0cli.cli import train as train_cmd
 from zk0cli.core.errors import ExitCode, Zk0Error
 from zk0cli.ui import output
 
@@ -63,7 +60,7 @@ def root(
     json_mode: Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logs and tracebacks.")] = False,
     config: Annotated[
-        Optional[Path], typer.Option("--config", help="Config file to use instead of the default.", dir_okay=False)
+        Path | None, typer.Option("--config", help="Config file to use instead of the default.", dir_okay=False)
     ] = None,
 ) -> None:
     out = output.configure(json_mode=json_mode, verbose=verbose)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -11,12 +11,22 @@ from zk0cli.cli.common import JsonOption, out
 
 
 def compare(
-    runs: Annotated[list[str], typer.Argument(
-        help="Runs to compare (ids or directories); RUN1,RUN2,... is one arm run with several seeds.",
-        show_default=False)],
-    seeds: Annotated[int, typer.Option("--seeds", help="Seeds per arm: missing ones are run from the arm's first record.")] = 1,
-    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Where the plot and compare.json go "
-                                                    "(default: <data dir>/compare/<time>).", file_okay=False)] = None,
+    runs: Annotated[
+        list[str],
+        typer.Argument(
+            help="Runs to compare (ids or directories); RUN1,RUN2,... is one arm run with several seeds.",
+            show_default=False,
+        ),
+    ],
+    seeds: Annotated[
+        int, typer.Option("--seeds", help="Seeds per arm: missing ones are run from the arm's first record.")
+    ] = 1,
+    out_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", help="Where the plot and compare.json go (default: <data dir>/compare/<time>).", file_okay=False
+        ),
+    ] = None,
     json_: JsonOption = False,
 ) -> None:
     """Final and best server eval loss and action error side by side, loss-vs-steps on one plot.
@@ -48,9 +58,13 @@ def _render(console, result: dict[str, Any]) -> None:
         table.add_column(title.replace("server eval ", ""), justify="right")
     for arm in result["arms"]:
         steps = sorted({run["steps"] for run in arm["runs"]})
-        table.add_row(arm["label"], arm["mode"], ", ".join(str(run["seed"]) for run in arm["runs"]),
-                      "/".join(str(s) for s in steps),
-                      *(_estimate(arm["estimates"][metric]) for metric in METRICS))
+        table.add_row(
+            arm["label"],
+            arm["mode"],
+            ", ".join(str(run["seed"]) for run in arm["runs"]),
+            "/".join(str(s) for s in steps),
+            *(_estimate(arm["estimates"][metric]) for metric in METRICS),
+        )
     console.print(table)
     for gap in result["gaps"]:
         console.print(gap["text"], markup=False)

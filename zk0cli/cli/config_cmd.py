@@ -37,8 +37,12 @@ def show(json_: JsonOption = False) -> None:
     ]
 
     def render(console) -> None:
-        table = Table(title=f"config ({loaded.path})", title_justify="left",
-                      caption="override any key with ZK0_<KEY>, e.g. ZK0_SERVER_PORT=9093", caption_justify="left")
+        table = Table(
+            title=f"config ({loaded.path})",
+            title_justify="left",
+            caption="override any key with ZK0_<KEY>, e.g. ZK0_SERVER_PORT=9093",
+            caption_justify="left",
+        )
         table.add_column("key", no_wrap=True)
         table.add_column("value")
         table.add_column("source")

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Callable, Iterator, Optional
+from typing import Annotated
 
 import typer
 
@@ -13,8 +14,12 @@ from zk0cli.core.errors import ExitCode
 
 app = typer.Typer(help="Check, describe and create LeRobot datasets.", no_args_is_help=True)
 
-UriArgument = Annotated[str, typer.Argument(
-    help="hf:org/name[@revision], local:PATH, or a path to a LeRobot dataset directory.", show_default=False)]
+UriArgument = Annotated[
+    str,
+    typer.Argument(
+        help="hf:org/name[@revision], local:PATH, or a path to a LeRobot dataset directory.", show_default=False
+    ),
+]
 
 
 @contextmanager
@@ -22,8 +27,14 @@ def _progress() -> Iterator[Callable[[str, int, int], None]]:
     """A transient rich progress bar on the message console; services report (what, done, total)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                   console=out().err, transient=True)
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=out().err,
+        transient=True,
+    )
     tasks: dict[str, int] = {}
 
     def report(what: str, done: int, total: int) -> None:
@@ -38,10 +49,15 @@ def _progress() -> Iterator[Callable[[str, int, int], None]]:
 @app.command("validate")
 def validate(
     uri: UriArgument,
-    spec: Annotated[str, typer.Option("--spec", help="Federation spec: a built-in name or a spec .toml path.")] = "so100",
-    tolerance_s: Annotated[float, typer.Option("--tolerance-s", min=0.0,
-                                               help="Allowed |timestamp - frame_index/fps| in seconds.")] = 1e-4,
-    deep: Annotated[bool, typer.Option("--deep", help="Also decode the first and last frame of every episode.")] = False,
+    spec: Annotated[
+        str, typer.Option("--spec", help="Federation spec: a built-in name or a spec .toml path.")
+    ] = "so100",
+    tolerance_s: Annotated[
+        float, typer.Option("--tolerance-s", min=0.0, help="Allowed |timestamp - frame_index/fps| in seconds.")
+    ] = 1e-4,
+    deep: Annotated[
+        bool, typer.Option("--deep", help="Also decode the first and last frame of every episode.")
+    ] = False,
     json_: JsonOption = False,
 ) -> None:
     """Will this dataset be accepted? Format, federation fit, counts, time, values, tasks and media.
@@ -60,8 +76,10 @@ def validate(
     def render(console) -> None:
         s = report.summary()
         verdict = "[red]not accepted[/red]" if report.errors else "[green]accepted[/green]"
-        line = (f"{verdict}: {s['errors']} error(s), {s['warnings']} warning(s); {s['episodes']} episodes, "
-                f"{s['frames']} frames, {_duration(s['duration_s'])}, {_size(s['size_bytes'])}")
+        line = (
+            f"{verdict}: {s['errors']} error(s), {s['warnings']} warning(s); {s['episodes']} episodes, "
+            f"{s['frames']} frames, {_duration(s['duration_s'])}, {_size(s['size_bytes'])}"
+        )
         render_checks(console, report.checks, title=f"{report.uri} (spec {report.spec})", summary=line)
 
     out().result(report.to_dict(), render)
@@ -80,9 +98,14 @@ def info(uri: UriArgument, json_: JsonOption = False) -> None:
     data = dataset_info(parse_uri(uri))
 
     def render(console) -> None:
-        console.print(f"[bold]{data['uri']}[/bold]  LeRobot {data['codebase_version']}, {data['robot_type']}", markup=True)
-        console.print(f"{data['episodes']} episodes, {data['frames']} frames at {data['fps']} fps "
-                      f"({_duration(data['duration_s'] or 0)}), {_size(data['size_bytes'])} on disk", markup=False)
+        console.print(
+            f"[bold]{data['uri']}[/bold]  LeRobot {data['codebase_version']}, {data['robot_type']}", markup=True
+        )
+        console.print(
+            f"{data['episodes']} episodes, {data['frames']} frames at {data['fps']} fps "
+            f"({_duration(data['duration_s'] or 0)}), {_size(data['size_bytes'])} on disk",
+            markup=False,
+        )
         table = Table(box=None, show_header=True, header_style="bold", pad_edge=False)
         for column in ("feature", "dtype", "shape"):
             table.add_column(column)
@@ -98,8 +121,9 @@ def info(uri: UriArgument, json_: JsonOption = False) -> None:
 
 @app.command("sample")
 def sample(
-    directory: Annotated[Path, typer.Argument(help="New (or empty) directory to write the dataset to.",
-                                              show_default=False)],
+    directory: Annotated[
+        Path, typer.Argument(help="New (or empty) directory to write the dataset to.", show_default=False)
+    ],
     episodes: Annotated[int, typer.Option("--episodes", help="Number of episodes.")] = 4,
     frames_per_episode: Annotated[int, typer.Option("--frames-per-episode", help="Frames in each episode.")] = 60,
     task: Annotated[str, typer.Option("--task", help="pick, stack or sort: each moves differently.")] = "pick",
@@ -112,21 +136,42 @@ def sample(
     from zk0cli.datasets.sample import write_sample
 
     with _progress() as progress:
-        root = write_sample(directory, task=task, episodes=episodes, frames_per_episode=frames_per_episode,
-                            image_size=image_size, seed=seed, video=video,
-                            progress=lambda done, total: progress("writing episodes", done, total))
-    data = {"path": str(root), "uri": f"local:{root}", "task": task, "episodes": episodes,
-            "frames": episodes * frames_per_episode, "image_size": image_size, "video": video, "seed": seed}
-    out().result(data, lambda console: console.print(
-        f"[green]✓[/green] wrote {episodes} '{task}' episodes ({data['frames']} frames) to {root}\n"
-        f"  next: zk0 dataset validate local:{root}"))
+        root = write_sample(
+            directory,
+            task=task,
+            episodes=episodes,
+            frames_per_episode=frames_per_episode,
+            image_size=image_size,
+            seed=seed,
+            video=video,
+            progress=lambda done, total: progress("writing episodes", done, total),
+        )
+    data = {
+        "path": str(root),
+        "uri": f"local:{root}",
+        "task": task,
+        "episodes": episodes,
+        "frames": episodes * frames_per_episode,
+        "image_size": image_size,
+        "video": video,
+        "seed": seed,
+    }
+    out().result(
+        data,
+        lambda console: console.print(
+            f"[green]✓[/green] wrote {episodes} '{task}' episodes ({data['frames']} frames) to {root}\n"
+            f"  next: zk0 dataset validate local:{root}"
+        ),
+    )
 
 
 @app.command("convert")
 def convert(
     uri: UriArgument,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Where to write the v3.0 copy "
-                                                   "(default: next to it, named <dir>-v30).")] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Where to write the v3.0 copy (default: next to it, named <dir>-v30)."),
+    ] = None,
     json_: JsonOption = False,
 ) -> None:
     """Convert a local LeRobot v2.1 dataset to v3.0 with LeRobot's converter, offline, on a copy."""
@@ -136,8 +181,12 @@ def convert(
     with out().err.status("converting with LeRobot's converter…"):
         target = convert_to_v30(parse_uri(uri), output)
     data = {"path": str(target), "uri": f"local:{target}"}
-    out().result(data, lambda console: console.print(
-        f"[green]✓[/green] v3.0 copy written to {target}\n  next: zk0 dataset validate local:{target}"))
+    out().result(
+        data,
+        lambda console: console.print(
+            f"[green]✓[/green] v3.0 copy written to {target}\n  next: zk0 dataset validate local:{target}"
+        ),
+    )
 
 
 def _duration(seconds: float) -> str:

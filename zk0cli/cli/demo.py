@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -13,8 +13,13 @@ from zk0cli.cli.run import print_round
 
 def demo(
     rounds: Annotated[int, typer.Option("--rounds", "-r", help="Federated rounds.")] = 3,
-    keep: Annotated[bool, typer.Option("--keep", help="Keep the demo's directory (keys, logs, datasets, SuperLink database).")] = False,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Run-config KEY=VALUE over the demo's small workload, e.g. --set local-steps=20.")] = None,
+    keep: Annotated[
+        bool, typer.Option("--keep", help="Keep the demo's directory (keys, logs, datasets, SuperLink database).")
+    ] = False,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Run-config KEY=VALUE over the demo's small workload, e.g. --set local-steps=20."),
+    ] = None,
     json_: JsonOption = False,
 ) -> None:
     """Run a whole federation here: server and two nodes with real TLS and node auth, then train.
@@ -29,8 +34,9 @@ def demo(
 
     options = demo_service.DemoOptions(rounds=rounds, keep=keep, settings=parse_overrides(set_ or []))
     try:
-        result = demo_service.run(options, session().paths.runs_dir, on_message=lambda m: out().info(escape(m)),
-                                  on_round=print_round)
+        result = demo_service.run(
+            options, session().paths.runs_dir, on_message=lambda m: out().info(escape(m)), on_round=print_round
+        )
     except KeyboardInterrupt:
         out().warning("demo interrupted: every process it started was stopped")
         raise typer.Exit(130) from None
@@ -40,14 +46,22 @@ def demo(
 def _render(console, result) -> None:
     from rich.table import Table
 
-    table = Table(title=f"zk0 demo: {len(result.rounds) - 1 if result.rounds else 0} round(s), run {result.run_dir.name}",
-                  title_justify="left")
+    table = Table(
+        title=f"zk0 demo: {len(result.rounds) - 1 if result.rounds else 0} round(s), run {result.run_dir.name}",
+        title_justify="left",
+    )
     for column in ("round", "clients", "train loss", "server eval loss", "action error", "lr", "mu"):
         table.add_column(column, justify="right")
     for line in result.rounds:
-        table.add_row(str(line["round"]), str(line.get("num_clients") or "-"), _num(line.get("loss_avg")),
-                      _num(line.get("server_policy_loss")), _num(line.get("server_action_error")),
-                      _num(line.get("lr"), ".3g"), _num(line.get("mu"), ".3g"))
+        table.add_row(
+            str(line["round"]),
+            str(line.get("num_clients") or "-"),
+            _num(line.get("loss_avg")),
+            _num(line.get("server_policy_loss")),
+            _num(line.get("server_action_error")),
+            _num(line.get("lr"), ".3g"),
+            _num(line.get("mu"), ".3g"),
+        )
     console.print(table)
     stages = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in result.stage_seconds.items())
     console.print(f"[green]✓[/green] {result.state} in {result.seconds:.0f} s ({stages}); every demo process stopped")

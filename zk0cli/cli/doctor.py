@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -13,9 +13,12 @@ from zk0cli.core.errors import ExitCode
 
 
 def doctor(
-    role: Annotated[Optional[Role], typer.Option("--role", help="Check as a server or a node (default: the role in the config).")] = None,
+    role: Annotated[
+        Role | None, typer.Option("--role", help="Check as a server or a node (default: the role in the config).")
+    ] = None,
     bundle: Annotated[
-        Optional[Path], typer.Option("--bundle", help="Also write a support archive (.tar.gz) with secrets redacted.", dir_okay=False)
+        Path | None,
+        typer.Option("--bundle", help="Also write a support archive (.tar.gz) with secrets redacted.", dir_okay=False),
     ] = None,
     skip_network: Annotated[bool, typer.Option("--skip-network", help="Skip checks that go over the network.")] = False,
     json_: JsonOption = False,
@@ -29,12 +32,17 @@ def doctor(
 
     s = session()
     with out().err.status("checking this machine…"):
-        diagnosis = doctor_service.diagnose(s.paths, s.config_file, role=role.value if role else None, skip_network=skip_network)
+        diagnosis = doctor_service.diagnose(
+            s.paths, s.config_file, role=role.value if role else None, skip_network=skip_network
+        )
     data = diagnosis.to_dict()
     if bundle is not None:
         from zk0cli.services.doctor.bundle import write_bundle
 
-        data["bundle"] = {"path": str(bundle), "members": write_bundle(bundle, s.paths, s.config_file, diagnosis.to_dict())}
+        data["bundle"] = {
+            "path": str(bundle),
+            "members": write_bundle(bundle, s.paths, s.config_file, diagnosis.to_dict()),
+        }
         out().success(f"support bundle written to {bundle} (secrets redacted)")
     title = f"zk0 doctor ({diagnosis.role or 'no role yet'})"
     out().result(data, lambda console: render_checks(console, diagnosis.results, title=title))

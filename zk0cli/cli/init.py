@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.markup import escape
@@ -20,15 +20,24 @@ class Role(str, Enum):
 
 
 def init(
-    role: Annotated[Optional[Role], typer.Option("--role", help="server: runs the SuperLink; node: trains on a local dataset.")] = None,
-    public_address: Annotated[
-        Optional[list[str]], typer.Option("--public-address", help="[server] DNS name or IP nodes use to reach you (repeatable).")
+    role: Annotated[
+        Role | None, typer.Option("--role", help="server: runs the SuperLink; node: trains on a local dataset.")
     ] = None,
-    ca_cert: Annotated[Optional[Path], typer.Option("--ca-cert", help="[node] The federation's ca.pem, from the server admin.")] = None,
+    public_address: Annotated[
+        list[str] | None,
+        typer.Option("--public-address", help="[server] DNS name or IP nodes use to reach you (repeatable)."),
+    ] = None,
+    ca_cert: Annotated[
+        Path | None, typer.Option("--ca-cert", help="[node] The federation's ca.pem, from the server admin.")
+    ] = None,
     server: Annotated[str, typer.Option("--server", help="[node] The server's HOST:PORT.")] = "",
     dataset: Annotated[str, typer.Option("--dataset", help="[node] Dataset URI this node trains on.")] = "",
-    force: Annotated[bool, typer.Option("--force", help="Replace existing keys (a timestamped backup is kept).")] = False,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Never prompt: take defaults for what is not given.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace existing keys (a timestamped backup is kept).")
+    ] = False,
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="Never prompt: take defaults for what is not given.")
+    ] = False,
     json_: JsonOption = False,
 ) -> None:
     """Create the config, directories, keys and certificates for a server or a node."""
@@ -41,13 +50,20 @@ def init(
     if role is Role.server:
         addresses = public_address or []
         if not addresses and not yes:
-            answer = ask("Public address(es) nodes will use, comma-separated (empty: loopback only)", default="", missing="--public-address HOST")
+            answer = ask(
+                "Public address(es) nodes will use, comma-separated (empty: loopback only)",
+                default="",
+                missing="--public-address HOST",
+            )
             addresses = [a.strip() for a in answer.split(",") if a.strip()]
         result = init_service.init_server(s.paths, s.config_file, addresses, force=force)
     else:
         if ca_cert is None:
             if yes:
-                raise bad_input("a node needs the federation's CA certificate", hint="pass --ca-cert PATH (the server admin's ca.pem)")
+                raise bad_input(
+                    "a node needs the federation's CA certificate",
+                    hint="pass --ca-cert PATH (the server admin's ca.pem)",
+                )
             ca_cert = Path(ask("Path to the federation's ca.pem", missing="--ca-cert PATH"))
         result = init_service.init_node(s.paths, s.config_file, ca_cert, server=server, dataset=dataset, force=force)
     out().result(result.to_dict(), lambda c: _render(c, result))
@@ -58,7 +74,10 @@ def _prompter(yes: bool):
 
     def ask(question: str, *, missing: str, choices: list[str] | None = None, default: str | None = None) -> str:
         if yes or not sys.stdin.isatty():
-            raise bad_input(f"{missing.split()[0]} is required when zk0 cannot prompt (no terminal, or --yes)", hint=f"pass {missing}")
+            raise bad_input(
+                f"{missing.split()[0]} is required when zk0 cannot prompt (no terminal, or --yes)",
+                hint=f"pass {missing}",
+            )
         from rich.prompt import Prompt
 
         return Prompt.ask(question, choices=choices, default=default, console=out().err)
@@ -67,7 +86,9 @@ def _prompter(yes: bool):
 
 
 def _render(console, result) -> None:
-    console.print(f"[green]✓[/green] initialised as [bold]{result.role}[/bold]; config: {escape(str(result.config_file))}")
+    console.print(
+        f"[green]✓[/green] initialised as [bold]{result.role}[/bold]; config: {escape(str(result.config_file))}"
+    )
     for purpose, path in result.files.items():
         console.print(f"  {purpose:12} {escape(path)}")
     if result.backup_dir:

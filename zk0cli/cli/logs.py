@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -12,12 +12,16 @@ from zk0cli.core.errors import bad_input
 app = typer.Typer(help="Show the logs of the server, a node, or a run.", no_args_is_help=True)
 
 FollowOption = Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines (Ctrl-C ends).")]
-TailOption = Annotated[Optional[int], typer.Option("--tail", "-n", help="Only the last N lines (default 50).", min=0)]
-SinceOption = Annotated[Optional[str], typer.Option("--since", help="Lines from this long ago (30s, 10m, 2h, 1d) or an ISO time.")]
+TailOption = Annotated[int | None, typer.Option("--tail", "-n", help="Only the last N lines (default 50).", min=0)]
+SinceOption = Annotated[
+    str | None, typer.Option("--since", help="Lines from this long ago (30s, 10m, 2h, 1d) or an ISO time.")
+]
 
 
 @app.command("server")
-def server(follow: FollowOption = False, tail: TailOption = None, since: SinceOption = None, json_: JsonOption = False) -> None:
+def server(
+    follow: FollowOption = False, tail: TailOption = None, since: SinceOption = None, json_: JsonOption = False
+) -> None:
     """The server's log: SuperLink, fleet proxy and supervisor events."""
     _show("server", follow, tail, since, json_)
 
@@ -42,7 +46,8 @@ def run(
     """A training run's log (what the ServerApp printed), from the local server."""
     import subprocess
 
-    from zk0cli.services import flower, server as server_service
+    from zk0cli.services import flower
+    from zk0cli.services import server as server_service
 
     if not run_id.isdigit():
         raise bad_input(f"'{run_id}' is not a run id", hint="run ids are numbers")
@@ -68,9 +73,14 @@ def _show(service: str, follow: bool, tail: int | None, since: str | None, json_
         raise bad_input(f"no log for {service} here", hint=f"services with state on this machine: {known}")
     moment = supervisor.parse_since(since) if since else None
     lines = supervisor.read_log(s.paths, service, tail=tail, since=moment)
-    out().result({"service": service, "lines": lines}, lambda c: [c.print(line, markup=False, highlight=False, soft_wrap=True) for line in lines])
+    out().result(
+        {"service": service, "lines": lines},
+        lambda c: [c.print(line, markup=False, highlight=False, soft_wrap=True) for line in lines],
+    )
     if follow:
         try:
-            supervisor.follow_log(s.paths, service, lambda line: out().out.print(line, markup=False, highlight=False, soft_wrap=True))
+            supervisor.follow_log(
+                s.paths, service, lambda line: out().out.print(line, markup=False, highlight=False, soft_wrap=True)
+            )
         except KeyboardInterrupt:
             pass

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.markup import escape
@@ -21,36 +21,59 @@ INSECURE_WARNING = (
 
 @app.command("join")
 def join(
-    server: Annotated[Optional[str], typer.Option("--server", help="The server's HOST:PORT [config: node.server].")] = None,
-    dataset: Annotated[Optional[str], typer.Option("--dataset", help="Dataset URI: hf:org/name, local:PATH or a path [config: node.dataset].")] = None,
-    name: Annotated[Optional[str], typer.Option("--name", help="Node name (default: from the dataset) [config: node.name].")] = None,
-    skip_validation: Annotated[bool, typer.Option("--skip-validation", help="Do not validate the dataset first (bad data can fail rounds).")] = False,
-    detach: Annotated[bool, typer.Option("--detach", help="Run in the background; `zk0 stop node NAME` ends it.")] = False,
-    insecure: Annotated[bool, typer.Option("--insecure", help="No TLS and no key (only against an --insecure server).")] = False,
-    install_service: Annotated[bool, typer.Option("--install-service", help="Print a systemd user unit for this command.")] = False,
+    server: Annotated[
+        str | None, typer.Option("--server", help="The server's HOST:PORT [config: node.server].")
+    ] = None,
+    dataset: Annotated[
+        str | None,
+        typer.Option("--dataset", help="Dataset URI: hf:org/name, local:PATH or a path [config: node.dataset]."),
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option("--name", help="Node name (default: from the dataset) [config: node.name].")
+    ] = None,
+    skip_validation: Annotated[
+        bool, typer.Option("--skip-validation", help="Do not validate the dataset first (bad data can fail rounds).")
+    ] = False,
+    detach: Annotated[
+        bool, typer.Option("--detach", help="Run in the background; `zk0 stop node NAME` ends it.")
+    ] = False,
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="No TLS and no key (only against an --insecure server).")
+    ] = False,
+    install_service: Annotated[
+        bool, typer.Option("--install-service", help="Print a systemd user unit for this command.")
+    ] = False,
     json_: JsonOption = False,
 ) -> None:
     """Validate the dataset, check the server, and train with the federation (restarted if it exits).
 
     Foreground by default: Ctrl-C leaves the federation and stops every process this node started.
     """
+    from zk0cli.datasets.uri import parse_uri
     from zk0cli.services import node as node_service
     from zk0cli.services import supervisor
-    from zk0cli.datasets.uri import parse_uri
 
     s = session()
     config = s.load_config({"node.server": server, "node.dataset": dataset, "node.name": name}).config.node
     if not config.server:
         raise bad_input("no server given", hint="pass --server HOST:9092, or: zk0 config set node.server HOST:9092")
     if not config.dataset:
-        raise bad_input("no dataset given", hint="pass --dataset hf:org/name or --dataset PATH, or: zk0 config set node.dataset URI")
-    options = node_service.JoinOptions(server=config.server, dataset=config.dataset, name=config.name,
-                                       insecure=insecure, skip_validation=skip_validation)
+        raise bad_input(
+            "no dataset given", hint="pass --dataset hf:org/name or --dataset PATH, or: zk0 config set node.dataset URI"
+        )
+    options = node_service.JoinOptions(
+        server=config.server,
+        dataset=config.dataset,
+        name=config.name,
+        insecure=insecure,
+        skip_validation=skip_validation,
+    )
     uri = parse_uri(options.dataset)
     node_name = options.name or node_service.default_name(uri.name)
     if install_service:
-        unit = supervisor.systemd_unit(node_service.service_name(node_name), supervisor.service_argv(sys.argv[1:]),
-                                       f"zk0 node {node_name}")
+        unit = supervisor.systemd_unit(
+            node_service.service_name(node_name), supervisor.service_argv(sys.argv[1:]), f"zk0 node {node_name}"
+        )
         out().result({"unit": unit}, lambda c: c.print(unit, markup=False, highlight=False, soft_wrap=True))
         return
     if insecure:
@@ -58,7 +81,9 @@ def join(
     pki = node_service.node_pki(s.paths, insecure=insecure)
     _validate(node_service, uri, skip_validation)
     checked = node_service.check_server(options.server, ca_cert=pki.ca_cert if pki else None)
-    out().success(f"server {escape(options.server)} reachable ({'TLS verified with the pinned CA' if checked['tls'] else 'no TLS'})")
+    out().success(
+        f"server {escape(options.server)} reachable ({'TLS verified with the pinned CA' if checked['tls'] else 'no TLS'})"
+    )
     spec = node_service.build_spec(s.paths, options, node_name=node_name, dataset_uri=str(uri), pki=pki)
     if detach:
         state = supervisor.start_detached(s.paths, spec)
@@ -77,7 +102,9 @@ def _validate(node_service, uri, skip_validation: bool) -> None:
     report = node_service.validate(uri)
     node_service.refuse_on_errors(report, uri)
     extra = f", {report.warnings} warning(s): see `zk0 dataset validate {uri}`" if report.warnings else ""
-    out().success(f"dataset {escape(str(uri))} valid ({report.episodes} episodes, {report.frames} frames{escape(extra)})")
+    out().success(
+        f"dataset {escape(str(uri))} valid ({report.episodes} episodes, {report.frames} frames{escape(extra)})"
+    )
 
 
 def _print_event(level: str, message: str) -> None:
@@ -90,7 +117,9 @@ def _print_event(level: str, message: str) -> None:
 def _render_started(console, state: dict) -> None:
     info = state["info"]
     node_id = state["processes"]["supernode"]["events"].get("connected", {}).get("groups", {}).get("node_id", "?")
-    console.print(f"[green]✓[/green] node {escape(info['name'])} connected to {escape(info['server'])} as node id {node_id} "
-                  f"(supervisor pid {state['supervisor']['pid']})")
+    console.print(
+        f"[green]✓[/green] node {escape(info['name'])} connected to {escape(info['server'])} as node id {node_id} "
+        f"(supervisor pid {state['supervisor']['pid']})"
+    )
     console.print(f"  dataset {escape(info['dataset'])}")
     console.print(f"  logs    zk0 logs node {escape(info['name'])} -f    stop: zk0 stop node {escape(info['name'])}")

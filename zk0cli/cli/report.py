@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -12,8 +12,9 @@ from zk0cli.cli.common import JsonOption, out
 
 def report(
     run: Annotated[str, typer.Argument(help="Run id (under <data dir>/runs) or run directory.", show_default=False)],
-    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Where to write the report (default: RUN/report).",
-                                                    file_okay=False)] = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Where to write the report (default: RUN/report).", file_okay=False)
+    ] = None,
     json_: JsonOption = False,
 ) -> None:
     """Write report.html (plots and evaluation videos embedded) and report.md for one run.
@@ -24,6 +25,10 @@ def report(
     from zk0cli.services.report import write_report
 
     written = write_report(run, out_dir)
-    out().result(written, lambda console: console.print(
-        f"[green]✓[/green] report of {written['run']}: {written['html']}\n"
-        f"  summary: {written['markdown']} ({len(written['plots'])} plots, {len(written['videos'])} videos)"))
+    out().result(
+        written,
+        lambda console: console.print(
+            f"[green]✓[/green] report of {written['run']}: {written['html']}\n"
+            f"  summary: {written['markdown']} ({len(written['plots'])} plots, {len(written['videos'])} videos)"
+        ),
+    )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.markup import escape
@@ -10,16 +10,29 @@ from rich.markup import escape
 from zk0cli.cli.common import JsonOption, out, session
 from zk0cli.ui.rounds import round_line
 
-app = typer.Typer(help="Start a training run on this server (`zk0 run stop RUN_ID` stops one).", invoke_without_command=True)
+app = typer.Typer(
+    help="Start a training run on this server (`zk0 run stop RUN_ID` stops one).", invoke_without_command=True
+)
 
 
 @app.callback()
 def run(
     ctx: typer.Context,
-    rounds: Annotated[Optional[int], typer.Option("--rounds", help="Rounds of federated training.", min=1)] = None,
-    stream: Annotated[bool, typer.Option("--stream", help="Follow the run round by round; exit code = its outcome.")] = False,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Run-config KEY=VALUE (repeatable), e.g. --set local-steps=50.")] = None,
-    resume: Annotated[Optional[str], typer.Option("--resume", metavar="RUN_ID", help="Continue a stopped run from its last checkpoint (run id, run name or record dir); --rounds may raise its total.")] = None,
+    rounds: Annotated[int | None, typer.Option("--rounds", help="Rounds of federated training.", min=1)] = None,
+    stream: Annotated[
+        bool, typer.Option("--stream", help="Follow the run round by round; exit code = its outcome.")
+    ] = False,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Run-config KEY=VALUE (repeatable), e.g. --set local-steps=50.")
+    ] = None,
+    resume: Annotated[
+        str | None,
+        typer.Option(
+            "--resume",
+            metavar="RUN_ID",
+            help="Continue a stopped run from its last checkpoint (run id, run name or record dir); --rounds may raise its total.",
+        ),
+    ] = None,
     json_: JsonOption = False,
 ) -> None:
     """Submit the zk0 app to the local SuperLink (Control API on loopback) and print the run id."""
@@ -31,18 +44,26 @@ def run(
 
     s = session()
     if resume is not None and set_:
-        raise bad_input("--set cannot change a resumed run: it continues with its recorded run config",
-                        hint="drop --set (only --rounds may raise the total), or start a new run")
+        raise bad_input(
+            "--set cannot change a resumed run: it continues with its recorded run config",
+            hint="drop --set (only --rounds may raise the total), or start a new run",
+        )
     if resume is not None:
         submitted = server_service.resume_run(s.paths, resume, rounds=rounds)
     else:
         submitted = server_service.submit_run(s.paths, rounds=rounds, settings=parse_overrides(set_ or []))
     for note in submitted.notes:
         out().info(escape(note))
-    data = {"run_id": submitted.run_id, "run_dir": str(submitted.run_dir), "rounds": submitted.rounds,
-            "resumed": resume is not None}
+    data = {
+        "run_id": submitted.run_id,
+        "run_dir": str(submitted.run_dir),
+        "rounds": submitted.rounds,
+        "resumed": resume is not None,
+    }
     verb = "resumed" if resume is not None else "submitted"
-    out().success(f"run {submitted.run_id} {verb}: {submitted.rounds} round(s); record in {escape(str(submitted.run_dir))}")
+    out().success(
+        f"run {submitted.run_id} {verb}: {submitted.rounds} round(s); record in {escape(str(submitted.run_dir))}"
+    )
     if not stream:
         out().info(f"follow it: zk0 logs run {submitted.run_id} -f, or zk0 status --watch")
         out().result({**data, "state": "submitted"})
@@ -50,10 +71,16 @@ def run(
     try:
         status = server_service.follow_run(s.paths, submitted, print_round)
     except KeyboardInterrupt:
-        out().warning(f"stopped following; run {submitted.run_id} goes on. Stop it with: zk0 run stop {submitted.run_id}")
+        out().warning(
+            f"stopped following; run {submitted.run_id} goes on. Stop it with: zk0 run stop {submitted.run_id}"
+        )
         raise typer.Exit(130) from None
-    out().result({**data, "state": status.get("state")},
-                 lambda c: c.print(f"[green]✓[/green] run {submitted.run_id} completed; record in {escape(str(submitted.run_dir))}"))
+    out().result(
+        {**data, "state": status.get("state")},
+        lambda c: c.print(
+            f"[green]✓[/green] run {submitted.run_id} completed; record in {escape(str(submitted.run_dir))}"
+        ),
+    )
 
 
 @app.command("stop")
@@ -81,8 +108,13 @@ def runs(json_: JsonOption = False) -> None:
         for column in ("run id", "app", "status", "submitted", "elapsed"):
             table.add_column(column)
         for item in listed:
-            table.add_row(str(item.get("run-id")), str(item.get("fab-name", "")), str(item.get("status", "")),
-                          str(item.get("pending-at", "")), f"{float(item.get('elapsed') or 0):.0f} s")
+            table.add_row(
+                str(item.get("run-id")),
+                str(item.get("fab-name", "")),
+                str(item.get("status", "")),
+                str(item.get("pending-at", "")),
+                f"{float(item.get('elapsed') or 0):.0f} s",
+            )
         console.print(table)
 
     out().result({"runs": listed}, render)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.markup import escape
@@ -23,21 +23,42 @@ INSECURE_WARNING = (
 
 @app.command("serve")
 def serve(
-    host: Annotated[Optional[str], typer.Option("--host", help="Public address nodes connect to [config: server.host].")] = None,
-    port: Annotated[Optional[int], typer.Option("--port", help="Public port [config: server.port].")] = None,
-    control_port: Annotated[int, typer.Option("--control-port", help="The SuperLink's own port on 127.0.0.1 (default: port+1).")] = 0,
-    insecure: Annotated[bool, typer.Option("--insecure", help="No TLS (demo only; needs --no-require-node-auth).")] = False,
-    database: Annotated[Optional[str], typer.Option("--database", help="SuperLink SQLite file [config: server.database].")] = None,
+    host: Annotated[
+        str | None, typer.Option("--host", help="Public address nodes connect to [config: server.host].")
+    ] = None,
+    port: Annotated[int | None, typer.Option("--port", help="Public port [config: server.port].")] = None,
+    control_port: Annotated[
+        int, typer.Option("--control-port", help="The SuperLink's own port on 127.0.0.1 (default: port+1).")
+    ] = 0,
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="No TLS (demo only; needs --no-require-node-auth).")
+    ] = False,
+    database: Annotated[
+        str | None, typer.Option("--database", help="SuperLink SQLite file [config: server.database].")
+    ] = None,
     require_node_auth: Annotated[
-        Optional[bool],
-        typer.Option("--require-node-auth/--no-require-node-auth", help="Only registered node keys may join [config: server.require-node-auth]."),
+        bool | None,
+        typer.Option(
+            "--require-node-auth/--no-require-node-auth",
+            help="Only registered node keys may join [config: server.require-node-auth].",
+        ),
     ] = None,
     detach: Annotated[bool, typer.Option("--detach", help="Run in the background; `zk0 stop server` ends it.")] = False,
-    install_service: Annotated[bool, typer.Option("--install-service", help="Print a systemd user unit for this command.")] = False,
-    auto_run: Annotated[bool, typer.Option("--auto-run", help="Start a training session whenever --min-nodes nodes are online and none runs.")] = False,
+    install_service: Annotated[
+        bool, typer.Option("--install-service", help="Print a systemd user unit for this command.")
+    ] = False,
+    auto_run: Annotated[
+        bool,
+        typer.Option(
+            "--auto-run", help="Start a training session whenever --min-nodes nodes are online and none runs."
+        ),
+    ] = False,
     min_nodes: Annotated[int, typer.Option("--min-nodes", help="--auto-run: online nodes a session needs.", min=1)] = 2,
     rounds: Annotated[int, typer.Option("--rounds", help="--auto-run: rounds per session.", min=1)] = 3,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="--auto-run: run-config KEY=VALUE for each session (repeatable).")] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="--auto-run: run-config KEY=VALUE for each session (repeatable)."),
+    ] = None,
     json_: JsonOption = False,
 ) -> None:
     """Serve the federation: Fleet API on the public address, Control API only on this host.
@@ -53,11 +74,25 @@ def serve(
         _print_unit(supervisor.systemd_unit("server", supervisor.service_argv(sys.argv[1:]), "zk0 federation server"))
         return
     s = session()
-    flags = {"server.host": host, "server.port": port, "server.database": database, "server.require-node-auth": require_node_auth}
+    flags = {
+        "server.host": host,
+        "server.port": port,
+        "server.database": database,
+        "server.require-node-auth": require_node_auth,
+    }
     config = s.load_config(flags).config.server
-    options = server_service.ServeOptions(host=config.host, port=config.port, control_port=control_port, insecure=insecure,
-                                          database=config.database, require_node_auth=config.require_node_auth,
-                                          auto_run=auto_run, min_nodes=min_nodes, rounds=rounds, run_settings=list(set_ or []))
+    options = server_service.ServeOptions(
+        host=config.host,
+        port=config.port,
+        control_port=control_port,
+        insecure=insecure,
+        database=config.database,
+        require_node_auth=config.require_node_auth,
+        auto_run=auto_run,
+        min_nodes=min_nodes,
+        rounds=rounds,
+        run_settings=list(set_ or []),
+    )
     spec = server_service.build_spec(s.paths, options)
     if insecure:
         out().warning(INSECURE_WARNING)
@@ -86,8 +121,10 @@ def _print_event(level: str, message: str) -> None:
 def _render_started(console, state: dict) -> None:
     info = state["info"]
     console.print(f"[green]✓[/green] server running in the background (supervisor pid {state['supervisor']['pid']})")
-    console.print(f"  nodes join     {escape(info['public_address'])}  ({'TLS' if info['tls'] else 'NO TLS'}, "
-                  f"node auth {'on' if info['node_auth'] else 'off'})")
+    console.print(
+        f"  nodes join     {escape(info['public_address'])}  ({'TLS' if info['tls'] else 'NO TLS'}, "
+        f"node auth {'on' if info['node_auth'] else 'off'})"
+    )
     console.print(f"  control (local) {escape(info['control_address'])}")
     console.print(f"  database       {escape(info['database'])}")
     console.print("  logs           zk0 logs server -f    stop: zk0 stop server")
@@ -123,7 +160,9 @@ def nodes_list(json_: JsonOption = False) -> None:
         for column in ("node id", "name", "status", "online since", "offline since"):
             table.add_column(column)
         for node in nodes:
-            table.add_row(node["node_id"], node["name"], node["status"], str(node["online_at"]), str(node["offline_at"]))
+            table.add_row(
+                node["node_id"], node["name"], node["status"], str(node["online_at"]), str(node["offline_at"])
+            )
         console.print(table)
 
     out().result({"nodes": nodes}, render)

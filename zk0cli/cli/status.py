@@ -11,8 +11,12 @@ from zk0cli.core.errors import Zk0Error, bad_input
 
 
 def status(
-    watch: Annotated[bool, typer.Option("--watch", "-w", help="Update in place about once a second; q or Ctrl-C quits.")] = False,
-    interval: Annotated[float, typer.Option("--interval", min=0.2, max=60.0, help="Seconds between refreshes with --watch.")] = 1.0,
+    watch: Annotated[
+        bool, typer.Option("--watch", "-w", help="Update in place about once a second; q or Ctrl-C quits.")
+    ] = False,
+    interval: Annotated[
+        float, typer.Option("--interval", min=0.2, max=60.0, help="Seconds between refreshes with --watch.")
+    ] = 1.0,
     json_: JsonOption = False,
 ) -> None:
     """The federation at a glance: what runs here, which nodes are online, how runs progress.

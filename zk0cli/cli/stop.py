@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.markup import escape
@@ -12,8 +12,8 @@ from zk0cli.core.errors import bad_input
 
 
 def stop(
-    target: Annotated[Optional[str], typer.Argument(help="server, or node.", show_default=False)] = None,
-    name: Annotated[Optional[str], typer.Argument(help="The node's name (for `node`).", show_default=False)] = None,
+    target: Annotated[str | None, typer.Argument(help="server, or node.", show_default=False)] = None,
+    name: Annotated[str | None, typer.Argument(help="The node's name (for `node`).", show_default=False)] = None,
     all_: Annotated[bool, typer.Option("--all", help="Stop every zk0 service on this machine.")] = False,
     json_: JsonOption = False,
 ) -> None:

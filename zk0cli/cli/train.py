@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -12,18 +12,37 @@ from zk0cli.core.errors import bad_input
 
 
 def train(
-    dataset: Annotated[Optional[list[str]], typer.Option(
-        "--dataset", help="Training dataset URI (repeat for several; their training episodes are pooled).")] = None,
-    steps: Annotated[Optional[int], typer.Option(
-        "--steps", help="Total optimizer steps, spread over num-server-rounds evaluation rounds.")] = None,
-    match_run: Annotated[Optional[str], typer.Option(
-        "--match-run", help="Federated run (id or dir) to match: its config, data, steps and evaluation rounds.")] = None,
-    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of everything random (default: the run config's).")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option(
-        "--set", help="Run-config KEY=VALUE (as for zk0 sim), e.g. --set batch-size=8; repeatable.")] = None,
-    from_record: Annotated[Optional[Path], typer.Option(
-        "--from-record", help="Re-run a centralized run record exactly (with --seed: another seed).",
-        file_okay=False)] = None,
+    dataset: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--dataset", help="Training dataset URI (repeat for several; their training episodes are pooled)."
+        ),
+    ] = None,
+    steps: Annotated[
+        int | None,
+        typer.Option("--steps", help="Total optimizer steps, spread over num-server-rounds evaluation rounds."),
+    ] = None,
+    match_run: Annotated[
+        str | None,
+        typer.Option(
+            "--match-run", help="Federated run (id or dir) to match: its config, data, steps and evaluation rounds."
+        ),
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option("--seed", help="Seed of everything random (default: the run config's).")
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Run-config KEY=VALUE (as for zk0 sim), e.g. --set batch-size=8; repeatable."),
+    ] = None,
+    from_record: Annotated[
+        Path | None,
+        typer.Option(
+            "--from-record",
+            help="Re-run a centralized run record exactly (with --seed: another seed).",
+            file_okay=False,
+        ),
+    ] = None,
     json_: JsonOption = False,
 ) -> None:
     """Train the same SmolVLA on the pooled data of a federation: the centralized baseline.
@@ -37,16 +56,28 @@ def train(
 
     if from_record is not None:
         if dataset or steps is not None or match_run or set_:
-            raise bad_input("--from-record re-runs a record as it was; only --seed may change it",
-                            hint=f"zk0 train --from-record {from_record} [--seed N]")
+            raise bad_input(
+                "--from-record re-runs a record as it was; only --seed may change it",
+                hint=f"zk0 train --from-record {from_record} [--seed N]",
+            )
         plan = centralized.plan_from_record(from_record, seed=seed)
     else:
-        plan = centralized.plan_centralized(datasets=dataset, steps=steps, match_run=match_run, seed=seed,
-                                            overrides=parse_overrides(set_ or []), progress=out().info)
+        plan = centralized.plan_centralized(
+            datasets=dataset,
+            steps=steps,
+            match_run=match_run,
+            seed=seed,
+            overrides=parse_overrides(set_ or []),
+            progress=out().info,
+        )
     record = centralized.run_centralized(plan, progress=out().info)
     data = centralized.run_summary(record)
-    out().result(data, lambda console: console.print(
-        f"[green]✓[/green] centralized run {data['run_id']}: {data['optimizer_steps']} steps, final server eval loss "
-        f"{data['final_loss']:.4g} (action error {data['final_action_error']:.4g})\n"
-        f"  record: {data['record']}\n  next: zk0 report {data['run_id']}"
-        + (f"   zk0 compare {data['matched_run']} {data['run_id']}" if data["matched_run"] else "")))
+    out().result(
+        data,
+        lambda console: console.print(
+            f"[green]✓[/green] centralized run {data['run_id']}: {data['optimizer_steps']} steps, final server eval loss "
+            f"{data['final_loss']:.4g} (action error {data['final_action_error']:.4g})\n"
+            f"  record: {data['record']}\n  next: zk0 report {data['run_id']}"
+            + (f"   zk0 compare {data['matched_run']} {data['run_id']}" if data["matched_run"] else "")
+        ),
+    )

@@ -10,9 +10,10 @@ import dataclasses
 import os
 import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from zk0cli.core.errors import bad_input
 from zk0cli.core.files import atomic_write_text
@@ -178,7 +179,9 @@ def validate(config: Config) -> None:
     if config.role not in ("", *ROLES):
         raise bad_input(f"role '{config.role}' is not one of {', '.join(ROLES)}", hint="zk0 init --role server|node")
     if not 1 <= config.server.port <= 65535:
-        raise bad_input(f"server.port {config.server.port} is outside 1..65535", hint="the federation's usual port is 9092")
+        raise bad_input(
+            f"server.port {config.server.port} is outside 1..65535", hint="the federation's usual port is 9092"
+        )
     if config.node.server:
         parse_host_port(config.node.server, origin="node.server")
 

@@ -49,7 +49,7 @@ def atomic_write_json(path: Path, data: object, *, mode: int | None = None) -> N
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n", mode=mode)
 
 
-class UnreadableJson(ValueError):
+class JsonFileError(ValueError):
     """A JSON file that is missing, unreadable, empty or invalid; ``reason`` says which in one line."""
 
     def __init__(self, path: Path, reason: str):
@@ -63,7 +63,7 @@ _RAISE = object()
 
 def read_json(path: Path, default: object = _RAISE) -> Any:
     """The document in ``path``. Any failure returns ``default`` when one is given, else raises
-    :class:`UnreadableJson` with a one-line reason (``config.json is missing``)."""
+    :class:`JsonFileError` with a one-line reason (``config.json is missing``)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -78,4 +78,4 @@ def read_json(path: Path, default: object = _RAISE) -> Any:
         reason = f"{path.name} is " + ("empty" if not text.strip() else f"not valid JSON ({exc})")
     if default is not _RAISE:
         return default
-    raise UnreadableJson(path, reason)
+    raise JsonFileError(path, reason)

@@ -39,11 +39,11 @@ class Paths:
         return json.dumps({name: str(value) for name, value in asdict(self).items()})
 
     @classmethod
-    def from_json(cls, text: str) -> "Paths":
+    def from_json(cls, text: str) -> Paths:
         return cls(**{name: Path(value) for name, value in json.loads(text).items()})
 
     @classmethod
-    def resolve(cls, home: str | os.PathLike | None = None) -> "Paths":
+    def resolve(cls, home: str | os.PathLike | None = None) -> Paths:
         home = home if home is not None else os.environ.get("ZK0_HOME")
         if home:
             root = Path(home).expanduser().absolute()

@@ -12,11 +12,11 @@ def utc_now_iso(timespec: str = "milliseconds") -> str:
 
 
 def iso_from_epoch(epoch: float, *, timespec: str = "milliseconds") -> str:
-    return dt.datetime.fromtimestamp(epoch, dt.timezone.utc).isoformat(timespec=timespec).replace("+00:00", "Z")
+    return dt.datetime.fromtimestamp(epoch, dt.UTC).isoformat(timespec=timespec).replace("+00:00", "Z")
 
 
 def iso_from_datetime(moment: dt.datetime, *, timespec: str = "milliseconds") -> str:
-    return moment.astimezone(dt.timezone.utc).isoformat(timespec=timespec).replace("+00:00", "Z")
+    return moment.astimezone(dt.UTC).isoformat(timespec=timespec).replace("+00:00", "Z")
 
 
 def epoch_from_iso(text: object) -> float | None:
@@ -29,7 +29,7 @@ def epoch_from_iso(text: object) -> float | None:
     except ValueError:
         return None
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=dt.timezone.utc)
+        parsed = parsed.replace(tzinfo=dt.UTC)
     return parsed.timestamp()
 
 

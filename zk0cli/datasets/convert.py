@@ -28,8 +28,11 @@ def convert_to_v30(uri: DatasetUri, output: Path | None = None) -> Path:
     source = local_dataset_dir(uri)
     version = read_info(uri, source).get("codebase_version")
     if version != CONVERTIBLE:
-        hint = ("it is already v3.0: `zk0 dataset validate " + str(uri) + "`" if str(version).startswith("v3")
-                else "convert it to v2.1 first with the lerobot release that reads it, then run this again")
+        hint = (
+            "it is already v3.0: `zk0 dataset validate " + str(uri) + "`"
+            if str(version).startswith("v3")
+            else "convert it to v2.1 first with the lerobot release that reads it, then run this again"
+        )
         raise bad_input(f"{uri} is {version!r}; LeRobot's converter reads {CONVERTIBLE} only", hint=hint)
     target = (output or source.with_name(f"{source.name}-v30")).expanduser().absolute()
     # The converter's own working names next to the target: an existing one would be clobbered.

@@ -26,8 +26,11 @@ def dataset_info(uri: DatasetUri) -> dict:
         "episodes": int(info.get("total_episodes") or 0),
         "frames": frames,
         "duration_s": round(frames / fps, 3) if fps else None,
-        "features": {k: {"dtype": f.get("dtype"), "shape": f.get("shape"), "names": f.get("names")}
-                     for k, f in features.items() if isinstance(f, dict)},
+        "features": {
+            k: {"dtype": f.get("dtype"), "shape": f.get("shape"), "names": f.get("names")}
+            for k, f in features.items()
+            if isinstance(f, dict)
+        },
         "cameras": camera_keys(info, "video") + camera_keys(info, "image"),
         "tasks": read_task_texts(root),
         "size_bytes": disk_size(root),

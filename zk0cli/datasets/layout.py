@@ -9,17 +9,23 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 FRAME_COLUMNS = ("episode_index", "frame_index", "timestamp", "index", "task_index")
-EPISODE_COLUMNS = ("episode_index", "length", "dataset_from_index", "dataset_to_index",
-                   "data/chunk_index", "data/file_index")
+EPISODE_COLUMNS = (
+    "episode_index",
+    "length",
+    "dataset_from_index",
+    "dataset_to_index",
+    "data/chunk_index",
+    "data/file_index",
+)
 DATA_GLOB = "data/*/*.parquet"  # what LeRobot loads: every parquet file under data/, listed or not
 EPISODES_GLOB = "meta/episodes/*/*.parquet"
 
@@ -52,7 +58,7 @@ class Frames:
         self.lengths = np.diff(np.concatenate((self.starts, [self.rows])))
         self.episode_ids = self.episode[self.starts]
 
-    def summary(self, key: str) -> "VectorSummary":
+    def summary(self, key: str) -> VectorSummary:
         """Per-episode reductions of one vector column, computed once for all value checks."""
         cache = self.__dict__.setdefault("_summaries", {})
         if key not in cache:
@@ -79,7 +85,7 @@ class VectorSummary:
     nonfinite: np.ndarray | None  # (n, d) mask of NaN/Inf; None when all values are finite
 
     @classmethod
-    def of(cls, frames: Frames, values: np.ndarray) -> "VectorSummary":
+    def of(cls, frames: Frames, values: np.ndarray) -> VectorSummary:
         finite = np.isfinite(values)
         nonfinite = None if finite.all() else ~finite
         # Reduce along contiguous rows: (d, n) is several times faster than (n, d) with axis=0.
@@ -167,7 +173,7 @@ def _read_episodes(files: DatasetFiles) -> None:
         files.episode_tasks = table["tasks"].to_pylist()
     for name in table.column_names:
         if name.startswith("videos/"):
-            key, _, column = name[len("videos/"):].rpartition("/")
+            key, _, column = name[len("videos/") :].rpartition("/")
             files.video_columns.setdefault(key, {})[column] = table[name].to_numpy(zero_copy_only=False)
 
 
@@ -226,8 +232,9 @@ def _read_frames(files: DatasetFiles, vector_keys: list[str], progress: Progress
                     problems[key] = f"{', '.join(rel(files.root, p) for p in part.paths)}: {problem}"
                 else:
                     vectors[key].append(array)
-        file_ids.append(np.repeat(np.arange(len(read_paths), len(read_paths) + len(part.paths), dtype=np.int32),
-                                  part.rows))
+        file_ids.append(
+            np.repeat(np.arange(len(read_paths), len(read_paths) + len(part.paths), dtype=np.int32), part.rows)
+        )
         read_paths.extend(part.paths)
     parts_read = len(file_ids)
     if not read_paths or "episode_index" in missing:
@@ -271,8 +278,9 @@ class _Part:
     table: pa.Table
 
 
-def _read_parts(files: DatasetFiles, wanted: list[str], progress: Progress | None,
-                files_per_read: int = 16) -> list[_Part]:
+def _read_parts(
+    files: DatasetFiles, wanted: list[str], progress: Progress | None, files_per_read: int = 16
+) -> list[_Part]:
     """Read ``wanted`` columns of every data file; batches of same-schema files are read in one
     pyarrow call (much faster than file by file), and a batch that fails is retried file by file
     so each damaged file is named in ``files.unreadable``."""

@@ -26,17 +26,22 @@ def camera_keys(info: dict, dtype: str) -> list[str]:
     return [k for k, f in features.items() if isinstance(f, dict) and f.get("dtype") == dtype]
 
 
-def check_media(files: DatasetFiles, *, fps: float, tolerance_s: float, deep: bool,
-                progress: Progress | None = None) -> list[CheckResult]:
+def check_media(
+    files: DatasetFiles, *, fps: float, tolerance_s: float, deep: bool, progress: Progress | None = None
+) -> list[CheckResult]:
     videos = camera_keys(files.info, "video")
     images = camera_keys(files.info, "image")
     results = [check_video_files(files, videos, fps, tolerance_s)]
     if videos:
-        results.append(check_video_decoding(files, videos, tolerance_s, progress) if deep
-                       else skip("media: video decoding", DEEP_HINT))
+        results.append(
+            check_video_decoding(files, videos, tolerance_s, progress)
+            if deep
+            else skip("media: video decoding", DEEP_HINT)
+        )
     if images:
-        results.append(check_image_decoding(files, images, progress) if deep
-                       else skip("media: image decoding", DEEP_HINT))
+        results.append(
+            check_image_decoding(files, images, progress) if deep else skip("media: image decoding", DEEP_HINT)
+        )
     return results
 
 
@@ -75,10 +80,18 @@ def check_video_files(files: DatasetFiles, keys: list[str], fps: float, toleranc
     if spans:
         problems.append(f"video from/to_timestamp do not span length/fps for episode(s) {_short_list(spans)}")
     if problems:
-        fix = ("copy the videos/ folder from the recording machine (training decodes every camera)" if missing
-               else "re-export the dataset with LeRobot's writer")
-        return fail(name, "; ".join(problems), fix, missing=sorted(missing),
-                    episodes=sorted({e for eps in missing.values() for e in eps} | set(spans)))
+        fix = (
+            "copy the videos/ folder from the recording machine (training decodes every camera)"
+            if missing
+            else "re-export the dataset with LeRobot's writer"
+        )
+        return fail(
+            name,
+            "; ".join(problems),
+            fix,
+            missing=sorted(missing),
+            episodes=sorted({e for eps in missing.values() for e in eps} | set(spans)),
+        )
     count = sum(len(video_locations(files, k) or {}) for k in keys)
     return ok(name, f"{count} video file(s) for {len(keys)} camera(s) present")
 
@@ -96,12 +109,15 @@ def _span_mismatch(files: DatasetFiles, key: str, fps: float, tolerance_s: float
 def _episode_ends(frames: Frames) -> dict[int, tuple[float, float]]:
     """Episode -> (first, last) stored timestamp, the times training would ask the decoder for."""
     last_rows = frames.starts + frames.lengths - 1
-    return {int(e): (float(frames.timestamp[s]), float(frames.timestamp[t]))
-            for e, s, t in zip(frames.episode_ids, frames.starts, last_rows)}
+    return {
+        int(e): (float(frames.timestamp[s]), float(frames.timestamp[t]))
+        for e, s, t in zip(frames.episode_ids, frames.starts, last_rows)
+    }
 
 
-def check_video_decoding(files: DatasetFiles, keys: list[str], tolerance_s: float,
-                         progress: Progress | None) -> CheckResult:
+def check_video_decoding(
+    files: DatasetFiles, keys: list[str], tolerance_s: float, progress: Progress | None
+) -> CheckResult:
     from lerobot.datasets.video_utils import decode_video_frames_pyav
 
     name = "media: video decoding"
@@ -110,12 +126,22 @@ def check_video_decoding(files: DatasetFiles, keys: list[str], tolerance_s: floa
     ends = _episode_ends(files.frames)
     jobs = []  # (key, episode, video path, first ts, last ts)
     for key in keys:
-        starts = dict(zip(files.episodes["episode_index"].tolist(),
-                          files.video_columns.get(key, {}).get("from_timestamp", [])))
+        starts = dict(
+            zip(files.episodes["episode_index"].tolist(), files.video_columns.get(key, {}).get("from_timestamp", []))
+        )
         for path, episodes in (video_locations(files, key) or {}).items():
             if (files.root / path).is_file():
-                jobs.extend((key, e, files.root / path, float(starts.get(e, 0.0)) + ends[e][0],
-                             float(starts.get(e, 0.0)) + ends[e][1]) for e in episodes if e in ends)
+                jobs.extend(
+                    (
+                        key,
+                        e,
+                        files.root / path,
+                        float(starts.get(e, 0.0)) + ends[e][0],
+                        float(starts.get(e, 0.0)) + ends[e][1],
+                    )
+                    for e in episodes
+                    if e in ends
+                )
     if not jobs:
         return skip(name, "no video file present to decode")
     failures: dict[str, list[int]] = {}
@@ -130,8 +156,12 @@ def check_video_decoding(files: DatasetFiles, keys: list[str], tolerance_s: floa
             progress("decoding videos", done, len(jobs))
     if failures:
         detail = "; ".join(f"{why} (episode(s) {_short_list(eps)})" for why, eps in failures.items())
-        return fail(name, detail, "re-encode the videos (lerobot-edit-dataset --operation.type reencode_videos) "
-                    "or drop the episodes", episodes=sorted({e for eps in failures.values() for e in eps}))
+        return fail(
+            name,
+            detail,
+            "re-encode the videos (lerobot-edit-dataset --operation.type reencode_videos) or drop the episodes",
+            episodes=sorted({e for eps in failures.values() for e in eps}),
+        )
     return ok(name, f"first and last frame of {len(jobs)} episode-camera pair(s) decode within {tolerance_s:g} s")
 
 
@@ -174,8 +204,12 @@ def check_image_decoding(files: DatasetFiles, keys: list[str], progress: Progres
             progress("decoding images", number, len(paths))
     if failures:
         detail = "; ".join(f"{why} (episode(s) {_short_list(sorted(set(eps)))})" for why, eps in failures.items())
-        return fail(name, detail, "re-export the images, or drop the episodes",
-                    episodes=sorted({e for eps in failures.values() for e in eps}))
+        return fail(
+            name,
+            detail,
+            "re-export the images, or drop the episodes",
+            episodes=sorted({e for eps in failures.values() for e in eps}),
+        )
     return ok(name, f"{decoded} image(s) at episode starts and ends decode to their declared shape")
 
 

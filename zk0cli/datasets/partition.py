@@ -8,8 +8,9 @@ Held-out episodes are removed first, then the remaining episodes are dealt to pa
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable, Literal
+from typing import TYPE_CHECKING, Literal
 
 from zk0cli.core.errors import bad_input
 
@@ -71,14 +72,14 @@ def select_episodes(
 
 
 def open_partition(
-    uri: "DatasetUri",
+    uri: DatasetUri,
     *,
     num_partitions: int = 1,
     partition_id: int = 0,
     heldout: int = 0,
     split: Split = "train",
     delta_timestamps: dict[str, list[float]] | None = None,
-) -> "LeRobotDataset":
+) -> LeRobotDataset:
     """A LeRobotDataset holding only this partition's episodes (LeRobot's ``episodes=`` argument).
 
     It is an ordinary LeRobotDataset: DataLoaders, delta_timestamps and LeRobot's training code

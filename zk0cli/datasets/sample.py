@@ -14,10 +14,10 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -128,12 +128,14 @@ def _write(root: Path, config: SampleConfig, progress: Callable[[int, int], None
             placement = _placement(task, rng)
             actions, states, phases = _trajectory(placement, frames, rng)
             for t in range(frames):
-                dataset.add_frame({
-                    "observation.state": states[t],
-                    "action": actions[t],
-                    CAMERA_KEY: render(states[t], placement, int(phases[t]), config.image_size),
-                    "task": INSTRUCTIONS[task],
-                })
+                dataset.add_frame(
+                    {
+                        "observation.state": states[t],
+                        "action": actions[t],
+                        CAMERA_KEY: render(states[t], placement, int(phases[t]), config.image_size),
+                        "task": INSTRUCTIONS[task],
+                    }
+                )
             dataset.save_episode()
             if progress:
                 progress(episode + 1, episodes)
@@ -180,8 +182,12 @@ def _check_arguments(root: Path, config: SampleConfig) -> None:
         )
     if config.task not in TASKS:
         raise bad_input(f"unknown task {config.task!r}", hint=f"choose one of: {', '.join(TASKS)}")
-    minimums = (("episodes", config.episodes, 1), ("frames per episode", config.frames_per_episode, 10),
-                ("image size", config.image_size, 16), ("fps", config.fps, 1))
+    minimums = (
+        ("episodes", config.episodes, 1),
+        ("frames per episode", config.frames_per_episode, 10),
+        ("image size", config.image_size, 16),
+        ("fps", config.fps, 1),
+    )
     for name, value, minimum in minimums:
         if value < minimum:
             raise bad_input(f"{name} must be at least {minimum}, got {value}", hint=f"use {name} >= {minimum}")
@@ -204,8 +210,7 @@ def _placement(task: str, rng: np.random.Generator) -> Placement:
     pick = (float(rng.uniform(-0.2, 0.2)), float(rng.uniform(0.55, 0.85)))
     left, right = (-0.5, 0.35), (0.5, 0.35)
     place = left if colour_is_red else right
-    return Placement(pick, place, 0.10, RED if colour_is_red else GREEN, yaw,
-                     bins=((left, RED), (right, GREEN)))
+    return Placement(pick, place, 0.10, RED if colour_is_red else GREEN, yaw, bins=((left, RED), (right, GREEN)))
 
 
 def _pose(x: float, y: float, height: float, roll: float, gripper: float) -> np.ndarray:

@@ -10,10 +10,11 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Literal
+from typing import TYPE_CHECKING, Literal
 
 from zk0cli.core.errors import Zk0Error, bad_input, unreachable
 
@@ -95,8 +96,10 @@ def _local(path: Path) -> DatasetUri:
 def convert_command(uri: DatasetUri) -> str:
     """How to convert this v2.1 dataset: zk0's offline copy-and-convert, and LeRobot's own command."""
     if uri.kind == "local":
-        return (f"zk0 dataset convert {uri.path} (a converted copy; or in place with LeRobot: "
-                f"python -m {CONVERT_MODULE} --repo-id={uri.repo_id} --root={uri.path} --push-to-hub=false)")
+        return (
+            f"zk0 dataset convert {uri.path} (a converted copy; or in place with LeRobot: "
+            f"python -m {CONVERT_MODULE} --repo-id={uri.repo_id} --root={uri.path} --push-to-hub=false)"
+        )
     return f"python -m {CONVERT_MODULE} --repo-id={uri.repo_id}"
 
 
@@ -125,7 +128,9 @@ def local_dataset_dir(uri: DatasetUri) -> Path:
     if not root.exists():
         raise bad_input(f"no such dataset directory: {root}", hint=see)
     if not root.is_dir():
-        raise bad_input(f"{root} is a file, not a dataset directory", hint="give the directory that holds meta/ and data/")
+        raise bad_input(
+            f"{root} is a file, not a dataset directory", hint="give the directory that holds meta/ and data/"
+        )
     if not any(root.iterdir()):
         raise bad_input(f"{root} is empty", hint=see)
     return root
@@ -142,8 +147,15 @@ def dataset_root(uri: DatasetUri, *, meta_only: bool = False) -> Path:
     from huggingface_hub import snapshot_download
 
     with lerobot_errors(uri):
-        return Path(snapshot_download(uri.repo_id, repo_type="dataset", revision=uri.revision,
-                                      cache_dir=lerobot_hub_cache(), allow_patterns="meta/*" if meta_only else None))
+        return Path(
+            snapshot_download(
+                uri.repo_id,
+                repo_type="dataset",
+                revision=uri.revision,
+                cache_dir=lerobot_hub_cache(),
+                allow_patterns="meta/*" if meta_only else None,
+            )
+        )
 
 
 def lerobot_hub_cache() -> Path:
@@ -168,7 +180,9 @@ def read_info(uri: DatasetUri, root: Path) -> dict:
             f"malformed {info_path}: {exc}", hint="restore meta/info.json from the original recording"
         ) from exc
     if not isinstance(info, dict):
-        raise bad_input(f"malformed {info_path}: not a JSON object", hint="restore meta/info.json from the original recording")
+        raise bad_input(
+            f"malformed {info_path}: not a JSON object", hint="restore meta/info.json from the original recording"
+        )
     return info
 
 
@@ -183,7 +197,7 @@ def check_version(uri: DatasetUri, info: dict) -> None:
     if major is None:
         raise bad_input(
             f"{uri}: meta/info.json has no usable codebase_version ({version!r})",
-            hint="a LeRobot v3.0 dataset says \"codebase_version\": \"v3.0\"",
+            hint='a LeRobot v3.0 dataset says "codebase_version": "v3.0"',
         )
     if major < SUPPORTED_MAJOR:
         raise bad_input(
@@ -194,7 +208,7 @@ def check_version(uri: DatasetUri, info: dict) -> None:
         raise bad_input(f"{uri} is a LeRobot {version} dataset, newer than this LeRobot reads", hint="upgrade lerobot")
 
 
-def open_metadata(uri: DatasetUri) -> "LeRobotDatasetMetadata":
+def open_metadata(uri: DatasetUri) -> LeRobotDatasetMetadata:
     """LeRobot's metadata for the URI, every failure turned into a Zk0Error."""
     from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
 
@@ -208,7 +222,7 @@ def open_dataset(
     *,
     episodes: list[int] | None = None,
     delta_timestamps: dict[str, list[float]] | None = None,
-) -> "LeRobotDataset":
+) -> LeRobotDataset:
     """A LeRobotDataset for the URI (optionally a subset of episodes), with the pyav backend."""
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
@@ -243,7 +257,9 @@ def translate_error(uri: DatasetUri, exc: Exception) -> Zk0Error:
     if kind == "ForwardCompatibilityError":
         return bad_input(f"{uri} is newer than this LeRobot reads", hint="upgrade lerobot")
     if uri.kind == "hf" and kind in ("RepositoryNotFoundError", "GatedRepoError"):
-        return bad_input(f"no such dataset on the Hub: {uri.repo_id}", hint="check the name, or log in with `hf auth login`")
+        return bad_input(
+            f"no such dataset on the Hub: {uri.repo_id}", hint="check the name, or log in with `hf auth login`"
+        )
     if uri.kind == "hf" and kind == "RevisionNotFoundError":
         return bad_input(f"{uri}: revision {uri.revision!r} not found", hint=f"try hf:{uri.repo_id} without @revision")
     if uri.kind == "hf" and _is_network_error(exc):
@@ -261,8 +277,13 @@ def translate_error(uri: DatasetUri, exc: Exception) -> Zk0Error:
 def _is_network_error(exc: Exception) -> bool:
     names = {cls.__name__ for cls in type(exc).__mro__}
     network = {
-        "OfflineModeIsEnabled", "LocalEntryNotFoundError", "ConnectionError", "TimeoutError",
-        "TransportError", "RequestException", "HfHubHTTPError",
+        "OfflineModeIsEnabled",
+        "LocalEntryNotFoundError",
+        "ConnectionError",
+        "TimeoutError",
+        "TransportError",
+        "RequestException",
+        "HfHubHTTPError",
     }
     return bool(names & network)
 

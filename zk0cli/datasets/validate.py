@@ -23,8 +23,16 @@ from zk0cli.datasets.spec import FederationSpec, load_spec
 from zk0cli.datasets.uri import DatasetUri, codebase_major, convert_command, dataset_root, read_info
 
 DEFAULT_TOLERANCE_S = 1e-4  # LeRobot's own tolerance_s
-REQUIRED_INFO_FIELDS = ("codebase_version", "fps", "features", "total_episodes", "total_frames",
-                        "total_tasks", "data_path", "chunks_size")
+REQUIRED_INFO_FIELDS = (
+    "codebase_version",
+    "fps",
+    "features",
+    "total_episodes",
+    "total_frames",
+    "total_tasks",
+    "data_path",
+    "chunks_size",
+)
 BOOKKEEPING = ("timestamp", "frame_index", "episode_index", "index", "task_index")
 OUTLIER_SPANS = 3.0  # "far outside": beyond q01/q99 by this many q01..q99 spans
 
@@ -56,13 +64,28 @@ class ValidationReport:
         return ExitCode.FAILED if self.errors else ExitCode.OK
 
     def summary(self) -> dict:
-        return {"errors": self.errors, "warnings": self.warnings, "episodes": self.episodes, "frames": self.frames,
-                "duration_s": round(self.duration_s, 3), "size_bytes": self.size_bytes, **summarize(self.checks)}
+        return {
+            "errors": self.errors,
+            "warnings": self.warnings,
+            "episodes": self.episodes,
+            "frames": self.frames,
+            "duration_s": round(self.duration_s, 3),
+            "size_bytes": self.size_bytes,
+            **summarize(self.checks),
+        }
 
     def to_dict(self) -> dict:
-        return {"uri": self.uri, "root": self.root, "spec": self.spec, "tolerance_s": self.tolerance_s,
-                "deep": self.deep, "valid": not self.errors, "summary": self.summary(), "timing": self.timing,
-                "checks": [c.to_dict() for c in self.checks]}
+        return {
+            "uri": self.uri,
+            "root": self.root,
+            "spec": self.spec,
+            "tolerance_s": self.tolerance_s,
+            "deep": self.deep,
+            "valid": not self.errors,
+            "summary": self.summary(),
+            "timing": self.timing,
+            "checks": [c.to_dict() for c in self.checks],
+        }
 
 
 @dataclass
@@ -88,9 +111,11 @@ class Context:
     def drop_episodes_fix(self, episodes: list[int]) -> str:
         """LeRobot's own tool for removing episodes, writing a cleaned copy."""
         root = self.files.root
-        return (f"re-record or drop episode(s) {_ranges(episodes)}: lerobot-edit-dataset --repo_id {self.uri.repo_id} "
-                f"--root {root} --new_root {root}_clean --operation.type delete_episodes "
-                f"--operation.episode_indices \"{episodes[:50]}\"")
+        return (
+            f"re-record or drop episode(s) {_ranges(episodes)}: lerobot-edit-dataset --repo_id {self.uri.repo_id} "
+            f"--root {root} --new_root {root}_clean --operation.type delete_episodes "
+            f'--operation.episode_indices "{episodes[:50]}"'
+        )
 
 
 def validate_dataset(
@@ -145,8 +170,12 @@ def _vector_keys(info: dict, spec: FederationSpec) -> list[str]:
     features = info.get("features") if isinstance(info.get("features"), dict) else {}
     keys = [k for k in spec.features if k in features]
     for key, feature in features.items():
-        if (key not in keys and key not in BOOKKEEPING and isinstance(feature, dict)
-                and str(feature.get("dtype", "")).startswith("float")):
+        if (
+            key not in keys
+            and key not in BOOKKEEPING
+            and isinstance(feature, dict)
+            and str(feature.get("dtype", "")).startswith("float")
+        ):
             keys.append(key)
     return keys
 
@@ -158,24 +187,38 @@ def check_format(uri: DatasetUri, info: dict) -> CheckResult:
     version = info.get("codebase_version")
     major = codebase_major(info)
     if major is None:
-        return fail("format", f"meta/info.json has no usable codebase_version ({version!r})",
-                    "a LeRobot v3.0 dataset says \"codebase_version\": \"v3.0\"; re-export it with LeRobot >= 0.4")
+        return fail(
+            "format",
+            f"meta/info.json has no usable codebase_version ({version!r})",
+            'a LeRobot v3.0 dataset says "codebase_version": "v3.0"; re-export it with LeRobot >= 0.4',
+        )
     if major < 3:
-        return fail("format", f"LeRobot {version} layout; LeRobot 0.6.1 and zk0 read v3.0",
-                    f"convert it: {convert_command(uri)}", version=version)
+        return fail(
+            "format",
+            f"LeRobot {version} layout; LeRobot 0.6.1 and zk0 read v3.0",
+            f"convert it: {convert_command(uri)}",
+            version=version,
+        )
     if major > 3:
-        return fail("format", f"LeRobot {version} is newer than LeRobot 0.6.1 reads", "upgrade lerobot", version=version)
+        return fail(
+            "format", f"LeRobot {version} is newer than LeRobot 0.6.1 reads", "upgrade lerobot", version=version
+        )
     return ok("format", f"LeRobot {version}", version=version)
 
 
 def check_info_fields(ctx: Context) -> CheckResult:
     missing = [k for k in REQUIRED_INFO_FIELDS if k not in ctx.info]
-    if "video_path" not in ctx.info and any(f.get("dtype") == "video" for f in ctx.features.values()
-                                            if isinstance(f, dict)):
+    if "video_path" not in ctx.info and any(
+        f.get("dtype") == "video" for f in ctx.features.values() if isinstance(f, dict)
+    ):
         missing.append("video_path")
     if missing:
-        return fail("info fields", f"meta/info.json lacks {', '.join(missing)}",
-                    "restore meta/info.json from the original recording", missing=missing)
+        return fail(
+            "info fields",
+            f"meta/info.json lacks {', '.join(missing)}",
+            "restore meta/info.json from the original recording",
+            missing=missing,
+        )
     if not ctx.fps or ctx.fps <= 0:
         return fail("info fields", f"fps is {ctx.info.get('fps')!r}", "set the recording's fps in meta/info.json")
     return ok("info fields", f"all {len(REQUIRED_INFO_FIELDS)} required fields present")
@@ -183,9 +226,16 @@ def check_info_fields(ctx: Context) -> CheckResult:
 
 def check_features(ctx: Context) -> CheckResult:
     features = ctx.features
-    malformed = [k for k, f in features.items()
-                 if not (isinstance(f, dict) and isinstance(f.get("dtype"), str) and isinstance(f.get("shape"), list)
-                         and all(isinstance(n, int) for n in f["shape"]))]
+    malformed = [
+        k
+        for k, f in features.items()
+        if not (
+            isinstance(f, dict)
+            and isinstance(f.get("dtype"), str)
+            and isinstance(f.get("shape"), list)
+            and all(isinstance(n, int) for n in f["shape"])
+        )
+    ]
     absent = [k for k in BOOKKEEPING if k not in features]
     problems = []
     if malformed:
@@ -201,15 +251,24 @@ def check_features(ctx: Context) -> CheckResult:
         for key, array in frames.vectors.items():
             declared = features.get(key, {}).get("shape") if isinstance(features.get(key), dict) else None
             if declared and math.prod(declared) != array.shape[1]:
-                problems.append(f"{key} has {array.shape[1]} values per frame in the data, info.json says {tuple(declared)}")
+                problems.append(
+                    f"{key} has {array.shape[1]} values per frame in the data, info.json says {tuple(declared)}"
+                )
         for key, problem in frames.vector_problems.items():
             problems.append(f"{key}: {problem}")
     if problems:
-        return fail("features", "; ".join(problems),
-                    "the data and meta/info.json disagree: re-export the dataset with LeRobot's writer",
-                    malformed=malformed, absent=absent)
-    return ok("features", f"{len(features)} features, each with dtype and shape",
-              features={k: {"dtype": f["dtype"], "shape": f["shape"]} for k, f in features.items()})
+        return fail(
+            "features",
+            "; ".join(problems),
+            "the data and meta/info.json disagree: re-export the dataset with LeRobot's writer",
+            malformed=malformed,
+            absent=absent,
+        )
+    return ok(
+        "features",
+        f"{len(features)} features, each with dtype and shape",
+        features={k: {"dtype": f["dtype"], "shape": f["shape"]} for k, f in features.items()},
+    )
 
 
 # --- federation fit ---------------------------------------------------------------------------
@@ -218,20 +277,34 @@ def check_features(ctx: Context) -> CheckResult:
 def check_spec(ctx: Context) -> list[CheckResult]:
     spec = ctx.spec
     results = [_check_spec_feature(ctx, key) for key in spec.features]
-    cameras = {k: f for k, f in ctx.features.items()
-               if k.startswith(spec.camera_prefix) and isinstance(f, dict) and f.get("dtype") in spec.camera_dtypes}
-    described = ", ".join(f"{k[len(spec.camera_prefix):]} {tuple(f.get('shape', ()))} {f.get('dtype')}"
-                          for k, f in cameras.items())
+    cameras = {
+        k: f
+        for k, f in ctx.features.items()
+        if k.startswith(spec.camera_prefix) and isinstance(f, dict) and f.get("dtype") in spec.camera_dtypes
+    }
+    described = ", ".join(
+        f"{k[len(spec.camera_prefix) :]} {tuple(f.get('shape', ()))} {f.get('dtype')}" for k, f in cameras.items()
+    )
     if len(cameras) < spec.min_cameras:
-        results.append(fail("spec: cameras", f"{len(cameras)} camera(s), the {spec.name} federation needs "
-                            f"{spec.min_cameras}", f"record with at least {spec.min_cameras} camera(s) named "
-                            f"{spec.camera_prefix}<name>", cameras=list(cameras)))
+        results.append(
+            fail(
+                "spec: cameras",
+                f"{len(cameras)} camera(s), the {spec.name} federation needs {spec.min_cameras}",
+                f"record with at least {spec.min_cameras} camera(s) named {spec.camera_prefix}<name>",
+                cameras=list(cameras),
+            )
+        )
     else:
         results.append(ok("spec: cameras", f"{len(cameras)}: {described}", cameras=list(cameras)))
     if spec.fps is not None:
         if ctx.fps != spec.fps:
-            results.append(fail("spec: fps", f"{ctx.info.get('fps')} fps; the {spec.name} federation trains at {spec.fps}",
-                                f"record at {spec.fps} fps, or use a spec with fps = {ctx.info.get('fps')} (--spec PATH)"))
+            results.append(
+                fail(
+                    "spec: fps",
+                    f"{ctx.info.get('fps')} fps; the {spec.name} federation trains at {spec.fps}",
+                    f"record at {spec.fps} fps, or use a spec with fps = {ctx.info.get('fps')} (--spec PATH)",
+                )
+            )
         else:
             results.append(ok("spec: fps", f"{spec.fps} fps"))
     if spec.robot_types:
@@ -239,9 +312,14 @@ def check_spec(ctx: Context) -> list[CheckResult]:
         if robot in spec.robot_types:
             results.append(ok("spec: robot type", str(robot)))
         else:
-            results.append(warn("spec: robot type", f"robot_type is {robot!r}, expected one of {', '.join(spec.robot_types)}",
-                                "check that this recording comes from the federation's robot, then set robot_type "
-                                "in meta/info.json"))
+            results.append(
+                warn(
+                    "spec: robot type",
+                    f"robot_type is {robot!r}, expected one of {', '.join(spec.robot_types)}",
+                    "check that this recording comes from the federation's robot, then set robot_type "
+                    "in meta/info.json",
+                )
+            )
     return results
 
 
@@ -249,9 +327,11 @@ def _check_spec_feature(ctx: Context, key: str) -> CheckResult:
     expected = ctx.spec.features[key]
     name = f"spec: {key}"
     feature = ctx.features.get(key)
-    fix = (f"record {key} as {expected.dtype} {expected.shape}"
-           + (f" named {', '.join(expected.names)}" if expected.names else "")
-           + f" (the {ctx.spec.name} federation's layout), or use a spec that matches your robot (--spec PATH)")
+    fix = (
+        f"record {key} as {expected.dtype} {expected.shape}"
+        + (f" named {', '.join(expected.names)}" if expected.names else "")
+        + f" (the {ctx.spec.name} federation's layout), or use a spec that matches your robot (--spec PATH)"
+    )
     if not isinstance(feature, dict):
         return fail(name, f"missing; the {ctx.spec.name} federation needs it", fix)
     problems = []
@@ -285,12 +365,18 @@ def check_data_files(ctx: Context) -> CheckResult:
     unreadable = ctx.files.unreadable
     if unreadable:
         listed = "; ".join(f"{path} ({error})" for path, error in list(unreadable.items())[:4])
-        return fail("data files", f"{len(unreadable)} file(s) cannot be read: {listed}",
-                    "the file is damaged (truncated copy?): copy it again from the original recording",
-                    files=unreadable)
+        return fail(
+            "data files",
+            f"{len(unreadable)} file(s) cannot be read: {listed}",
+            "the file is damaged (truncated copy?): copy it again from the original recording",
+            files=unreadable,
+        )
     if ctx.frames is None:
-        return fail("data files", "no readable parquet file with an episode_index column under data/",
-                    "copy the data/ folder of the recording too")
+        return fail(
+            "data files",
+            "no readable parquet file with an episode_index column under data/",
+            "copy the data/ folder of the recording too",
+        )
     return ok("data files", f"{len(ctx.frames.files)} parquet file(s) read")
 
 
@@ -305,9 +391,11 @@ def check_counts(ctx: Context) -> CheckResult:
     if len(set(known.values())) == 1:
         return ok("counts", f"{frames.rows} frames in data/, info.json and meta/episodes", **numbers)
     detail = ", ".join(f"{k} {int(v)}" for k, v in known.items())
-    fix = ("data/ holds more rows than the metadata describes: look for a copied parquet file (see 'doubled data')"
-           if total is not None and frames.rows > total else
-           "the metadata and data/ disagree: restore the recording's data/ and meta/ folders together")
+    fix = (
+        "data/ holds more rows than the metadata describes: look for a copied parquet file (see 'doubled data')"
+        if total is not None and frames.rows > total
+        else "the metadata and data/ disagree: restore the recording's data/ and meta/ folders together"
+    )
     return fail("counts", detail, fix, **numbers)
 
 
@@ -315,8 +403,11 @@ def check_episode_metadata(ctx: Context) -> CheckResult:
     episodes, frames = ctx.files.episodes, ctx.frames
     name = "episodes metadata"
     if episodes is None:
-        return fail(name, ctx.files.episodes_problem or "meta/episodes cannot be read",
-                    "restore the meta/episodes folder from the original recording")
+        return fail(
+            name,
+            ctx.files.episodes_problem or "meta/episodes cannot be read",
+            "restore the meta/episodes folder from the original recording",
+        )
     ids = episodes["episode_index"]
     total = int(_number(ctx.info.get("total_episodes")) or 0)
     problems, concerned = [], set()
@@ -356,16 +447,24 @@ def check_episode_metadata(ctx: Context) -> CheckResult:
             concerned.update(wrong_length.tolist())
         wrong_index = _index_mismatch(frames, ids, starts)
         if len(wrong_index):
-            problems.append(f"global index column disagrees with dataset_from_index in episode(s) {_ranges(wrong_index)}")
+            problems.append(
+                f"global index column disagrees with dataset_from_index in episode(s) {_ranges(wrong_index)}"
+            )
             concerned.update(wrong_index)
         misplaced = _misplaced_episodes(ctx, ids)
         if misplaced:
-            problems.append(f"episode(s) {_ranges(misplaced)} not in the data file meta/episodes names "
-                            f"(LeRobot reads only that file when it loads a subset of episodes)")
+            problems.append(
+                f"episode(s) {_ranges(misplaced)} not in the data file meta/episodes names "
+                f"(LeRobot reads only that file when it loads a subset of episodes)"
+            )
             concerned.update(misplaced)
     if problems:
-        return fail(name, "; ".join(problems), "restore meta/episodes from the original recording, or drop the "
-                    "broken episodes with lerobot-edit-dataset", episodes=sorted(int(e) for e in concerned))
+        return fail(
+            name,
+            "; ".join(problems),
+            "restore meta/episodes from the original recording, or drop the broken episodes with lerobot-edit-dataset",
+            episodes=sorted(int(e) for e in concerned),
+        )
     return ok(name, f"{len(ids)} episodes, contiguous ranges matching the data")
 
 
@@ -376,8 +475,12 @@ def _misplaced_episodes(ctx: Context, ids: np.ndarray) -> list[int]:
         return []
     file_number = {rel(ctx.files.root, path): number for number, path in enumerate(frames.files)}
     try:
-        expected = np.array([file_number.get(template.format(chunk_index=int(c), file_index=int(f)), -1)
-                             for c, f in zip(episodes["data/chunk_index"], episodes["data/file_index"])])
+        expected = np.array(
+            [
+                file_number.get(template.format(chunk_index=int(c), file_index=int(f)), -1)
+                for c, f in zip(episodes["data/chunk_index"], episodes["data/file_index"])
+            ]
+        )
     except (KeyError, ValueError, IndexError):
         return []
     lookup = np.full(int(max(ids.max(), frames.episode.max())) + 1, -2, dtype=np.int64)
@@ -423,8 +526,13 @@ def check_doubled_data(ctx: Context) -> CheckResult:
     if duplicated:
         problems.append(f"duplicated (episode_index, frame_index) rows in episode(s) {_ranges(duplicated)}")
     if problems:
-        return fail(name, "; ".join(problems), "; ".join(fixes) or "remove the duplicated rows: re-export the dataset",
-                    files=sorted(copied | set(stray)), episodes=duplicated)
+        return fail(
+            name,
+            "; ".join(problems),
+            "; ".join(fixes) or "remove the duplicated rows: re-export the dataset",
+            files=sorted(copied | set(stray)),
+            episodes=duplicated,
+        )
     return ok(name, "no copied data files, no duplicated frames")
 
 
@@ -450,8 +558,10 @@ def _unlisted_data_files(ctx: Context) -> list[str]:
     if episodes is None or not isinstance(template, str) or ctx.frames is None:
         return []
     try:
-        listed = {template.format(chunk_index=int(c), file_index=int(f))
-                  for c, f in set(zip(episodes["data/chunk_index"], episodes["data/file_index"]))}
+        listed = {
+            template.format(chunk_index=int(c), file_index=int(f))
+            for c, f in set(zip(episodes["data/chunk_index"], episodes["data/file_index"]))
+        }
     except (KeyError, ValueError, IndexError):
         return []
     return [r for r in (rel(ctx.files.root, p) for p in ctx.frames.files) if r not in listed]
@@ -480,8 +590,12 @@ def check_frame_index(ctx: Context) -> CheckResult:
     wrong = frames.frame != expected
     if wrong.any():
         episodes = frames.rows_to_episodes(wrong)
-        return fail("frame index", f"frame_index does not run 0, 1, 2... in episode(s) {_ranges(episodes)}",
-                    ctx.drop_episodes_fix(episodes), episodes=episodes)
+        return fail(
+            "frame index",
+            f"frame_index does not run 0, 1, 2... in episode(s) {_ranges(episodes)}",
+            ctx.drop_episodes_fix(episodes),
+            episodes=episodes,
+        )
     return ok("frame index", f"contiguous from 0 in all {len(frames.starts)} episodes")
 
 
@@ -494,19 +608,28 @@ def check_timestamps(ctx: Context) -> CheckResult:
     worst_overall = float(worst_per_episode.max()) if len(worst_per_episode) else 0.0
     order = np.argsort(-worst_per_episode, kind="stable")[:3]
     worst = [{"episode": int(frames.episode_ids[i]), "max_error_s": float(worst_per_episode[i])} for i in order]
-    timing = {"tolerance_s": ctx.tolerance_s, "max_error_s": worst_overall,
-              "smallest_passing_tolerance_s": _round_up(worst_overall), "worst_episodes": worst}
+    timing = {
+        "tolerance_s": ctx.tolerance_s,
+        "max_error_s": worst_overall,
+        "smallest_passing_tolerance_s": _round_up(worst_overall),
+        "worst_episodes": worst,
+    }
     failing = frames.episode_ids[worst_per_episode > ctx.tolerance_s]
     if len(failing):
         episodes = [int(e) for e in failing]
         named = ", ".join(f"{w['episode']} ({w['max_error_s']:.3g} s)" for w in worst)
-        return fail("timestamps", f"timestamp != frame_index/fps beyond {ctx.tolerance_s:g} s in "
-                    f"{len(episodes)} episode(s), worst {named}; passes at --tolerance-s "
-                    f"{timing['smallest_passing_tolerance_s']:.3g}",
-                    ctx.drop_episodes_fix(episodes) + " (LeRobot's video decoding fails on these mid-training)",
-                    episodes=episodes, **timing)
-    return ok("timestamps", f"within {ctx.tolerance_s:g} s of frame_index/{ctx.fps:g} (worst {worst_overall:.2g} s)",
-              **timing)
+        return fail(
+            "timestamps",
+            f"timestamp != frame_index/fps beyond {ctx.tolerance_s:g} s in "
+            f"{len(episodes)} episode(s), worst {named}; passes at --tolerance-s "
+            f"{timing['smallest_passing_tolerance_s']:.3g}",
+            ctx.drop_episodes_fix(episodes) + " (LeRobot's video decoding fails on these mid-training)",
+            episodes=episodes,
+            **timing,
+        )
+    return ok(
+        "timestamps", f"within {ctx.tolerance_s:g} s of frame_index/{ctx.fps:g} (worst {worst_overall:.2g} s)", **timing
+    )
 
 
 def _round_up(seconds: float) -> float:
@@ -523,7 +646,8 @@ def _round_up(seconds: float) -> float:
 
 def _value_keys(ctx: Context) -> list[str]:
     return [k for k in ctx.spec.features if ctx.frames and k in ctx.frames.vectors] or (
-        list(ctx.frames.vectors) if ctx.frames else [])
+        list(ctx.frames.vectors) if ctx.frames else []
+    )
 
 
 def check_finite(ctx: Context) -> CheckResult:
@@ -537,12 +661,18 @@ def check_finite(ctx: Context) -> CheckResult:
             rows = bad.any(axis=1)
             joints = _joint_names(ctx, key, np.flatnonzero(bad.any(axis=0)))
             in_episodes = ctx.frames.rows_to_episodes(rows)
-            found.append(f"{key} [{', '.join(joints)}] in {int(rows.sum())} frame(s) of episode(s) {_ranges(in_episodes)}")
+            found.append(
+                f"{key} [{', '.join(joints)}] in {int(rows.sum())} frame(s) of episode(s) {_ranges(in_episodes)}"
+            )
             episodes.update(in_episodes)
     if found:
         episodes_list = sorted(episodes)
-        return fail("values: finite", "NaN/Inf in " + "; ".join(found), ctx.drop_episodes_fix(episodes_list),
-                    episodes=episodes_list)
+        return fail(
+            "values: finite",
+            "NaN/Inf in " + "; ".join(found),
+            ctx.drop_episodes_fix(episodes_list),
+            episodes=episodes_list,
+        )
     return ok("values: finite", f"no NaN/Inf in {', '.join(keys)}")
 
 
@@ -559,9 +689,12 @@ def check_dead_joints(ctx: Context) -> CheckResult:
             found.append(f"{key} {_joint_names(ctx, key, [joint])[0]} in episode(s) {_ranges(in_episodes)}")
             episodes.update(in_episodes)
     if found:
-        return warn("values: motion", "constant over a whole episode (dead motor or unplugged cable?): " + "; ".join(found),
-                    "check the motor and its cable, then re-record; or drop those episodes with lerobot-edit-dataset",
-                    episodes=sorted(episodes))
+        return warn(
+            "values: motion",
+            "constant over a whole episode (dead motor or unplugged cable?): " + "; ".join(found),
+            "check the motor and its cable, then re-record; or drop those episodes with lerobot-edit-dataset",
+            episodes=sorted(episodes),
+        )
     return ok("values: motion", "every joint moves in every episode")
 
 
@@ -575,16 +708,21 @@ def check_outliers(ctx: Context) -> CheckResult:
         low, high = _quantiles(ctx, key)
         span = np.maximum(high - low, 1e-6)
         # An episode has a far value exactly when its min or max is far: no pass over the frames.
-        outside = (summary.episode_min < low - OUTLIER_SPANS * span) | (summary.episode_max > high + OUTLIER_SPANS * span)
+        outside = (summary.episode_min < low - OUTLIER_SPANS * span) | (
+            summary.episode_max > high + OUTLIER_SPANS * span
+        )
         if outside.any():
             joints = _joint_names(ctx, key, np.flatnonzero(outside.any(axis=0)))
             in_episodes = [int(e) for e in ctx.frames.episode_ids[outside.any(axis=1)]]
             found.append(f"{key} [{', '.join(joints)}] in episode(s) {_ranges(in_episodes)}")
             episodes.update(in_episodes)
     if found:
-        return warn("values: range", "values far outside the q01..q99 range of the stats: " + "; ".join(found),
-                    "look for encoder glitches or a recalibrated arm in those episodes; drop them if they are wrong",
-                    episodes=sorted(episodes))
+        return warn(
+            "values: range",
+            "values far outside the q01..q99 range of the stats: " + "; ".join(found),
+            "look for encoder glitches or a recalibrated arm in those episodes; drop them if they are wrong",
+            episodes=sorted(episodes),
+        )
     return ok("values: range", f"within {OUTLIER_SPANS:g} q01..q99 spans of the stats")
 
 
@@ -603,8 +741,10 @@ def _quantiles(ctx: Context, key: str) -> tuple[np.ndarray, np.ndarray]:
 
 def check_stats(ctx: Context) -> CheckResult:
     stats = ctx.files.stats
-    fix = (f"recompute them into a copy (policies normalise with these): lerobot-edit-dataset --repo_id "
-           f"{ctx.uri.repo_id} --root {ctx.files.root} --new_root {ctx.files.root}_stats --operation.type recompute_stats")
+    fix = (
+        f"recompute them into a copy (policies normalise with these): lerobot-edit-dataset --repo_id "
+        f"{ctx.uri.repo_id} --root {ctx.files.root} --new_root {ctx.files.root}_stats --operation.type recompute_stats"
+    )
     if stats is None:
         return fail("stats", ctx.files.stats_problem, fix)
     keys = _value_keys(ctx)
@@ -662,16 +802,35 @@ def check_tasks(ctx: Context) -> CheckResult:
         unknown = ~np.isin(frames.task, known)
         if unknown.any():
             episodes = frames.rows_to_episodes(unknown)
-            problems.append(f"task_index {_ranges(np.unique(frames.task[unknown]))} not in meta/tasks.parquet "
-                            f"(episode(s) {_ranges(episodes)})")
+            problems.append(
+                f"task_index {_ranges(np.unique(frames.task[unknown]))} not in meta/tasks.parquet "
+                f"(episode(s) {_ranges(episodes)})"
+            )
     if problems:
-        return fail("tasks", "; ".join(problems),
-                    "every episode needs a non-empty instruction: fix meta/tasks.parquet "
-                    "(lerobot-edit-dataset --operation.type modify_tasks)", episodes=episodes)
+        return fail(
+            "tasks",
+            "; ".join(problems),
+            "every episode needs a non-empty instruction: fix meta/tasks.parquet "
+            "(lerobot-edit-dataset --operation.type modify_tasks)",
+            episodes=episodes,
+        )
     shown = "; ".join(repr(t) for t in list(tasks.values())[:3]) + ("; ..." if len(tasks) > 3 else "")
     return ok("tasks", f"{len(tasks)} task(s): {shown}", tasks=list(tasks.values()))
 
 
-CHECKS = (check_info_fields, check_features, check_spec, check_data_files, check_counts, check_episode_metadata,
-          check_doubled_data, check_frame_index, check_timestamps, check_finite, check_dead_joints,
-          check_outliers, check_stats, check_tasks)
+CHECKS = (
+    check_info_fields,
+    check_features,
+    check_spec,
+    check_data_files,
+    check_counts,
+    check_episode_metadata,
+    check_doubled_data,
+    check_frame_index,
+    check_timestamps,
+    check_finite,
+    check_dead_joints,
+    check_outliers,
+    check_stats,
+    check_tasks,
+)

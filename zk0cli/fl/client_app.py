@@ -8,7 +8,8 @@ evaluate: verify -> load -> deterministic loss and action error on the held-out 
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -43,31 +44,45 @@ def train(msg: Message, context: Context) -> Message:
         seed=_seed(config, context, server_round),
     )
     result = train_policy(
-        node.built, node.train_set, settings,
+        node.built,
+        node.train_set,
+        settings,
         global_params=_as_tensors(global_weights),
         progress=ProgressLog(server_round, node.dataset_name),
     )
     metrics = {
-        "loss": result.loss, "policy_loss": result.policy_loss, "fedprox_loss": result.fedprox_loss,
-        "grad_norm": result.grad_norm, "steps": result.steps, SAMPLES: result.samples,
-        "seconds": result.seconds, "lr": result.lr_first, "lr_last": result.lr_last,
+        "loss": result.loss,
+        "policy_loss": result.policy_loss,
+        "fedprox_loss": result.fedprox_loss,
+        "grad_norm": result.grad_norm,
+        "steps": result.steps,
+        SAMPLES: result.samples,
+        "seconds": result.seconds,
+        "lr": result.lr_first,
+        "lr_last": result.lr_last,
         "update_norm": result.update_norm,
     }
     return train_reply(msg, node, _local_weights(node), global_weights, str(round_config["uplink"]), metrics)
 
 
 def train_reply(
-    msg: Message, node: NodeRuntime, local: Mapping[str, np.ndarray], global_weights: Mapping[str, np.ndarray],
-    encoding: str, metrics: Mapping[str, float | int],
+    msg: Message,
+    node: NodeRuntime,
+    local: Mapping[str, np.ndarray],
+    global_weights: Mapping[str, np.ndarray],
+    encoding: str,
+    metrics: Mapping[str, float | int],
 ) -> Message:
     """The reply the server checks: update arrays, their digest and encoding, metrics, dataset."""
     update = integrity.encode_update(local, global_weights, encoding)
-    info = ConfigRecord({
-        "sha256": integrity.digest(update),
-        "uplink": encoding,
-        "dataset": node.dataset_name,
-        "dataset-fingerprint": node.fingerprint,
-    })
+    info = ConfigRecord(
+        {
+            "sha256": integrity.digest(update),
+            "uplink": encoding,
+            "dataset": node.dataset_name,
+            "dataset-fingerprint": node.fingerprint,
+        }
+    )
     return Message(RecordDict({ARRAYS: update, METRICS: MetricRecord(dict(metrics)), INFO: info}), reply_to=msg)
 
 
@@ -80,10 +95,18 @@ def evaluate(msg: Message, context: Context) -> Message:
     load_global(node, msg.content[ARRAYS], str(msg.content[CONFIG]["arrays-sha256"]))
     metrics: dict[str, Any] = {SAMPLES: 0, "policy_loss": float("nan"), "action_error": float("nan")}
     if node.heldout_set is not None:
-        result = evaluate_policy(node.built, node.heldout_set, seed=config.seed, max_batches=config.eval_batches,
-                                 batch_size=config.batch_size)
-        metrics = {SAMPLES: int(result["samples"]), "policy_loss": float(result["policy_loss"]),
-                   "action_error": float(result["action_mae"])}
+        result = evaluate_policy(
+            node.built,
+            node.heldout_set,
+            seed=config.seed,
+            max_batches=config.eval_batches,
+            batch_size=config.batch_size,
+        )
+        metrics = {
+            SAMPLES: int(result["samples"]),
+            "policy_loss": float(result["policy_loss"]),
+            "action_error": float(result["action_mae"]),
+        }
     info = ConfigRecord({"dataset": node.dataset_name})
     return Message(RecordDict({METRICS: MetricRecord(metrics), INFO: info}), reply_to=msg)
 
@@ -94,8 +117,10 @@ def load_global(node: NodeRuntime, arrays: ArrayRecord, claimed: str) -> dict[st
 
     actual = integrity.digest(arrays)
     if actual != claimed:
-        raise Zk0Error(f"global weights failed their digest check (expected {claimed[:12]}, got {actual[:12]})",
-                       hint="the message was corrupted or mixed up in transit; the server will retry next round")
+        raise Zk0Error(
+            f"global weights failed their digest check (expected {claimed[:12]}, got {actual[:12]})",
+            hint="the message was corrupted or mixed up in transit; the server will retry next round",
+        )
     weights = integrity.from_record(arrays)
     set_trainable(node.built.policy, _as_tensors(weights))
     return weights

@@ -69,16 +69,23 @@ def run_task(runtime_api_address: str, token: str, app: Any) -> None:
     started = time.monotonic()
     try:
         message, context, run, fab = _pull_task_input(client)
-        say(f"task for run {run.run_id}: {message.metadata.message_type} message "
-            f"(pulled in {time.monotonic() - started:.1f} s)")
+        say(
+            f"task for run {run.run_id}: {message.metadata.message_type} message "
+            f"(pulled in {time.monotonic() - started:.1f} s)"
+        )
         requested = _clientapp_of(fab.content)
         if requested != CLIENTAPP:
-            raise LoadClientAppError(f"this node runs only zk0's ClientApp ({CLIENTAPP}); run {run.run_id} "
-                                     f"asks for {requested!r}")
+            raise LoadClientAppError(
+                f"this node runs only zk0's ClientApp ({CLIENTAPP}); run {run.run_id} asks for {requested!r}"
+            )
         reply = app(message=message, context=context)
         status, details = SubStatus.COMPLETED, ""
     except Exception as exc:  # noqa: BLE001 - any failure becomes the error reply, as in flwr-clientapp
-        code = ErrorCode.LOAD_CLIENT_APP_EXCEPTION if isinstance(exc, LoadClientAppError) else ErrorCode.CLIENT_APP_RAISED_EXCEPTION
+        code = (
+            ErrorCode.LOAD_CLIENT_APP_EXCEPTION
+            if isinstance(exc, LoadClientAppError)
+            else ErrorCode.CLIENT_APP_RAISED_EXCEPTION
+        )
         details = f"{type(exc).__name__}: {exc}"
         say(f"task failed: {details}")
         if message is not None:
@@ -112,7 +119,11 @@ def _pull_task_input(client: Any) -> tuple[Any, Any, Any, Any]:
     from flwr.supercore.task_identity import TaskIdentity
 
     task = client.PullTaskInput(PullTaskInputRequest())
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = task.task_id, task.run.run_id, task.context.node_id
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = (
+        task.task_id,
+        task.run.run_id,
+        task.context.node_id,
+    )
     context, run, fab = context_from_proto(task.context), run_from_proto(task.run), fab_from_proto(task.fab)
     pulled = client.PullMessages(PullAppMessagesRequest())
     if not pulled.messages_list:
@@ -122,7 +133,9 @@ def _pull_task_input(client: Any) -> tuple[Any, Any, Any, Any]:
         tree,
         make_pull_object_fn_protobuf(client.PullObject, node, context.run_id),
         make_confirm_message_received_fn_protobuf(client.ConfirmMessageReceived, node, context.run_id),
-        return_type=Message, initial_backoff=PULL_BACKOFF_S, backoff_cap=PULL_BACKOFF_CAP_S,
+        return_type=Message,
+        initial_backoff=PULL_BACKOFF_S,
+        backoff_cap=PULL_BACKOFF_CAP_S,
     )
     message.metadata.__dict__["_message_id"] = tree.object_id  # a deflated message does not carry its own id
     return message, context, run, fab
@@ -136,8 +149,13 @@ def _runtime_client(address: str, *, component: str, token: str = "", retry_for_
     interceptors: list = [RuntimeVersionHttpInterceptor(component_name=component)]
     if token:
         interceptors.append(RuntimeTokenHttpInterceptor(token))
-    return RuntimeHttpClient.from_server_address(server_address=address, insecure=True, root_certificates=None,
-                                                 interceptors=interceptors, retry_invoker=_retry_invoker(retry_for_s))
+    return RuntimeHttpClient.from_server_address(
+        server_address=address,
+        insecure=True,
+        root_certificates=None,
+        interceptors=interceptors,
+        retry_invoker=_retry_invoker(retry_for_s),
+    )
 
 
 def _retry_invoker(max_time_s: float | None) -> Any:
@@ -153,8 +171,13 @@ def _retry_invoker(max_time_s: float | None) -> Any:
     def refused(exc: Exception) -> bool:
         return isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code not in RETRYABLE_STATUS
 
-    return RetryInvoker(lambda: exponential(base_delay=0.2, max_delay=5), (httpx.TransportError, httpx.HTTPStatusError),
-                        max_tries=None, max_time=max_time_s, should_giveup=refused)
+    return RetryInvoker(
+        lambda: exponential(base_delay=0.2, max_delay=5),
+        (httpx.TransportError, httpx.HTTPStatusError),
+        max_tries=None,
+        max_time=max_time_s,
+        should_giveup=refused,
+    )
 
 
 def _heartbeat(client: Any):

@@ -105,9 +105,16 @@ class RoundControl:
             self._new_server_loss = False
             current = max(base.value * self.lr_scale, c.eta_min)
             trend = schedules.adjust_lr_from_trend(
-                current, self.server_losses, server_round, adjustment_window=c.adjustment_window,
-                eta_min=c.eta_min, spike_threshold=c.spike_threshold, max_adjust_factor=c.max_adjust_factor,
-                early_rounds=c.early_rounds, stall_factor=c.lr_stall_factor, divergence_factor=c.lr_divergence_factor,
+                current,
+                self.server_losses,
+                server_round,
+                adjustment_window=c.adjustment_window,
+                eta_min=c.eta_min,
+                spike_threshold=c.spike_threshold,
+                max_adjust_factor=c.max_adjust_factor,
+                early_rounds=c.early_rounds,
+                stall_factor=c.lr_stall_factor,
+                divergence_factor=c.lr_divergence_factor,
             )
             self.lr_scale *= trend.value / current
             reasons.append(f"trend: {trend.reason}")

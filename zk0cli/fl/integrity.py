@@ -26,8 +26,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import numpy as np
 from flwr.app import Array, ArrayRecord
@@ -100,7 +100,7 @@ def split(values: np.ndarray, layout: list[tuple[str, tuple[int, ...]]]) -> dict
     out, offset = {}, 0
     for name, shape in layout:
         size = math.prod(shape)
-        out[name] = values[offset:offset + size].reshape(shape)
+        out[name] = values[offset : offset + size].reshape(shape)
         offset += size
     return out
 

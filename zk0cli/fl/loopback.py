@@ -10,12 +10,13 @@ are covered separately (``zk0 sim`` and the deployment tests).
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 from flwr.app import Context, Error, Message, RecordDict
-from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.clientapp import ClientApp
+from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.serverapp import Grid
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 from flwr.supercore.inflatable.inflatable_utils import inflate_object_from_contents
@@ -60,7 +61,9 @@ class LoopbackGrid(Grid):
         TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, self.run_id, SUPERLINK_NODE_ID
         for index, node_config in enumerate(self.node_configs):
             node_id = 1000 + index
-            self._contexts[node_id] = Context(self.run_id, node_id, dict(node_config), RecordDict(), dict(self.run_config))
+            self._contexts[node_id] = Context(
+                self.run_id, node_id, dict(node_config), RecordDict(), dict(self.run_config)
+            )
 
     def set_run(self, run: Run) -> None:
         self.run_id = run.run_id

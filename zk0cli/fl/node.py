@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 from zk0cli.core.errors import bad_input
 from zk0cli.fl.run_config import RunConfig
@@ -24,8 +25,8 @@ from zk0cli.fl.run_config import RunConfig
 if TYPE_CHECKING:
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
-    from zk0cli.policy.build import BuiltPolicy
     from zk0cli.datasets.uri import DatasetUri
+    from zk0cli.policy.build import BuiltPolicy
 
 log = logging.getLogger("zk0.node")
 
@@ -59,10 +60,10 @@ def assign(node_config: Mapping[str, Any], config: RunConfig) -> Assignment:
 @dataclass
 class NodeRuntime:
     assignment: Assignment
-    uri: "DatasetUri"
-    built: "BuiltPolicy"
-    train_set: "LeRobotDataset"
-    heldout_set: "LeRobotDataset | None"
+    uri: DatasetUri
+    built: BuiltPolicy
+    train_set: LeRobotDataset
+    heldout_set: LeRobotDataset | None
     fingerprint: str
 
     @property
@@ -80,8 +81,14 @@ _cache: dict[tuple, NodeRuntime] = {}
 def runtime(node_config: Mapping[str, Any], config: RunConfig) -> NodeRuntime:
     """The node's policy and data for this run config, built once per process."""
     assignment = assign(node_config, config)
-    setup = (config.policy, config.vlm_model_name, config.device, config.chunk_size, config.seed,
-             config.client_eval_episodes)
+    setup = (
+        config.policy,
+        config.vlm_model_name,
+        config.device,
+        config.chunk_size,
+        config.seed,
+        config.client_eval_episodes,
+    )
     key = (setup, assignment)
     if key not in _cache:
         for stale in [k for k in _cache if k[0] != setup]:
@@ -94,21 +101,29 @@ def runtime(node_config: Mapping[str, Any], config: RunConfig) -> NodeRuntime:
 
 
 def _build(assignment: Assignment, config: RunConfig) -> NodeRuntime:
-    from zk0cli.fl.records import dataset_fingerprint
-    from zk0cli.policy.build import build_policy
     from zk0cli.datasets.partition import open_partition
     from zk0cli.datasets.uri import open_metadata, parse_uri
+    from zk0cli.fl.records import dataset_fingerprint
+    from zk0cli.policy.build import build_policy
 
     uri = parse_uri(assignment.uri)
     meta = open_metadata(uri)
     built = build_policy(config.policy_spec(), meta)
     delta = built.delta_timestamps(meta)
-    split = dict(num_partitions=assignment.num_partitions, partition_id=assignment.partition_id,
-                 heldout=config.client_eval_episodes, delta_timestamps=delta)
+    split = dict(
+        num_partitions=assignment.num_partitions,
+        partition_id=assignment.partition_id,
+        heldout=config.client_eval_episodes,
+        delta_timestamps=delta,
+    )
     train_set = open_partition(uri, split="train", **split)
     heldout_set = open_partition(uri, split="heldout", **split) if config.client_eval_episodes else None
-    log.info("node dataset %s: %d training frames, %d held-out frames", assignment.label, len(train_set),
-             len(heldout_set) if heldout_set is not None else 0)
+    log.info(
+        "node dataset %s: %d training frames, %d held-out frames",
+        assignment.label,
+        len(train_set),
+        len(heldout_set) if heldout_set is not None else 0,
+    )
     return NodeRuntime(assignment, uri, built, train_set, heldout_set, dataset_fingerprint(meta.root))
 
 
@@ -127,5 +142,8 @@ class ProgressLog:
             return
         self.last_tenth = tenth
         filled = step * self.WIDTH // total
-        print(f"{self.prefix} [{'#' * filled}{'.' * (self.WIDTH - filled)}] {step}/{total} loss {loss:.4f}",
-              file=sys.stderr, flush=True)
+        print(
+            f"{self.prefix} [{'#' * filled}{'.' * (self.WIDTH - filled)}] {step}/{total} loss {loss:.4f}",
+            file=sys.stderr,
+            flush=True,
+        )

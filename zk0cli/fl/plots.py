@@ -26,9 +26,13 @@ def _losses_figure(metrics: list[dict[str, Any]]):
         ax.plot(*zip(*server), marker="o", linewidth=2.2, color="black", label="server eval (held-out)")
     federated = [(m["round"], m["federated_eval_loss"]) for m in metrics if m.get("federated_eval_loss") is not None]
     if federated:
-        ax.plot(*zip(*federated), marker="s", linestyle="--", color="tab:gray", label="federated eval (clients' held-out)")
+        ax.plot(
+            *zip(*federated), marker="s", linestyle="--", color="tab:gray", label="federated eval (clients' held-out)"
+        )
     for node in sorted({node for m in metrics for node in m.get("client_losses", {})}):
-        points = [(m["round"], m["client_losses"][node]) for m in metrics if m.get("client_losses", {}).get(node) is not None]
+        points = [
+            (m["round"], m["client_losses"][node]) for m in metrics if m.get("client_losses", {}).get(node) is not None
+        ]
         ax.plot(*zip(*points), marker=".", alpha=0.7, label=f"client {node} (train)")
     ax.set_xlabel("round")
     ax.set_ylabel("loss")

@@ -26,9 +26,10 @@ import hashlib
 import os
 import shutil
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from zk0cli.core.errors import bad_input
 from zk0cli.core.files import atomic_write_json
@@ -64,7 +65,7 @@ class RunRecord:
     root: Path
 
     @classmethod
-    def create(cls, runs_dir: Path, run_name: str = "") -> "RunRecord":
+    def create(cls, runs_dir: Path, run_name: str = "") -> RunRecord:
         root = Path(runs_dir) / (run_name or new_run_name())
         root.mkdir(parents=True, exist_ok=True)
         return cls(root)
@@ -72,12 +73,15 @@ class RunRecord:
     # ------------------------------------------------------------ files
 
     def write_config(self, run_config: dict[str, Any], fingerprints: dict[str, str], extra: dict[str, Any]) -> None:
-        atomic_write_json(self.root / CONFIG_FILE, {
-            "run_config": run_config,
-            "versions": package_versions(),
-            "dataset_fingerprints": fingerprints,
-            **extra,
-        })
+        atomic_write_json(
+            self.root / CONFIG_FILE,
+            {
+                "run_config": run_config,
+                "versions": package_versions(),
+                "dataset_fingerprints": fingerprints,
+                **extra,
+            },
+        )
 
     def read_config(self) -> dict[str, Any]:
         import json
@@ -85,8 +89,10 @@ class RunRecord:
         try:
             return json.loads((self.root / CONFIG_FILE).read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
-            raise bad_input(f"run {self.root.name} has no readable {CONFIG_FILE} ({exc})",
-                            hint="the ServerApp writes it before round 0: a run that failed that early cannot be resumed") from None
+            raise bad_input(
+                f"run {self.root.name} has no readable {CONFIG_FILE} ({exc})",
+                hint="the ServerApp writes it before round 0: a run that failed that early cannot be resumed",
+            ) from None
 
     def flwr_run_ids(self) -> list[int]:
         """The Flower runs that wrote this record: the first, then each resume."""
@@ -104,12 +110,19 @@ class RunRecord:
     def _write_summaries(self) -> None:
         rounds = self.rounds()
         atomic_write_json(self.root / "federated_metrics.json", [summary(r) for r in rounds])
-        atomic_write_json(self.root / "policy_loss_history.json", [
-            {"round": r["round"], "policy_loss": r["server_eval"]["composite"]["policy_loss"],
-             "action_error": r["server_eval"]["composite"]["action_error"],
-             "per_dataset": {name: m["policy_loss"] for name, m in r["server_eval"]["datasets"].items()}}
-            for r in rounds if r.get("server_eval")
-        ])
+        atomic_write_json(
+            self.root / "policy_loss_history.json",
+            [
+                {
+                    "round": r["round"],
+                    "policy_loss": r["server_eval"]["composite"]["policy_loss"],
+                    "action_error": r["server_eval"]["composite"]["action_error"],
+                    "per_dataset": {name: m["policy_loss"] for name, m in r["server_eval"]["datasets"].items()},
+                }
+                for r in rounds
+                if r.get("server_eval")
+            ],
+        )
 
     def rounds(self) -> list[dict[str, Any]]:
         import json
@@ -121,20 +134,24 @@ class RunRecord:
 
     # ------------------------------------------------------------ resume
 
-    def resume_point(self, num_rounds: int) -> "ResumePoint":
+    def resume_point(self, num_rounds: int) -> ResumePoint:
         """Where a resumed run of ``num_rounds`` rounds starts: the last checkpoint, or why it cannot."""
         checkpoints = self.checkpoints()
         if not checkpoints:
-            raise bad_input(f"run {self.root.name} has no checkpoint to resume from",
-                            hint="start a new run; checkpoint-interval sets how often a run writes one")
+            raise bad_input(
+                f"run {self.root.name} has no checkpoint to resume from",
+                hint="start a new run; checkpoint-interval sets how often a run writes one",
+            )
         last = checkpoints[-1]
         done = int(last.name.split("_")[1])
         if done >= num_rounds:
-            raise bad_input(f"run {self.root.name} already has its checkpoint of round {done} of {num_rounds}",
-                            hint=f"resume with more rounds to train further: --rounds {done + 1} or more")
+            raise bad_input(
+                f"run {self.root.name} already has its checkpoint of round {done} of {num_rounds}",
+                hint=f"resume with more rounds to train further: --rounds {done + 1} or more",
+            )
         return ResumePoint(done, last, [r for r in self.rounds() if r["round"] <= done])
 
-    def continue_after(self, point: "ResumePoint", flwr_run_id: int, num_rounds: int) -> list[int]:
+    def continue_after(self, point: ResumePoint, flwr_run_id: int, num_rounds: int) -> list[int]:
         """Set the record back to ``point`` for a resumed run of ``num_rounds`` rounds in all; the
         rounds moved aside.
 
@@ -150,8 +167,14 @@ class RunRecord:
                 os.replace(path, target / path.name)
         config = self.read_config()
         config.setdefault("resumes", []).append(
-            {"flwr_run_id": flwr_run_id, "from_round": point.round, "superseded_rounds": later, "at": time.time(),
-             "num_server_rounds": num_rounds})
+            {
+                "flwr_run_id": flwr_run_id,
+                "from_round": point.round,
+                "superseded_rounds": later,
+                "at": time.time(),
+                "num_server_rounds": num_rounds,
+            }
+        )
         config["run_config"]["num-server-rounds"] = num_rounds
         atomic_write_json(self.root / CONFIG_FILE, config)
         self._write_summaries()

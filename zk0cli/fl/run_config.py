@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 from zk0cli.core.errors import bad_input
 
@@ -21,8 +22,16 @@ if TYPE_CHECKING:
 LR_SCHEDULES = ("constant", "cosine", "cosine_warm_restarts", "reduce_on_plateau")
 
 
-def _p(default: Any, doc: str, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
-       lt: float | None = None, choices: tuple[str, ...] | None = None) -> Any:
+def _p(
+    default: Any,
+    doc: str,
+    *,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+    choices: tuple[str, ...] | None = None,
+) -> Any:
     """A field with its range rule and one line of documentation (listed by `zk0 sim --list-keys`)."""
     rules = {"ge": ge, "gt": gt, "le": le, "lt": lt, "choices": choices, "doc": doc}
     return field(default=default, metadata=rules)
@@ -39,13 +48,18 @@ class RunConfig:
     seed: int = _p(42, "seed of local training, evaluation noise and sampling", ge=0)
 
     # --- policy (see zk0cli.policy)
-    policy: str = _p("lerobot/smolvla_base", "'tiny' (offline test backbone), 'real-geometry' (random weights), or a SmolVLA checkpoint (Hub id or dir)")
+    policy: str = _p(
+        "lerobot/smolvla_base",
+        "'tiny' (offline test backbone), 'real-geometry' (random weights), or a SmolVLA checkpoint (Hub id or dir)",
+    )
     vlm_model_name: str = _p("", "local VLM directory used instead of the checkpoint's Hub VLM (offline use)")
     device: str = _p("auto", "'auto' (cuda, then mps, then cpu), 'cuda', 'mps' or 'cpu'")
     chunk_size: int = _p(0, "actions predicted per inference; 0 keeps the policy's own (SmolVLA: 50)", ge=0)
 
     # --- data
-    datasets: str = _p("", "simulation: space-separated dataset URIs, one per client (cycled), or one URI partitioned across clients")
+    datasets: str = _p(
+        "", "simulation: space-separated dataset URIs, one per client (cycled), or one URI partitioned across clients"
+    )
     eval_datasets: str = _p("", "space-separated held-out dataset URIs the server evaluates on")
     client_eval_episodes: int = _p(1, "episodes each client holds out of training for federated evaluation", ge=0)
 
@@ -92,15 +106,19 @@ class RunConfig:
     # --- evaluation and records
     eval_frequency: int = _p(1, "server evaluation every N rounds (and always at round 0 and the last round)", ge=1)
     eval_batches: int = _p(4, "batches per held-out dataset in a server or client evaluation", ge=1)
-    video_frequency: int = _p(5, "evaluation video every N server evaluations, from round 0 (the last round always gets one)", ge=1)
+    video_frequency: int = _p(
+        5, "evaluation video every N server evaluations, from round 0 (the last round always gets one)", ge=1
+    )
     checkpoint_interval: int = _p(5, "checkpoint every N rounds (the last round always gets one)", ge=1)
     keep_last_checkpoints: int = _p(0, "round checkpoints kept (0 keeps all)", ge=0)
     runs_dir: str = _p("", "where run records go; empty means <data dir>/runs")
     run_name: str = _p("", "run directory name; empty derives one from the time")
-    resume: bool = _p(False, "continue the record runs-dir/run-name from its last checkpoint (`zk0 run --resume` sets it)")
+    resume: bool = _p(
+        False, "continue the record runs-dir/run-name from its last checkpoint (`zk0 run --resume` sets it)"
+    )
 
     @classmethod
-    def from_mapping(cls, values: Mapping[str, Any]) -> "RunConfig":
+    def from_mapping(cls, values: Mapping[str, Any]) -> RunConfig:
         """Build from flwr-style keys (``local-steps``) or field names, checking every value."""
         known = {f.name: f for f in dataclasses.fields(cls)}
         kwargs = {}
@@ -117,15 +135,19 @@ class RunConfig:
         for f in dataclasses.fields(self):
             _check_range(key(f.name), getattr(self, f.name), f.metadata)
         if self.mu_min > self.mu_max:
-            raise bad_input(f"run-config mu-min {self.mu_min} is above mu-max {self.mu_max}", hint="make mu-min <= mu-max")
+            raise bad_input(
+                f"run-config mu-min {self.mu_min} is above mu-max {self.mu_max}", hint="make mu-min <= mu-max"
+            )
         if self.eta_min >= self.lr:
-            raise bad_input(f"run-config eta-min {self.eta_min} must be below lr {self.lr}", hint="lower eta-min or raise lr")
+            raise bad_input(
+                f"run-config eta-min {self.eta_min} must be below lr {self.lr}", hint="lower eta-min or raise lr"
+            )
 
     def to_flwr(self) -> dict[str, Any]:
         """Flower run-config form: ``{"local-steps": 20, ...}``."""
         return {key(f.name): getattr(self, f.name) for f in dataclasses.fields(self)}
 
-    def policy_spec(self) -> "PolicySpec":
+    def policy_spec(self) -> PolicySpec:
         """What every node and the server build: the same policy from the same seed."""
         from zk0cli.policy.build import PolicySpec
 
@@ -184,8 +206,12 @@ def _typed(key_: str, value: Any, f: dataclasses.Field) -> Any:
 def _check_range(key_: str, value: Any, rules: Mapping[str, Any]) -> None:
     if isinstance(value, float) and not math.isfinite(value):
         raise bad_input(f"run-config {key_} must be a finite number, got {value}")
-    checks = (("ge", lambda v, b: v >= b, ">="), ("gt", lambda v, b: v > b, ">"),
-              ("le", lambda v, b: v <= b, "<="), ("lt", lambda v, b: v < b, "<"))
+    checks = (
+        ("ge", lambda v, b: v >= b, ">="),
+        ("gt", lambda v, b: v > b, ">"),
+        ("le", lambda v, b: v <= b, "<="),
+        ("lt", lambda v, b: v < b, "<"),
+    )
     for rule, holds, symbol in checks:
         bound = rules.get(rule)
         if bound is not None and not holds(value, bound):

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 
 @dataclass(frozen=True)
@@ -108,8 +108,12 @@ def decay_mu(mu: float, mu_decay: float) -> Decision:
 
 
 def adjust_mu_for_spread(
-    mu: float, client_losses: Sequence[float], loss_std_threshold: float, mu_adjust_factor: float,
-    mu_min: float, mu_max: float,
+    mu: float,
+    client_losses: Sequence[float],
+    loss_std_threshold: float,
+    mu_adjust_factor: float,
+    mu_min: float,
+    mu_max: float,
 ) -> Decision:
     """Raise mu when client losses spread out (std > threshold), then clamp to [mu_min, mu_max]."""
     finite = [loss for loss in client_losses if math.isfinite(loss)]
@@ -118,7 +122,9 @@ def adjust_mu_for_spread(
     else:
         spread = statistics.pstdev(finite)
         if spread > loss_std_threshold:
-            decision = Decision(mu * mu_adjust_factor, f"loss std {spread:.4g} > {loss_std_threshold:g}: mu x{mu_adjust_factor:g}")
+            decision = Decision(
+                mu * mu_adjust_factor, f"loss std {spread:.4g} > {loss_std_threshold:g}: mu x{mu_adjust_factor:g}"
+            )
         else:
             decision = Decision(mu, f"loss std {spread:.4g} <= {loss_std_threshold:g}")
     clamped = clamp(decision.value, mu_min, mu_max)
@@ -147,9 +153,17 @@ def detect_spike(server_losses: Sequence[float], spike_threshold: float) -> str:
 
 
 def adjust_lr_from_trend(
-    lr: float, server_losses: Sequence[float], server_round: int, *, adjustment_window: int, eta_min: float,
-    spike_threshold: float, max_adjust_factor: float, early_rounds: int,
-    stall_factor: float = 0.95, divergence_factor: float = 1.05,
+    lr: float,
+    server_losses: Sequence[float],
+    server_round: int,
+    *,
+    adjustment_window: int,
+    eta_min: float,
+    spike_threshold: float,
+    max_adjust_factor: float,
+    early_rounds: int,
+    stall_factor: float = 0.95,
+    divergence_factor: float = 1.05,
 ) -> Decision:
     """Nudge lr from the server eval loss over the last ``adjustment_window`` evaluations.
 

@@ -11,9 +11,10 @@ Every failure before or during the rounds is written to the run's status.json (`
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 from flwr.app import Context
@@ -41,7 +42,9 @@ def main(grid: Grid, context: Context) -> None:
         record.write_status("failed", error=error.message, hint=error.hint, exit_code=int(error.code))
         raise
     except Exception as exc:
-        record.write_status("failed", error=f"{type(exc).__name__}: {exc}", hint=f"see the server log; run dir {record.root}")
+        record.write_status(
+            "failed", error=f"{type(exc).__name__}: {exc}", hint=f"see the server log; run dir {record.root}"
+        )
         raise
     record.write_status("completed", rounds=config.num_server_rounds)
 
@@ -55,11 +58,19 @@ def run_federation(grid: Grid, config: RunConfig, record: RunRecord, *, flwr_run
     from zk0cli.fl.strategy import Zk0FedProx
 
     evaluator = ServerEvaluator(config)
-    start = _resume(record, evaluator, config, flwr_run_id) if config.resume else _fresh(record, evaluator, config, flwr_run_id)
+    start = (
+        _resume(record, evaluator, config, flwr_run_id)
+        if config.resume
+        else _fresh(record, evaluator, config, flwr_run_id)
+    )
     evaluations = sum(1 for entry in start.history if entry.get("server_eval"))
     outputs = RunOutputs(config, record, evaluator, evaluations=evaluations)
-    record.write_status("running", flwr_run_id=flwr_run_id, rounds=config.num_server_rounds,
-                        **({"resumed_from_round": start.round} if config.resume else {}))
+    record.write_status(
+        "running",
+        flwr_run_id=flwr_run_id,
+        rounds=config.num_server_rounds,
+        **({"resumed_from_round": start.round} if config.resume else {}),
+    )
     strategy = Zk0FedProx(config, start.weights, evaluator, outputs)
     strategy.control.replay(start.history)
     strategy.run(grid, first_round=start.round + 1)
@@ -92,12 +103,18 @@ def _resume(record: RunRecord, evaluator: Any, config: RunConfig, flwr_run_id: i
     recorded = record.read_config().get("dataset_fingerprints") or {}
     for uri, fingerprint in evaluator.fingerprints().items():
         if recorded.get(uri) != fingerprint:
-            raise bad_input(f"held-out dataset {uri} is not the one run {record.root.name} evaluated on",
-                            hint="a resumed run must evaluate on the same data: restore it, or start a new run")
+            raise bad_input(
+                f"held-out dataset {uri} is not the one run {record.root.name} evaluated on",
+                hint="a resumed run must evaluate on the same data: restore it, or start a new run",
+            )
     weights = evaluator.checkpoint_weights(point.checkpoint)
     superseded = record.continue_after(point, flwr_run_id, config.num_server_rounds)
-    log.info("resuming %s from the checkpoint of round %d%s", record.root.name, point.round,
-             f" (rounds {superseded} recorded after it are superseded)" if superseded else "")
+    log.info(
+        "resuming %s from the checkpoint of round %d%s",
+        record.root.name,
+        point.round,
+        f" (rounds {superseded} recorded after it are superseded)" if superseded else "",
+    )
     return Start(point.round, weights, point.history)
 
 

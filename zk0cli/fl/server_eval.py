@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import logging
 import statistics
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -32,8 +33,8 @@ log = logging.getLogger("zk0.server")
 class EvalTarget:
     name: str
     uri: str
-    built: "BuiltPolicy"
-    dataset: "LeRobotDataset"
+    built: BuiltPolicy
+    dataset: LeRobotDataset
     fingerprint: str
 
 
@@ -63,7 +64,9 @@ class ServerEvaluator:
         """The trainable weights a round checkpoint holds (what a resumed run starts from)."""
         from zk0cli.policy.trainable import read_checkpoint_trainable
 
-        return {name: t.numpy() for name, t in read_checkpoint_trainable(self.targets[0].built.policy, directory).items()}
+        return {
+            name: t.numpy() for name, t in read_checkpoint_trainable(self.targets[0].built.policy, directory).items()
+        }
 
     def __call__(self, server_round: int, weights: Mapping[str, np.ndarray]) -> dict[str, Any]:
         from zk0cli.policy.train import evaluate
@@ -71,13 +74,27 @@ class ServerEvaluator:
         per_dataset = {}
         for target in self.targets:
             _load(target.built, weights)
-            result = evaluate(target.built, target.dataset, seed=self.config.seed,
-                              max_batches=self.config.eval_batches, batch_size=self.config.batch_size)
-            per_dataset[target.name] = {"policy_loss": float(result["policy_loss"]),
-                                        "action_error": float(result["action_mae"]), "samples": int(result["samples"])}
-        composite = {key: statistics.fmean(m[key] for m in per_dataset.values()) for key in ("policy_loss", "action_error")}
-        log.info("round %d server eval: loss %.4f, action error %.4f", server_round, composite["policy_loss"],
-                 composite["action_error"])
+            result = evaluate(
+                target.built,
+                target.dataset,
+                seed=self.config.seed,
+                max_batches=self.config.eval_batches,
+                batch_size=self.config.batch_size,
+            )
+            per_dataset[target.name] = {
+                "policy_loss": float(result["policy_loss"]),
+                "action_error": float(result["action_mae"]),
+                "samples": int(result["samples"]),
+            }
+        composite = {
+            key: statistics.fmean(m[key] for m in per_dataset.values()) for key in ("policy_loss", "action_error")
+        }
+        log.info(
+            "round %d server eval: loss %.4f, action error %.4f",
+            server_round,
+            composite["policy_loss"],
+            composite["action_error"],
+        )
         return {"datasets": per_dataset, "composite": composite}
 
     def save_checkpoint(self, directory: Path, weights: Mapping[str, np.ndarray]) -> None:
@@ -99,17 +116,26 @@ class ServerEvaluator:
         actions = predict_episode(target.built, target.dataset, episode, seed=self.config.seed)
         camera = target.dataset.meta.camera_keys[0]
         frames = np.stack([_to_uint8_image(target.dataset[i][camera]) for i in actions.frame_indices])
-        return write_video(path, EpisodeTrajectories(
-            frames=frames, predicted=actions.predicted, recorded=actions.recorded, joint_names=actions.action_names,
-            fps=actions.fps, dataset=target.name, episode=episode,
-        ), server_round)
+        return write_video(
+            path,
+            EpisodeTrajectories(
+                frames=frames,
+                predicted=actions.predicted,
+                recorded=actions.recorded,
+                joint_names=actions.action_names,
+                fps=actions.fps,
+                dataset=target.name,
+                episode=episode,
+            ),
+            server_round,
+        )
 
 
 def _target(uri_text: str, config: RunConfig, *, heldout_only: bool) -> EvalTarget:
-    from zk0cli.fl.records import dataset_fingerprint
-    from zk0cli.policy.build import build_policy
     from zk0cli.datasets.partition import open_partition
     from zk0cli.datasets.uri import open_dataset, open_metadata, parse_uri
+    from zk0cli.fl.records import dataset_fingerprint
+    from zk0cli.policy.build import build_policy
 
     uri = parse_uri(uri_text)
     meta = open_metadata(uri)
@@ -125,7 +151,7 @@ def _target(uri_text: str, config: RunConfig, *, heldout_only: bool) -> EvalTarg
     return EvalTarget(name, str(uri), built, dataset, dataset_fingerprint(meta.root))
 
 
-def _load(built: "BuiltPolicy", weights: Mapping[str, np.ndarray]) -> None:
+def _load(built: BuiltPolicy, weights: Mapping[str, np.ndarray]) -> None:
     import torch
 
     from zk0cli.policy.trainable import set_trainable

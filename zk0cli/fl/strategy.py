@@ -23,7 +23,8 @@ import logging
 import math
 import random
 import time
-from typing import Any, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
@@ -143,14 +144,16 @@ class Zk0FedProx(FedProx):
         digest = integrity.digest(arrays)
         messages = []
         for node_id in node_ids:
-            node_config = ConfigRecord({
-                **dict(config),
-                "server-round": server_round,
-                "lr": plan.lr_for(str(node_id)),
-                "proximal-mu": plan.mu,
-                "arrays-sha256": digest,
-                "uplink": self.encoding,
-            })
+            node_config = ConfigRecord(
+                {
+                    **dict(config),
+                    "server-round": server_round,
+                    "lr": plan.lr_for(str(node_id)),
+                    "proximal-mu": plan.mu,
+                    "arrays-sha256": digest,
+                    "uplink": self.encoding,
+                }
+            )
             content = RecordDict({ARRAYS: arrays, CONFIG: node_config})
             messages.append(Message(content=content, message_type=MessageType.TRAIN, dst_node_id=node_id))
         return messages
@@ -162,8 +165,9 @@ class Zk0FedProx(FedProx):
         clients = []
         replies = list(replies)
         silent = set(self._destinations.values()) - {self._sender(reply) for reply in replies}  # asked, no answer
-        self.entry["failed"] += [{"node": node, "reason": f"no reply within {self.config.round_timeout_s:g} s"}
-                                 for node in sorted(silent)]
+        self.entry["failed"] += [
+            {"node": node, "reason": f"no reply within {self.config.round_timeout_s:g} s"} for node in sorted(silent)
+        ]
         for reply in replies:
             node = self._sender(reply)
             if reply.has_error():
@@ -171,8 +175,14 @@ class Zk0FedProx(FedProx):
                 continue
             client, weights, reason = self._check_reply(reply)
             if reason:
-                self.entry["rejected"].append({"node": node, "dataset": client.get("dataset", ""), "reason": reason,
-                                               "metrics": client.get("metrics", {})})
+                self.entry["rejected"].append(
+                    {
+                        "node": node,
+                        "dataset": client.get("dataset", ""),
+                        "reason": reason,
+                        "metrics": client.get("metrics", {}),
+                    }
+                )
                 continue
             clients.append(client)
             accepted.append((weights, client["samples"]))
@@ -188,12 +198,21 @@ class Zk0FedProx(FedProx):
         """(client entry, full fp32 weights, rejection reason or '')."""
         node = self._sender(reply)
         content = reply.content
-        if len(content.array_records) != 1 or METRICS not in content.metric_records or INFO not in content.config_records:
+        if (
+            len(content.array_records) != 1
+            or METRICS not in content.metric_records
+            or INFO not in content.config_records
+        ):
             return {"node": node}, None, "malformed reply (needs one ArrayRecord, 'metrics' and 'info')"
         metrics = dict(content[METRICS])
         info = dict(content[INFO])
-        client = {"node": node, "dataset": str(info.get("dataset", "")), "metrics": metrics,
-                  "samples": metrics.get(SAMPLES, 0), "dataset_fingerprint": str(info.get("dataset-fingerprint", ""))}
+        client = {
+            "node": node,
+            "dataset": str(info.get("dataset", "")),
+            "metrics": metrics,
+            "samples": metrics.get(SAMPLES, 0),
+            "dataset_fingerprint": str(info.get("dataset-fingerprint", "")),
+        }
         samples = metrics.get(SAMPLES)
         if not isinstance(samples, (int, float)) or not math.isfinite(samples) or samples <= 0:
             return client, None, f"no training samples reported ({samples!r})"
@@ -203,7 +222,9 @@ class Zk0FedProx(FedProx):
         if info.get("uplink") != self.encoding:
             return client, None, f"uplink encoding {info.get('uplink')!r}, expected {self.encoding!r}"
         record = next(iter(content.array_records.values()))
-        checked = integrity.check_update(record, str(info.get("sha256", "")), self.spec, self.encoding, self.global_weights)
+        checked = integrity.check_update(
+            record, str(info.get("sha256", "")), self.spec, self.encoding, self.global_weights
+        )
         return client, checked.weights, checked.reason
 
     # ------------------------------------------------------------ federated evaluation
@@ -226,8 +247,12 @@ class Zk0FedProx(FedProx):
             metrics = dict(reply.content[METRICS]) if METRICS in reply.content.metric_records else {}
             info = dict(reply.content[INFO]) if INFO in reply.content.config_records else {}
             each.append({"node": node, "dataset": str(info.get("dataset", "")), "metrics": metrics})
-        usable = [c for c in each if c["metrics"].get(SAMPLES, 0) > 0 and all(
-            math.isfinite(c["metrics"].get(k, math.nan)) for k in ("policy_loss", "action_error"))]
+        usable = [
+            c
+            for c in each
+            if c["metrics"].get(SAMPLES, 0) > 0
+            and all(math.isfinite(c["metrics"].get(k, math.nan)) for k in ("policy_loss", "action_error"))
+        ]
         aggregate = None
         if usable:
             total = sum(c["metrics"][SAMPLES] for c in usable)
@@ -258,7 +283,9 @@ def _weighted_average(accepted: list[tuple[dict[str, np.ndarray], float]]) -> di
     total = float(sum(samples for _, samples in accepted))
     names = accepted[0][0].keys()
     return {
-        name: (sum(weights[name].astype(np.float64) * (samples / total) for weights, samples in accepted)).astype(np.float32)
+        name: (sum(weights[name].astype(np.float64) * (samples / total) for weights, samples in accepted)).astype(
+            np.float32
+        )
         for name in names
     }
 
@@ -268,8 +295,12 @@ CLIENT_AVERAGED = ("fedprox_loss", "policy_loss", "grad_norm", "update_norm", "s
 
 def _aggregate_clients(clients: list[dict[str, Any]]) -> dict[str, Any]:
     loss_avg, loss_std = mean_std(c["metrics"]["loss"] for c in clients)
-    aggregate: dict[str, Any] = {"num_clients": len(clients), "loss_avg": loss_avg, "loss_std": loss_std,
-                                 "samples_total": sum(c["samples"] for c in clients)}
+    aggregate: dict[str, Any] = {
+        "num_clients": len(clients),
+        "loss_avg": loss_avg,
+        "loss_std": loss_std,
+        "samples_total": sum(c["samples"] for c in clients),
+    }
     for key in CLIENT_AVERAGED:
         average, _ = mean_std(c["metrics"][key] for c in clients if key in c["metrics"])
         aggregate[f"{key}_avg"] = average

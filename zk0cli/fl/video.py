@@ -9,9 +9,10 @@ hundred frames encode in seconds. H.264 through PyAV at the dataset's fps, with 
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -79,7 +80,8 @@ def _trajectory_panel(episode: EpisodeTrajectories, server_round: int) -> tuple[
         ax.set_xlim(0, max(len(steps) - 1, 1))
     axes[0].legend(fontsize=6, loc="upper right", ncol=2)
     axes[0].set_title(
-        f"round {server_round} · {episode.dataset} ep {episode.episode} · error {episode.action_error():.3g}", fontsize=8
+        f"round {server_round} · {episode.dataset} ep {episode.episode} · error {episode.action_error():.3g}",
+        fontsize=8,
     )
     axes[-1].set_xlabel("frame", fontsize=7)
     fig.subplots_adjust(left=0.16, right=0.98, top=0.94, bottom=0.08, hspace=0.15)

@@ -181,9 +181,7 @@ def _write_backbone(geometry: BackboneGeometry, directory: Path) -> None:
 
     tokenizer = _byte_level_tokenizer()
     image_size = {"longest_edge": geometry.image_size}
-    image_processor = SmolVLMImageProcessor(
-        do_image_splitting=False, size=image_size, max_image_size=image_size
-    )
+    image_processor = SmolVLMImageProcessor(do_image_splitting=False, size=image_size, max_image_size=image_size)
     processor = SmolVLMProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 from zk0cli.core.errors import bad_input, env_not_ready, unreachable
 from zk0cli.policy.backbone import SMOLVLM2_500M, TINY, ensure_tiny_backbone, write_real_geometry_backbone
@@ -62,15 +63,15 @@ class PolicySpec:
 class BuiltPolicy:
     """A policy ready to train or evaluate on one dataset, with what is needed to feed it."""
 
-    policy: "SmolVLAPolicy"
+    policy: SmolVLAPolicy
     preprocessor: Any  # lerobot PolicyProcessorPipeline: raw batch -> normalised, tokenised, on device
     postprocessor: Any  # lerobot PolicyProcessorPipeline: normalised action -> dataset units, on CPU
-    device: "torch.device"
-    autocast_dtype: "torch.dtype | None"  # torch.bfloat16 on CUDA with bf16 support, else None
+    device: torch.device
+    autocast_dtype: torch.dtype | None  # torch.bfloat16 on CUDA with bf16 support, else None
     spec: PolicySpec = field(repr=False)
 
     @property
-    def config(self) -> "SmolVLAConfig":
+    def config(self) -> SmolVLAConfig:
         return self.policy.config
 
     def autocast(self) -> contextlib.AbstractContextManager:
@@ -81,14 +82,14 @@ class BuiltPolicy:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
 
-    def delta_timestamps(self, meta: "LeRobotDatasetMetadata") -> dict[str, list[float]]:
+    def delta_timestamps(self, meta: LeRobotDatasetMetadata) -> dict[str, list[float]]:
         """What LeRobotDataset needs to return the action chunk (and current observation)."""
         from lerobot.datasets.factory import resolve_delta_timestamps
 
         return resolve_delta_timestamps(self.config, meta)
 
 
-def resolve_device(name: str = "auto") -> "torch.device":
+def resolve_device(name: str = "auto") -> torch.device:
     """CUDA, then MPS, then CPU for "auto"; an explicit device must exist."""
     import torch
 
@@ -111,7 +112,7 @@ def resolve_device(name: str = "auto") -> "torch.device":
     return torch.device(name)
 
 
-def build_policy(spec: PolicySpec, dataset_meta: "LeRobotDatasetMetadata") -> BuiltPolicy:
+def build_policy(spec: PolicySpec, dataset_meta: LeRobotDatasetMetadata) -> BuiltPolicy:
     """SmolVLA for ``spec``, with processors normalising by ``dataset_meta.stats``."""
     import torch
     from lerobot.policies.factory import make_policy, make_pre_post_processors
@@ -125,14 +126,12 @@ def build_policy(spec: PolicySpec, dataset_meta: "LeRobotDatasetMetadata") -> Bu
         preprocessor, postprocessor = make_pre_post_processors(config, dataset_stats=dataset_meta.stats)
     policy.train()  # from_pretrained returns eval mode; SmolVLA keeps its frozen VLM in eval anyway
     autocast = (
-        torch.bfloat16
-        if spec.bf16_autocast and device.type == "cuda" and torch.cuda.is_bf16_supported()
-        else None
+        torch.bfloat16 if spec.bf16_autocast and device.type == "cuda" and torch.cuda.is_bf16_supported() else None
     )
     return BuiltPolicy(policy, preprocessor, postprocessor, device, autocast, spec)
 
 
-def _policy_config(spec: PolicySpec, device: "torch.device") -> "SmolVLAConfig":
+def _policy_config(spec: PolicySpec, device: torch.device) -> SmolVLAConfig:
     from lerobot.policies.smolvla import SmolVLAConfig
 
     device_name = device.type if device.index is None else str(device)
@@ -164,7 +163,7 @@ def _policy_config(spec: PolicySpec, device: "torch.device") -> "SmolVLAConfig":
     return config
 
 
-def _checkpoint_config(base: str) -> "SmolVLAConfig":
+def _checkpoint_config(base: str) -> SmolVLAConfig:
     """The base checkpoint's config, set up so make_policy loads its weights from ``base``."""
     from lerobot.configs.policies import PreTrainedConfig
 

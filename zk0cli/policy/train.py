@@ -14,8 +14,9 @@ import contextlib
 import dataclasses
 import math
 import time
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterator, Mapping
+from typing import TYPE_CHECKING
 
 from zk0cli.core.errors import bad_input
 from zk0cli.policy.build import BuiltPolicy
@@ -101,10 +102,10 @@ class TrainResult:
 
 def train(
     built: BuiltPolicy,
-    dataset: "LeRobotDataset",
+    dataset: LeRobotDataset,
     config: TrainConfig,
     *,
-    global_params: Mapping[str, "torch.Tensor"] | None = None,
+    global_params: Mapping[str, torch.Tensor] | None = None,
     progress: Progress | None = None,
 ) -> TrainResult:
     """Train the trainable parameters of ``built.policy`` in place on ``dataset``.
@@ -168,7 +169,7 @@ def train(
     )
 
 
-def add_proximal_gradient(params: list["torch.Tensor"], anchor: list["torch.Tensor"], mu: float) -> float:
+def add_proximal_gradient(params: list[torch.Tensor], anchor: list[torch.Tensor], mu: float) -> float:
     """FedProx: add the gradient of (mu/2)*||w - w_global||^2, mu*(w - w_global), to each
     parameter's gradient and return the term's value.
 
@@ -192,7 +193,7 @@ def add_proximal_gradient(params: list["torch.Tensor"], anchor: list["torch.Tens
 
 def evaluate(
     built: BuiltPolicy,
-    dataset: "LeRobotDataset",
+    dataset: LeRobotDataset,
     *,
     seed: int = 0,
     max_batches: int | None = None,
@@ -250,8 +251,8 @@ class EpisodeActions:
 
     episode_index: int
     frame_indices: list[int]  # positions in the dataset: dataset[i] is the frame (cameras included)
-    predicted: "np.ndarray"  # (frames, action_dim)
-    recorded: "np.ndarray"  # (frames, action_dim)
+    predicted: np.ndarray  # (frames, action_dim)
+    recorded: np.ndarray  # (frames, action_dim)
     action_names: list[str]
     fps: int
 
@@ -262,7 +263,7 @@ class EpisodeActions:
 
 def predict_episode(
     built: BuiltPolicy,
-    dataset: "LeRobotDataset",
+    dataset: LeRobotDataset,
     episode_index: int,
     *,
     seed: int = 0,
@@ -309,7 +310,7 @@ def predict_episode(
     )
 
 
-def action_names(dataset: "LeRobotDataset") -> list[str]:
+def action_names(dataset: LeRobotDataset) -> list[str]:
     feature = dataset.meta.features[ACTION]
     names = feature.get("names")
     if isinstance(names, dict):  # some datasets nest them: {"motors": [...]}
@@ -318,16 +319,16 @@ def action_names(dataset: "LeRobotDataset") -> list[str]:
     return list(names) if names and len(names) == size else [f"joint_{index}" for index in range(size)]
 
 
-def episode_positions(dataset: "LeRobotDataset", episode_index: int) -> list[int]:
+def episode_positions(dataset: LeRobotDataset, episode_index: int) -> list[int]:
     """Positions in ``dataset`` (which may hold a subset of episodes) of one episode's frames."""
     return [position for position, episode in enumerate(_episode_column(dataset)) if episode == episode_index]
 
 
-def _episode_column(dataset: "LeRobotDataset") -> list[int]:
+def _episode_column(dataset: LeRobotDataset) -> list[int]:
     return [int(value) for value in dataset.hf_dataset.with_format(None)["episode_index"]]
 
 
-def _first_actions(built: BuiltPolicy, batch: dict, noise: "torch.Tensor") -> "torch.Tensor":
+def _first_actions(built: BuiltPolicy, batch: dict, noise: torch.Tensor) -> torch.Tensor:
     """What ``select_action`` returns for each sample of a fresh episode, in dataset units."""
     import torch
 
@@ -338,7 +339,7 @@ def _first_actions(built: BuiltPolicy, batch: dict, noise: "torch.Tensor") -> "t
     return built.postprocessor(action).to(torch.float64)
 
 
-def _flow_inputs(size: int, built: BuiltPolicy, generator: "torch.Generator") -> tuple["torch.Tensor", "torch.Tensor"]:
+def _flow_inputs(size: int, built: BuiltPolicy, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Noise and time for the flow-matching loss, drawn like SmolVLA does but from ``generator``."""
     import torch
 
@@ -349,7 +350,7 @@ def _flow_inputs(size: int, built: BuiltPolicy, generator: "torch.Generator") ->
     return noise.to(built.device), flow_time.to(built.device)
 
 
-def _check_dataset(built: BuiltPolicy, dataset: "LeRobotDataset") -> None:
+def _check_dataset(built: BuiltPolicy, dataset: LeRobotDataset) -> None:
     chunk = len((getattr(dataset, "delta_timestamps", None) or {}).get(ACTION, []))
     if chunk != built.config.chunk_size:
         raise bad_input(
@@ -360,7 +361,7 @@ def _check_dataset(built: BuiltPolicy, dataset: "LeRobotDataset") -> None:
         raise bad_input("the dataset has no frames", hint="choose a dataset (or episodes) with recorded frames")
 
 
-def _optimizer(built: BuiltPolicy, config: TrainConfig, params: list["torch.Tensor"]) -> "torch.optim.Optimizer":
+def _optimizer(built: BuiltPolicy, config: TrainConfig, params: list[torch.Tensor]) -> torch.optim.Optimizer:
     """SmolVLA's optimizer preset (AdamW) with this call's settings."""
     preset = built.config.get_optimizer_preset()
     preset = dataclasses.replace(
@@ -418,16 +419,16 @@ def _passes(loader, epochs: int | None) -> Iterator[dict]:
         completed += 1
 
 
-def _anchor(named: list[tuple[str, "torch.Tensor"]], global_params: Mapping[str, "torch.Tensor"]) -> list["torch.Tensor"]:
+def _anchor(
+    named: list[tuple[str, torch.Tensor]], global_params: Mapping[str, torch.Tensor]
+) -> list[torch.Tensor]:
     import torch
 
     check_matches(named, global_params)
-    return [
-        torch.as_tensor(global_params[name]).to(device=param.device, dtype=param.dtype) for name, param in named
-    ]
+    return [torch.as_tensor(global_params[name]).to(device=param.device, dtype=param.dtype) for name, param in named]
 
 
-def _distance(params: list["torch.Tensor"], reference: list["torch.Tensor"]) -> float:
+def _distance(params: list[torch.Tensor], reference: list[torch.Tensor]) -> float:
     import torch
 
     with torch.no_grad():
@@ -436,7 +437,7 @@ def _distance(params: list["torch.Tensor"], reference: list["torch.Tensor"]) -> 
 
 
 @contextlib.contextmanager
-def _seeded(seed: int, device: "torch.device") -> Iterator[None]:
+def _seeded(seed: int, device: torch.device) -> Iterator[None]:
     """Seed torch (CPU and the training GPU) for the block; the caller's RNG state is restored."""
     import torch
 

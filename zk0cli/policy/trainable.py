@@ -9,8 +9,9 @@ action_time_mlp_in/out): ~100M of the ~450M parameters. The VLM is identical on 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING
 
 from zk0cli.core.errors import Zk0Error
 
@@ -20,12 +21,12 @@ if TYPE_CHECKING:
 VLM_PREFIX = "model.vlm_with_expert.vlm."  # SmolVLA's frozen vision-language model
 
 
-def trainable_names(policy: "torch.nn.Module") -> list[str]:
+def trainable_names(policy: torch.nn.Module) -> list[str]:
     """Names of the parameters that train (and travel), in the policy's own order."""
     return [name for name, _ in trainable_parameters(policy)]
 
 
-def trainable_parameters(policy: "torch.nn.Module") -> list[tuple[str, "torch.nn.Parameter"]]:
+def trainable_parameters(policy: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
     params = [(name, param) for name, param in policy.named_parameters() if param.requires_grad]
     leaked = [name for name, _ in params if name.startswith(VLM_PREFIX)]
     if leaked:  # only possible if someone unfroze the VLM: it must never go on the wire
@@ -36,7 +37,7 @@ def trainable_parameters(policy: "torch.nn.Module") -> list[tuple[str, "torch.nn
     return params
 
 
-def get_trainable(policy: "torch.nn.Module") -> "OrderedDict[str, torch.Tensor]":
+def get_trainable(policy: torch.nn.Module) -> OrderedDict[str, torch.Tensor]:
     """fp32 CPU copies of the trainable parameters, safe to serialise or keep as a reference."""
     import torch
 
@@ -46,7 +47,7 @@ def get_trainable(policy: "torch.nn.Module") -> "OrderedDict[str, torch.Tensor]"
     )
 
 
-def set_trainable(policy: "torch.nn.Module", state: Mapping[str, "torch.Tensor"]) -> None:
+def set_trainable(policy: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> None:
     """Load ``state`` into the trainable parameters; names and shapes must match exactly."""
     import torch
 
@@ -57,7 +58,7 @@ def set_trainable(policy: "torch.nn.Module", state: Mapping[str, "torch.Tensor"]
             param.copy_(torch.as_tensor(state[name]).to(device=param.device, dtype=param.dtype))
 
 
-def read_checkpoint_trainable(policy: "torch.nn.Module", directory: "Path") -> "OrderedDict[str, torch.Tensor]":
+def read_checkpoint_trainable(policy: torch.nn.Module, directory: Path) -> OrderedDict[str, torch.Tensor]:
     """The trainable parameters saved in a LeRobot checkpoint dir (``model.safetensors``), fp32,
     checked against ``policy``'s names and shapes."""
     from safetensors.torch import load_file
@@ -66,15 +67,17 @@ def read_checkpoint_trainable(policy: "torch.nn.Module", directory: "Path") -> "
     try:
         saved = load_file(str(path))
     except (OSError, ValueError, RuntimeError) as exc:
-        raise Zk0Error(f"cannot read the checkpoint {path}: {exc}", hint="the checkpoint is damaged; resume from an "
-                       "earlier one by removing this one's directory") from None
+        raise Zk0Error(
+            f"cannot read the checkpoint {path}: {exc}",
+            hint="the checkpoint is damaged; resume from an earlier one by removing this one's directory",
+        ) from None
     named = trainable_parameters(policy)
     state = OrderedDict((name, saved[name].float()) for name, _ in named if name in saved)
     check_matches(named, state)
     return state
 
 
-def check_matches(named: list[tuple[str, "torch.Tensor"]], state: Mapping[str, "torch.Tensor"]) -> None:
+def check_matches(named: list[tuple[str, torch.Tensor]], state: Mapping[str, torch.Tensor]) -> None:
     """Raise a Zk0Error unless ``state`` has exactly these names with these shapes."""
     names = [name for name, _ in named]
     missing = [name for name in names if name not in state]

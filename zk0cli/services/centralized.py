@@ -35,9 +35,10 @@ import random
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from zk0cli.core.errors import bad_input
 from zk0cli.core.paths import Paths
@@ -46,13 +47,15 @@ from zk0cli.fl.run_config import RunConfig
 if TYPE_CHECKING:
     from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
 
-    from zk0cli.fl.records import RunRecord
     from zk0cli.datasets.uri import DatasetUri
+    from zk0cli.fl.records import RunRecord
 
 MODE = "centralized"
 NODE = "centralized"  # the one "client" of the round records
-MATCHING_RULE = ("each equivalent round trains for the sum of the optimizer steps of the clients accepted in "
-                 "that federated round; evaluations at the same rounds")
+MATCHING_RULE = (
+    "each equivalent round trains for the sum of the optimizer steps of the clients accepted in "
+    "that federated round; evaluations at the same rounds"
+)
 # No FedProx anchor in centralized training; mu-min 0 keeps the mu control at 0 too.
 CENTRALIZED_SETTINGS = {"proximal-mu": 0.0, "mu-min": 0.0}
 
@@ -93,9 +96,7 @@ class CentralizedPlan:
             "steps_per_round": self.steps_per_round,
             "optimizer_steps": self.total_steps,
             "eval_rounds": self.eval_rounds,
-            "participants": [
-                {"name": _name(data.uri), **dataclasses.asdict(data)} for data in self.training
-            ],
+            "participants": [{"name": _name(data.uri), **dataclasses.asdict(data)} for data in self.training],
         }
 
 
@@ -127,8 +128,10 @@ def plan_centralized(
     if match_run is not None:
         federated = load_run(match_run)
         if federated.mode != "federated":
-            raise bad_input(f"run {federated.run_id} is a {federated.mode} run, not a federated one",
-                            hint="--match-run takes the federated run to match")
+            raise bad_input(
+                f"run {federated.run_id} is a {federated.mode} run, not a federated one",
+                hint="--match-run takes the federated run to match",
+            )
         settings.update(federated.run_config)
         settings["run-name"] = ""  # the federated run's name is taken
     settings.update({key.replace("_", "-"): value for key, value in (overrides or {}).items()})
@@ -154,12 +157,19 @@ def plan_centralized(
 
     trained = [round_steps(entry) for entry in federated.rounds if entry["round"] > 0]
     if not any(trained):
-        raise bad_input(f"run {federated.run_id} has no accepted training steps to match",
-                        hint="match a run whose rounds trained (see `zk0 report` of it)")
+        raise bad_input(
+            f"run {federated.run_id} has no accepted training steps to match",
+            hint="match a run whose rounds trained (see `zk0 report` of it)",
+        )
     evaluated = [entry["round"] for entry in federated.rounds if entry.get("server_eval")]
-    return CentralizedPlan(config, trained, evaluated, _union(config, federated),
-                           matched_run={"run_id": federated.run_id, "root": str(federated.root)},
-                           recorded_fingerprints=dict(federated.config.get("dataset_fingerprints") or {}))
+    return CentralizedPlan(
+        config,
+        trained,
+        evaluated,
+        _union(config, federated),
+        matched_run={"run_id": federated.run_id, "root": str(federated.root)},
+        recorded_fingerprints=dict(federated.config.get("dataset_fingerprints") or {}),
+    )
 
 
 def plan_from_record(root: str | Path, *, seed: int | None = None) -> CentralizedPlan:
@@ -168,17 +178,26 @@ def plan_from_record(root: str | Path, *, seed: int | None = None) -> Centralize
 
     run = load_run(root)
     if run.mode != MODE:
-        raise bad_input(f"run {run.run_id} is a {run.mode} run", hint=f"re-run it with `zk0 sim --from-record {run.root}`")
+        raise bad_input(
+            f"run {run.run_id} is a {run.mode} run", hint=f"re-run it with `zk0 sim --from-record {run.root}`"
+        )
     extra = run.config
     settings = dict(run.run_config)
     if seed is not None:
         settings["seed"] = seed
     settings.update({"runs-dir": "", "run-name": ""})
-    training = [TrainingData(p["uri"], list(p["episodes"]), int(p.get("frames", 0)), str(p.get("fingerprint", "")))
-                for p in extra.get("participants") or []]
-    return CentralizedPlan(RunConfig.from_mapping(settings), list(extra["steps_per_round"]),
-                           list(extra["eval_rounds"]), training, matched_run=extra.get("matched_run"),
-                           recorded_fingerprints=dict(extra.get("dataset_fingerprints") or {}))
+    training = [
+        TrainingData(p["uri"], list(p["episodes"]), int(p.get("frames", 0)), str(p.get("fingerprint", "")))
+        for p in extra.get("participants") or []
+    ]
+    return CentralizedPlan(
+        RunConfig.from_mapping(settings),
+        list(extra["steps_per_round"]),
+        list(extra["eval_rounds"]),
+        training,
+        matched_run=extra.get("matched_run"),
+        recorded_fingerprints=dict(extra.get("dataset_fingerprints") or {}),
+    )
 
 
 def _spread(total: int, rounds: int) -> list[int]:
@@ -200,9 +219,9 @@ def _union(config: RunConfig, federated: Any) -> list[TrainingData]:
     For a matched run, only the datasets the clients trained on (recognised by fingerprint) are
     pooled, and a dataset whose content changed since is refused.
     """
-    from zk0cli.fl.records import dataset_fingerprint
     from zk0cli.datasets.partition import split_heldout
     from zk0cli.datasets.uri import open_metadata, parse_uri
+    from zk0cli.fl.records import dataset_fingerprint
 
     used = _client_fingerprints(federated) if federated is not None else set()
     pool = []
@@ -215,15 +234,20 @@ def _union(config: RunConfig, federated: Any) -> list[TrainingData]:
         frames = int(sum(meta.episodes["length"][e] for e in episodes))
         pool.append(TrainingData(str(parse_uri(text)), episodes, frames, fingerprint))
     if not pool:
-        raise bad_input(f"none of the datasets {config.datasets!r} is one the clients of {federated.run_id} trained on "
-                        "(their fingerprints differ)",
-                        hint="pass the clients' datasets with --dataset, or use --steps instead of --match-run")
+        raise bad_input(
+            f"none of the datasets {config.datasets!r} is one the clients of {federated.run_id} trained on "
+            "(their fingerprints differ)",
+            hint="pass the clients' datasets with --dataset, or use --steps instead of --match-run",
+        )
     return pool
 
 
 def _client_fingerprints(federated: Any) -> set[str]:
-    return {str(client.get("dataset_fingerprint", "")) for entry in federated.rounds
-            for client in (entry.get("clients") or {}).get("each") or []} - {""}
+    return {
+        str(client.get("dataset_fingerprint", ""))
+        for entry in federated.rounds
+        for client in (entry.get("clients") or {}).get("each") or []
+    } - {""}
 
 
 # ----------------------------------------------------------------------------- running
@@ -246,15 +270,19 @@ def round_seed(seed: int, server_round: int) -> int:
     return (seed * 1_000_003 + server_round * 7919) % (2**31)
 
 
-def run_centralized(plan: CentralizedPlan, *, runs_dir: Path | None = None, run_name: str = "",
-                    progress: Progress | None = None) -> "RunRecord":
+def run_centralized(
+    plan: CentralizedPlan, *, runs_dir: Path | None = None, run_name: str = "", progress: Progress | None = None
+) -> RunRecord:
     """Train, evaluate and record the centralized run; returns its record."""
     from zk0cli.core.errors import Zk0Error
     from zk0cli.fl.records import RunRecord, new_run_name
 
     config = plan.config
-    runs_dir = Path(runs_dir) if runs_dir else (Path(config.runs_dir).expanduser() if config.runs_dir
-                                                else Paths.resolve().runs_dir)
+    runs_dir = (
+        Path(runs_dir)
+        if runs_dir
+        else (Path(config.runs_dir).expanduser() if config.runs_dir else Paths.resolve().runs_dir)
+    )
     record = RunRecord.create(runs_dir, run_name or config.run_name or f"{new_run_name()}-{MODE}")
     record.write_status("starting", mode=MODE)
     try:
@@ -269,33 +297,45 @@ def run_centralized(plan: CentralizedPlan, *, runs_dir: Path | None = None, run_
     return record
 
 
-def train_from_record(root: str | Path, *, seed: int | None = None, run_name: str = "",
-                      runs_dir: Path | None = None, progress: Progress | None = None) -> "RunRecord":
+def train_from_record(
+    root: str | Path,
+    *,
+    seed: int | None = None,
+    run_name: str = "",
+    runs_dir: Path | None = None,
+    progress: Progress | None = None,
+) -> RunRecord:
     """Re-run a centralized record (``zk0 train --from-record``), optionally with another seed."""
     plan = plan_from_record(root, seed=seed)
     return run_centralized(plan, runs_dir=runs_dir, run_name=run_name, progress=progress)
 
 
-def run_summary(record: "RunRecord") -> dict[str, Any]:
+def run_summary(record: RunRecord) -> dict[str, Any]:
     """What ``zk0 train`` prints, read back from the record it wrote."""
     from zk0cli.services.report import load_run
 
     run = load_run(record.root)
     final = run.eval_points()[-1]
-    return {"run_id": run.run_id, "record": str(run.root), "seed": run.seed,
-            "optimizer_steps": run.config["optimizer_steps"], "final_round": final.round,
-            "final_loss": final.policy_loss, "final_action_error": final.action_error,
-            "matched_run": (run.config.get("matched_run") or {}).get("run_id")}
+    return {
+        "run_id": run.run_id,
+        "record": str(run.root),
+        "seed": run.seed,
+        "optimizer_steps": run.config["optimizer_steps"],
+        "final_round": final.round,
+        "final_loss": final.policy_loss,
+        "final_action_error": final.action_error,
+        "matched_run": (run.config.get("matched_run") or {}).get("run_id"),
+    }
 
 
-def _train_rounds(plan: CentralizedPlan, record: "RunRecord", progress: Progress) -> None:
+def _train_rounds(plan: CentralizedPlan, record: RunRecord, progress: Progress) -> None:
+    from zk0cli.datasets.uri import open_dataset, open_metadata
     from zk0cli.fl.control import RoundControl
     from zk0cli.fl.server_app import RunOutputs
     from zk0cli.fl.server_eval import ServerEvaluator
     from zk0cli.policy.build import build_policy
     from zk0cli.policy.train import TrainConfig, train
     from zk0cli.policy.trainable import get_trainable, set_trainable
-    from zk0cli.datasets.uri import open_dataset, open_metadata
 
     config = dataclasses.replace(plan.config, num_server_rounds=len(plan.steps_per_round))
     seed_everything(config.seed)
@@ -308,10 +348,15 @@ def _train_rounds(plan: CentralizedPlan, record: "RunRecord", progress: Progress
     dataset = open_dataset(source, episodes=episodes, delta_timestamps=built.delta_timestamps(meta))
     initial = evaluator.initial_weights()
     set_trainable(built.policy, _tensors(initial))  # the federated server's starting point
-    record.write_config(config.to_flwr(), fingerprints={**evaluator.fingerprints(),
-                                                        **{d.uri: d.fingerprint for d in plan.training}},
-                        extra={**plan.record_extra(), "trainable_parameters": int(sum(v.size for v in initial.values())),
-                               "trainable_tensors": len(initial)})
+    record.write_config(
+        config.to_flwr(),
+        fingerprints={**evaluator.fingerprints(), **{d.uri: d.fingerprint for d in plan.training}},
+        extra={
+            **plan.record_extra(),
+            "trainable_parameters": int(sum(v.size for v in initial.values())),
+            "trainable_tensors": len(initial),
+        },
+    )
     record.write_status("running", mode=MODE, rounds=config.num_server_rounds)
     outputs = RunOutputs(config, record, evaluator)
     control = RoundControl(config)
@@ -319,23 +364,44 @@ def _train_rounds(plan: CentralizedPlan, record: "RunRecord", progress: Progress
 
     started = time.monotonic()
     baseline = evaluator(0, initial)
-    outputs({"round": 0, "mode": MODE, "server_eval": baseline, "seconds": round(time.monotonic() - started, 3)}, initial)
+    outputs(
+        {"round": 0, "mode": MODE, "server_eval": baseline, "seconds": round(time.monotonic() - started, 3)}, initial
+    )
     for server_round, steps in enumerate(plan.steps_per_round, start=1):
         started = time.monotonic()
         plan_r = control.plan(server_round)
-        entry: dict[str, Any] = {"round": server_round, "mode": MODE, "plan": plan_r.to_dict(), "clients": None,
-                                 "rejected": [], "failed": []}
+        entry: dict[str, Any] = {
+            "round": server_round,
+            "mode": MODE,
+            "plan": plan_r.to_dict(),
+            "clients": None,
+            "rejected": [],
+            "failed": [],
+        }
         clients = []
         if steps > 0:
             progress(f"round {server_round}/{config.num_server_rounds}: {steps} steps at lr {plan_r.lr:.3g}")
-            settings = TrainConfig(steps=steps, batch_size=config.batch_size, lr=plan_r.lr,
-                                   eta_min=min(config.eta_min, plan_r.lr), proximal_mu=plan_r.mu,
-                                   seed=round_seed(config.seed, server_round))
+            settings = TrainConfig(
+                steps=steps,
+                batch_size=config.batch_size,
+                lr=plan_r.lr,
+                eta_min=min(config.eta_min, plan_r.lr),
+                proximal_mu=plan_r.mu,
+                seed=round_seed(config.seed, server_round),
+            )
             result = train(built, dataset, settings)
-            metrics = {"loss": result.loss, "policy_loss": result.policy_loss, "fedprox_loss": result.fedprox_loss,
-                       "grad_norm": result.grad_norm, "steps": result.steps, "samples": result.samples,
-                       "seconds": result.seconds, "lr": result.lr_first, "lr_last": result.lr_last,
-                       "update_norm": result.update_norm}
+            metrics = {
+                "loss": result.loss,
+                "policy_loss": result.policy_loss,
+                "fedprox_loss": result.fedprox_loss,
+                "grad_norm": result.grad_norm,
+                "steps": result.steps,
+                "samples": result.samples,
+                "seconds": result.seconds,
+                "lr": result.lr_first,
+                "lr_last": result.lr_last,
+                "update_norm": result.update_norm,
+            }
             clients.append({"node": NODE, "dataset": name, "metrics": metrics, "samples": result.samples})
         entry["clients"] = {"aggregate": _aggregate(clients), "each": clients}
         control.observe_clients({c["node"]: c["metrics"]["loss"] for c in clients})
@@ -358,9 +424,11 @@ def _aggregate(clients: list[dict[str, Any]]) -> dict[str, Any]:
 def _check_fingerprints(recorded: dict[str, str], actual: dict[str, str]) -> None:
     for uri, fingerprint in recorded.items():
         if actual.get(uri) not in (None, fingerprint):
-            raise bad_input(f"the evaluation dataset {uri} changed since the recorded run (fingerprint "
-                            f"{fingerprint[:12]} recorded, {actual[uri][:12]} now)",
-                            hint="restore the recorded dataset, or run with --steps to start a new comparison")
+            raise bad_input(
+                f"the evaluation dataset {uri} changed since the recorded run (fingerprint "
+                f"{fingerprint[:12]} recorded, {actual[uri][:12]} now)",
+                hint="restore the recorded dataset, or run with --steps to start a new comparison",
+            )
 
 
 def _tensors(weights: dict[str, Any]) -> dict[str, Any]:
@@ -382,18 +450,20 @@ def _name(uri: str) -> str:
     return parse_uri(uri).name
 
 
-def pooled_source(training: list[TrainingData], progress: Progress) -> tuple["DatasetUri", list[int]]:
+def pooled_source(training: list[TrainingData], progress: Progress) -> tuple[DatasetUri, list[int]]:
     """The dataset holding the union of the training episodes, and those episodes' indices in it.
     One dataset is used in place; several are merged once into a cache."""
-    from zk0cli.fl.records import dataset_fingerprint
     from zk0cli.datasets.uri import open_metadata, parse_uri
+    from zk0cli.fl.records import dataset_fingerprint
 
     uris = [parse_uri(data.uri) for data in training]
     metas = [open_metadata(uri) for uri in uris]
     for data, meta in zip(training, metas):
         if data.fingerprint and dataset_fingerprint(meta.root) != data.fingerprint:
-            raise bad_input(f"the training dataset {data.uri} changed since the recorded run",
-                            hint="restore the recorded dataset, or run with --steps to start a new comparison")
+            raise bad_input(
+                f"the training dataset {data.uri} changed since the recorded run",
+                hint="restore the recorded dataset, or run with --steps to start a new comparison",
+            )
     if len(uris) == 1:
         return uris[0], training[0].episodes
     # aggregate_datasets appends the datasets' episodes in order, renumbered from 0
@@ -402,13 +472,14 @@ def pooled_source(training: list[TrainingData], progress: Progress) -> tuple["Da
     return _merged_dataset(uris, metas, training, progress), episodes
 
 
-def _merged_dataset(uris: list["DatasetUri"], metas: list["LeRobotDatasetMetadata"], training: list[TrainingData],
-                    progress: Progress) -> "DatasetUri":
+def _merged_dataset(
+    uris: list[DatasetUri], metas: list[LeRobotDatasetMetadata], training: list[TrainingData], progress: Progress
+) -> DatasetUri:
     """``<data dir>/pooled/<digest of the sources>``: LeRobot's aggregate_datasets, written once."""
     from lerobot.datasets.aggregate import aggregate_datasets
 
-    from zk0cli.fl.records import dataset_fingerprint
     from zk0cli.datasets.uri import parse_uri
+    from zk0cli.fl.records import dataset_fingerprint
 
     digest = hashlib.sha256("\n".join(dataset_fingerprint(meta.root) for meta in metas).encode()).hexdigest()[:16]
     target = Paths.resolve().data_dir / "pooled" / f"{pooled_name(training)[:80]}-{digest}"
@@ -419,12 +490,18 @@ def _merged_dataset(uris: list["DatasetUri"], metas: list["LeRobotDatasetMetadat
         shutil.rmtree(staging)  # LeRobot creates the root itself
         try:
             with contextlib.redirect_stderr(io.StringIO()):  # tqdm bars; errors still raise
-                aggregate_datasets([uri.repo_id for uri in uris], f"local/{target.name}",
-                                   roots=[meta.root for meta in metas], aggr_root=staging)
+                aggregate_datasets(
+                    [uri.repo_id for uri in uris],
+                    f"local/{target.name}",
+                    roots=[meta.root for meta in metas],
+                    aggr_root=staging,
+                )
             os.replace(staging, target)
         except ValueError as exc:  # LeRobot refuses datasets it cannot pool (features, fps, robot)
-            raise bad_input(f"these datasets cannot be pooled into one: {exc}",
-                            hint="pool datasets with the same features and fps, or compare on one dataset") from exc
+            raise bad_input(
+                f"these datasets cannot be pooled into one: {exc}",
+                hint="pool datasets with the same features and fps, or compare on one dataset",
+            ) from exc
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return parse_uri(f"local:{target}")

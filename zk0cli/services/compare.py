@@ -21,9 +21,10 @@ import math
 import shutil
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from zk0cli.core.errors import bad_input
 from zk0cli.core.files import atomic_write_bytes, atomic_write_json
@@ -39,9 +40,27 @@ METRICS = {  # key: what the table and the gap sentences call it
 
 # Two-sided 95% quantiles of Student's t by degrees of freedom (scipy is not a dependency);
 # between rows the quantile is interpolated linearly in 1/df, which is accurate to ~1e-3.
-_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
-         10: 2.228, 12: 2.179, 15: 2.131, 20: 2.086, 25: 2.060, 30: 2.042, 40: 2.021, 60: 2.000,
-         120: 1.980, math.inf: 1.960}
+_T975 = {
+    1: 12.706,
+    2: 4.303,
+    3: 3.182,
+    4: 2.776,
+    5: 2.571,
+    6: 2.447,
+    7: 2.365,
+    8: 2.306,
+    9: 2.262,
+    10: 2.228,
+    12: 2.179,
+    15: 2.131,
+    20: 2.086,
+    25: 2.060,
+    30: 2.042,
+    40: 2.021,
+    60: 2.000,
+    120: 1.980,
+    math.inf: 1.960,
+}
 
 
 def t_quantile_975(df: float) -> float:
@@ -86,14 +105,20 @@ class Gap:
 
     def sentence(self, arm_mode: str, reference_mode: str) -> str:
         side = "above" if self.percent >= 0 else "below"
-        interval = (f" (CI {self.low:+.1f}%..{self.high:+.1f}%, {self.method})" if self.low is not None
-                    else " (one seed: no CI)")
-        return (f"{arm_mode} {self.arm} is {abs(self.percent):.1f}%{interval} {side} {reference_mode} "
-                f"{self.reference} in {METRICS[self.metric]}")
+        interval = (
+            f" (CI {self.low:+.1f}%..{self.high:+.1f}%, {self.method})"
+            if self.low is not None
+            else " (one seed: no CI)"
+        )
+        return (
+            f"{arm_mode} {self.arm} is {abs(self.percent):.1f}%{interval} {side} {reference_mode} "
+            f"{self.reference} in {METRICS[self.metric]}"
+        )
 
 
-def relative_gap(values: list[float], reference: list[float], *,
-                 paired: bool = False) -> tuple[float, float | None, float | None]:
+def relative_gap(
+    values: list[float], reference: list[float], *, paired: bool = False
+) -> tuple[float, float | None, float | None]:
     """(percent, low, high) of mean(values) against mean(reference). ``paired``: values[i] and
     reference[i] come from the same seed, and the interval is that of the per-seed differences;
     otherwise Welch's interval for a difference of means."""
@@ -115,11 +140,15 @@ def relative_gap(values: list[float], reference: list[float], *,
     return percent, 100 * low / abs(base), 100 * high / abs(base)
 
 
-def arm_gap(arm: "Arm", reference: "Arm", metric: str) -> Gap:
+def arm_gap(arm: Arm, reference: Arm, metric: str) -> Gap:
     """The gap of ``arm`` to ``reference`` in ``metric``, paired by seed when both hold the same seeds."""
     seeds = [run.seed for run in arm.runs]
-    paired = (len(seeds) > 1 and None not in seeds and len(set(seeds)) == len(seeds)
-              and sorted(seeds) == sorted(run.seed for run in reference.runs))
+    paired = (
+        len(seeds) > 1
+        and None not in seeds
+        and len(set(seeds)) == len(seeds)
+        and sorted(seeds) == sorted(run.seed for run in reference.runs)
+    )
     if paired:
         values, base = arm.values(metric, by_seed=True), reference.values(metric, by_seed=True)
     else:
@@ -150,17 +179,31 @@ class RunResult:
     curve: list[EvalPoint]
 
     @classmethod
-    def from_run(cls, run: RunData) -> "RunResult":
+    def from_run(cls, run: RunData) -> RunResult:
         points = run.eval_points()
         if not points:
-            raise bad_input(f"run {run.run_id} has no server evaluation yet",
-                            hint=f"wait for its first round or see {run.root / 'status.json'}")
+            raise bad_input(
+                f"run {run.run_id} has no server evaluation yet",
+                hint=f"wait for its first round or see {run.root / 'status.json'}",
+            )
         final, best = points[-1], min(points, key=lambda p: p.policy_loss)
         evaluated = next(e for e in run.rounds if e["round"] == final.round)["server_eval"]["datasets"]
         heldout = sorted(f"{name}:{m.get('samples')}" for name, m in evaluated.items())
-        return cls(run.run_id, str(run.root), run.mode, run.seed, final.round, final.steps, final.policy_loss,
-                   final.action_error, best.policy_loss, best.round, min(p.action_error for p in points), heldout,
-                   points)
+        return cls(
+            run.run_id,
+            str(run.root),
+            run.mode,
+            run.seed,
+            final.round,
+            final.steps,
+            final.policy_loss,
+            final.action_error,
+            best.policy_loss,
+            best.round,
+            min(p.action_error for p in points),
+            heldout,
+            points,
+        )
 
 
 @dataclass
@@ -205,14 +248,21 @@ def compare(
         arms.append(Arm(_label(runs), [RunResult.from_run(run) for run in runs]))
     reference = next((arm for arm in arms if arm.mode == "centralized"), arms[0])
     gaps = [arm_gap(arm, reference, metric) for arm in arms if arm is not reference for metric in METRICS]
-    out_dir = Path(out_dir) if out_dir is not None else Paths.resolve().data_dir / "compare" / time.strftime("%Y%m%d-%H%M%S")
+    out_dir = (
+        Path(out_dir) if out_dir is not None else Paths.resolve().data_dir / "compare" / time.strftime("%Y%m%d-%H%M%S")
+    )
     plot = write_curves(out_dir / "loss_vs_steps.png", arms)
     modes = {arm.label: arm.mode for arm in arms}
     result = {
-        "arms": [{"label": arm.label, "mode": arm.mode,
-                  "runs": [{k: v for k, v in asdict(run).items() if k != "curve"} for run in arm.runs],
-                  "estimates": {metric: asdict(estimate) for metric, estimate in arm.estimates().items()}}
-                 for arm in arms],
+        "arms": [
+            {
+                "label": arm.label,
+                "mode": arm.mode,
+                "runs": [{k: v for k, v in asdict(run).items() if k != "curve"} for run in arm.runs],
+                "estimates": {metric: asdict(estimate) for metric, estimate in arm.estimates().items()},
+            }
+            for arm in arms
+        ],
         "reference": reference.label,
         "gaps": [{**asdict(gap), "text": gap.sentence(modes[gap.arm], modes[gap.reference])} for gap in gaps],
         "curves": {run.run_id: [asdict(point) for point in run.curve] for arm in arms for run in arm.runs},
@@ -228,13 +278,17 @@ def comparability_warnings(arms: list[Arm]) -> list[str]:
     warnings = []
     heldout = {", ".join(run.heldout) for arm in arms for run in arm.runs}
     if len(heldout) > 1:
-        warnings.append(f"the runs were evaluated on different held-out data ({' | '.join(sorted(heldout))}): "
-                        "their losses do not compare")
+        warnings.append(
+            f"the runs were evaluated on different held-out data ({' | '.join(sorted(heldout))}): "
+            "their losses do not compare"
+        )
     steps = {arm.label: sorted({run.steps for run in arm.runs}) for arm in arms}
     if len({tuple(s) for s in steps.values()}) > 1:
-        warnings.append("the arms trained for different optimizer steps ("
-                        + ", ".join(f"{label}: {'/'.join(map(str, s))}" for label, s in steps.items())
-                        + "); match them with `zk0 train --match-run`")
+        warnings.append(
+            "the arms trained for different optimizer steps ("
+            + ", ".join(f"{label}: {'/'.join(map(str, s))}" for label, s in steps.items())
+            + "); match them with `zk0 train --match-run`"
+        )
     return warnings
 
 
@@ -242,7 +296,9 @@ def _label(runs: list[RunData]) -> str:
     return runs[0].run_id if len(runs) == 1 else f"{runs[0].run_id} (+{len(runs) - 1} seeds)"
 
 
-def _more_seeds(runs: list[RunData], wanted: int, rerun: Rerun, progress: Callable[[str], None] | None) -> list[RunData]:
+def _more_seeds(
+    runs: list[RunData], wanted: int, rerun: Rerun, progress: Callable[[str], None] | None
+) -> list[RunData]:
     """Runs of the first record with the next unused seeds, until the arm has ``wanted``."""
     base = runs[0]
     used = {run.seed for run in runs}
@@ -282,7 +338,9 @@ def rerun_record(run: RunData, seed: int, run_name: str) -> Path:
     from zk0cli.services import simulation
     from zk0cli.services.report import sim_request_from_record
 
-    request = sim_request_from_record(run.root, overrides={"seed": seed, "run-name": run_name}, runs_dir=run.root.parent)
+    request = sim_request_from_record(
+        run.root, overrides={"seed": seed, "run-name": run_name}, runs_dir=run.root.parent
+    )
     return simulation.run(request, Paths.resolve()).run_dir
 
 
@@ -297,9 +355,14 @@ def write_curves(path: Path, arms: list[Arm]) -> Path:
     colours = ("black", "tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")
     for index, arm in enumerate(arms):
         for position, run in enumerate(arm.runs):
-            ax.plot([p.steps for p in run.curve], [p.policy_loss for p in run.curve], marker="o",
-                    color=colours[index % len(colours)], alpha=1.0 if position == 0 else 0.45,
-                    label=f"{arm.mode}: {arm.label}" if position == 0 else None)
+            ax.plot(
+                [p.steps for p in run.curve],
+                [p.policy_loss for p in run.curve],
+                marker="o",
+                color=colours[index % len(colours)],
+                alpha=1.0 if position == 0 else 0.45,
+                label=f"{arm.mode}: {arm.label}" if position == 0 else None,
+            )
     ax.set_xlabel("optimizer steps (all clients together)")
     ax.set_ylabel("server eval loss (held-out)")
     ax.set_title("Server evaluation loss against optimizer steps")

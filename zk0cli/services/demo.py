@@ -28,10 +28,11 @@ import shutil
 import signal
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from zk0cli.core.errors import bad_input
 from zk0cli.core.paths import Paths
@@ -85,24 +86,36 @@ class DemoResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "root": str(self.root), "kept": self.kept, "run_id": self.run_id, "run_dir": str(self.run_dir),
-            "state": self.state, "seconds": round(self.seconds, 1),
-            "stage_seconds": {k: round(v, 1) for k, v in self.stage_seconds.items()}, "rounds": self.rounds,
-            "plots": [str(p) for p in self.plots], "checkpoints": [str(p) for p in self.checkpoints],
+            "root": str(self.root),
+            "kept": self.kept,
+            "run_id": self.run_id,
+            "run_dir": str(self.run_dir),
+            "state": self.state,
+            "seconds": round(self.seconds, 1),
+            "stage_seconds": {k: round(v, 1) for k, v in self.stage_seconds.items()},
+            "rounds": self.rounds,
+            "plots": [str(p) for p in self.plots],
+            "checkpoints": [str(p) for p in self.checkpoints],
             "videos": [str(p) for p in self.videos],
         }
 
 
-def run(options: DemoOptions, runs_dir: Path, *, on_message: Callable[[str], None],
-        on_round: Callable[[dict, int], None]) -> DemoResult:
+def run(
+    options: DemoOptions, runs_dir: Path, *, on_message: Callable[[str], None], on_round: Callable[[dict, int], None]
+) -> DemoResult:
     """Set up, train, tear down; the record stays in ``runs_dir``. Ctrl-C stops everything started."""
     from zk0cli.fl.records import new_run_name
     from zk0cli.fl.run_config import RunConfig
 
     if options.rounds < 1:
         raise bad_input(f"--rounds must be at least 1, got {options.rounds}", hint="e.g. zk0 demo --rounds 3")
-    settings = {**DEMO_RUN_CONFIG, **options.settings, "runs-dir": str(runs_dir),
-                "run-name": f"{new_run_name()}-demo", "num-server-rounds": options.rounds}
+    settings = {
+        **DEMO_RUN_CONFIG,
+        **options.settings,
+        "runs-dir": str(runs_dir),
+        "run-name": f"{new_run_name()}-demo",
+        "num-server-rounds": options.rounds,
+    }
     RunConfig.from_mapping(settings)  # a bad --set stops here, before anything starts
     root = Path(options.root) if options.root else Path(tempfile.mkdtemp(prefix="zk0-demo-"))
     federation = Federation(root)
@@ -159,9 +172,9 @@ class Federation:
         self.started: list[tuple[Paths, str]] = []  # (home, service), in start order
 
     def prepare(self, say: Callable[[str], None]) -> None:
+        from zk0cli.datasets.sample import write_sample
         from zk0cli.policy.backbone import TINY, ensure_tiny_backbone
         from zk0cli.services import init
-        from zk0cli.datasets.sample import write_sample
 
         say(f"demo federation under {self.root}")
         init.init_server(self.server, self.server.config_file, [HOST], force=False)
@@ -177,13 +190,13 @@ class Federation:
             ensure_tiny_backbone(paths.data_dir / "backbones" / TINY.name)
 
     def start(self, say: Callable[[str], None]) -> None:
-        from zk0cli.services import flower
+        from zk0cli.services import flower, supervisor
         from zk0cli.services import node as node_service
         from zk0cli.services import server as server_service
-        from zk0cli.services import supervisor
 
-        options = server_service.ServeOptions(host=HOST, port=flower.free_port(),
-                                              control_port=flower.free_port(), require_node_auth=True)
+        options = server_service.ServeOptions(
+            host=HOST, port=flower.free_port(), control_port=flower.free_port(), require_node_auth=True
+        )
         spec = server_service.build_spec(self.server, options)
         _add_env(spec, self.server.config_dir.parent)
         server_service.prepare_cli_connection(self.server, spec)
@@ -199,15 +212,21 @@ class Federation:
             pki = keys[name]
             uri = f"local:{self.datasets[name]}"
             node_service.check_server(self.address, ca_cert=pki.ca_cert)
-            node_spec = node_service.build_spec(paths, node_service.JoinOptions(server=self.address, dataset=uri),
-                                                node_name=name, dataset_uri=uri, pki=pki)
+            node_spec = node_service.build_spec(
+                paths,
+                node_service.JoinOptions(server=self.address, dataset=uri),
+                node_name=name,
+                dataset_uri=uri,
+                pki=pki,
+            )
             _add_env(node_spec, paths.config_dir.parent)
             self.started.append((paths, node_spec.name))
             supervisor.start_detached(paths, node_spec)
             say(f"node {name} joined with {self.datasets[name].name}")
 
-    def train(self, settings: dict[str, Any], rounds: int, say: Callable[[str], None],
-              on_round: Callable[[dict, int], None]):
+    def train(
+        self, settings: dict[str, Any], rounds: int, say: Callable[[str], None], on_round: Callable[[dict, int], None]
+    ):
         from zk0cli.services import server as server_service
 
         run_settings = {**settings, "eval-datasets": f"local:{self.eval_dataset}"}
@@ -286,8 +305,15 @@ def _result(root: Path, kept: bool, submitted, status: dict, seconds: float, sta
         rounds = []
     checkpoints = sorted(p for p in (run_dir / "checkpoints").glob("round_*") if p.is_dir())
     return DemoResult(
-        root=root, kept=kept, run_id=submitted.run_id, run_dir=run_dir, state=str(status.get("state", "")),
-        rounds=rounds, seconds=seconds, stage_seconds=stages,
-        plots=sorted((run_dir / "plots").glob("*.png")), checkpoints=checkpoints,
+        root=root,
+        kept=kept,
+        run_id=submitted.run_id,
+        run_dir=run_dir,
+        state=str(status.get("state", "")),
+        rounds=rounds,
+        seconds=seconds,
+        stage_seconds=stages,
+        plots=sorted((run_dir / "plots").glob("*.png")),
+        checkpoints=checkpoints,
         videos=sorted((run_dir / "videos").glob("*.mp4")),
     )

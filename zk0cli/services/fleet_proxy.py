@@ -109,7 +109,12 @@ class FleetProxy:
                 if not isinstance(request, h11.Request):
                     break
                 if not is_allowed(request.method, request.target):
-                    log.warning("refused %s %s from %s", request.method.decode(), request.target.decode(errors="replace")[:200], _peer(peer))
+                    log.warning(
+                        "refused %s %s from %s",
+                        request.method.decode(),
+                        request.target.decode(errors="replace")[:200],
+                        _peer(peer),
+                    )
                     await self._drain_body(client, reader)
                     await self._reply(client, writer, 403, b"zk0: only the Fleet API is served on this address\n")
                 elif upstream is None and not (upstream := await self._connect()):
@@ -118,7 +123,7 @@ class FleetProxy:
                 else:
                     try:
                         await self._forward(client, reader, writer, upstream, request)
-                    except (OSError, asyncio.TimeoutError, h11.ProtocolError) as exc:
+                    except (TimeoutError, OSError, h11.ProtocolError) as exc:
                         upstream.close()
                         upstream = None
                         if client.our_state is not h11.SEND_RESPONSE:
@@ -133,7 +138,7 @@ class FleetProxy:
                 if client.our_state is h11.MUST_CLOSE or client.their_state is h11.MUST_CLOSE:
                     break
                 client.start_next_cycle()
-        except (OSError, asyncio.TimeoutError, h11.ProtocolError, ssl.SSLError):
+        except (TimeoutError, OSError, h11.ProtocolError, ssl.SSLError):
             pass  # a client that goes away or speaks nonsense only loses its own connection
         finally:
             if upstream is not None:
@@ -165,20 +170,31 @@ class FleetProxy:
     async def _connect(self) -> _Upstream | None:
         try:
             reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(self.upstream_host, self.upstream_port, ssl=self.upstream_ssl,
-                                        server_hostname=self.upstream_host if self.upstream_ssl else None),
+                asyncio.open_connection(
+                    self.upstream_host,
+                    self.upstream_port,
+                    ssl=self.upstream_ssl,
+                    server_hostname=self.upstream_host if self.upstream_ssl else None,
+                ),
                 10.0,
             )
-        except (OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
+        except (TimeoutError, OSError, ssl.SSLError) as exc:
             log.warning("cannot reach the SuperLink at %s:%s: %s", self.upstream_host, self.upstream_port, exc)
             return None
         return _Upstream(reader, writer)
 
-    async def _forward(self, client: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                       upstream: _Upstream, request: h11.Request) -> None:
+    async def _forward(
+        self,
+        client: h11.Connection,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        upstream: _Upstream,
+        request: h11.Request,
+    ) -> None:
         headers = [(name, value) for name, value in request.headers if name.lower() not in HOP_BY_HOP]
-        await upstream.send(h11.Request(method=request.method, target=request.target, headers=headers,
-                                        http_version=b"1.1"))
+        await upstream.send(
+            h11.Request(method=request.method, target=request.target, headers=headers, http_version=b"1.1")
+        )
         while True:  # request body, streamed
             event = await self._next_client_event(client, reader)
             if isinstance(event, h11.Data):
@@ -194,7 +210,9 @@ class FleetProxy:
                 continue
             if isinstance(event, h11.Response):
                 headers = [(name, value) for name, value in event.headers if name.lower() not in HOP_BY_HOP]
-                writer.write(client.send(h11.Response(status_code=event.status_code, headers=headers, reason=event.reason)))
+                writer.write(
+                    client.send(h11.Response(status_code=event.status_code, headers=headers, reason=event.reason))
+                )
             elif isinstance(event, h11.Data):
                 writer.write(client.send(event))
                 await writer.drain()
@@ -222,15 +240,27 @@ def upstream_ssl_context(cafile: str) -> ssl.SSLContext:
 
 
 async def serve(listen_host: str, listen_port: int, proxy: FleetProxy, server_ssl: ssl.SSLContext | None) -> None:
-    server = await asyncio.start_server(proxy.handle, listen_host, listen_port, ssl=server_ssl,
-                                        ssl_handshake_timeout=30.0 if server_ssl else None, reuse_address=True)
+    server = await asyncio.start_server(
+        proxy.handle,
+        listen_host,
+        listen_port,
+        ssl=server_ssl,
+        ssl_handshake_timeout=30.0 if server_ssl else None,
+        reuse_address=True,
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     scheme = "https" if server_ssl else "http"
-    log.info("fleet proxy on %s://%s:%s -> SuperLink %s:%s (only /v1/fleet/* and /health pass)", scheme, listen_host,
-             listen_port, proxy.upstream_host, proxy.upstream_port)
+    log.info(
+        "fleet proxy on %s://%s:%s -> SuperLink %s:%s (only /v1/fleet/* and /health pass)",
+        scheme,
+        listen_host,
+        listen_port,
+        proxy.upstream_host,
+        proxy.upstream_port,
+    )
     async with server:
         await stop.wait()
     log.info("fleet proxy stopped")

@@ -40,8 +40,16 @@ class TlsFiles:
 
 def superlink_argv(*, host: str, port: int, database: str, tls: TlsFiles | None, node_auth: bool) -> list[str]:
     """flower-superlink serving Fleet+Control+Runtime on host:port (zk0 binds it to loopback)."""
-    argv = ["flower-superlink", "--host", host, "--port", str(port), "--database", database,
-            "--disable-runtime-dependency-installation"]
+    argv = [
+        "flower-superlink",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--database",
+        database,
+        "--disable-runtime-dependency-installation",
+    ]
     if tls is None:
         argv.append("--insecure")
     else:
@@ -51,8 +59,9 @@ def superlink_argv(*, host: str, port: int, database: str, tls: TlsFiles | None,
     return argv
 
 
-def supernode_argv(*, superlink: str, root_ca: str | None, auth_key: str | None, runtime_port: int,
-                   node_config: dict[str, Any]) -> list[str]:
+def supernode_argv(
+    *, superlink: str, root_ca: str | None, auth_key: str | None, runtime_port: int, node_config: dict[str, Any]
+) -> list[str]:
     """flower-supernode joining ``superlink`` (HOST:PORT); ``root_ca`` None means --insecure.
 
     ``--isolation process``: the SuperNode starts no ClientApp processes itself; zk0's resident
@@ -130,9 +139,12 @@ def flwr_env(paths: Paths) -> dict[str, str]:
 def run_flwr(paths: Paths, args: list[str], *, timeout_s: float = 60.0) -> dict:
     """Run ``flwr ARGS --format json`` against zk0-local and return its JSON document."""
     if not (cli_home(paths) / "config.toml").exists():
-        raise unreachable("no local server connection is configured", hint="start the server first: zk0 server serve --detach")
-    return flwr_json(args, env=flwr_env(paths), timeout_s=timeout_s,
-                     hint="check the server with `zk0 status` and `zk0 logs server`")
+        raise unreachable(
+            "no local server connection is configured", hint="start the server first: zk0 server serve --detach"
+        )
+    return flwr_json(
+        args, env=flwr_env(paths), timeout_s=timeout_s, hint="check the server with `zk0 status` and `zk0 logs server`"
+    )
 
 
 def flwr_json(args: list[str], *, env: dict[str, str], timeout_s: float, hint: str) -> dict:
@@ -149,10 +161,14 @@ def flwr_json(args: list[str], *, env: dict[str, str], timeout_s: float, hint: s
     document = _json_document(done.stdout)
     if document is None:
         detail = (done.stderr or done.stdout).strip().splitlines()
-        raise Zk0Error(f"`flwr {' '.join(args[:2])}` failed: {detail[-1] if detail else f'exit code {done.returncode}'}", hint=hint)
+        raise Zk0Error(
+            f"`flwr {' '.join(args[:2])}` failed: {detail[-1] if detail else f'exit code {done.returncode}'}", hint=hint
+        )
     if not document.get("success", False):
         message = str(document.get("error-message", "unknown error")).strip().splitlines()
-        raise Zk0Error(f"Flower refused `flwr {' '.join(args[:2])}`: {message[0] if message else 'unknown error'}", hint=hint)
+        raise Zk0Error(
+            f"Flower refused `flwr {' '.join(args[:2])}`: {message[0] if message else 'unknown error'}", hint=hint
+        )
     return document
 
 
@@ -202,8 +218,11 @@ def release_stale_node(argv: list[str], events: dict) -> None:
         client.DeactivateNode(DeactivateNodeRequest(node_id=int(node_id)))
         print(f"zk0: released the session node id {node_id} left behind, so this restart can join at once", flush=True)
         if _held_a_message(events):
-            print(f"zk0: the killed SuperNode held an unanswered message: offline {LOST_MESSAGE_HOLD_S:g} s so the "
-                  f"server sees it lost", flush=True)
+            print(
+                f"zk0: the killed SuperNode held an unanswered message: offline {LOST_MESSAGE_HOLD_S:g} s so the "
+                f"server sees it lost",
+                flush=True,
+            )
             time.sleep(LOST_MESSAGE_HOLD_S)
     except (httpx.HTTPError, RuntimeError) as exc:
         print(f"zk0: no stale session to release for node id {node_id} ({str(exc).splitlines()[0][:120]})", flush=True)

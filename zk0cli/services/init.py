@@ -44,14 +44,20 @@ def init_server(paths: Paths, config_file: Path, public_addresses: list[str], *,
     return InitResult(
         role="server",
         config_file=config_file,
-        files={"ca_cert": str(server_pki.ca_cert), "ca_key": str(server_pki.ca_key),
-               "server_cert": str(server_pki.server_cert), "server_key": str(server_pki.server_key)},
+        files={
+            "ca_cert": str(server_pki.ca_cert),
+            "ca_key": str(server_pki.ca_key),
+            "server_cert": str(server_pki.server_cert),
+            "server_key": str(server_pki.server_key),
+        },
         backup_dir=backup,
         ca_fingerprint=pki.fingerprint(server_pki.ca_cert),
     )
 
 
-def init_node(paths: Paths, config_file: Path, ca_cert: Path, *, server: str = "", dataset: str = "", force: bool) -> InitResult:
+def init_node(
+    paths: Paths, config_file: Path, ca_cert: Path, *, server: str = "", dataset: str = "", force: bool
+) -> InitResult:
     node_pki = pki.NodePki.at(paths.pki_dir)
     pki.load_ca_certificate(ca_cert)  # refuse bad input before anything is written
     config_mod.read_file(config_file)
@@ -71,7 +77,11 @@ def init_node(paths: Paths, config_file: Path, ca_cert: Path, *, server: str = "
     return InitResult(
         role="node",
         config_file=config_file,
-        files={"ca_cert": str(node_pki.ca_cert), "private_key": str(node_pki.private_key), "public_key": str(node_pki.public_key)},
+        files={
+            "ca_cert": str(node_pki.ca_cert),
+            "private_key": str(node_pki.private_key),
+            "public_key": str(node_pki.public_key),
+        },
         backup_dir=backup,
         ca_fingerprint=pki.fingerprint(node_pki.ca_cert),
         public_key=node_pki.public_key.read_text().strip(),

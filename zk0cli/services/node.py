@@ -68,8 +68,10 @@ def refuse_on_errors(report, uri) -> None:
         from zk0cli.core.checks import Status
 
         first = next(c for c in report.checks if c.status is Status.FAIL)
-        raise Zk0Error(f"dataset {uri} failed validation ({report.errors} error(s)); first: {first.name}: {first.detail}",
-                       hint=f"see `zk0 dataset validate {uri}`; fix the data, or join anyway with --skip-validation")
+        raise Zk0Error(
+            f"dataset {uri} failed validation ({report.errors} error(s)); first: {first.name}: {first.detail}",
+            hint=f"see `zk0 dataset validate {uri}`; fix the data, or join anyway with --skip-validation",
+        )
 
 
 def node_pki(paths: Paths, *, insecure: bool) -> NodePki | None:
@@ -78,8 +80,10 @@ def node_pki(paths: Paths, *, insecure: bool) -> NodePki | None:
     pki = NodePki.at(paths.pki_dir)
     for path in (pki.ca_cert, pki.private_key):
         if not path.exists():
-            raise env_not_ready(f"this machine is not set up as a node: {path} is missing",
-                                hint="zk0 init --role node --ca-cert CA.pem (the federation's ca.pem from the server admin)")
+            raise env_not_ready(
+                f"this machine is not set up as a node: {path} is missing",
+                hint="zk0 init --role node --ca-cert CA.pem (the federation's ca.pem from the server admin)",
+            )
     return pki
 
 
@@ -89,17 +93,25 @@ def check_server(address: str, *, ca_cert: Path | None) -> dict:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror:
-        raise unreachable(f"cannot resolve the server name '{host}'", hint="check the spelling of --server HOST:PORT") from None
+        raise unreachable(
+            f"cannot resolve the server name '{host}'", hint="check the spelling of --server HOST:PORT"
+        ) from None
     try:
         sock = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S)
     except ConnectionRefusedError:
-        raise unreachable(f"nothing listens on {address} (connection refused)",
-                          hint="check the address and port, and that `zk0 server serve` runs there") from None
-    except (socket.timeout, TimeoutError):
-        raise unreachable(f"no answer from {address} within {CONNECT_TIMEOUT_S:g} s",
-                          hint="check the address; a firewall may block the port") from None
+        raise unreachable(
+            f"nothing listens on {address} (connection refused)",
+            hint="check the address and port, and that `zk0 server serve` runs there",
+        ) from None
+    except TimeoutError:
+        raise unreachable(
+            f"no answer from {address} within {CONNECT_TIMEOUT_S:g} s",
+            hint="check the address; a firewall may block the port",
+        ) from None
     except OSError as exc:
-        raise unreachable(f"cannot connect to {address}: {exc.strerror or exc}", hint="check the address and your network") from None
+        raise unreachable(
+            f"cannot connect to {address}: {exc.strerror or exc}", hint="check the address and your network"
+        ) from None
     with sock:
         if ca_cert is not None:
             _check_tls(sock, host, address, ca_cert)
@@ -110,15 +122,26 @@ def check_server(address: str, *, ca_cert: Path | None) -> dict:
     try:
         status = httpx.get(f"{scheme}://{address}/health", verify=verify, timeout=CONNECT_TIMEOUT_S).status_code
     except httpx.HTTPError as exc:
-        raise unreachable(f"{address} accepted a connection but did not answer HTTP: {exc}",
-                          hint="is this the federation's fleet port (9092 by default)?") from None
+        raise unreachable(
+            f"{address} accepted a connection but did not answer HTTP: {exc}",
+            hint="is this the federation's fleet port (9092 by default)?",
+        ) from None
     if status == 502:
-        raise unreachable(f"the server at {address} is up but its SuperLink is not (HTTP 502)",
-                          hint="ask the admin to check `zk0 status` / `zk0 logs server`; try again shortly")
+        raise unreachable(
+            f"the server at {address} is up but its SuperLink is not (HTTP 502)",
+            hint="ask the admin to check `zk0 status` / `zk0 logs server`; try again shortly",
+        )
     if status != 200:
-        raise unreachable(f"{address} answered /health with HTTP {status}: not a zk0 fleet endpoint",
-                          hint="check the port: nodes join the server's public port (9092 by default)")
-    return {"address": address, "resolved": sorted({info[4][0] for info in infos}), "tls": ca_cert is not None, "health": status}
+        raise unreachable(
+            f"{address} answered /health with HTTP {status}: not a zk0 fleet endpoint",
+            hint="check the port: nodes join the server's public port (9092 by default)",
+        )
+    return {
+        "address": address,
+        "resolved": sorted({info[4][0] for info in infos}),
+        "tls": ca_cert is not None,
+        "health": status,
+    }
 
 
 def _check_tls(sock: socket.socket, host: str, address: str, ca_cert: Path) -> None:
@@ -128,19 +151,34 @@ def _check_tls(sock: socket.socket, host: str, address: str, ca_cert: Path) -> N
             return
     except ssl.SSLCertVerificationError as exc:
         if exc.verify_code == 62 or "match" in str(exc.verify_message).lower():  # X509_V_ERR_HOSTNAME_MISMATCH
-            raise bad_input(f"the server's certificate is not valid for '{host}'",
-                            hint="join with the address the admin gave to `zk0 init --public-address`, or ask the admin to add it") from None
-        raise bad_input(f"the server at {address} is not signed by this node's pinned CA ({fingerprint(ca_cert)[:23]}...)",
-                        hint="get the federation's ca.pem from the admin, then: zk0 init --role node --ca-cert ca.pem --force") from None
+            raise bad_input(
+                f"the server's certificate is not valid for '{host}'",
+                hint="join with the address the admin gave to `zk0 init --public-address`, or ask the admin to add it",
+            ) from None
+        raise bad_input(
+            f"the server at {address} is not signed by this node's pinned CA ({fingerprint(ca_cert)[:23]}...)",
+            hint="get the federation's ca.pem from the admin, then: zk0 init --role node --ca-cert ca.pem --force",
+        ) from None
     except ssl.SSLError as exc:
-        raise unreachable(f"{address} does not speak TLS ({exc.reason or exc})",
-                          hint="if the server runs --insecure, join with --insecure; otherwise check the port") from None
-    except (OSError, socket.timeout) as exc:
-        raise unreachable(f"the TLS handshake with {address} failed: {exc}", hint="check the address and port") from None
+        raise unreachable(
+            f"{address} does not speak TLS ({exc.reason or exc})",
+            hint="if the server runs --insecure, join with --insecure; otherwise check the port",
+        ) from None
+    except (TimeoutError, OSError) as exc:
+        raise unreachable(
+            f"the TLS handshake with {address} failed: {exc}", hint="check the address and port"
+        ) from None
 
 
-def build_spec(paths: Paths, options: JoinOptions, *, node_name: str, dataset_uri: str,
-               pki: NodePki | None, runtime_port: int | None = None) -> supervisor.ServiceSpec:
+def build_spec(
+    paths: Paths,
+    options: JoinOptions,
+    *,
+    node_name: str,
+    dataset_uri: str,
+    pki: NodePki | None,
+    runtime_port: int | None = None,
+) -> supervisor.ServiceSpec:
     service = supervisor.check_service_name(service_name(node_name), what="node name")
     holder = supervisor.lock_holder(paths, service)
     if holder:
@@ -151,8 +189,13 @@ def build_spec(paths: Paths, options: JoinOptions, *, node_name: str, dataset_ur
     key_hint = f"{pki.public_key}" if pki else "node_key.pub"
     supernode = supervisor.ProcessSpec(
         name="supernode",
-        argv=flower.supernode_argv(superlink=options.server, root_ca=ca, auth_key=str(pki.private_key) if pki else None,
-                                   runtime_port=port, node_config={"dataset-uri": dataset_uri, "node-name": node_name}),
+        argv=flower.supernode_argv(
+            superlink=options.server,
+            root_ca=ca,
+            auth_key=str(pki.private_key) if pki else None,
+            runtime_port=port,
+            node_config={"dataset-uri": dataset_uri, "node-name": node_name},
+        ),
         health_url=f"http://127.0.0.1:{port}/health",
         ports={"runtime": port},
         flwr_home=str(supervisor.flwr_home(paths, service)),
@@ -160,9 +203,11 @@ def build_spec(paths: Paths, options: JoinOptions, *, node_name: str, dataset_ur
         watch=WATCH,
         ready_event="connected",
         restart_hook="zk0cli.services.flower:release_stale_node",
-        fatal={flower.NODE_AUTH_REFUSED: f"the server refused this node: its key is not registered there, or another "
-                                         f"node with the same key is connected (admin: zk0 server nodes add {key_hint} "
-                                         f"--name {node_name})"},
+        fatal={
+            flower.NODE_AUTH_REFUSED: f"the server refused this node: its key is not registered there, or another "
+            f"node with the same key is connected (admin: zk0 server nodes add {key_hint} "
+            f"--name {node_name})"
+        },
     )
     clientapp = supervisor.ProcessSpec(
         name="clientapp",
@@ -171,6 +216,14 @@ def build_spec(paths: Paths, options: JoinOptions, *, node_name: str, dataset_ur
         ready_event="ready",
     )
     probe = supervisor.ProbeSpec(name="server", url=f"{scheme}://{options.server}/health", ca=ca or "")
-    info = {"name": node_name, "server": options.server, "dataset": dataset_uri, "tls": pki is not None,
-            "auth_key": str(pki.private_key) if pki else None, "runtime_port": port}
-    return supervisor.ServiceSpec(name=service, kind="node", processes=[supernode, clientapp], info=info, probes=[probe])
+    info = {
+        "name": node_name,
+        "server": options.server,
+        "dataset": dataset_uri,
+        "tls": pki is not None,
+        "auth_key": str(pki.private_key) if pki else None,
+        "runtime_port": port,
+    }
+    return supervisor.ServiceSpec(
+        name=service, kind="node", processes=[supernode, clientapp], info=info, probes=[probe]
+    )

@@ -29,7 +29,7 @@ class ServerPki:
     server_key: Path
 
     @classmethod
-    def at(cls, pki_dir: Path) -> "ServerPki":
+    def at(cls, pki_dir: Path) -> ServerPki:
         return cls(pki_dir / "ca.pem", pki_dir / "ca.key", pki_dir / "server.pem", pki_dir / "server.key")
 
     def files(self) -> tuple[Path, ...]:
@@ -43,7 +43,7 @@ class NodePki:
     public_key: Path
 
     @classmethod
-    def at(cls, pki_dir: Path) -> "NodePki":
+    def at(cls, pki_dir: Path) -> NodePki:
         return cls(pki_dir / "ca.pem", pki_dir / "node_key", pki_dir / "node_key.pub")
 
     def files(self) -> tuple[Path, ...]:
@@ -57,9 +57,14 @@ def create_server_pki(pki_dir: Path, public_addresses: list[str], *, organisatio
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-    now = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)
+    now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
     ca_key = ec.generate_private_key(ec.SECP384R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, organisation), x509.NameAttribute(NameOID.COMMON_NAME, "zk0 federation CA")])
+    ca_name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, organisation),
+            x509.NameAttribute(NameOID.COMMON_NAME, "zk0 federation CA"),
+        ]
+    )
     ca_cert = (
         x509.CertificateBuilder()
         .subject_name(ca_name)
@@ -85,13 +90,17 @@ def create_server_pki(pki_dir: Path, public_addresses: list[str], *, organisatio
         .not_valid_after(now + dt.timedelta(days=SERVER_DAYS))
         .add_extension(x509.SubjectAlternativeName([_general_name(n) for n in names]), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
+        )
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA384())
     )
     pki = ServerPki.at(pki_dir)
     pem = serialization.Encoding.PEM
-    key_format = dict(encoding=pem, format=serialization.PrivateFormat.PKCS8, encryption_algorithm=serialization.NoEncryption())
+    key_format = dict(
+        encoding=pem, format=serialization.PrivateFormat.PKCS8, encryption_algorithm=serialization.NoEncryption()
+    )
     atomic_write_bytes(pki.ca_key, ca_key.private_bytes(**key_format), mode=SECRET_MODE)
     atomic_write_bytes(pki.server_key, server_key.private_bytes(**key_format), mode=SECRET_MODE)
     atomic_write_bytes(pki.ca_cert, ca_cert.public_bytes(pem))
@@ -106,7 +115,9 @@ def create_node_key(pki_dir: Path) -> NodePki:
 
     key = ec.generate_private_key(ec.SECP384R1())
     pki = NodePki.at(pki_dir)
-    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption())
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+    )
     public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
     atomic_write_bytes(pki.private_key, private, mode=SECRET_MODE)
     atomic_write_bytes(pki.public_key, public + b" zk0-node\n")
@@ -120,7 +131,10 @@ def load_ca_certificate(path: Path):
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError:
-        raise bad_input(f"CA certificate {path} does not exist", hint="ask the server admin for ca.pem (`zk0 init --role server` printed where it is)") from None
+        raise bad_input(
+            f"CA certificate {path} does not exist",
+            hint="ask the server admin for ca.pem (`zk0 init --role server` printed where it is)",
+        ) from None
     except IsADirectoryError:
         raise bad_input(f"CA certificate {path} is a directory", hint="pass the ca.pem file itself") from None
     except OSError as exc:
@@ -128,13 +142,17 @@ def load_ca_certificate(path: Path):
     try:
         cert = x509.load_pem_x509_certificate(data)
     except ValueError:
-        raise bad_input(f"{path} is not a PEM certificate", hint="the file should start with -----BEGIN CERTIFICATE-----") from None
+        raise bad_input(
+            f"{path} is not a PEM certificate", hint="the file should start with -----BEGIN CERTIFICATE-----"
+        ) from None
     try:
         is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
     except x509.ExtensionNotFound:
         is_ca = False
     if not is_ca:
-        raise bad_input(f"{path} is not a CA certificate", hint="pass the federation's ca.pem, not the server's own certificate")
+        raise bad_input(
+            f"{path} is not a CA certificate", hint="pass the federation's ca.pem, not the server's own certificate"
+        )
     return cert
 
 

@@ -13,9 +13,10 @@ import base64
 import html
 import json
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any
 
 from zk0cli.core.errors import bad_input
 from zk0cli.core.files import atomic_write_text
@@ -108,8 +109,10 @@ def resolve_run(ref: str | Path, runs_dir: Path | None = None) -> Path:
     for candidate in candidates:
         if candidate.is_dir():
             return candidate.absolute()
-    raise bad_input(f"no run '{text}' (neither a directory nor a run under {runs_dir})",
-                    hint="pass a run directory, or a run id that `zk0 status` lists")
+    raise bad_input(
+        f"no run '{text}' (neither a directory nor a run under {runs_dir})",
+        hint="pass a run directory, or a run id that `zk0 status` lists",
+    )
 
 
 def load_run(ref: str | Path, runs_dir: Path | None = None) -> RunData:
@@ -117,8 +120,10 @@ def load_run(ref: str | Path, runs_dir: Path | None = None) -> RunData:
     root = resolve_run(ref, runs_dir)
     missing = [name for name in REQUIRED_FILES if not (root / name).is_file()]
     if missing:
-        raise bad_input(f"run {root.name} is incomplete: {', '.join(missing)} missing in {root}",
-                        hint=f"the run may still be starting or may have failed: see {root / STATUS_FILE}")
+        raise bad_input(
+            f"run {root.name} is incomplete: {', '.join(missing)} missing in {root}",
+            hint=f"the run may still be starting or may have failed: see {root / STATUS_FILE}",
+        )
     config = _read_json(root / "config.json")
     history = _read_json(root / "policy_loss_history.json")
     status = _read_json(root / STATUS_FILE) if (root / STATUS_FILE).is_file() else {}
@@ -127,17 +132,22 @@ def load_run(ref: str | Path, runs_dir: Path | None = None) -> RunData:
     present = [entry.get("round") for entry in rounds]
     if not rounds or present != list(range(len(rounds))):
         gaps = sorted(set(range(max(present or [0]) + 1)) - set(present))
-        raise bad_input(f"run {root.name} is incomplete: round records {gaps or [0]} missing",
-                        hint=f"the run may still be starting or may have failed: see {root / STATUS_FILE}")
+        raise bad_input(
+            f"run {root.name} is incomplete: round records {gaps or [0]} missing",
+            hint=f"the run may still be starting or may have failed: see {root / STATUS_FILE}",
+        )
     known = {entry["round"] for entry in rounds}
     if any(h.get("round") not in known for h in history):
-        raise bad_input(f"run {root.name}: policy_loss_history.json names rounds without a round record",
-                        hint="the record was edited or copied partly; re-run it with --from-record")
+        raise bad_input(
+            f"run {root.name}: policy_loss_history.json names rounds without a round record",
+            hint="the record was edited or copied partly; re-run it with --from-record",
+        )
     return RunData(root, config, status, rounds, history)
 
 
-def sim_request_from_record(ref: str | Path, *, overrides: dict[str, Any] | None = None,
-                            runs_dir: Path | None = None) -> "SimRequest":
+def sim_request_from_record(
+    ref: str | Path, *, overrides: dict[str, Any] | None = None, runs_dir: Path | None = None
+) -> SimRequest:
     """What ``zk0 sim --from-record`` submits: the record's clients, rounds and full run config
     (``overrides`` on top, e.g. another seed), into a new run. Refused when a dataset the record
     trained or evaluated on is missing or its content changed (fingerprints)."""
@@ -149,8 +159,10 @@ def sim_request_from_record(ref: str | Path, *, overrides: dict[str, Any] | None
         raise bad_input(f"run {run.run_id} is a {run.mode} run", hint=f"re-run it with `{reproduce_command(run)}`")
     settings = dict(run.run_config)
     if not str(settings.get("datasets", "")).split():
-        raise bad_input(f"run {run.run_id} does not name its datasets (a deployment run: each node brought its own)",
-                        hint="re-run it with `zk0 sim --dataset URI ...` and the record's run config")
+        raise bad_input(
+            f"run {run.run_id} does not name its datasets (a deployment run: each node brought its own)",
+            hint="re-run it with `zk0 sim --dataset URI ...` and the record's run config",
+        )
     clients = int(settings.get("min-available-nodes", 1))
     _check_record_datasets(run, clients)
     settings["run-name"] = f"{new_run_name()}-sim"
@@ -161,16 +173,21 @@ def sim_request_from_record(ref: str | Path, *, overrides: dict[str, Any] | None
 
 def _check_record_datasets(run: RunData, clients: int) -> None:
     """The datasets the clients trained on and the server evaluated on still hold what they held."""
-    from zk0cli.fl.records import dataset_fingerprint
     from zk0cli.datasets.uri import open_metadata, parse_uri
+    from zk0cli.fl.records import dataset_fingerprint
 
     def refuse(uri: str) -> None:
-        raise bad_input(f"dataset {uri} is not the one run {run.run_id} used (its content fingerprint differs)",
-                        hint="restore the recorded dataset, or start a new run with `zk0 sim`")
+        raise bad_input(
+            f"dataset {uri} is not the one run {run.run_id} used (its content fingerprint differs)",
+            hint="restore the recorded dataset, or start a new run with `zk0 sim`",
+        )
 
     uris = str(run.run_config["datasets"]).split()
-    trained = {str(c.get("dataset_fingerprint", "")) for entry in run.rounds
-               for c in (entry.get("clients") or {}).get("each") or []} - {""}
+    trained = {
+        str(c.get("dataset_fingerprint", ""))
+        for entry in run.rounds
+        for c in (entry.get("clients") or {}).get("each") or []
+    } - {""}
     for uri in dict.fromkeys(uris[client % len(uris)] for client in range(clients)):  # each client's dataset
         if trained and dataset_fingerprint(open_metadata(parse_uri(uri)).root) not in trained:
             refuse(uri)
@@ -225,8 +242,12 @@ def report_content(run: RunData, out_dir: Path) -> ReportContent:
         ("final server eval loss", f"{_num(final.policy_loss)} (round {final.round})" if final else "-"),
         ("final action error", _num(final.action_error) if final else "-"),
         ("best server eval loss", f"{_num(best.policy_loss)} (round {best.round})" if best else "-"),
-        ("training time", f"{sum(seconds):.1f} s over {len(seconds)} rounds ({_num(sum(seconds) / len(seconds))} s/round)"
-         if seconds else "-"),
+        (
+            "training time",
+            f"{sum(seconds):.1f} s over {len(seconds)} rounds ({_num(sum(seconds) / len(seconds))} s/round)"
+            if seconds
+            else "-",
+        ),
         ("bytes transferred", _bytes_text(traffic)),
         ("final checkpoint", str(checkpoint) if checkpoint else "none"),
         ("reproduce", reproduce_command(run)),
@@ -235,9 +256,14 @@ def report_content(run: RunData, out_dir: Path) -> ReportContent:
         _participants_table(run),
         _rounds_table(run),
         _rejections_table(run),
-        Table("Reproducibility", ["what", "value"],
-              [[f"version {name}", version] for name, version in (run.config.get("versions") or {}).items()]
-              + [[f"fingerprint {uri}", digest] for uri, digest in (run.config.get("dataset_fingerprints") or {}).items()]),
+        Table(
+            "Reproducibility",
+            ["what", "value"],
+            [[f"version {name}", version] for name, version in (run.config.get("versions") or {}).items()]
+            + [
+                [f"fingerprint {uri}", digest] for uri, digest in (run.config.get("dataset_fingerprints") or {}).items()
+            ],
+        ),
         Table("Configuration", ["key", "value"], [[key, value] for key, value in sorted(run.run_config.items())]),
     ]
     drawn = plots.write_plots(out_dir / "plots", run.summaries())
@@ -280,41 +306,100 @@ def _state(status: dict[str, Any]) -> str:
 def _participants_table(run: RunData) -> Table:
     declared = run.config.get("participants")
     if declared:  # written by the run itself: datasets with their episodes and frames
-        return Table("Participants", ["name", "dataset", "episodes", "frames", "fingerprint"], [
-            [p.get("name", ""), p.get("uri", ""), _episodes_text(p.get("episodes")), p.get("frames", ""),
-             str(p.get("fingerprint", ""))[:12]] for p in declared])
+        return Table(
+            "Participants",
+            ["name", "dataset", "episodes", "frames", "fingerprint"],
+            [
+                [
+                    p.get("name", ""),
+                    p.get("uri", ""),
+                    _episodes_text(p.get("episodes")),
+                    p.get("frames", ""),
+                    str(p.get("fingerprint", ""))[:12],
+                ]
+                for p in declared
+            ],
+        )
     seen: dict[str, dict[str, Any]] = {}
     for entry in run.rounds:
         for client in (entry.get("clients") or {}).get("each") or []:
-            row = seen.setdefault(client["node"], {"dataset": client.get("dataset", ""), "rounds": 0, "samples": 0,
-                                                   "fingerprint": client.get("dataset_fingerprint", "")})
+            row = seen.setdefault(
+                client["node"],
+                {
+                    "dataset": client.get("dataset", ""),
+                    "rounds": 0,
+                    "samples": 0,
+                    "fingerprint": client.get("dataset_fingerprint", ""),
+                },
+            )
             row["rounds"] += 1
             row["samples"] += int(client.get("samples") or 0)
-    return Table("Participants", ["node", "dataset", "rounds trained", "samples used", "fingerprint"], [
-        [node, row["dataset"], row["rounds"], row["samples"], str(row["fingerprint"])[:12]] for node, row in seen.items()],
-        note="episodes and frames per node are not in this record; the counts are from the round records")
+    return Table(
+        "Participants",
+        ["node", "dataset", "rounds trained", "samples used", "fingerprint"],
+        [
+            [node, row["dataset"], row["rounds"], row["samples"], str(row["fingerprint"])[:12]]
+            for node, row in seen.items()
+        ],
+        note="episodes and frames per node are not in this record; the counts are from the round records",
+    )
 
 
 def _rounds_table(run: RunData) -> Table:
     steps = run.cumulative_steps()
     rows = []
     for entry, line in zip(run.rounds, run.summaries()):
-        rows.append([
-            line["round"], line["num_clients"], line["rejected"], line["failed"],
-            _mean_std(line["loss_avg"], line["loss_std"]), _num(line["server_policy_loss"]),
-            _num(line["server_action_error"]), _num(line["federated_eval_loss"]), _num(line["lr"]), _num(line["mu"]),
-            steps[line["round"]], _num(entry.get("seconds")),
-            _bytes_text(round_bytes(entry), missing="-"),
-        ])
-    return Table("Rounds", ["round", "clients", "rejected", "failed", "train loss", "server loss", "action error",
-                            "fed. eval loss", "lr", "mu", "steps (total)", "seconds", "bytes down / up"], rows)
+        rows.append(
+            [
+                line["round"],
+                line["num_clients"],
+                line["rejected"],
+                line["failed"],
+                _mean_std(line["loss_avg"], line["loss_std"]),
+                _num(line["server_policy_loss"]),
+                _num(line["server_action_error"]),
+                _num(line["federated_eval_loss"]),
+                _num(line["lr"]),
+                _num(line["mu"]),
+                steps[line["round"]],
+                _num(entry.get("seconds")),
+                _bytes_text(round_bytes(entry), missing="-"),
+            ]
+        )
+    return Table(
+        "Rounds",
+        [
+            "round",
+            "clients",
+            "rejected",
+            "failed",
+            "train loss",
+            "server loss",
+            "action error",
+            "fed. eval loss",
+            "lr",
+            "mu",
+            "steps (total)",
+            "seconds",
+            "bytes down / up",
+        ],
+        rows,
+    )
 
 
 def _rejections_table(run: RunData) -> Table:
-    rows = [[entry["round"], outcome, item.get("node", ""), item.get("dataset", ""), item.get("reason", "")]
-            for entry in run.rounds for outcome in ("rejected", "failed") for item in entry.get(outcome) or []]
-    return Table("Rejected updates and failures", ["round", "outcome", "node", "dataset", "reason"], rows,
-                 note="" if rows else "every update was accepted")
+    rows = [
+        [entry["round"], outcome, item.get("node", ""), item.get("dataset", ""), item.get("reason", "")]
+        for entry in run.rounds
+        for outcome in ("rejected", "failed")
+        for item in entry.get(outcome) or []
+    ]
+    return Table(
+        "Rejected updates and failures",
+        ["round", "outcome", "node", "dataset", "reason"],
+        rows,
+        note="" if rows else "every update was accepted",
+    )
 
 
 def _copy_videos(run: RunData, out_dir: Path) -> list[dict[str, Any]]:
@@ -412,9 +497,11 @@ img, video { max-width: 100%; border: 1px solid #ddd; margin: 0.5rem 0; }
 
 def render_html(content: ReportContent, embedded: list[dict[str, Any]]) -> str:
     esc = html.escape
-    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{esc(content.title)}</title>",
-             f"<style>{_CSS}</style></head><body><h1>{esc(content.title)}</h1>",
-             _html_table(Table("Summary", ["", ""], [[k, v] for k, v in content.facts]), header=False)]
+    parts = [
+        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{esc(content.title)}</title>",
+        f"<style>{_CSS}</style></head><body><h1>{esc(content.title)}</h1>",
+        _html_table(Table("Summary", ["", ""], [[k, v] for k, v in content.facts]), header=False),
+    ]
     parts.append("<h2>Plots</h2>")
     for plot in content.plots:
         data = base64.b64encode(plot.read_bytes()).decode("ascii")
@@ -425,11 +512,16 @@ def render_html(content: ReportContent, embedded: list[dict[str, Any]]) -> str:
         parts.append("<h2>Evaluation videos</h2>")
     for video in content.videos:
         inline = any(video["file"] == chosen["file"] for chosen in embedded)
-        source = ("data:video/mp4;base64," + base64.b64encode(video["file"].read_bytes()).decode("ascii")
-                  if inline else f"videos/{video['file'].name}")
-        parts.append(f"<p>round {esc(str(video.get('round')))}, {esc(str(video.get('dataset')))} episode "
-                     f"{esc(str(video.get('episode')))}: action error {_num(video.get('action_error'))}</p>"
-                     f"<video controls preload='metadata' src='{esc(source)}'></video>")
+        source = (
+            "data:video/mp4;base64," + base64.b64encode(video["file"].read_bytes()).decode("ascii")
+            if inline
+            else f"videos/{video['file'].name}"
+        )
+        parts.append(
+            f"<p>round {esc(str(video.get('round')))}, {esc(str(video.get('dataset')))} episode "
+            f"{esc(str(video.get('episode')))}: action error {_num(video.get('action_error'))}</p>"
+            f"<video controls preload='metadata' src='{esc(source)}'></video>"
+        )
     parts.append("</body></html>\n")
     return "\n".join(parts)
 
@@ -437,8 +529,9 @@ def render_html(content: ReportContent, embedded: list[dict[str, Any]]) -> str:
 def _html_table(table: Table, *, header: bool = True) -> str:
     esc = html.escape
     head = "".join(f"<th>{esc(h)}</th>" for h in table.headers) if header else ""
-    rows = "".join("<tr>" + "".join(_html_cell(i, cell, header) for i, cell in enumerate(row)) + "</tr>"
-                   for row in table.rows)
+    rows = "".join(
+        "<tr>" + "".join(_html_cell(i, cell, header) for i, cell in enumerate(row)) + "</tr>" for row in table.rows
+    )
     note = f"<p class='note'>{esc(table.note)}</p>" if table.note else ""
     body = f"<table>{f'<tr>{head}</tr>' if head else ''}{rows}</table>" if table.rows else ""
     return f"<h2>{esc(table.title)}</h2>{body}{note}"
@@ -460,9 +553,11 @@ def render_markdown(content: ReportContent, out_dir: Path) -> str:
             lines += [f"_{table.note}_", ""]
     if content.videos:
         lines += ["## Evaluation videos", ""]
-        lines += [f"- round {v.get('round')}, {v.get('dataset')} episode {v.get('episode')}: action error "
-                  f"{_num(v.get('action_error'))} ([{v['file'].name}]({v['file'].relative_to(out_dir).as_posix()}))"
-                  for v in content.videos]
+        lines += [
+            f"- round {v.get('round')}, {v.get('dataset')} episode {v.get('episode')}: action error "
+            f"{_num(v.get('action_error'))} ([{v['file'].name}]({v['file'].relative_to(out_dir).as_posix()}))"
+            for v in content.videos
+        ]
         lines.append("")
     return "\n".join(lines)
 
@@ -472,4 +567,5 @@ def _md_rows(headers: list[str], rows: Iterable[list[Any]]) -> list[str]:
         return str(value).replace("|", "\\|").replace("\n", " ")
 
     return ["| " + " | ".join(cell(h) for h in headers) + " |", "|" + "---|" * len(headers)] + [
-        "| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+        "| " + " | ".join(cell(v) for v in row) + " |" for row in rows
+    ]

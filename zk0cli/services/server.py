@@ -53,11 +53,15 @@ class ServeOptions:
 def build_spec(paths: Paths, options: ServeOptions) -> supervisor.ServiceSpec:
     """Check everything that can be checked before starting, and describe the processes to run."""
     if options.insecure and options.require_node_auth:
-        raise bad_input("node authentication needs TLS, and --insecure turns TLS off",
-                        hint="add --no-require-node-auth to run insecure (demo only), or drop --insecure")
+        raise bad_input(
+            "node authentication needs TLS, and --insecure turns TLS off",
+            hint="add --no-require-node-auth to run insecure (demo only), or drop --insecure",
+        )
     if not 1 <= options.superlink_port <= 65535 or options.superlink_port == options.port:
-        raise bad_input(f"control port {options.superlink_port} is not usable next to public port {options.port}",
-                        hint="pass --control-port N (a free port other than --port)")
+        raise bad_input(
+            f"control port {options.superlink_port} is not usable next to public port {options.port}",
+            hint="pass --control-port N (a free port other than --port)",
+        )
     holder = supervisor.lock_holder(paths, SERVICE)
     if holder:
         raise supervisor.already_running(SERVICE, holder)
@@ -76,17 +80,33 @@ def build_spec(paths: Paths, options: ServeOptions) -> supervisor.ServiceSpec:
     superlink_address = f"127.0.0.1:{options.superlink_port}"
     superlink = supervisor.ProcessSpec(
         name="superlink",
-        argv=flower.superlink_argv(host="127.0.0.1", port=options.superlink_port, database=str(database), tls=tls,
-                                   node_auth=options.require_node_auth),
+        argv=flower.superlink_argv(
+            host="127.0.0.1",
+            port=options.superlink_port,
+            database=str(database),
+            tls=tls,
+            node_auth=options.require_node_auth,
+        ),
         health_url=f"{scheme}://{superlink_address}/health",
         health_ca=ca,
         ports={"control": options.superlink_port},
         flwr_home=str(supervisor.flwr_home(paths, SERVICE)),
         preload=flower.SUPERLINK_ENTRY,
     )
-    proxy_argv = [sys.executable, "-m", "zk0cli.services.fleet_proxy", "--listen", _join(options.host, options.port),
-                  "--upstream", superlink_address]
-    proxy_argv += ["--insecure"] if tls is None else ["--certfile", tls.certfile, "--keyfile", tls.keyfile, "--cafile", tls.cafile]
+    proxy_argv = [
+        sys.executable,
+        "-m",
+        "zk0cli.services.fleet_proxy",
+        "--listen",
+        _join(options.host, options.port),
+        "--upstream",
+        superlink_address,
+    ]
+    proxy_argv += (
+        ["--insecure"]
+        if tls is None
+        else ["--certfile", tls.certfile, "--keyfile", tls.keyfile, "--cafile", tls.cafile]
+    )
     proxy = supervisor.ProcessSpec(
         name="fleet-proxy",
         argv=proxy_argv,
@@ -119,8 +139,16 @@ def _auto_run_spec(options: ServeOptions) -> supervisor.ProcessSpec:
     if options.min_nodes < 1 or options.rounds < 1:
         raise bad_input("--min-nodes and --rounds must be at least 1", hint="e.g. --auto-run --min-nodes 2 --rounds 3")
     RunConfig.from_mapping(parse_overrides(options.run_settings))  # a bad --set stops `serve`, not each session
-    argv = [sys.executable, "-m", "zk0cli.services.server", "auto-run", "--min-nodes", str(options.min_nodes),
-            "--rounds", str(options.rounds)]
+    argv = [
+        sys.executable,
+        "-m",
+        "zk0cli.services.server",
+        "auto-run",
+        "--min-nodes",
+        str(options.min_nodes),
+        "--rounds",
+        str(options.rounds),
+    ]
     for pair in options.run_settings:
         argv += ["--set", pair]
     return supervisor.ProcessSpec(name="auto-run", argv=argv)
@@ -139,12 +167,19 @@ def ensure_port_free(host: str, port: int, *, flag: str) -> None:
             probe.bind((host or "0.0.0.0", port))
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
-                raise env_not_ready(f"port {port} on {host or '0.0.0.0'} is already in use{_port_owner(port)}",
-                                    hint=f"stop what uses it (`zk0 status` shows zk0's services), or pick another: {flag} N") from None
+                raise env_not_ready(
+                    f"port {port} on {host or '0.0.0.0'} is already in use{_port_owner(port)}",
+                    hint=f"stop what uses it (`zk0 status` shows zk0's services), or pick another: {flag} N",
+                ) from None
             if exc.errno == errno.EADDRNOTAVAIL:
-                raise bad_input(f"{host} is not an address of this machine", hint="use --host 0.0.0.0, or one of this machine's addresses") from None
+                raise bad_input(
+                    f"{host} is not an address of this machine",
+                    hint="use --host 0.0.0.0, or one of this machine's addresses",
+                ) from None
             if exc.errno == errno.EACCES:
-                raise env_not_ready(f"port {port} needs privileges this user does not have", hint=f"use a port above 1023: {flag} N") from None
+                raise env_not_ready(
+                    f"port {port} needs privileges this user does not have", hint=f"use a port above 1023: {flag} N"
+                ) from None
             raise
 
 
@@ -165,8 +200,10 @@ def _server_pki(paths: Paths) -> ServerPki:
     pki = ServerPki.at(paths.pki_dir)
     missing = [p for p in (pki.ca_cert, pki.server_cert, pki.server_key) if not p.exists()]
     if missing:
-        raise env_not_ready(f"no server certificate: {missing[0]} is missing",
-                            hint="zk0 init --role server --public-address YOUR.HOST (or --insecure for a local demo)")
+        raise env_not_ready(
+            f"no server certificate: {missing[0]} is missing",
+            hint="zk0 init --role server --public-address YOUR.HOST (or --insecure for a local demo)",
+        )
     return pki
 
 
@@ -176,8 +213,10 @@ def _check_certificate_names(pki: ServerPki, host: str) -> None:
         return
     names = certificate_names(pki.server_cert)
     if host not in names:
-        raise bad_input(f"the server certificate is not valid for {host} (it names {', '.join(names)})",
-                        hint=f"zk0 init --role server --public-address {host} --force, or --host 0.0.0.0")
+        raise bad_input(
+            f"the server certificate is not valid for {host} (it names {', '.join(names)})",
+            hint=f"zk0 init --role server --public-address {host} --force, or --host 0.0.0.0",
+        )
 
 
 def certificate_names(cert_path: Path) -> list[str]:
@@ -224,7 +263,9 @@ def add_node(paths: Paths, public_key_file: Path, name: str) -> dict:
     supervisor.check_service_name(name, what="node name")
     key = _read_public_key(public_key_file)
     require_running(paths)
-    document = flower.run_flwr(paths, ["supernode", "register", str(public_key_file), flower.CLI_CONNECTION, "--name", name])
+    document = flower.run_flwr(
+        paths, ["supernode", "register", str(public_key_file), flower.CLI_CONNECTION, "--name", name]
+    )
     node_id = str(document["node-id"])
     names = _node_names(paths)
     names[node_id] = {"name": name, "public_key": key}
@@ -264,12 +305,17 @@ def _read_public_key(path: Path) -> str:
     try:
         text = Path(path).read_text(encoding="utf-8").strip()
     except FileNotFoundError:
-        raise bad_input(f"public key file {path} does not exist", hint="the node operator sends node_key.pub from `zk0 init --role node`") from None
+        raise bad_input(
+            f"public key file {path} does not exist",
+            hint="the node operator sends node_key.pub from `zk0 init --role node`",
+        ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise bad_input(f"cannot read public key file {path}: {exc}") from None
     if not text.startswith("ecdsa-sha2-nistp") or len(text.split()) < 2:
-        raise bad_input(f"{path} is not an OpenSSH ECDSA public key",
-                        hint="pass the node's node_key.pub (starts with ecdsa-sha2-nistp384), not its private key")
+        raise bad_input(
+            f"{path} is not an OpenSSH ECDSA public key",
+            hint="pass the node's node_key.pub (starts with ecdsa-sha2-nistp384), not its private key",
+        )
     return text
 
 
@@ -312,8 +358,10 @@ def submit_run(paths: Paths, *, rounds: int | None, settings: dict) -> Submitted
     values.setdefault("run-name", f"{new_run_name()}-run")
     config = RunConfig.from_mapping(values)
     if config.resume:
-        raise bad_input("run-config resume is set by `zk0 run --resume RUN_ID`, not by hand",
-                        hint="zk0 run --resume RUN_ID continues a run from its last checkpoint")
+        raise bad_input(
+            "run-config resume is set by `zk0 run --resume RUN_ID`, not by hand",
+            hint="zk0 run --resume RUN_ID continues a run from its last checkpoint",
+        )
     require_running(paths)
     return _submit(paths, config)
 
@@ -328,8 +376,12 @@ def resume_run(paths: Paths, run_ref: str, *, rounds: int | None) -> SubmittedRu
     from zk0cli.fl.run_config import RunConfig
 
     record = RunRecord(find_run_record(paths, run_ref))
-    values = {**record.read_config()["run_config"], "resume": True, "runs-dir": str(record.root.parent),
-              "run-name": record.root.name}
+    values = {
+        **record.read_config()["run_config"],
+        "resume": True,
+        "runs-dir": str(record.root.parent),
+        "run-name": record.root.name,
+    }
     if rounds is not None:
         values["num-server-rounds"] = rounds
     config = RunConfig.from_mapping(values)
@@ -363,11 +415,15 @@ def _settle_earlier_runs(paths: Paths, flwr_run_ids: list[int]) -> list[str]:
         if not status or status.startswith("finished"):
             continue
         if not orphaned_by_restart(run, superlink_started):
-            raise bad_input(f"run {flwr_run_id} is still {status} on the SuperLink",
-                            hint=f"stop it first (zk0 run stop {flwr_run_id}), then resume it")
+            raise bad_input(
+                f"run {flwr_run_id} is still {status} on the SuperLink",
+                hint=f"stop it first (zk0 run stop {flwr_run_id}), then resume it",
+            )
         flower.run_flwr(paths, ["stop", str(flwr_run_id), flower.CLI_CONNECTION])
-        notes.append(f"stopped run {flwr_run_id}: Flower still listed it as {status}, but its ServerApp ended "
-                     f"when the SuperLink restarted")
+        notes.append(
+            f"stopped run {flwr_run_id}: Flower still listed it as {status}, but its ServerApp ended "
+            f"when the SuperLink restarted"
+        )
     return notes
 
 
@@ -399,8 +455,10 @@ def find_run_record(paths: Paths, run_ref: str) -> Path:
             ids = [config.get("flwr_run_id"), *(r.get("flwr_run_id") for r in config.get("resumes", []))]
             if int(run_ref) in ids:
                 return config_file.parent
-        raise bad_input(f"no run record under {paths.runs_dir} belongs to run {run_ref}",
-                        hint="`zk0 runs` lists run ids; or pass the run's directory")
+        raise bad_input(
+            f"no run record under {paths.runs_dir} belongs to run {run_ref}",
+            hint="`zk0 runs` lists run ids; or pass the run's directory",
+        )
     return resolve_run(run_ref, paths.runs_dir)
 
 
@@ -435,7 +493,9 @@ def follow_run(paths: Paths, run: SubmittedRun, on_round, *, poll_s: float = 1.0
     reported: set[int] = set()
     next_flower_check = time.monotonic() + flower_every_s
     while True:
-        fresh = [e for e in map(_json_or_none, run.run_dir.glob(ROUND_FILE.format("*"))) if e and e["round"] not in reported]
+        fresh = [
+            e for e in map(_json_or_none, run.run_dir.glob(ROUND_FILE.format("*"))) if e and e["round"] not in reported
+        ]
         for entry in sorted(fresh, key=lambda e: e["round"]):
             reported.add(entry["round"])
             on_round(summary(entry), run.rounds)
@@ -443,16 +503,20 @@ def follow_run(paths: Paths, run: SubmittedRun, on_round, *, poll_s: float = 1.0
         if status.get("state") == "completed":
             return status
         if status.get("state") == "failed":
-            raise Zk0Error(f"run {run.run_id} failed: {status.get('error', 'unknown error')}",
-                           hint=status.get("hint") or f"zk0 logs run {run.run_id}")
+            raise Zk0Error(
+                f"run {run.run_id} failed: {status.get('error', 'unknown error')}",
+                hint=status.get("hint") or f"zk0 logs run {run.run_id}",
+            )
         if time.monotonic() >= next_flower_check:
             next_flower_check = time.monotonic() + flower_every_s
             flower_status = run_status(paths, run.run_id)
             if flower_status.startswith("finished"):
                 time.sleep(poll_s)  # the record's last write may trail Flower's bookkeeping by a moment
                 if (_json_or_none(run.run_dir / STATUS_FILE) or {}).get("state") not in ("completed", "failed"):
-                    raise Zk0Error(f"run {run.run_id} ended ({flower_status}) before its record was complete",
-                                   hint=f"zk0 logs run {run.run_id}; partial record in {run.run_dir}")
+                    raise Zk0Error(
+                        f"run {run.run_id} ended ({flower_status}) before its record was complete",
+                        hint=f"zk0 logs run {run.run_id}; partial record in {run.run_dir}",
+                    )
                 continue
         time.sleep(poll_s)
 
@@ -485,8 +549,15 @@ AUTO_RUN_FILE = "auto-run.json"  # the session in progress, so a restarted loop 
 FAILED_SESSION_PAUSE_S = 60.0
 
 
-def auto_run(paths: Paths, *, min_nodes: int, rounds: int, settings: dict, poll_s: float = 10.0,
-             say=lambda message: print(message, flush=True)) -> None:
+def auto_run(
+    paths: Paths,
+    *,
+    min_nodes: int,
+    rounds: int,
+    settings: dict,
+    poll_s: float = 10.0,
+    say=lambda message: print(message, flush=True),
+) -> None:
     """Start a session when ``min_nodes`` nodes are online and none is running; repeat forever.
     A SuperLink that is (re)starting is waited for, not fatal."""
     marker = paths.state_dir / AUTO_RUN_FILE
@@ -503,7 +574,9 @@ def auto_run(paths: Paths, *, min_nodes: int, rounds: int, settings: dict, poll_
                 current = {}
                 marker.unlink(missing_ok=True)
                 if status != "finished:completed":  # a broken config would otherwise fail one session per poll
-                    say(f"auto-run: next session in {FAILED_SESSION_PAUSE_S:g} s; see `zk0 logs server` for why it failed")
+                    say(
+                        f"auto-run: next session in {FAILED_SESSION_PAUSE_S:g} s; see `zk0 logs server` for why it failed"
+                    )
                     time.sleep(FAILED_SESSION_PAUSE_S)
             online = [n for n in list_nodes(paths) if n["status"] == "online"]
             if len(online) >= min_nodes:
@@ -511,7 +584,9 @@ def auto_run(paths: Paths, *, min_nodes: int, rounds: int, settings: dict, poll_
                 run = submit_run(paths, rounds=rounds, settings=values)
                 current = {"run_id": run.run_id, "run_dir": str(run.run_dir), "nodes": [n["node_id"] for n in online]}
                 files.atomic_write_json(marker, current)
-                say(f"auto-run: {len(online)} node(s) online: started run {run.run_id} ({rounds} rounds) -> {run.run_dir}")
+                say(
+                    f"auto-run: {len(online)} node(s) online: started run {run.run_id} ({rounds} rounds) -> {run.run_dir}"
+                )
             elif len(online) != waiting_said:
                 waiting_said = len(online)
                 say(f"auto-run: {len(online)}/{min_nodes} node(s) online, waiting")

@@ -20,9 +20,10 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from zk0cli.core.errors import ExitCode, Zk0Error, bad_input, env_not_ready, unreachable
 from zk0cli.core.files import atomic_write_text
@@ -69,8 +70,13 @@ class SimResult:
     config: RunConfig
 
     def to_dict(self) -> dict[str, Any]:
-        return {"run_dir": str(self.run_dir), "flwr_run_id": self.flwr_run_id, "state": self.state,
-                "seconds": round(self.seconds, 1), "rounds": self.rounds}
+        return {
+            "run_dir": str(self.run_dir),
+            "flwr_run_id": self.flwr_run_id,
+            "state": self.state,
+            "seconds": round(self.seconds, 1),
+            "rounds": self.rounds,
+        }
 
 
 def resolve_config(request: SimRequest, paths: Paths, *, generate: Callable[[str], None] | None = None) -> RunConfig:
@@ -99,8 +105,8 @@ def _canonical(text: str) -> str:
 
 def sample_datasets(paths: Paths, clients: int, *, progress: Callable[[str], None] | None = None) -> list[str]:
     """One generated dataset per client (tasks cycle pick, stack, sort), written once and reused."""
-    from zk0cli.policy.backbone import ensure_tiny_backbone
     from zk0cli.datasets.sample import write_sample
+    from zk0cli.policy.backbone import ensure_tiny_backbone
 
     ensure_tiny_backbone()
     uris = []
@@ -115,8 +121,13 @@ def sample_datasets(paths: Paths, clients: int, *, progress: Callable[[str], Non
     return uris
 
 
-def run(request: SimRequest, paths: Paths, *, on_round: Callable[[RoundProgress], None] | None = None,
-        on_message: Callable[[str], None] | None = None) -> SimResult:
+def run(
+    request: SimRequest,
+    paths: Paths,
+    *,
+    on_round: Callable[[RoundProgress], None] | None = None,
+    on_message: Callable[[str], None] | None = None,
+) -> SimResult:
     say = on_message or (lambda _: None)
     config = resolve_config(request, paths, generate=say)
     run_dir = Path(config.runs_dir) / config.run_name
@@ -149,8 +160,14 @@ def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
-def _follow(superlink: "LocalSuperLink", flwr_run_id: str, run_dir: Path, config: RunConfig, request: SimRequest,
-            on_round: Callable[[RoundProgress], None] | None) -> str:
+def _follow(
+    superlink: LocalSuperLink,
+    flwr_run_id: str,
+    run_dir: Path,
+    config: RunConfig,
+    request: SimRequest,
+    on_round: Callable[[RoundProgress], None] | None,
+) -> str:
     """Report rounds as their records appear; return when the run completes, raise when it fails."""
     deadline = time.monotonic() + request.timeout_s if request.timeout_s else None
     reported: set[int] = set()
@@ -165,20 +182,26 @@ def _follow(superlink: "LocalSuperLink", flwr_run_id: str, run_dir: Path, config
         if status.get("state") == "completed":
             return "completed"
         if status.get("state") == "failed":
-            raise Zk0Error(f"the simulation failed: {status.get('error', 'unknown error')}",
-                           hint=status.get("hint") or f"see {superlink.log_file}",
-                           code=ExitCode(status.get("exit_code", ExitCode.FAILED)))
+            raise Zk0Error(
+                f"the simulation failed: {status.get('error', 'unknown error')}",
+                hint=status.get("hint") or f"see {superlink.log_file}",
+                code=ExitCode(status.get("exit_code", ExitCode.FAILED)),
+            )
         if time.monotonic() >= next_flwr_check:
             next_flwr_check = time.monotonic() + FLWR_STATUS_EVERY_S
             if finished_since is None and superlink.run_status(flwr_run_id).startswith("finished"):
                 finished_since = time.monotonic()
             if finished_since is not None and time.monotonic() - finished_since > FLWR_STATUS_EVERY_S:
                 # Flower says the run is over, and the record never said completed or failed
-                raise Zk0Error("the simulation ended before the server app finished its record",
-                               hint=f"see the SuperLink log {superlink.log_file} and `flwr log {flwr_run_id}`")
+                raise Zk0Error(
+                    "the simulation ended before the server app finished its record",
+                    hint=f"see the SuperLink log {superlink.log_file} and `flwr log {flwr_run_id}`",
+                )
         if deadline and time.monotonic() > deadline:
-            raise unreachable(f"the simulation did not finish within {request.timeout_s:g} s",
-                              hint=f"raise --timeout, or lower --rounds / local-steps; partial record in {run_dir}")
+            raise unreachable(
+                f"the simulation did not finish within {request.timeout_s:g} s",
+                hint=f"raise --timeout, or lower --rounds / local-steps; partial record in {run_dir}",
+            )
         if not superlink.alive():
             raise Zk0Error("the local SuperLink exited during the simulation", hint=f"see {superlink.log_file}")
         time.sleep(POLL_S)
@@ -220,20 +243,38 @@ class LocalSuperLink:
         self.port = free_port()
         self.process: subprocess.Popen | None = None
 
-    def __enter__(self) -> "LocalSuperLink":
+    def __enter__(self) -> LocalSuperLink:
         import tomli_w
 
         self.home.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.home / "config.toml", tomli_w.dumps(
-            {"superlink": {"default": CONNECTION, CONNECTION: {"address": ":local:"}}}))
-        argv = ["flower-superlink", "--insecure", "--simulation", "--isolation", "subprocess",
-                "--host", "127.0.0.1", "--port", str(self.port), "--control-api-address", f"127.0.0.1:{free_port()}",
-                "--disable-runtime-dependency-installation", "--log-file", str(self.log_file)]
+        atomic_write_text(
+            self.home / "config.toml",
+            tomli_w.dumps({"superlink": {"default": CONNECTION, CONNECTION: {"address": ":local:"}}}),
+        )
+        argv = [
+            "flower-superlink",
+            "--insecure",
+            "--simulation",
+            "--isolation",
+            "subprocess",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--control-api-address",
+            f"127.0.0.1:{free_port()}",
+            "--disable-runtime-dependency-installation",
+            "--log-file",
+            str(self.log_file),
+        ]
         try:
-            self.process = subprocess.Popen(argv, env=self.env(), stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-                                            start_new_session=True)
+            self.process = subprocess.Popen(
+                argv, env=self.env(), stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True
+            )
         except OSError as exc:
-            raise env_not_ready(f"cannot start flower-superlink: {exc}", hint="reinstall zk0 (flwr[simulation] is a dependency)") from exc
+            raise env_not_ready(
+                f"cannot start flower-superlink: {exc}", hint="reinstall zk0 (flwr[simulation] is a dependency)"
+            ) from exc
         try:
             self._wait_healthy()
         except BaseException:
@@ -262,8 +303,9 @@ class LocalSuperLink:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if not self.alive():
-                raise env_not_ready(f"flower-superlink exited with code {self.process.returncode}",
-                                    hint=f"see {self.log_file}")
+                raise env_not_ready(
+                    f"flower-superlink exited with code {self.process.returncode}", hint=f"see {self.log_file}"
+                )
             try:
                 if httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=1.0).status_code == 200:
                     return
@@ -280,17 +322,25 @@ class LocalSuperLink:
 
         overrides = self.home / "run-config.toml"
         atomic_write_text(overrides, tomli_w.dumps(config.to_flwr()))
-        federation = (f"num-supernodes={request.clients} client-resources-num-cpus={int(request.client_cpus)} "
-                      f"client-resources-num-gpus={float(request.client_gpus)}")
-        document = self.flwr(["run", str(APP_DIR), CONNECTION, "--run-config", str(overrides),
-                              "--federation-config", federation])
+        federation = (
+            f"num-supernodes={request.clients} client-resources-num-cpus={int(request.client_cpus)} "
+            f"client-resources-num-gpus={float(request.client_gpus)}"
+        )
+        document = self.flwr(
+            ["run", str(APP_DIR), CONNECTION, "--run-config", str(overrides), "--federation-config", federation]
+        )
         return str(document["run-id"])
 
     def save_run_log(self, flwr_run_id: str, path: Path) -> None:
         """The run's ServerApp/ClientApp log as Flower kept it (`flwr log`), next to the record."""
         try:
-            done = subprocess.run(["flwr", "log", flwr_run_id, CONNECTION, "--show"], env=self.env(),
-                                  capture_output=True, text=True, timeout=60)
+            done = subprocess.run(
+                ["flwr", "log", flwr_run_id, CONNECTION, "--show"],
+                env=self.env(),
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
         except subprocess.TimeoutExpired:
             return
         if done.stdout.strip() and path.parent.is_dir():

@@ -32,9 +32,10 @@ import shutil
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from zk0cli.core.paths import Paths
 from zk0cli.services import flower, supervisor
@@ -198,12 +199,12 @@ def parse_time(text: str | None) -> float | None:
     except ValueError:
         return None
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=dt.timezone.utc)
+        parsed = parsed.replace(tzinfo=dt.UTC)
     return parsed.timestamp()
 
 
 def _now_iso() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _number(value: Any) -> float | None:
@@ -293,12 +294,21 @@ def read_services(paths: Paths, cpu: CpuMeter, *, stale_after_s: float = STALE_A
 def _service_view(name: str, state: dict, now: float, cpu: CpuMeter, stale_after_s: float) -> ServiceView:
     updated = parse_time(state.get("updated_at"))
     age = None if updated is None else max(0.0, now - updated)
-    view = ServiceView(name, kind=str(state.get("kind", "")), state=str(state.get("state", "unknown")),
-                       reason=str(state.get("reason", "")), heartbeat_age_s=age, info=dict(state.get("info") or {}),
-                       probes=dict(state.get("probes") or {}), log_file=str(state.get("log_file", "")))
+    view = ServiceView(
+        name,
+        kind=str(state.get("kind", "")),
+        state=str(state.get("state", "unknown")),
+        reason=str(state.get("reason", "")),
+        heartbeat_age_s=age,
+        info=dict(state.get("info") or {}),
+        probes=dict(state.get("probes") or {}),
+        log_file=str(state.get("log_file", "")),
+    )
     claims_to_run = view.state not in ("stopped", "failed")
     if claims_to_run and (age is None or age > stale_after_s):
-        view.source = SourceState("services", STALE, f"no supervisor heartbeat for {_age_text(age)}: its supervisor is gone or hung")
+        view.source = SourceState(
+            "services", STALE, f"no supervisor heartbeat for {_age_text(age)}: its supervisor is gone or hung"
+        )
     live = claims_to_run and view.source.state == OK
     for proc_name, proc in (state.get("processes") or {}).items():
         view.processes.append(_process_view(proc_name, proc, now, cpu if live else None))
@@ -308,9 +318,14 @@ def _service_view(name: str, state: dict, now: float, cpu: CpuMeter, stale_after
 def _process_view(name: str, proc: dict, now: float, cpu: CpuMeter | None) -> ProcessView:
     started = parse_time(proc.get("started_at"))
     pid = proc.get("pid") if isinstance(proc.get("pid"), int) else None
-    view = ProcessView(name, state=str(proc.get("state", "unknown")),
-                       restarts=int(proc.get("restarts") or 0), last_exit_code=proc.get("last_exit_code"),
-                       health=str((proc.get("health") or {}).get("detail", "")), ports=dict(proc.get("ports") or {}))
+    view = ProcessView(
+        name,
+        state=str(proc.get("state", "unknown")),
+        restarts=int(proc.get("restarts") or 0),
+        last_exit_code=proc.get("last_exit_code"),
+        health=str((proc.get("health") or {}).get("detail", "")),
+        ports=dict(proc.get("ports") or {}),
+    )
     # the pid is shown only once seen alive: a stopped or stale state file may name a dead one
     if pid is not None and cpu is not None:
         view.cpu_percent, view.cpu_window_s, view.rss_bytes = cpu.measure(pid, proc.get("create_time"))
@@ -331,14 +346,27 @@ def _age_text(age: float | None) -> str:
 # A map<k, v> is on the wire a repeated entry message {1: key, 2: value}.
 _CONTROL_SCHEMA: dict[str, list[tuple[int, str, str, bool]]] = {  # message -> (number, name, type, repeated)
     "RunStatus": [(1, "status", "string", False), (2, "sub_status", "string", False), (3, "details", "string", False)],
-    "Run": [(1, "run_id", "uint64", False), (6, "pending_at", "string", False), (7, "starting_at", "string", False),
-            (8, "running_at", "string", False), (9, "finished_at", "string", False), (10, "status", "RunStatus", False),
-            (13, "bytes_sent", "uint64", False), (14, "bytes_recv", "uint64", False)],
+    "Run": [
+        (1, "run_id", "uint64", False),
+        (6, "pending_at", "string", False),
+        (7, "starting_at", "string", False),
+        (8, "running_at", "string", False),
+        (9, "finished_at", "string", False),
+        (10, "status", "RunStatus", False),
+        (13, "bytes_sent", "uint64", False),
+        (14, "bytes_recv", "uint64", False),
+    ],
     "RunDictEntry": [(1, "key", "uint64", False), (2, "value", "Run", False)],
     "ListRunsResponse": [(1, "run_dict", "RunDictEntry", True), (2, "now", "string", False)],
-    "NodeInfo": [(1, "node_id", "uint64", False), (4, "status", "string", False), (6, "last_activated_at", "string", False),
-                 (7, "last_deactivated_at", "string", False), (9, "online_until", "double", False),
-                 (10, "heartbeat_interval", "double", False), (13, "name", "string", False)],
+    "NodeInfo": [
+        (1, "node_id", "uint64", False),
+        (4, "status", "string", False),
+        (6, "last_activated_at", "string", False),
+        (7, "last_deactivated_at", "string", False),
+        (9, "online_until", "double", False),
+        (10, "heartbeat_interval", "double", False),
+        (13, "name", "string", False),
+    ],
     "ListNodesResponse": [(1, "nodes_info", "NodeInfo", True), (2, "now", "string", False)],
 }
 _control_classes: dict[str, type] = {}
@@ -349,10 +377,14 @@ def _control_message(message_name: str):
     if not _control_classes:
         from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
-        scalar = {"string": descriptor_pb2.FieldDescriptorProto.TYPE_STRING,
-                  "uint64": descriptor_pb2.FieldDescriptorProto.TYPE_UINT64,
-                  "double": descriptor_pb2.FieldDescriptorProto.TYPE_DOUBLE}
-        file = descriptor_pb2.FileDescriptorProto(name="zk0_control_subset.proto", package="zk0.control", syntax="proto3")
+        scalar = {
+            "string": descriptor_pb2.FieldDescriptorProto.TYPE_STRING,
+            "uint64": descriptor_pb2.FieldDescriptorProto.TYPE_UINT64,
+            "double": descriptor_pb2.FieldDescriptorProto.TYPE_DOUBLE,
+        }
+        file = descriptor_pb2.FileDescriptorProto(
+            name="zk0_control_subset.proto", package="zk0.control", syntax="proto3"
+        )
         for message, fields in _CONTROL_SCHEMA.items():
             proto = file.message_type.add(name=message)
             for number, field_name, kind, repeated in fields:
@@ -365,7 +397,9 @@ def _control_message(message_name: str):
         pool = descriptor_pool.DescriptorPool()  # private: never clashes with flwr's own classes
         pool.Add(file)
         for message in _CONTROL_SCHEMA:
-            _control_classes[message] = message_factory.GetMessageClass(pool.FindMessageTypeByName(f"zk0.control.{message}"))
+            _control_classes[message] = message_factory.GetMessageClass(
+                pool.FindMessageTypeByName(f"zk0.control.{message}")
+            )
     return _control_classes[message_name]
 
 
@@ -376,7 +410,7 @@ class ControlConnection:
     root_ca: str | None  # None: plain HTTP (`--insecure`)
 
     @classmethod
-    def load(cls, paths: Paths) -> "ControlConnection | None":
+    def load(cls, paths: Paths) -> ControlConnection | None:
         """The ``zk0-local`` connection zk0 wrote for the flwr CLI; None when there is none."""
         import tomllib
 
@@ -389,7 +423,9 @@ class ControlConnection:
         host, _, port = str(connection.get("address", "")).rpartition(":")
         if not host or not port.isdigit():
             raise ValueError(f"{path} has no usable address for {flower.CLI_CONNECTION}")
-        return cls(host.strip("[]"), int(port), None if connection.get("insecure") else connection.get("root-certificates"))
+        return cls(
+            host.strip("[]"), int(port), None if connection.get("insecure") else connection.get("root-certificates")
+        )
 
 
 def control_call(connection: ControlConnection, method: str, response_type: str, *, timeout_s: float):
@@ -404,8 +440,12 @@ def control_call(connection: ControlConnection, method: str, response_type: str,
         context = ssl.create_default_context(cafile=connection.root_ca)
         conn = http.client.HTTPSConnection(connection.host, connection.port, timeout=timeout_s, context=context)
     try:
-        conn.request("POST", f"/v1/control/{method}", body=b"",
-                     headers={"content-type": "application/protobuf", "accept": "application/protobuf"})
+        conn.request(
+            "POST",
+            f"/v1/control/{method}",
+            body=b"",
+            headers={"content-type": "application/protobuf", "accept": "application/protobuf"},
+        )
         response = conn.getresponse()
         body = response.read()
     finally:
@@ -444,13 +484,23 @@ def read_superlink(connection: ControlConnection, *, timeout_s: float = SOURCE_T
     for entry in runs.run_dict:
         run = entry.value
         status = run.status.status + (f":{run.status.sub_status}" if run.status.sub_status else "")
-        data.runs.append({"run_id": run.run_id, "status": status, "pending_at": parse_time(run.pending_at),
-                          "running_at": parse_time(run.running_at), "finished_at": parse_time(run.finished_at),
-                          "details": run.status.details, "bytes_sent": run.bytes_sent, "bytes_recv": run.bytes_recv})
+        data.runs.append(
+            {
+                "run_id": run.run_id,
+                "status": status,
+                "pending_at": parse_time(run.pending_at),
+                "running_at": parse_time(run.running_at),
+                "finished_at": parse_time(run.finished_at),
+                "details": run.status.details,
+                "bytes_sent": run.bytes_sent,
+                "bytes_recv": run.bytes_recv,
+            }
+        )
     data.runs.sort(key=lambda r: r["pending_at"] or 0, reverse=True)
     for info in nodes.nodes_info:
-        data.nodes.append(FederationNode(info.node_id, name=info.name, status=info.status,
-                                         last_seen_s=_last_seen(info, now)))
+        data.nodes.append(
+            FederationNode(info.node_id, name=info.name, status=info.status, last_seen_s=_last_seen(info, now))
+        )
     data.nodes.sort(key=lambda n: (n.status != "online", n.node_id))
     return data
 
@@ -585,18 +635,30 @@ def _fill_progress(view: RunView, rounds: list[dict[str, Any]]) -> None:
 def client_rounds(entry: dict[str, Any]) -> list[ClientRound]:
     """Each client of one round record: accepted ones with their metrics, then rejected and failed."""
     rows = []
-    for client in ((entry.get("clients") or {}).get("each") or []):
+    for client in (entry.get("clients") or {}).get("each") or []:
         metrics = client.get("metrics") or {}
-        rows.append(ClientRound(
-            node=str(client.get("node", "?")), dataset=str(client.get("dataset", "")),
-            loss=_number(metrics.get("loss")), fedprox_loss=_number(metrics.get("fedprox_loss")),
-            steps=_int(metrics.get("steps")), seconds=_number(metrics.get("seconds")),
-            bytes_up=_int(client.get("bytes_up", metrics.get("bytes_up"))),
-            bytes_down=_int(client.get("bytes_down", metrics.get("bytes_down")))))
+        rows.append(
+            ClientRound(
+                node=str(client.get("node", "?")),
+                dataset=str(client.get("dataset", "")),
+                loss=_number(metrics.get("loss")),
+                fedprox_loss=_number(metrics.get("fedprox_loss")),
+                steps=_int(metrics.get("steps")),
+                seconds=_number(metrics.get("seconds")),
+                bytes_up=_int(client.get("bytes_up", metrics.get("bytes_up"))),
+                bytes_down=_int(client.get("bytes_down", metrics.get("bytes_down"))),
+            )
+        )
     for outcome in ("rejected", "failed"):
         for item in entry.get(outcome) or []:
-            rows.append(ClientRound(node=str(item.get("node", "?")), dataset=str(item.get("dataset", "")),
-                                    outcome=outcome, reason=str(item.get("reason", ""))))
+            rows.append(
+                ClientRound(
+                    node=str(item.get("node", "?")),
+                    dataset=str(item.get("dataset", "")),
+                    outcome=outcome,
+                    reason=str(item.get("reason", "")),
+                )
+            )
     return rows
 
 
@@ -684,10 +746,16 @@ def _read_nvml() -> dict[int, GpuUse]:
 
 
 def _read_nvidia_smi(timeout_s: float) -> dict[int, GpuUse]:
-    apps = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
-                          capture_output=True, text=True, timeout=timeout_s, check=True).stdout
-    pmon = subprocess.run(["nvidia-smi", "pmon", "-c", "1", "-s", "u"],
-                          capture_output=True, text=True, timeout=timeout_s, check=True).stdout
+    apps = subprocess.run(
+        ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=True,
+    ).stdout
+    pmon = subprocess.run(
+        ["nvidia-smi", "pmon", "-c", "1", "-s", "u"], capture_output=True, text=True, timeout=timeout_s, check=True
+    ).stdout
     return parse_smi_usage(apps, pmon)
 
 
@@ -724,15 +792,22 @@ def _apply_gpu(services: list[ServiceView], usage: dict[int, GpuUse]) -> None:
 
 # A node's training progress line, written by the ClientApp (zk0cli.fl.node.ProgressLog) to the
 # SuperNode's output, which the supervisor copies into the node's log.
-TRAINING_LINE = re.compile(r"round (?P<round>\d+) (?P<dataset>.*?) \[[#.]*\] (?P<step>\d+)/(?P<total>\d+) loss (?P<loss>\S+)")
+TRAINING_LINE = re.compile(
+    r"round (?P<round>\d+) (?P<dataset>.*?) \[[#.]*\] (?P<step>\d+)/(?P<total>\d+) loss (?P<loss>\S+)"
+)
 LOG_TAIL_BYTES = 64 * 1024
 
 
 def node_host(view: ServiceView) -> NodeHostView:
     """What a node operator wants to know about one joined node: its service state and log."""
     info = view.info
-    host = NodeHostView(view.service, server=str(info.get("server", "")), dataset=str(info.get("dataset", "")),
-                        dataset_verdict=str(info.get("dataset_validation", "")), connection=_connection(view))
+    host = NodeHostView(
+        view.service,
+        server=str(info.get("server", "")),
+        dataset=str(info.get("dataset", "")),
+        dataset_verdict=str(info.get("dataset_validation", "")),
+        connection=_connection(view),
+    )
     if view.source.state != OK:
         host.problems.append(view.source.reason)
     if view.log_file:
@@ -752,7 +827,9 @@ def _connection(view: ServiceView) -> str:
         return f"reconnecting (restart {attempt})"
     server = view.probes.get("server") or {}
     if view.state in ("healthy", "starting") and server.get("ok") is False:
-        return f"reconnecting (attempt {server.get('consecutive_failures', '?')}): {server.get('detail', '')}".rstrip(": ")
+        return f"reconnecting (attempt {server.get('consecutive_failures', '?')}): {server.get('detail', '')}".rstrip(
+            ": "
+        )
     if view.state == "starting":
         return "connecting"
     return "connected" if view.state == "healthy" else view.state
@@ -793,8 +870,15 @@ class StatusCollector:
     as unreachable and is not asked again until its earlier call has returned.
     """
 
-    def __init__(self, paths: Paths, *, role: str = "", timeout_s: float = SOURCE_TIMEOUT_S,
-                 stale_after_s: float = STALE_AFTER_S, recent_runs: int = RECENT_RUNS) -> None:
+    def __init__(
+        self,
+        paths: Paths,
+        *,
+        role: str = "",
+        timeout_s: float = SOURCE_TIMEOUT_S,
+        stale_after_s: float = STALE_AFTER_S,
+        recent_runs: int = RECENT_RUNS,
+    ) -> None:
         self.paths = paths
         self.role = role
         self.timeout_s = timeout_s
@@ -810,8 +894,10 @@ class StatusCollector:
         connection, connection_problem = self._connection()
         jobs: dict[str, Callable[[], Any]] = {
             "services": self._services,
-            "runs": lambda: [self._records.read(root, now=now)
-                             for root in self._records.recent(self.paths.runs_dir, limit=self.recent_runs)],
+            "runs": lambda: [
+                self._records.read(root, now=now)
+                for root in self._records.recent(self.paths.runs_dir, limit=self.recent_runs)
+            ],
         }
         if connection is not None:
             jobs["superlink"] = lambda: read_superlink(connection, timeout_s=self.timeout_s)
@@ -831,7 +917,9 @@ class StatusCollector:
             connection = ControlConnection.load(self.paths)
         except (OSError, ValueError) as exc:
             return None, f"cannot read the flwr CLI connection: {exc}"
-        if connection is None and (self.role == "server" or supervisor.ServiceFiles.of(self.paths, "server").state.exists()):
+        if connection is None and (
+            self.role == "server" or supervisor.ServiceFiles.of(self.paths, "server").state.exists()
+        ):
             return None, "no local SuperLink connection configured (start the server: `zk0 server serve`)"
         return connection, ""
 
@@ -872,12 +960,21 @@ class StatusCollector:
         federation = None
         if "superlink" in sources:
             server = next((s for s in services if s.kind == "server"), None)
-            federation = FederationView(sources["superlink"], nodes=link.nodes if link else [],
-                                        online=sum(n.status == "online" for n in link.nodes) if link else 0,
-                                        min_nodes=_min_nodes(server))
+            federation = FederationView(
+                sources["superlink"],
+                nodes=link.nodes if link else [],
+                online=sum(n.status == "online" for n in link.nodes) if link else 0,
+                min_nodes=_min_nodes(server),
+            )
         return Snapshot(
-            taken_at=_now_iso(), host=os.uname().nodename, role=self.role, gpu=usage is not None,
-            sources=sources, services=services, federation=federation, runs=runs,
+            taken_at=_now_iso(),
+            host=os.uname().nodename,
+            role=self.role,
+            gpu=usage is not None,
+            sources=sources,
+            services=services,
+            federation=federation,
+            runs=runs,
             node_hosts=node_hosts,
         )
 

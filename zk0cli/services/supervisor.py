@@ -94,9 +94,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from zk0cli.core.errors import ExitCode, Zk0Error, bad_input, env_not_ready, unreachable
 from zk0cli.core.files import atomic_write_json
@@ -173,7 +173,7 @@ class ServiceSpec:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "ServiceSpec":
+    def from_dict(cls, data: dict) -> ServiceSpec:
         data = dict(data)
         data["processes"] = [ProcessSpec(**p) for p in data["processes"]]
         data["restart"] = RestartPolicy(**data.get("restart", {}))
@@ -190,7 +190,7 @@ class ServiceFiles:
     supervisor_out: Path
 
     @classmethod
-    def of(cls, paths: Paths, service: str) -> "ServiceFiles":
+    def of(cls, paths: Paths, service: str) -> ServiceFiles:
         base = paths.state_dir / "services"
         return cls(
             state=base / f"{service}.json",
@@ -208,7 +208,9 @@ def flwr_home(paths: Paths, service: str) -> Path:
 
 def check_service_name(name: str, *, what: str = "name") -> str:
     if not SERVICE_NAME.fullmatch(name):
-        raise bad_input(f"{what} '{name}' is not allowed", hint="use lowercase letters, digits, '.', '_' or '-' (at most 63)")
+        raise bad_input(
+            f"{what} '{name}' is not allowed", hint="use lowercase letters, digits, '.', '_' or '-' (at most 63)"
+        )
     return name
 
 
@@ -228,7 +230,7 @@ class ServiceLock:
         self._fd: int | None = None
         self.stale_pid: int | None = None  # pid found in a lock its holder no longer held
 
-    def acquire(self) -> "ServiceLock":
+    def acquire(self) -> ServiceLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -272,7 +274,9 @@ def lock_holder(paths: Paths, service: str) -> int | None:
 
 def already_running(service: str, pid: int | None) -> Zk0Error:
     who = f" (pid {pid})" if pid and pid > 0 else ""
-    return bad_input(f"{service} is already running{who}", hint=f"see `zk0 status`, or stop it first: {stop_command(service)}")
+    return bad_input(
+        f"{service} is already running{who}", hint=f"see `zk0 status`, or stop it first: {stop_command(service)}"
+    )
 
 
 def stop_command(service: str) -> str:
@@ -324,13 +328,13 @@ class RotatingLog:
 
 
 def utc_now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _iso(epoch: float | None) -> str | None:
     if epoch is None:
         return None
-    return dt.datetime.fromtimestamp(epoch, dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return dt.datetime.fromtimestamp(epoch, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 # --------------------------------------------------------------------------- health checks
@@ -380,9 +384,15 @@ class _Probe:
         self.next_mono = 0.0
 
     def to_state(self) -> dict:
-        return {"url": self.spec.url, "ok": self.ok, "detail": self.detail, "consecutive_failures": self.failures,
-                "since": _iso(self.since), "checked_at": self.checked_at,
-                "next_check_in_s": round(max(0.0, self.next_mono - time.monotonic()), 1)}
+        return {
+            "url": self.spec.url,
+            "ok": self.ok,
+            "detail": self.detail,
+            "consecutive_failures": self.failures,
+            "since": _iso(self.since),
+            "checked_at": self.checked_at,
+            "next_check_in_s": round(max(0.0, self.next_mono - time.monotonic()), 1),
+        }
 
 
 # --------------------------------------------------------------------------- one supervised process
@@ -528,7 +538,10 @@ class Supervisor:
             _become_subreaper()
             for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 previous_handlers[signum] = signal.signal(signum, self._request_stop)
-            self._event("info", f"supervisor pid {os.getpid()} starting {self.spec.name} ({', '.join(p.spec.name for p in self.processes)})")
+            self._event(
+                "info",
+                f"supervisor pid {os.getpid()} starting {self.spec.name} ({', '.join(p.spec.name for p in self.processes)})",
+            )
             for proc in self.processes:
                 self._start(proc)
             self._loop()
@@ -592,14 +605,18 @@ class Supervisor:
                 proc.state, proc.reason = "healthy", ""
                 proc.was_ready = True
                 ports = f", {_ports(proc.spec.ports)}" if proc.spec.ports else ""
-                self._event("info", f"{proc.spec.name} healthy (pid {proc.popen.pid}{ports})", detail=proc.health["detail"])
+                self._event(
+                    "info", f"{proc.spec.name} healthy (pid {proc.popen.pid}{ports})", detail=proc.health["detail"]
+                )
                 self._state_dirty = True
         elif proc.state == "healthy":
             proc.unhealthy_since = proc.unhealthy_since or now
             if was_ok:
                 self._event("warning", f"{proc.spec.name} health check failing: {proc.health['detail']}")
             if now - proc.unhealthy_since > self.spec.restart.unhealthy_restart_s and not proc.kill_reason:
-                proc.kill_reason = f"health check failing for {self.spec.restart.unhealthy_restart_s:g} s ({proc.health['detail']})"
+                proc.kill_reason = (
+                    f"health check failing for {self.spec.restart.unhealthy_restart_s:g} s ({proc.health['detail']})"
+                )
                 self._event("warning", f"{proc.spec.name}: {proc.kill_reason}; restarting it")
                 self._signal_group(proc.popen, signal.SIGTERM)
         if was_ok != ok:
@@ -616,7 +633,11 @@ class Supervisor:
         elif not ok and probe.ok is not False:
             self._event("warning", f"{name} unreachable at {probe.spec.url}: {detail}; checking every {period:g} s")
         elif not ok:
-            self._event("info", f"{name} still unreachable: {detail} (check {probe.failures + 1}, next in {period:g} s)", quiet=True)
+            self._event(
+                "info",
+                f"{name} still unreachable: {detail} (check {probe.failures + 1}, next in {period:g} s)",
+                quiet=True,
+            )
         if ok != probe.ok:
             probe.since = time.time()
         self._state_dirty = True  # every check: failure counts and next-check times are part of the state
@@ -671,7 +692,9 @@ class Supervisor:
         else:
             executable = shutil.which(spec.argv[0], path=proc.env["PATH"])
             if executable is None:
-                raise env_not_ready(f"{spec.argv[0]} not found on PATH", hint="reinstall zk0 into its venv (pip install -e .)")
+                raise env_not_ready(
+                    f"{spec.argv[0]} not found on PATH", hint="reinstall zk0 into its venv (pip install -e .)"
+                )
             argv = [executable, *spec.argv[1:]]
         if spec.flwr_home:
             Path(spec.flwr_home).mkdir(parents=True, exist_ok=True)
@@ -716,7 +739,9 @@ class Supervisor:
             return
         delay = 0.0
         if proc.quick_failures:
-            delay = min(self.spec.restart.backoff_max_s, self.spec.restart.backoff_initial_s * 2 ** (proc.quick_failures - 1))
+            delay = min(
+                self.spec.restart.backoff_max_s, self.spec.restart.backoff_initial_s * 2 ** (proc.quick_failures - 1)
+            )
         proc.state = "restarting"
         proc.reason = f"{why} after {ran_s:.1f} s; restart attempt {proc.restarts + 1} in {delay:.1f} s"
         proc.next_restart_mono = time.monotonic() + delay
@@ -858,7 +883,9 @@ class Supervisor:
             self._pump(LOOP_TICK_S)
         for proc in leaders:
             if proc.popen.poll() is None:
-                self._event("warning", f"{proc.spec.name} did not stop within {self.spec.restart.stop_grace_s:g} s: killing it")
+                self._event(
+                    "warning", f"{proc.spec.name} did not stop within {self.spec.restart.stop_grace_s:g} s: killing it"
+                )
                 self._signal_group(proc.popen, signal.SIGKILL)
                 proc.popen.wait()
         for proc in self.processes:
@@ -877,7 +904,10 @@ class Supervisor:
         self._pump(0)
         for key in list(self.selector.get_map().values()):
             self._unregister(key.fileobj)
-        self._event("info", f"{self.spec.name} stopped" + (f" after a failure: {self.failed_reason}" if self.failed_reason else ""))
+        self._event(
+            "info",
+            f"{self.spec.name} stopped" + (f" after a failure: {self.failed_reason}" if self.failed_reason else ""),
+        )
 
     def _kill_leftovers(self) -> None:
         """Processes a supervisor that died (kill -9) left behind, as its last state file lists them."""
@@ -886,7 +916,10 @@ class Supervisor:
             return
         leftovers = _live_recorded_processes(previous)
         if leftovers:
-            self._event("warning", f"stopping {len(leftovers)} process(es) left by the previous supervisor: {[p.pid for p in leftovers]}")
+            self._event(
+                "warning",
+                f"stopping {len(leftovers)} process(es) left by the previous supervisor: {[p.pid for p in leftovers]}",
+            )
             terminate_processes(leftovers, grace_s=5.0)
 
     def _discard(self, popen: subprocess.Popen) -> None:
@@ -941,21 +974,28 @@ class Supervisor:
             return
         state = self._state()
         reasons = [f"{p.spec.name}: {p.reason}" for p in self.processes if p.reason]
-        atomic_write_json(self.files.state, {
-            "schema": STATE_SCHEMA,
-            "service": self.spec.name,
-            "kind": self.spec.kind,
-            "state": state,
-            "reason": self.failed_reason or "; ".join(reasons),
-            "last_log_lines": self.failed_lines,
-            "supervisor": {"pid": os.getpid(), "started_at": _iso(self.started_wall),
-                           "create_time": _create_time(os.getpid()), "detached": self.detached},
-            "updated_at": utc_now(),
-            "log_file": str(self.files.log),
-            "info": self.spec.info,
-            "processes": {p.spec.name: p.to_state() for p in self.processes},
-            "probes": {p.spec.name: p.to_state() for p in self.probes},
-        })
+        atomic_write_json(
+            self.files.state,
+            {
+                "schema": STATE_SCHEMA,
+                "service": self.spec.name,
+                "kind": self.spec.kind,
+                "state": state,
+                "reason": self.failed_reason or "; ".join(reasons),
+                "last_log_lines": self.failed_lines,
+                "supervisor": {
+                    "pid": os.getpid(),
+                    "started_at": _iso(self.started_wall),
+                    "create_time": _create_time(os.getpid()),
+                    "detached": self.detached,
+                },
+                "updated_at": utc_now(),
+                "log_file": str(self.files.log),
+                "info": self.spec.info,
+                "processes": {p.spec.name: p.to_state() for p in self.processes},
+                "probes": {p.spec.name: p.to_state() for p in self.probes},
+            },
+        )
         self._state_dirty = False
         self._next_heartbeat = now + HEARTBEAT_S
         if state != self._reported.get("state"):
@@ -1137,7 +1177,7 @@ def read_log(paths: Paths, service: str, *, tail: int | None = None, since: dt.d
     files = log_files(paths, service)
     if since is None:
         return _tail(files, tail if tail is not None else 50)
-    cutoff = since.astimezone(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    cutoff = since.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     lines: list[str] = []
     keep = False
     for path in files:
@@ -1176,8 +1216,14 @@ def _tail_one(path: Path, count: int, block: int = 65536) -> list[str]:
     return lines[-count:]
 
 
-def follow_log(paths: Paths, service: str, emit: Callable[[str], None], *, poll_s: float = 0.2,
-               stop: Callable[[], bool] = lambda: False) -> None:
+def follow_log(
+    paths: Paths,
+    service: str,
+    emit: Callable[[str], None],
+    *,
+    poll_s: float = 0.2,
+    stop: Callable[[], bool] = lambda: False,
+) -> None:
     """Print new lines as they are written, across rotations, until ``stop()`` or Ctrl-C."""
     path = ServiceFiles.of(paths, service).log
     fh, inode = _open_at_end(path)
@@ -1217,11 +1263,13 @@ def parse_since(text: str) -> dt.datetime:
     match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smhd])", text.strip())
     if match:
         seconds = float(match.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
-        return dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=seconds)
+        return dt.datetime.now(dt.UTC) - dt.timedelta(seconds=seconds)
     try:
         moment = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:
-        raise bad_input(f"--since '{text}' is not a duration or a time", hint="e.g. --since 10m, 2h, 1d or 2026-01-31T12:00") from None
+        raise bad_input(
+            f"--since '{text}' is not a duration or a time", hint="e.g. --since 10m, 2h, 1d or 2026-01-31T12:00"
+        ) from None
     return moment if moment.tzinfo else moment.astimezone()
 
 
@@ -1236,8 +1284,9 @@ def run_foreground(paths: Paths, spec: ServiceSpec, on_event: EventSink) -> None
         raise failure_error(spec.name, supervisor.failed_reason, supervisor.failed_lines, supervisor.files.log)
 
 
-def start_detached(paths: Paths, spec: ServiceSpec, *, wait_s: float = 120.0,
-                   on_progress: Callable[[dict], None] | None = None) -> dict:
+def start_detached(
+    paths: Paths, spec: ServiceSpec, *, wait_s: float = 120.0, on_progress: Callable[[dict], None] | None = None
+) -> dict:
     """Start a supervisor in a new session (it survives the terminal); return once the service is healthy."""
     files = ServiceFiles.of(paths, spec.name)
     holder = lock_holder(paths, spec.name)
@@ -1249,8 +1298,11 @@ def start_detached(paths: Paths, spec: ServiceSpec, *, wait_s: float = 120.0,
     with open(files.supervisor_out, "ab") as out:
         popen = subprocess.Popen(
             [sys.executable, "-m", "zk0cli.services.supervisor", "run", str(files.spec), paths.to_json()],
-            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True, cwd=paths.state_dir,  # never pin the caller's directory
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=paths.state_dir,  # never pin the caller's directory
         )
     deadline = time.monotonic() + wait_s
     last = None
@@ -1269,11 +1321,15 @@ def start_detached(paths: Paths, spec: ServiceSpec, *, wait_s: float = 120.0,
             if code == ExitCode.BAD_INPUT:
                 raise already_running(spec.name, lock_holder(paths, spec.name))
             tail = _tail_lines(files.supervisor_out, 5)
-            raise Zk0Error(f"the {spec.name} supervisor exited with code {code}: {tail[-1] if tail else 'no output'}",
-                           hint=f"see {files.supervisor_out} and `zk0 logs {_logs_target(spec.name)}`")
+            raise Zk0Error(
+                f"the {spec.name} supervisor exited with code {code}: {tail[-1] if tail else 'no output'}",
+                hint=f"see {files.supervisor_out} and `zk0 logs {_logs_target(spec.name)}`",
+            )
         time.sleep(0.2)
-    raise unreachable(f"{spec.name} did not become healthy within {wait_s:g} s (it keeps trying in the background)",
-                      hint=f"watch it with `zk0 logs {_logs_target(spec.name)} -f`, or `{stop_command(spec.name)}`")
+    raise unreachable(
+        f"{spec.name} did not become healthy within {wait_s:g} s (it keeps trying in the background)",
+        hint=f"watch it with `zk0 logs {_logs_target(spec.name)} -f`, or `{stop_command(spec.name)}`",
+    )
 
 
 def systemd_unit(service: str, argv: list[str], description: str) -> str:
@@ -1304,7 +1360,9 @@ def service_argv(argv: list[str], *, drop: tuple[str, ...] = ("--install-service
 
 def failure_error(service: str, reason: str, lines: list[str], log: Path) -> Zk0Error:
     last = f" Last output: {lines[-1]}" if lines else ""
-    return Zk0Error(f"{service} failed: {reason}.{last}", hint=f"full log: `zk0 logs {_logs_target(service)} --tail 50` ({log})")
+    return Zk0Error(
+        f"{service} failed: {reason}.{last}", hint=f"full log: `zk0 logs {_logs_target(service)} --tail 50` ({log})"
+    )
 
 
 def _logs_target(service: str) -> str:
@@ -1375,10 +1433,13 @@ def _run_spec_main(spec_path: str, paths_json: str) -> int:
 def main(argv: list[str]) -> int:
     if len(argv) >= 3 and argv[0] == "preload" and "--" in argv:
         split = argv.index("--")
-        return _preload_main(argv[1], argv[split + 1:])
+        return _preload_main(argv[1], argv[split + 1 :])
     if len(argv) == 3 and argv[0] == "run":
         return _run_spec_main(argv[1], argv[2])
-    print("usage: python -m zk0cli.services.supervisor run SPEC.json PATHS_JSON | preload MODULE:FUNC -- ARGV...", file=sys.stderr)
+    print(
+        "usage: python -m zk0cli.services.supervisor run SPEC.json PATHS_JSON | preload MODULE:FUNC -- ARGV...",
+        file=sys.stderr,
+    )
     return int(ExitCode.BAD_INPUT)
 
 

@@ -11,8 +11,10 @@ def round_line(summary: dict, rounds: int) -> str:
     if summary.get("server_policy_loss") is not None:
         parts.append(f"server eval {summary['server_policy_loss']:.4f}")
     if summary.get("loss_avg") is not None:
-        parts.append(f"train loss {summary['loss_avg']:.4f} ± {summary.get('loss_std') or 0:.4f}"
-                     f" ({summary.get('num_clients', 0)} clients)")
+        parts.append(
+            f"train loss {summary['loss_avg']:.4f} ± {summary.get('loss_std') or 0:.4f}"
+            f" ({summary.get('num_clients', 0)} clients)"
+        )
     if summary.get("lr") is not None:
         parts.append(f"lr {summary['lr']:.2e} mu {summary.get('mu') or 0:.3f}")
     if summary.get("rejected") or summary.get("failed"):

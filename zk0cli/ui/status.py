@@ -17,7 +17,7 @@ import termios
 import threading
 import time
 import tty
-from typing import Callable
+from collections.abc import Callable
 
 from rich.console import Group, RenderableType
 from rich.panel import Panel
@@ -39,9 +39,21 @@ from zk0cli.services.status import (
 WIDE_AT = 150  # columns from which panels sit side by side
 SPARK_BLOCKS = "▁▂▃▄▅▆▇█"
 STATE_STYLES = {
-    "healthy": "green", "connected": "green", "online": "green", "running": "green", "completed": "green",
-    "starting": "yellow", "restarting": "yellow", "reconnecting": "yellow", "pending": "yellow", "offline": "yellow",
-    "stopped": "dim", "registered": "blue", "failed": "bold red", "unreachable": "bold red", "stale": "bold red",
+    "healthy": "green",
+    "connected": "green",
+    "online": "green",
+    "running": "green",
+    "completed": "green",
+    "starting": "yellow",
+    "restarting": "yellow",
+    "reconnecting": "yellow",
+    "pending": "yellow",
+    "offline": "yellow",
+    "stopped": "dim",
+    "registered": "blue",
+    "failed": "bold red",
+    "unreachable": "bold red",
+    "stale": "bold red",
 }
 
 
@@ -111,7 +123,9 @@ def header(snapshot: Snapshot) -> Text:
     role = snapshot.role or "role not set (`zk0 init`)"
     text = Text.assemble(("zk0 status", "bold"), f"  {snapshot.host} · {role} · {clock}")
     # the SuperLink's trouble is shown in the federation panel, where its numbers would be
-    bad = [s for s in snapshot.sources.values() if s.state != OK and not (s.name == "superlink" and snapshot.federation)]
+    bad = [
+        s for s in snapshot.sources.values() if s.state != OK and not (s.name == "superlink" and snapshot.federation)
+    ]
     for source in bad:
         text.append("\n")
         text.append_text(source_line(source))
@@ -120,8 +134,17 @@ def header(snapshot: Snapshot) -> Text:
 
 def services_panel(snapshot: Snapshot) -> Panel:
     table = Table(expand=True, box=None, pad_edge=False, show_edge=False)
-    for name, justify in (("service", "left"), ("process", "left"), ("pid", "right"), ("state", "left"),
-                          ("up", "right"), ("restarts", "right"), ("exit", "right"), ("CPU", "right"), ("RSS", "right")):
+    for name, justify in (
+        ("service", "left"),
+        ("process", "left"),
+        ("pid", "right"),
+        ("state", "left"),
+        ("up", "right"),
+        ("restarts", "right"),
+        ("exit", "right"),
+        ("CPU", "right"),
+        ("RSS", "right"),
+    ):
         table.add_column(name, justify=justify, no_wrap=name in ("pid", "up", "CPU", "RSS"))
     if snapshot.gpu:
         table.add_column("GPU", justify="right", no_wrap=True)
@@ -134,8 +157,11 @@ def services_panel(snapshot: Snapshot) -> Panel:
         elif service.reason and service.state in ("failed", "restarting", "stopped"):
             notes.append(Text(f"{service.service}: {service.reason}", style=STATE_STYLES.get(service.state, "")))
     if not snapshot.services:
-        return Panel(Text("nothing running here (start one: `zk0 server serve` or `zk0 node join`)", style="dim"),
-                     title="local services", title_align="left")
+        return Panel(
+            Text("nothing running here (start one: `zk0 server serve` or `zk0 node join`)", style="dim"),
+            title="local services",
+            title_align="left",
+        )
     return Panel(Group(table, *notes), title="local services", title_align="left")
 
 
@@ -149,10 +175,15 @@ def _service_rows(table: Table, service: ServiceView, gpu: bool) -> None:
         state = proc.state if live else service.source.state
         label = f"restarting {proc.restarts + 1}" if state == "restarting" else state
         cells = [
-            service.service if index == 0 else "", proc.name, str(proc.pid) if proc.pid and live else "-",
-            styled(state, label), duration(proc.uptime_s), str(proc.restarts),
+            service.service if index == 0 else "",
+            proc.name,
+            str(proc.pid) if proc.pid and live else "-",
+            styled(state, label),
+            duration(proc.uptime_s),
+            str(proc.restarts),
             "-" if proc.last_exit_code is None else str(proc.last_exit_code),
-            "-" if proc.cpu_percent is None else f"{proc.cpu_percent:.0f}%", size(proc.rss_bytes),
+            "-" if proc.cpu_percent is None else f"{proc.cpu_percent:.0f}%",
+            size(proc.rss_bytes),
         ]
         if gpu:
             cells += ["-" if proc.gpu_percent is None else f"{proc.gpu_percent:.0f}%", size(proc.gpu_memory_bytes)]
@@ -167,8 +198,11 @@ def federation_panel(federation: FederationView) -> Panel:
     enough = federation.min_nodes is None or federation.online >= federation.min_nodes
     title = f"federation · {federation.online} online{wanted}"
     if not federation.nodes:
-        return Panel(Text("no node has joined yet (`zk0 node join --server HOST:9092 ...`)", style="dim"),
-                     title=title, title_align="left")
+        return Panel(
+            Text("no node has joined yet (`zk0 node join --server HOST:9092 ...`)", style="dim"),
+            title=title,
+            title_align="left",
+        )
     table = Table(expand=True, box=None, pad_edge=False, show_edge=False)
     for name, justify in (("node id", "left"), ("name", "left"), ("status", "left"), ("last seen", "right")):
         table.add_column(name, justify=justify, no_wrap=name != "name")
@@ -195,8 +229,14 @@ def runs_panel(runs: list[RunView], *, width: int) -> Panel:
         if not narrow:
             cells.append(status)
         best = f"{number(run.best_loss)} r{run.best_round}" if run.best_round is not None else "-"
-        cells += [_progress(run, width), duration(run.elapsed_s), duration(run.eta_s), number(run.last_loss), best,
-                  Text(sparkline(run.loss_history, 8 if narrow else 16), style="cyan")]
+        cells += [
+            _progress(run, width),
+            duration(run.elapsed_s),
+            duration(run.eta_s),
+            number(run.last_loss),
+            best,
+            Text(sparkline(run.loss_history, 8 if narrow else 16), style="cyan"),
+        ]
         table.add_row(*cells)
         notes += [Text(f"{run.run_id}: {problem}", style="red") for problem in run.problems]
     return Panel(Group(table, *notes), title="runs", title_align="left")
@@ -211,8 +251,12 @@ def _short_status(status: str) -> str:
 def _progress(run: RunView, width: int) -> RenderableType:
     if run.rounds_total is None:
         return Text(f"{run.round}/?" if run.record else "-")
-    bar = ProgressBar(total=run.rounds_total, completed=min(run.round, run.rounds_total), width=6 if width < 100 else 12,
-                      complete_style="green" if not run.running else "cyan")
+    bar = ProgressBar(
+        total=run.rounds_total,
+        completed=min(run.round, run.rounds_total),
+        width=6 if width < 100 else 12,
+        complete_style="green" if not run.running else "cyan",
+    )
     grid = Table.grid(padding=(0, 1))
     grid.add_row(bar, Text(f"{run.round}/{run.rounds_total}"))
     return grid
@@ -237,13 +281,20 @@ def round_panel(run: RunView, *, width: int) -> Panel:
 
 
 def _client_cells(client: ClientRound, width: int, traffic: bool) -> list[RenderableType]:
-    outcome = styled("completed", "accepted") if client.outcome == "accepted" else Text(
-        f"{client.outcome}: {client.reason}", style="red")
+    outcome = (
+        styled("completed", "accepted")
+        if client.outcome == "accepted"
+        else Text(f"{client.outcome}: {client.reason}", style="red")
+    )
     cells: list[RenderableType] = [client.node]
     if width >= 100:
         cells.append(client.dataset or "-")
-    cells += [number(client.loss), number(client.fedprox_loss), "-" if client.steps is None else str(client.steps),
-              number(client.seconds, 3)]
+    cells += [
+        number(client.loss),
+        number(client.fedprox_loss),
+        "-" if client.steps is None else str(client.steps),
+        number(client.seconds, 3),
+    ]
     if traffic:
         cells += [size(client.bytes_up), size(client.bytes_down)]
     return [*cells, outcome]
@@ -267,8 +318,14 @@ def node_host_panel(host: NodeHostView) -> Panel:
 
 def _verdict_state(verdict: str) -> str:
     word = verdict.split(" ")[0].lower().strip(":,")
-    return {"ok": "healthy", "passed": "healthy", "warn": "starting", "warning": "starting", "fail": "failed",
-            "failed": "failed"}.get(word, "")
+    return {
+        "ok": "healthy",
+        "passed": "healthy",
+        "warn": "starting",
+        "warning": "starting",
+        "fail": "failed",
+        "failed": "failed",
+    }.get(word, "")
 
 
 # --------------------------------------------------------------------------- the whole screen
@@ -314,7 +371,7 @@ class QuitKeys:
         self._fd: int | None = None
         self._saved: list | None = None
 
-    def __enter__(self) -> "QuitKeys":
+    def __enter__(self) -> QuitKeys:
         try:
             if sys.stdin.isatty():
                 self._fd = sys.stdin.fileno()
@@ -379,7 +436,11 @@ def watch(console, take_snapshot: Callable[[], Snapshot], *, interval_s: float =
                 if changed.is_set() and latest:
                     changed.clear()
                     shown = latest[0]
-                    body = Text(shown, style="bold red") if isinstance(shown, str) else render_status(shown, width=console.width)
+                    body = (
+                        Text(shown, style="bold red")
+                        if isinstance(shown, str)
+                        else render_status(shown, width=console.width)
+                    )
                     live.update(Group(body, footer(interval_s)), refresh=True)
                 if keys.wait(0.1):
                     return

@@ -10,9 +10,9 @@ from __future__ import annotations
 import threading
 import time
 import traceback
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 from zk0cli.core import config as config_mod
 from zk0cli.core.checks import CheckResult, Status, fail, ok, summarize
@@ -23,7 +23,9 @@ from zk0cli.services.doctor import gpu, hub, role, system, video
 from zk0cli.services.doctor.context import CommandRunner, DoctorContext, RunNeeds, run_command
 
 ALL_ROLES = ("", "server", "node")
-REPORT_FIX = "rerun `zk0 -v doctor`; if it happens again send `zk0 doctor --bundle zk0-support.tar.gz` to whoever supports you"
+REPORT_FIX = (
+    "rerun `zk0 -v doctor`; if it happens again send `zk0 doctor --bundle zk0-support.tar.gz` to whoever supports you"
+)
 
 
 @dataclass(frozen=True)
@@ -74,7 +76,9 @@ def run_checks(
     results = []
     for check, (thread, box) in zip(chosen, boxes):
         thread.join(max(0.0, started + check.limit_s(timeout_s) - time.monotonic()))
-        results.append(box.get("result") or fail(check.name, f"no answer within {check.limit_s(timeout_s):.0f} s", REPORT_FIX))
+        results.append(
+            box.get("result") or fail(check.name, f"no answer within {check.limit_s(timeout_s):.0f} s", REPORT_FIX)
+        )
     return results
 
 
@@ -116,7 +120,9 @@ def diagnose(
         state = "" if config_file.exists() else " (not created yet: defaults in effect)"
         config_result = ok("config", f"{config_file}{state}", file=str(config_file))
     chosen_role = role if role is not None else config.role
-    rest = run_checks(paths, config, role=chosen_role, timeout_s=timeout_s, skip_network=skip_network, run_command=run_command)
+    rest = run_checks(
+        paths, config, role=chosen_role, timeout_s=timeout_s, skip_network=skip_network, run_command=run_command
+    )
     return Diagnosis(chosen_role, [config_result, *rest])
 
 
@@ -127,7 +133,9 @@ def _start(check: Check, ctx: DoctorContext) -> tuple[threading.Thread, dict]:
         try:
             box["result"] = check.probe(ctx)
         except Exception as exc:  # noqa: BLE001 - a crashing check is reported, it must not stop the others
-            box["result"] = fail(check.name, f"check crashed: {type(exc).__name__}: {exc}", REPORT_FIX, traceback=traceback.format_exc())
+            box["result"] = fail(
+                check.name, f"check crashed: {type(exc).__name__}: {exc}", REPORT_FIX, traceback=traceback.format_exc()
+            )
 
     thread = threading.Thread(target=target, name=f"zk0-doctor-{check.name}", daemon=True)
     thread.start()

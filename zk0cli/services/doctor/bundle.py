@@ -32,7 +32,10 @@ ENV_PREFIXES = ("ZK0_", "HF_", "FLWR_", "CUDA_", "NVIDIA_", "TORCH", "PYTORCH_")
 SECRET_NAME = re.compile(r"token|secret|passw|api[_-]?key|access[_-]?key|credential|auth", re.IGNORECASE)
 SECRET_PATTERNS: tuple[tuple[re.Pattern, str], ...] = (
     # PEM private keys, also a block cut off by a log's end
-    (re.compile(r"-----BEGIN ([A-Z0-9 ]*)PRIVATE KEY-----.*?(?:-----END \1PRIVATE KEY-----|\Z)", re.DOTALL), r"[\1PRIVATE KEY removed]"),
+    (
+        re.compile(r"-----BEGIN ([A-Z0-9 ]*)PRIVATE KEY-----.*?(?:-----END \1PRIVATE KEY-----|\Z)", re.DOTALL),
+        r"[\1PRIVATE KEY removed]",
+    ),
     (re.compile(r"\bhf_[A-Za-z0-9]{16,}"), MASK),  # Hugging Face tokens
     (re.compile(r"\bgh[pousr]_[A-Za-z0-9]{20,}"), MASK),  # GitHub tokens
     (re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"), MASK),  # AWS access key ids
@@ -41,8 +44,12 @@ SECRET_PATTERNS: tuple[tuple[re.Pattern, str], ...] = (
     (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}"), r"\1 " + MASK),  # Authorization headers
     (re.compile(r"(://[^/\s:@]+:)[^@\s/]+@"), r"\1" + MASK + "@"),  # passwords in URLs
     # key = value / "key": "value" where the key names a secret
-    (re.compile(r"(?i)([\w.-]*(?:token|secret|passw(?:or)?d|api[_-]?key|access[_-]?key|credential)s?[\w.-]*[\"']?\s*[=:]\s*[\"']?)([^\s\"',}]+)"),
-     r"\1" + MASK),
+    (
+        re.compile(
+            r"(?i)([\w.-]*(?:token|secret|passw(?:or)?d|api[_-]?key|access[_-]?key|credential)s?[\w.-]*[\"']?\s*[=:]\s*[\"']?)([^\s\"',}]+)"
+        ),
+        r"\1" + MASK,
+    ),
 )
 
 
@@ -56,7 +63,9 @@ def write_bundle(target: Path, paths: Paths, config_file: Path, doctor_report: d
     """Write the archive atomically; returns the names of its members."""
     target = Path(target)
     if target.is_dir():
-        raise bad_input(f"--bundle {target} is a directory", hint=f"name a file, e.g. --bundle {target / 'zk0-support.tar.gz'}")
+        raise bad_input(
+            f"--bundle {target} is a directory", hint=f"name a file, e.g. --bundle {target / 'zk0-support.tar.gz'}"
+        )
     members = {
         "doctor.json": _json(doctor_report),
         "versions.json": _json(_versions()),

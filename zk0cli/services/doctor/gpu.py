@@ -153,12 +153,21 @@ def assess_gpu(torch_view: TorchView, smi: SmiReport, needs: RunNeeds) -> CheckR
     if smi.present:
         return _unusable_gpu(torch_view, smi, data)
     if torch_view.error:
-        return fail(NAME, f"torch.cuda failed: {torch_view.error}", "check the NVIDIA driver with `nvidia-smi`, then rerun `zk0 doctor`", **data)
+        return fail(
+            NAME,
+            f"torch.cuda failed: {torch_view.error}",
+            "check the NVIDIA driver with `nvidia-smi`, then rerun `zk0 doctor`",
+            **data,
+        )
     if torch_view.mps:
         return ok(NAME, f"Apple GPU (MPS) available to torch {torch_view.torch_version}; {need}", **data)
     if smi.installed and smi.error:
-        return warn(NAME, f"no usable GPU: nvidia-smi fails ({smi.error}); training on CPU will be slow",
-                    "fix the NVIDIA driver (reboot after a driver update, or reinstall it), then rerun `zk0 doctor`", **data)
+        return warn(
+            NAME,
+            f"no usable GPU: nvidia-smi fails ({smi.error}); training on CPU will be slow",
+            "fix the NVIDIA driver (reboot after a driver update, or reinstall it), then rerun `zk0 doctor`",
+            **data,
+        )
     torch_says = f" (torch: {torch_view.cuda_warning})" if torch_view.cuda_warning else ""
     return warn(
         NAME,
@@ -173,20 +182,35 @@ def _assess_cuda(torch_view: TorchView, smi: SmiReport, needs: RunNeeds, need: s
     versions = f"torch {torch_view.torch_version} (CUDA {runtime or '?'}), driver {smi.driver_version or '?'} (CUDA {driver or '?'})"
     devices = "; ".join(_describe(d) for d in torch_view.devices)
     if runtime and driver and _version_tuple(runtime)[0] > _version_tuple(driver)[0]:
-        return fail(NAME, f"{devices}; {versions}: the driver is too old for torch's CUDA runtime",
-                    f"update the NVIDIA driver to one that supports CUDA {runtime}, or install a torch built for CUDA {driver}", **data)
+        return fail(
+            NAME,
+            f"{devices}; {versions}: the driver is too old for torch's CUDA runtime",
+            f"update the NVIDIA driver to one that supports CUDA {runtime}, or install a torch built for CUDA {driver}",
+            **data,
+        )
     best = max(torch_view.devices, key=lambda d: d.free_bytes)
     if best.free_bytes < needs.gpu_memory_gib * GIB:
         busy = best.total_bytes >= needs.gpu_memory_gib * GIB
-        fix = ("free GPU memory: stop other processes shown by `nvidia-smi`" if busy
-               else "train with a smaller batch size, or use a GPU with more memory")
+        fix = (
+            "free GPU memory: stop other processes shown by `nvidia-smi`"
+            if busy
+            else "train with a smaller batch size, or use a GPU with more memory"
+        )
         return warn(NAME, f"{devices}; {versions}; {need}, {_gib(best.free_bytes)} free: does not fit", fix, **data)
     if not best.bf16:
-        return warn(NAME, f"{devices}; {versions}; no bf16 on compute capability {best.capability[0]}.{best.capability[1]}: training runs in fp32, slower",
-                    "use a GPU with compute capability >= 8.0 (Ampere or newer) for bf16", **data)
+        return warn(
+            NAME,
+            f"{devices}; {versions}; no bf16 on compute capability {best.capability[0]}.{best.capability[1]}: training runs in fp32, slower",
+            "use a GPU with compute capability >= 8.0 (Ampere or newer) for bf16",
+            **data,
+        )
     if runtime and driver and _version_tuple(runtime) > _version_tuple(driver):
-        return warn(NAME, f"{devices}; {versions}: driver older than torch's CUDA minor version (works through minor-version compatibility; JIT-compiled kernels may fail)",
-                    f"update the NVIDIA driver to one that supports CUDA {runtime}", **data)
+        return warn(
+            NAME,
+            f"{devices}; {versions}: driver older than torch's CUDA minor version (works through minor-version compatibility; JIT-compiled kernels may fail)",
+            f"update the NVIDIA driver to one that supports CUDA {runtime}",
+            **data,
+        )
     return ok(NAME, f"{devices}; {versions}; {need}: fits on GPU {best.index}", **data)
 
 
@@ -194,12 +218,26 @@ def _unusable_gpu(torch_view: TorchView, smi: SmiReport, data: dict) -> CheckRes
     names = ", ".join(g.name for g in smi.gpus)
     seen = f"nvidia-smi sees {names} (driver {smi.driver_version}, CUDA {smi.driver_cuda or '?'}) but torch {torch_view.torch_version} cannot use it"
     if torch_view.cuda_runtime is None:
-        return fail(NAME, f"{seen}: torch is a CPU-only build", "reinstall with ./install.sh (it installs a CUDA build of torch)", **data)
+        return fail(
+            NAME,
+            f"{seen}: torch is a CPU-only build",
+            "reinstall with ./install.sh (it installs a CUDA build of torch)",
+            **data,
+        )
     if smi.driver_cuda and _version_tuple(torch_view.cuda_runtime) > _version_tuple(smi.driver_cuda):
-        return fail(NAME, f"{seen}: torch needs CUDA {torch_view.cuda_runtime}, the driver supports up to {smi.driver_cuda}",
-                    f"update the NVIDIA driver to one that supports CUDA {torch_view.cuda_runtime}, or install a torch built for CUDA {smi.driver_cuda}", **data)
+        return fail(
+            NAME,
+            f"{seen}: torch needs CUDA {torch_view.cuda_runtime}, the driver supports up to {smi.driver_cuda}",
+            f"update the NVIDIA driver to one that supports CUDA {torch_view.cuda_runtime}, or install a torch built for CUDA {smi.driver_cuda}",
+            **data,
+        )
     reason = torch_view.error or torch_view.cuda_warning or "torch.cuda.is_available() is False"
-    return fail(NAME, f"{seen}: {reason}", "check CUDA_VISIBLE_DEVICES and that this user may open /dev/nvidia*, then rerun `zk0 doctor`", **data)
+    return fail(
+        NAME,
+        f"{seen}: {reason}",
+        "check CUDA_VISIBLE_DEVICES and that this user may open /dev/nvidia*, then rerun `zk0 doctor`",
+        **data,
+    )
 
 
 def _device_dict(device: CudaDevice, needs: RunNeeds) -> dict:

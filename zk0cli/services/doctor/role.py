@@ -23,7 +23,11 @@ REINIT_NODE = "zk0 init --role node --ca-cert CA.pem --force (ask the server adm
 
 def check_role(ctx: DoctorContext) -> CheckResult:
     if not ctx.role:
-        return warn("role", "this machine is not initialised (no role in the config)", "zk0 init --role server  (or: zk0 init --role node --ca-cert CA.pem)")
+        return warn(
+            "role",
+            "this machine is not initialised (no role in the config)",
+            "zk0 init --role server  (or: zk0 init --role node --ca-cert CA.pem)",
+        )
     return ok("role", ctx.role, role=ctx.role)
 
 
@@ -35,11 +39,20 @@ def check_server_port(ctx: DoctorContext) -> CheckResult:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds it
             sock.bind((host, port))
     except PermissionError:
-        return fail("server port", f"{host}:{port}: no permission to bind (ports below 1024 need root)",
-                    "zk0 config set server.port 9092", **data)
+        return fail(
+            "server port",
+            f"{host}:{port}: no permission to bind (ports below 1024 need root)",
+            "zk0 config set server.port 9092",
+            **data,
+        )
     except OSError as exc:
         if exc.errno != errno.EADDRINUSE:
-            return fail("server port", f"cannot bind {host}:{port}: {exc.strerror}", "check server.host with `zk0 config get server.host`", **data)
+            return fail(
+                "server port",
+                f"cannot bind {host}:{port}: {exc.strerror}",
+                "check server.host with `zk0 config get server.host`",
+                **data,
+            )
         return _port_in_use(ctx, host, port, data)
     return ok("server port", f"{host}:{port} free", **data)
 
@@ -50,9 +63,19 @@ def _port_in_use(ctx: DoctorContext, host: str, port: int, data: dict) -> CheckR
     if ca_cert.exists():
         probe = probe_health("127.0.0.1", port, ca_cert, ctx.timeout_s)
         if probe.ok:
-            return ok("server port", f"{host}:{port} in use by a running zk0 server (GET /health answered 200)", in_use=True, **data)
-    return fail("server port", f"{host}:{port} is in use by another program",
-                f"stop it (`ss -ltnp 'sport = :{port}'` shows which), or pick another port: zk0 config set server.port {port + 1}", in_use=True, **data)
+            return ok(
+                "server port",
+                f"{host}:{port} in use by a running zk0 server (GET /health answered 200)",
+                in_use=True,
+                **data,
+            )
+    return fail(
+        "server port",
+        f"{host}:{port} is in use by another program",
+        f"stop it (`ss -ltnp 'sport = :{port}'` shows which), or pick another port: zk0 config set server.port {port + 1}",
+        in_use=True,
+        **data,
+    )
 
 
 def check_server_certificates(ctx: DoctorContext) -> CheckResult:
@@ -61,7 +84,12 @@ def check_server_certificates(ctx: DoctorContext) -> CheckResult:
     server_pki = ServerPki.at(ctx.paths.pki_dir)
     missing = [p for p in server_pki.files() if not p.exists()]
     if missing:
-        return fail("server certs", f"{missing[0]} is missing", "zk0 init --role server --public-address YOUR.HOST", missing=[str(p) for p in missing])
+        return fail(
+            "server certs",
+            f"{missing[0]} is missing",
+            "zk0 init --role server --public-address YOUR.HOST",
+            missing=[str(p) for p in missing],
+        )
     try:
         ca = x509.load_pem_x509_certificate(server_pki.ca_cert.read_bytes())
         cert = x509.load_pem_x509_certificate(server_pki.server_cert.read_bytes())
@@ -69,7 +97,12 @@ def check_server_certificates(ctx: DoctorContext) -> CheckResult:
         return fail("server certs", f"unreadable certificate in {ctx.paths.pki_dir}: {exc}", RENEW_SERVER)
     names = _san_names(cert)
     days = _days_left(cert, ca)
-    data = {"ca_cert": str(server_pki.ca_cert), "server_cert": str(server_pki.server_cert), "days_left": days, "names": names}
+    data = {
+        "ca_cert": str(server_pki.ca_cert),
+        "server_cert": str(server_pki.server_cert),
+        "days_left": days,
+        "names": names,
+    }
     broken = _chain_problem(ca, cert, server_pki.server_key)
     if broken:
         return fail("server certs", broken, RENEW_SERVER, **data)
@@ -80,29 +113,46 @@ def check_server_certificates(ctx: DoctorContext) -> CheckResult:
         return fail("server certs", f"certificate expired {-days} day(s) ago", RENEW_SERVER, **data)
     unnamed = [a for a in ctx.config.server.public_addresses if a not in names]
     if unnamed:
-        return warn("server certs", f"the certificate does not name {', '.join(unnamed)} (it names {', '.join(names)}): nodes using it will fail TLS",
-                    "zk0 init --role server --force " + " ".join(f"--public-address {a}" for a in ctx.config.server.public_addresses), **data)
+        return warn(
+            "server certs",
+            f"the certificate does not name {', '.join(unnamed)} (it names {', '.join(names)}): nodes using it will fail TLS",
+            "zk0 init --role server --force "
+            + " ".join(f"--public-address {a}" for a in ctx.config.server.public_addresses),
+            **data,
+        )
     if days < EXPIRY_WARNING_DAYS:
         return warn("server certs", f"certificate expires in {days} day(s)", RENEW_SERVER, **data)
-    return ok("server certs", f"CA and server certificate valid for {days} more days; names: {', '.join(names)}", **data)
+    return ok(
+        "server certs", f"CA and server certificate valid for {days} more days; names: {', '.join(names)}", **data
+    )
 
 
 def check_node_keys(ctx: DoctorContext) -> CheckResult:
     node_pki = NodePki.at(ctx.paths.pki_dir)
     missing = [p for p in node_pki.files() if not p.exists()]
     if missing:
-        return fail("node keys", f"{missing[0]} is missing", "zk0 init --role node --ca-cert CA.pem", missing=[str(p) for p in missing])
+        return fail(
+            "node keys",
+            f"{missing[0]} is missing",
+            "zk0 init --role node --ca-cert CA.pem",
+            missing=[str(p) for p in missing],
+        )
     problem = _key_mode_problem(node_pki.private_key)
     if problem:
         return fail("node keys", problem, f"chmod 600 {node_pki.private_key}")
-    return ok("node keys", f"pinned CA {node_pki.ca_cert} and the node's auth key present", ca_cert=str(node_pki.ca_cert))
+    return ok(
+        "node keys", f"pinned CA {node_pki.ca_cert} and the node's auth key present", ca_cert=str(node_pki.ca_cert)
+    )
 
 
 def check_server_connection(ctx: DoctorContext) -> CheckResult:
     """TCP connect, TLS handshake against the pinned CA, then GET /health: the path a node joins by."""
     if not ctx.config.node.server:
-        return warn("server", "no server address configured: the connection cannot be checked",
-                    "zk0 config set node.server HOST:PORT (or pass --server to `zk0 node join`)")
+        return warn(
+            "server",
+            "no server address configured: the connection cannot be checked",
+            "zk0 config set node.server HOST:PORT (or pass --server to `zk0 node join`)",
+        )
     if ctx.skip_network:
         return skip("server", f"{ctx.config.node.server} not checked (--skip-network)")
     try:
@@ -111,13 +161,22 @@ def check_server_connection(ctx: DoctorContext) -> CheckResult:
         return fail("server", exc.message, exc.hint)
     ca_cert = NodePki.at(ctx.paths.pki_dir).ca_cert
     if not ca_cert.exists():
-        return fail("server", f"cannot check TLS to {host}:{port}: no pinned CA at {ca_cert}", "zk0 init --role node --ca-cert CA.pem")
+        return fail(
+            "server",
+            f"cannot check TLS to {host}:{port}: no pinned CA at {ca_cert}",
+            "zk0 init --role node --ca-cert CA.pem",
+        )
     probe = probe_health(host, port, ca_cert, ctx.timeout_s)
     data = {"address": f"{host}:{port}", "stage": probe.stage, "days_left": probe.days_left}
     if probe.ok:
         expiry = f"server certificate valid {probe.days_left} more days"
         if probe.days_left is not None and probe.days_left < EXPIRY_WARNING_DAYS:
-            return warn("server", f"{host}:{port} healthy, but its {expiry}", "ask the server admin to renew it (zk0 init --role server --force)", **data)
+            return warn(
+                "server",
+                f"{host}:{port} healthy, but its {expiry}",
+                "ask the server admin to renew it (zk0 init --role server --force)",
+                **data,
+            )
         return ok("server", f"{host}:{port}: TCP ok, TLS chain to the pinned CA ok, GET /health 200; {expiry}", **data)
     return fail("server", f"{host}:{port}: {probe.problem}", probe.fix, **data)
 
@@ -133,13 +192,19 @@ class HealthProbe:
 
 def probe_health(host: str, port: int, ca_cert: Path, timeout_s: float) -> HealthProbe:
     """Connect, verify the server certificate against ``ca_cert`` and ask GET /health; never raises."""
-    start_server = "check the address, that `zk0 server serve` runs there, and that a firewall lets port %d through" % port
+    start_server = (
+        "check the address, that `zk0 server serve` runs there, and that a firewall lets port %d through" % port
+    )
     try:
         raw = socket.create_connection((host, port), timeout=timeout_s)
     except ConnectionRefusedError:
         return HealthProbe("tcp", problem="UNREACHABLE: connection refused (nothing listens there)", fix=start_server)
     except socket.gaierror as exc:
-        return HealthProbe("tcp", problem=f"UNREACHABLE: cannot resolve {host} ({exc.strerror})", fix="fix the host name: zk0 config set node.server HOST:PORT")
+        return HealthProbe(
+            "tcp",
+            problem=f"UNREACHABLE: cannot resolve {host} ({exc.strerror})",
+            fix="fix the host name: zk0 config set node.server HOST:PORT",
+        )
     except TimeoutError:
         return HealthProbe("tcp", problem=f"UNREACHABLE: no answer within {timeout_s:g} s", fix=start_server)
     except OSError as exc:
@@ -153,7 +218,9 @@ def probe_health(host: str, port: int, ca_cert: Path, timeout_s: float) -> Healt
     except ssl.SSLCertVerificationError as exc:
         return HealthProbe("tls", problem=_verification_problem(exc), fix=REINIT_NODE)
     except ssl.SSLError as exc:
-        return HealthProbe("tls", problem=f"TLS handshake failed ({exc.reason or exc}): is it a zk0 server with TLS?", fix=start_server)
+        return HealthProbe(
+            "tls", problem=f"TLS handshake failed ({exc.reason or exc}): is it a zk0 server with TLS?", fix=start_server
+        )
     except TimeoutError:
         return HealthProbe("tls", problem=f"TLS or HTTP did not answer within {timeout_s:g} s", fix=start_server)
     except OSError as exc:
@@ -162,7 +229,12 @@ def probe_health(host: str, port: int, ca_cert: Path, timeout_s: float) -> Healt
         raw.close()
     parts = status_line.split()
     if len(parts) < 2 or parts[1] != "200":
-        return HealthProbe("http", problem=f"GET /health answered {status_line or 'nothing'!r}", fix="look at the server's logs: zk0 server logs", days_left=days_left)
+        return HealthProbe(
+            "http",
+            problem=f"GET /health answered {status_line or 'nothing'!r}",
+            fix="look at the server's logs: zk0 server logs",
+            days_left=days_left,
+        )
     return HealthProbe("done", ok=True, days_left=days_left)
 
 
@@ -186,9 +258,9 @@ def _chain_problem(ca, cert, server_key_path: Path) -> str:
         key = serialization.load_pem_private_key(server_key_path.read_bytes(), password=None)
     except (ValueError, TypeError):
         return f"{server_key_path} is not an unencrypted PEM private key"
-    if key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo) != cert.public_key().public_bytes(
+    if key.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    ):
+    ) != cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo):
         return "server.key does not belong to server.pem"
     return ""
 
@@ -205,17 +277,19 @@ def _san_names(cert) -> list[str]:
         sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         return []
-    return [str(n) for n in sans.get_values_for_type(x509.DNSName)] + [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)]
+    return [str(n) for n in sans.get_values_for_type(x509.DNSName)] + [
+        str(ip) for ip in sans.get_values_for_type(x509.IPAddress)
+    ]
 
 
 def _days_left(*certs) -> int:
     soonest = min(c.not_valid_after_utc for c in certs)
-    return (soonest - dt.datetime.now(dt.timezone.utc)).days
+    return (soonest - dt.datetime.now(dt.UTC)).days
 
 
 def _days_until(not_after: str) -> int:
-    expires = dt.datetime.fromtimestamp(ssl.cert_time_to_seconds(not_after), dt.timezone.utc)
-    return (expires - dt.datetime.now(dt.timezone.utc)).days
+    expires = dt.datetime.fromtimestamp(ssl.cert_time_to_seconds(not_after), dt.UTC)
+    return (expires - dt.datetime.now(dt.UTC)).days
 
 
 def _family(host: str) -> socket.AddressFamily:

@@ -23,7 +23,12 @@ def check_python(ctx: DoctorContext) -> CheckResult:
     version = platform.python_version()
     data = {"version": version, "executable": sys.executable}
     if sys.version_info[:2] < MIN_PYTHON:
-        return fail("python", f"Python {version}: zk0 and lerobot need >= 3.12", "install Python 3.12 and rerun ./install.sh", **data)
+        return fail(
+            "python",
+            f"Python {version}: zk0 and lerobot need >= 3.12",
+            "install Python 3.12 and rerun ./install.sh",
+            **data,
+        )
     return ok("python", f"Python {version} ({sys.executable})", **data)
 
 
@@ -49,13 +54,27 @@ def check_resources(ctx: DoctorContext) -> CheckResult:
     cores, ram = os.cpu_count() or 1, psutil.virtual_memory()
     needs = ctx.needs
     detail = f"{cores} CPU cores, {ram.total / GIB:.1f} GiB RAM ({ram.available / GIB:.1f} GiB available)"
-    data = {"cpu_cores": cores, "ram_total_gib": round(ram.total / GIB, 2), "ram_available_gib": round(ram.available / GIB, 2),
-            "ram_needed_gib": needs.ram_gib, "cpu_cores_recommended": needs.cpu_cores}
+    data = {
+        "cpu_cores": cores,
+        "ram_total_gib": round(ram.total / GIB, 2),
+        "ram_available_gib": round(ram.available / GIB, 2),
+        "ram_needed_gib": needs.ram_gib,
+        "cpu_cores_recommended": needs.cpu_cores,
+    }
     if ram.total < needs.ram_gib * GIB:
-        return warn("cpu/ram", f"{detail}: a SmolVLA run wants >= {needs.ram_gib:g} GiB", "close other programs or use a machine with more RAM", **data)
+        return warn(
+            "cpu/ram",
+            f"{detail}: a SmolVLA run wants >= {needs.ram_gib:g} GiB",
+            "close other programs or use a machine with more RAM",
+            **data,
+        )
     if cores < needs.cpu_cores:
-        return warn("cpu/ram", f"{detail}: data loading and video decoding will compete with training (>= {needs.cpu_cores} cores recommended)",
-                    "use a machine with more cores, or expect slower rounds", **data)
+        return warn(
+            "cpu/ram",
+            f"{detail}: data loading and video decoding will compete with training (>= {needs.cpu_cores} cores recommended)",
+            "use a machine with more cores, or expect slower rounds",
+            **data,
+        )
     return ok("cpu/ram", detail, **data)
 
 
@@ -68,11 +87,23 @@ def check_disk(ctx: DoctorContext) -> CheckResult:
     where = "free space there, or move zk0's data with ZK0_HOME=/bigger/disk"
     read_only = [d for d in ctx.paths.all_dirs() if not writable(d)]
     if read_only:
-        return fail("disk", f"{read_only[0]} is not writable", "make it writable, or set ZK0_HOME to a writable directory", **data)
+        return fail(
+            "disk",
+            f"{read_only[0]} is not writable",
+            "make it writable, or set ZK0_HOME to a writable directory",
+            **data,
+        )
     if free < needs.disk_min_gib * GIB:
-        return fail("disk", f"{detail}: a run cannot write its checkpoints (needs >= {needs.disk_min_gib:g} GiB)", where, **data)
+        return fail(
+            "disk", f"{detail}: a run cannot write its checkpoints (needs >= {needs.disk_min_gib:g} GiB)", where, **data
+        )
     if free < needs.disk_gib * GIB:
-        return warn("disk", f"{detail}: a SmolVLA run needs ~{needs.disk_gib:g} GiB (base model, dataset, checkpoints)", where, **data)
+        return warn(
+            "disk",
+            f"{detail}: a SmolVLA run needs ~{needs.disk_gib:g} GiB (base model, dataset, checkpoints)",
+            where,
+            **data,
+        )
     return ok("disk", f"{detail} (a run needs ~{needs.disk_gib:g} GiB)", **data)
 
 

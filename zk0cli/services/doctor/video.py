@@ -25,7 +25,9 @@ def check_video(ctx: DoctorContext) -> CheckResult:
         try:
             codec = write_clip(clip)
         except Exception as exc:  # noqa: BLE001 - whatever PyAV raises, the answer is the same
-            return fail(NAME, f"PyAV cannot write a test clip: {_one_line(exc)}", "reinstall PyAV: ./install.sh", backends={})
+            return fail(
+                NAME, f"PyAV cannot write a test clip: {_one_line(exc)}", "reinstall PyAV: ./install.sh", backends={}
+            )
         backends = {"pyav": _try(decode_pyav, clip), "torchcodec": _try(decode_torchcodec, clip)}
     data = {"codec": codec, "backends": backends}
     working = [name for name, error in backends.items() if not error]
