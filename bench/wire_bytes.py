@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # loopback_grid lives with the tests
+
 TARGET_VS_FULL = 8.0
 TARGET_VS_BF16 = 1.05
 
@@ -41,11 +43,11 @@ def main() -> int:
 def measure(tmp: Path) -> int:
     import numpy as np
     from flwr.app import ConfigRecord
+    from loopback_grid import LoopbackGrid, serialise, wire_bytes  # tests/: test and bench code, not shipped
 
     from zk0cli.datasets.sample import write_sample
     from zk0cli.datasets.uri import open_metadata, parse_uri
     from zk0cli.fl import client_app, integrity
-    from zk0cli.fl.loopback import LoopbackGrid, serialise, wire_bytes
     from zk0cli.fl.node import Assignment, NodeRuntime
     from zk0cli.fl.run_config import RunConfig
     from zk0cli.fl.strategy import Zk0FedProx

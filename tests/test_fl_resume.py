@@ -11,10 +11,10 @@ import json
 from pathlib import Path
 
 import pytest
+from loopback_grid import LoopbackGrid
 
 from zk0cli.core.errors import Zk0Error
 from zk0cli.fl import client_app as zk0_client
-from zk0cli.fl.loopback import LoopbackGrid
 from zk0cli.fl.records import RunRecord
 from zk0cli.fl.run_config import RunConfig
 from zk0cli.fl.server_app import run_federation

@@ -193,8 +193,9 @@ def test_frozen_vlm_is_bit_identical_and_only_trainables_changed(
 
 def test_bf16_delta_uplink_matches_fp32_uplink(sim_run, fl_datasets, tmp_path, torch_one_thread):
     """The same run (config and seed) with fp32 uplink, through the in-process grid: final loss within 2%."""
+    from loopback_grid import LoopbackGrid
+
     from zk0cli.fl import client_app as zk0_client
-    from zk0cli.fl.loopback import LoopbackGrid
     from zk0cli.fl.records import RunRecord
     from zk0cli.fl.server_app import run_federation
 

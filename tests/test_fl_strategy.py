@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from flwr.app import MessageType
 from flwr.clientapp import ClientApp
+from loopback_grid import LoopbackGrid
 
 from zk0cli.fl import client_app as zk0_client
 from zk0cli.fl import integrity
-from zk0cli.fl.loopback import LoopbackGrid
 from zk0cli.fl.records import RunRecord
 from zk0cli.fl.run_config import RunConfig
 from zk0cli.fl.server_app import run_federation

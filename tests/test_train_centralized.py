@@ -49,8 +49,9 @@ def data(env) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def federated(env, data) -> Path:
     """3 clients (pick split in two, stack), 2 rounds of 2 local steps, one client-held-out episode each."""
+    from loopback_grid import LoopbackGrid
+
     from zk0cli.fl.client_app import app as client_app
-    from zk0cli.fl.loopback import LoopbackGrid
     from zk0cli.fl.records import RunRecord
     from zk0cli.fl.run_config import RunConfig
     from zk0cli.fl.server_app import run_federation
