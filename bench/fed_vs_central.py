@@ -77,10 +77,10 @@ def federated_run(args: argparse.Namespace, seed: int) -> Path:
 
 
 def centralized_run(federated: Path) -> Path:
-    from zk0cli.services import centralized
+    from zk0cli.services import train
 
-    plan = centralized.plan_centralized(match_run=federated)
-    return centralized.run_centralized(plan, progress=lambda m: print(f"  {m}", file=sys.stderr)).root
+    plan = train.plan_centralized(match_run=federated)
+    return train.run_centralized(plan, progress=lambda m: print(f"  {m}", file=sys.stderr)).root
 
 
 def main(argv: list[str] | None = None) -> int:

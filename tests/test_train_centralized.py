@@ -214,7 +214,7 @@ def test_sim_from_record_resubmits_the_recorded_federation(federated, data, env,
 
 
 def test_steps_are_spread_over_the_rounds_and_held_out_episodes_stay_out(data):
-    from zk0cli.services.centralized import plan_centralized
+    from zk0cli.services.train import plan_centralized
 
     plan = plan_centralized(
         datasets=[data["pick"], data["stack"], data["pick"]],

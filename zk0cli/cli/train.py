@@ -52,7 +52,7 @@ def train(
     plots. `zk0 compare FEDERATED_RUN THIS_RUN` then tells what federation costs.
     """
     from zk0cli.fl.run_config import parse_overrides
-    from zk0cli.services import centralized
+    from zk0cli.services import train as centralized_training
 
     if from_record is not None:
         if dataset or steps is not None or match_run or set_:
@@ -60,9 +60,9 @@ def train(
                 "--from-record re-runs a record as it was; only --seed may change it",
                 hint=f"zk0 train --from-record {from_record} [--seed N]",
             )
-        plan = centralized.plan_from_record(from_record, seed=seed)
+        plan = centralized_training.plan_from_record(from_record, seed=seed)
     else:
-        plan = centralized.plan_centralized(
+        plan = centralized_training.plan_centralized(
             datasets=dataset,
             steps=steps,
             match_run=match_run,
@@ -70,8 +70,8 @@ def train(
             overrides=parse_overrides(set_ or []),
             progress=out().info,
         )
-    record = centralized.run_centralized(plan, progress=out().info)
-    data = centralized.run_summary(record)
+    record = centralized_training.run_centralized(plan, progress=out().info)
+    data = centralized_training.run_summary(record)
     out().result(
         data,
         lambda console: console.print(

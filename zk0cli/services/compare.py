@@ -332,7 +332,7 @@ def _completed(root: Path) -> bool:
 def rerun_record(run: RunData, seed: int, run_name: str) -> Path:
     """Re-run a record with ``seed`` into the same runs directory under ``run_name``."""
     if run.mode == "centralized":
-        from zk0cli.services.centralized import train_from_record
+        from zk0cli.services.train import train_from_record
 
         return train_from_record(run.root, seed=seed, run_name=run_name, runs_dir=run.root.parent).root
     from zk0cli.services import simulation
