@@ -54,3 +54,23 @@ JsonOption = Annotated[
     bool,
     typer.Option("--json", help="Print one JSON document on stdout (messages go to stderr).", callback=_enable_json),
 ]
+
+# The options several commands share, typed once (as huggingface_hub's CLI does), so each reads
+# and validates the same way everywhere.
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        "--run-config",
+        "-c",
+        metavar="KEY=VALUE",
+        help="Run-config KEY=VALUE, repeatable, e.g. --set local-steps=20 (`zk0 sim --list-keys` lists the keys).",
+    ),
+]
+RoundsOption = Annotated[int, typer.Option("--rounds", "-r", min=1, help="Federated rounds.")]
+DetachOption = Annotated[
+    bool, typer.Option("--detach", help="Run in the background under zk0's supervisor; `zk0 stop` ends it.")
+]
+InstallServiceOption = Annotated[
+    bool, typer.Option("--install-service", help="Print a systemd user unit for this command.")
+]

@@ -7,19 +7,16 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from zk0cli.cli.common import JsonOption, out, session
+from zk0cli.cli.common import JsonOption, RoundsOption, SetOption, out, session
 from zk0cli.cli.run import print_round
 
 
 def demo(
-    rounds: Annotated[int, typer.Option("--rounds", "-r", help="Federated rounds.")] = 3,
+    rounds: RoundsOption = 3,
     keep: Annotated[
         bool, typer.Option("--keep", help="Keep the demo's directory (keys, logs, datasets, SuperLink database).")
     ] = False,
-    set_: Annotated[
-        list[str] | None,
-        typer.Option("--set", help="Run-config KEY=VALUE over the demo's small workload, e.g. --set local-steps=20."),
-    ] = None,
+    set_: SetOption = None,
     json_: JsonOption = False,
 ) -> None:
     """Run a whole federation here: server and two nodes with real TLS and node auth, then train.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -14,7 +14,7 @@ from zk0cli.cli.common import JsonOption, out, session
 from zk0cli.core.errors import bad_input
 
 
-class Role(str, Enum):
+class Role(StrEnum):
     server = "server"
     node = "node"
 

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from zk0cli.cli.common import JsonOption, out, session
+from zk0cli.cli.common import DetachOption, InstallServiceOption, JsonOption, out, session
 from zk0cli.core.errors import bad_input
 
 app = typer.Typer(help="Join a federation as a node.", no_args_is_help=True)
@@ -34,15 +34,11 @@ def join(
     skip_validation: Annotated[
         bool, typer.Option("--skip-validation", help="Do not validate the dataset first (bad data can fail rounds).")
     ] = False,
-    detach: Annotated[
-        bool, typer.Option("--detach", help="Run in the background; `zk0 stop node NAME` ends it.")
-    ] = False,
+    detach: DetachOption = False,
     insecure: Annotated[
         bool, typer.Option("--insecure", help="No TLS and no key (only against an --insecure server).")
     ] = False,
-    install_service: Annotated[
-        bool, typer.Option("--install-service", help="Print a systemd user unit for this command.")
-    ] = False,
+    install_service: InstallServiceOption = False,
     json_: JsonOption = False,
 ) -> None:
     """Validate the dataset, check the server, and train with the federation (restarted if it exits).
@@ -81,9 +77,8 @@ def join(
     pki = node_service.node_pki(s.paths, insecure=insecure)
     _validate(node_service, uri, skip_validation)
     checked = node_service.check_server(options.server, ca_cert=pki.ca_cert if pki else None)
-    out().success(
-        f"server {escape(options.server)} reachable ({'TLS verified with the pinned CA' if checked['tls'] else 'no TLS'})"
-    )
+    security = "TLS verified with the pinned CA" if checked["tls"] else "no TLS"
+    out().success(f"server {escape(options.server)} reachable ({security})")
     spec = node_service.build_spec(s.paths, options, node_name=node_name, dataset_uri=str(uri), pki=pki)
     if detach:
         state = supervisor.start_detached(s.paths, spec)

@@ -8,22 +8,15 @@ from typing import Annotated, Any
 
 import typer
 
-from zk0cli.cli.common import JsonOption, out, session
+from zk0cli.cli.common import JsonOption, RoundsOption, SetOption, out, session
 from zk0cli.core.errors import bad_input
 from zk0cli.ui.rounds import round_line
 
 
 def sim(
     clients: Annotated[int, typer.Option("--clients", "-n", help="Simulated nodes (clients).")] = 2,
-    rounds: Annotated[int, typer.Option("--rounds", "-r", help="Federated rounds.")] = 3,
-    run_config: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--run-config",
-            "-c",
-            help="Run-config KEY=VALUE, repeatable, e.g. -c local-steps=5 -c lr-schedule=reduce_on_plateau.",
-        ),
-    ] = None,
+    rounds: RoundsOption = 3,
+    run_config: SetOption = None,
     dataset: Annotated[
         list[str] | None,
         typer.Option(

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from zk0cli.cli.common import JsonOption, out
+from zk0cli.cli.common import JsonOption, SetOption, out
 from zk0cli.core.errors import bad_input
 
 
@@ -31,10 +31,7 @@ def train(
     seed: Annotated[
         int | None, typer.Option("--seed", help="Seed of everything random (default: the run config's).")
     ] = None,
-    set_: Annotated[
-        list[str] | None,
-        typer.Option("--set", help="Run-config KEY=VALUE (as for zk0 sim), e.g. --set batch-size=8; repeatable."),
-    ] = None,
+    set_: SetOption = None,
     from_record: Annotated[
         Path | None,
         typer.Option(
@@ -75,7 +72,8 @@ def train(
     out().result(
         data,
         lambda console: console.print(
-            f"[green]✓[/green] centralized run {data['run_id']}: {data['optimizer_steps']} steps, final server eval loss "
+            f"[green]✓[/green] centralized run {data['run_id']}: {data['optimizer_steps']} steps, "
+            "final server eval loss "
             f"{data['final_loss']:.4g} (action error {data['final_action_error']:.4g})\n"
             f"  record: {data['record']}\n  next: zk0 report {data['run_id']}"
             + (f"   zk0 compare {data['matched_run']} {data['run_id']}" if data["matched_run"] else "")
