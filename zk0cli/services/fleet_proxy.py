@@ -31,12 +31,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import signal
 import ssl
 import sys
 
 import h11
+
+from zk0cli.core.childlog import child_logger
 
 ALLOWED_PREFIXES = (b"/v1/fleet/",)
 ALLOWED_EXACT = (b"/health",)
@@ -47,7 +48,7 @@ REASONS = {403: b"Forbidden", 502: b"Bad Gateway"}
 IDLE_TIMEOUT_S = 300.0  # a client connection with no request for this long is closed
 UPSTREAM_TIMEOUT_S = 120.0  # the SuperLink must start answering within this
 
-log = logging.getLogger("zk0.fleet_proxy")
+log = child_logger("fleet_proxy")
 
 
 def is_allowed(method: bytes, target: bytes) -> bool:
@@ -280,7 +281,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cafile", help="CA that signed the SuperLink's certificate")
     parser.add_argument("--insecure", action="store_true", help="plain HTTP on both sides")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
     if not args.insecure and not (args.certfile and args.keyfile and args.cafile):
         parser.error("TLS needs --certfile, --keyfile and --cafile (or --insecure)")
     listen_host, listen_port = _split(args.listen)
