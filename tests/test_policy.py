@@ -211,6 +211,7 @@ def test_a_local_checkpoint_is_a_base(pick, datasets_root, tmp_path):
         assert torch.equal(a, b), name
 
 
+@pytest.mark.slow  # waits out huggingface_hub's retries against an unreachable Hub (~20 s)
 def test_smolvla_base_offline_is_a_clear_unreachable_error(datasets_root, zk0_home):
     with pytest.raises(Zk0Error) as error:
         build_policy(PolicySpec(), meta_of(datasets_root / "pick"))  # lerobot/smolvla_base
@@ -219,6 +220,7 @@ def test_smolvla_base_offline_is_a_clear_unreachable_error(datasets_root, zk0_ho
     assert "tiny" in error.value.hint and "local" in error.value.hint
 
 
+@pytest.mark.slow  # waits out huggingface_hub's retries against an unreachable Hub (~20 s)
 def test_hub_vlm_offline_is_unreachable_and_a_missing_dir_is_bad_input(datasets_root, zk0_home, tmp_path):
     meta = meta_of(datasets_root / "pick")
     with pytest.raises(Zk0Error) as error:
