@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import sys
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from zk0cli.core import config as config_mod
 from zk0cli.core.paths import Paths
 from zk0cli.ui import output
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from zk0cli.services.supervisor import ServiceSpec
 
 
 @dataclass
@@ -74,3 +80,43 @@ DetachOption = Annotated[
 InstallServiceOption = Annotated[
     bool, typer.Option("--install-service", help="Print a systemd user unit for this command.")
 ]
+
+
+def print_systemd_unit(service: str, description: str) -> None:
+    """``--install-service``: the systemd user unit that runs this very command in the foreground."""
+    from zk0cli.services import supervisor
+
+    unit = supervisor.systemd_unit(service, supervisor.service_argv(sys.argv[1:]), description)
+    out().result({"unit": unit}, lambda c: c.print(unit, markup=False, highlight=False, soft_wrap=True))
+
+
+def supervise(
+    spec: ServiceSpec,
+    *,
+    detach: bool,
+    render_started: Callable[[Console, dict[str, Any]], None],
+    serving: str,
+    stopped: str,
+) -> None:
+    """Run a service under zk0's supervisor: detached (then say what started), or here until
+    Ctrl-C, printing its events as they happen. ``serving`` and ``stopped`` are rich markup."""
+    from zk0cli.services import supervisor
+
+    paths = session().paths
+    if detach:
+        state = supervisor.start_detached(paths, spec)
+        out().result(state, lambda c: render_started(c, state))
+        return
+    out().info(serving)
+    supervisor.run_foreground(paths, spec, _print_event)
+    final = supervisor.read_state(paths, spec.name) or {}
+    out().result(final, lambda c: c.print(stopped))
+
+
+def _print_event(level: str, message: str) -> None:
+    from rich.markup import escape
+
+    if level == "info":
+        out().info(escape(message))
+    else:
+        out().warning(escape(message))

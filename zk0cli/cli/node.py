@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Annotated
 
 import typer
 from rich.markup import escape
 
-from zk0cli.cli.common import DetachOption, InstallServiceOption, JsonOption, out, session
+from zk0cli.cli.common import (
+    DetachOption,
+    InstallServiceOption,
+    JsonOption,
+    out,
+    print_systemd_unit,
+    session,
+    supervise,
+)
 from zk0cli.core.errors import bad_input
 
 app = typer.Typer(help="Join a federation as a node.", no_args_is_help=True)
@@ -47,7 +54,6 @@ def join(
     """
     from zk0cli.datasets.uri import parse_uri
     from zk0cli.services import node as node_service
-    from zk0cli.services import supervisor
 
     s = session()
     config = s.load_config({"node.server": server, "node.dataset": dataset, "node.name": name}).config.node
@@ -67,10 +73,7 @@ def join(
     uri = parse_uri(options.dataset)
     node_name = options.name or node_service.default_name(uri.name)
     if install_service:
-        unit = supervisor.systemd_unit(
-            node_service.service_name(node_name), supervisor.service_argv(sys.argv[1:]), f"zk0 node {node_name}"
-        )
-        out().result({"unit": unit}, lambda c: c.print(unit, markup=False, highlight=False, soft_wrap=True))
+        print_systemd_unit(node_service.service_name(node_name), f"zk0 node {node_name}")
         return
     if insecure:
         out().warning(INSECURE_WARNING)
@@ -80,14 +83,13 @@ def join(
     security = "TLS verified with the pinned CA" if checked["tls"] else "no TLS"
     out().success(f"server {escape(options.server)} reachable ({security})")
     spec = node_service.build_spec(s.paths, options, node_name=node_name, dataset_uri=str(uri), pki=pki)
-    if detach:
-        state = supervisor.start_detached(s.paths, spec)
-        out().result(state, lambda c: _render_started(c, state))
-        return
-    out().info(f"node {escape(node_name)} joining {escape(options.server)} with {escape(str(uri))} (Ctrl-C leaves)")
-    supervisor.run_foreground(s.paths, spec, _print_event)
-    final = supervisor.read_state(s.paths, spec.name) or {}
-    out().result(final, lambda c: c.print(f"node {escape(node_name)} stopped; nothing left running"))
+    supervise(
+        spec,
+        detach=detach,
+        render_started=_render_started,
+        serving=f"node {escape(node_name)} joining {escape(options.server)} with {escape(str(uri))} (Ctrl-C leaves)",
+        stopped=f"node {escape(node_name)} stopped; nothing left running",
+    )
 
 
 def _validate(node_service, uri, skip_validation: bool) -> None:
@@ -100,13 +102,6 @@ def _validate(node_service, uri, skip_validation: bool) -> None:
     out().success(
         f"dataset {escape(str(uri))} valid ({report.episodes} episodes, {report.frames} frames{escape(extra)})"
     )
-
-
-def _print_event(level: str, message: str) -> None:
-    if level == "info":
-        out().info(escape(message))
-    else:
-        out().warning(escape(message))
 
 
 def _render_started(console, state: dict) -> None:
