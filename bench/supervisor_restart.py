@@ -31,6 +31,7 @@ import httpx
 from zk0cli.core.paths import Paths
 from zk0cli.services import supervisor
 from zk0cli.services.supervisor import RestartPolicy
+from zk0cli.services.supervisor.proctree import child_env
 
 TARGET_S = 2.0
 
@@ -84,7 +85,7 @@ def one_restart(paths: Paths) -> tuple[float, float]:
 
 def cold_start(home: Path) -> float:
     port = free_port()
-    env = supervisor.process_env(supervisor.ProcessSpec(name="cold", argv=[], flwr_home=str(home / "cold")))
+    env = child_env(home / "cold")
     (home / "cold").mkdir(exist_ok=True)
     start = time.monotonic()
     process = subprocess.Popen(

@@ -10,10 +10,8 @@ connection, ``zk0-local``, to the SuperLink on loopback; nothing goes into an ap
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,12 +20,12 @@ from typing import Any
 from zk0cli.core.errors import Zk0Error, bad_input, unreachable
 from zk0cli.core.files import atomic_write_text
 from zk0cli.core.paths import Paths
+from zk0cli.services.supervisor.proctree import child_env
 
 SUPERLINK_ENTRY = "flwr.superlink.cli:flower_superlink"
 SUPERNODE_ENTRY = "flwr.supernode.cli:flower_supernode"
 CLI_CONNECTION = "zk0-local"  # the flwr CLI connection zk0 writes, to the SuperLink on loopback
 NODE_AUTH_REFUSED = r"Failed to activate SuperNode|\[code: 2004\]"  # SuperLink does not know the node's key
-SUPERNODE_EXIT_CONNECTION_ERROR = 305
 LOST_MESSAGE_HOLD_S = 2.0  # > 3 polls of zk0's ServerApp for replies (fl.strategy.REPLY_POLL_S)
 
 
@@ -122,18 +120,8 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def flower_env(flwr_home: Path, **extra: str) -> dict[str, str]:
-    """The environment of every Flower process and flwr CLI call zk0 makes: the venv's bin/
-    first on PATH, zk0's own FLWR_HOME, no telemetry, no update check, no colour codes."""
-    env = dict(os.environ)
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    env.update(FLWR_HOME=str(flwr_home), FLWR_TELEMETRY_ENABLED="0", FLWR_DISABLE_UPDATE_CHECK="1", NO_COLOR="1")
-    env.update(extra)
-    return env
-
-
 def flwr_env(paths: Paths) -> dict[str, str]:
-    return flower_env(cli_home(paths))
+    return child_env(cli_home(paths))
 
 
 def run_flwr(paths: Paths, args: list[str], *, timeout_s: float = 60.0) -> dict:

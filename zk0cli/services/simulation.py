@@ -32,7 +32,7 @@ from zk0cli.fl.records import ROUND_FILE, STATUS_FILE, RunRecord, new_run_name, 
 from zk0cli.fl.run_config import RunConfig
 from zk0cli.services import flower
 from zk0cli.services.flower import free_port
-from zk0cli.services.supervisor import terminate_processes
+from zk0cli.services.supervisor import child_env, terminate_processes
 
 APP_DIR = Path(__file__).resolve().parents[1] / "fl" / "app"
 CONNECTION = "zk0-sim"
@@ -286,10 +286,9 @@ class LocalSuperLink:
         self.stop()
 
     def env(self) -> dict[str, str]:
-        return flower.flower_env(
+        return child_env(
             self.home,
             FLWR_LOCAL_SUPERLINK_HTTP_API_PORT=str(self.port),
-            PYTHONUNBUFFERED="1",
             # the server app and the clients share this machine: no thread oversubscription
             OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", str(self.threads)),
         )

@@ -101,6 +101,7 @@ from pathlib import Path
 from zk0cli.core.errors import ExitCode, Zk0Error, bad_input, env_not_ready, unreachable
 from zk0cli.core.files import atomic_write_json
 from zk0cli.core.paths import Paths
+from zk0cli.services.supervisor.proctree import child_env
 
 STATE_SCHEMA = 1
 STATES = ("starting", "healthy", "restarting", "stopped", "failed")
@@ -505,7 +506,7 @@ class Supervisor:
         self.files = ServiceFiles.of(paths, spec.name)
         self.detached = detached
         self.on_event = on_event or (lambda level, message: None)
-        self.processes = [_Process(p, process_env(p)) for p in spec.processes]
+        self.processes = [_Process(p, child_env(p.flwr_home, **p.env)) for p in spec.processes]
         previous = read_state(paths, spec.name) or {}
         for proc in self.processes:  # what the last run saw (e.g. a node id) feeds restart hooks
             proc.events = dict(previous.get("processes", {}).get(proc.spec.name, {}).get("events", {}))
@@ -1076,17 +1077,6 @@ def _live_recorded_processes(state: dict) -> list:
     return found
 
 
-def process_env(spec: ProcessSpec) -> dict[str, str]:
-    """The environment of a supervised process: venv bin/ first, Flower quiet and offline."""
-    env = dict(os.environ)
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    env.update(FLWR_TELEMETRY_ENABLED="0", FLWR_DISABLE_UPDATE_CHECK="1", PYTHONUNBUFFERED="1")
-    if spec.flwr_home:
-        env["FLWR_HOME"] = spec.flwr_home
-    env.update(spec.env)
-    return env
-
-
 # --------------------------------------------------------------------------- state readers (zk0 status, stop)
 
 
@@ -1441,7 +1431,3 @@ def main(argv: list[str]) -> int:
         file=sys.stderr,
     )
     return int(ExitCode.BAD_INPUT)
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
