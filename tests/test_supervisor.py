@@ -19,6 +19,7 @@ import pytest
 
 from zk0cli.core.errors import ExitCode, Zk0Error
 from zk0cli.core.paths import Paths
+from zk0cli.core.timefmt import iso_from_datetime
 from zk0cli.services import supervisor as sup
 
 FAKE = Path(__file__).parent / "fixtures" / "services" / "fake_service.py"
@@ -213,7 +214,7 @@ def test_warm_spare_takes_over_and_runs_the_restart_hook(paths, started):
         "the spare to take over",
     )
     assert state["processes"]["fake"]["restarts"] == 1
-    assert "hook saw argv ['--port', '%d'] and events ['up']" % port in log_text(paths, "warm")
+    assert f"hook saw argv ['--port', '{port}'] and events ['up']" in log_text(paths, "warm")
 
 
 def test_the_server_probe_reports_reachability_in_state_and_logs(paths, started):
@@ -263,13 +264,15 @@ def test_read_log_since_filters_by_time_stamp(paths):
     log_path = sup.ServiceFiles.of(paths, "since").log
     log_path.parent.mkdir(parents=True, exist_ok=True)
     now = dt.datetime.now(dt.UTC)
-    lines = [
-        f"{(now - dt.timedelta(minutes=m)).isoformat(timespec='milliseconds').replace('+00:00', 'Z')} [fake] {m} min ago"
-        for m in (30, 12, 5, 1)
-    ]
+    lines = [f"{iso_from_datetime(now - dt.timedelta(minutes=m))} [fake] {m} min ago" for m in (30, 12, 5, 1)]
     log_path.write_text("\n".join(lines) + "\n")
     recent = sup.read_log(paths, "since", since=sup.parse_since("10m"))
     assert [line.split("] ")[1] for line in recent] == ["5 min ago", "1 min ago"]
+    log = sup.RotatingLog(log_path, max_bytes=1 << 20, backups=1)  # the writer stamps lines as the reader expects
+    log.write("fake", "just now")
+    log.close()
+    assert sup.read_log(paths, "since", since=sup.parse_since("10s"))[-1].endswith("[fake] just now")
+    assert sup.read_log(paths, "since", since=now + dt.timedelta(minutes=1)) == []
     assert sup.parse_since("2026-01-31T12:00:00Z").year == 2026
     with pytest.raises(Zk0Error) as bad:
         sup.parse_since("yesterday")

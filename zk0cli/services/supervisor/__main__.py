@@ -2,6 +2,6 @@
 
 import sys
 
-from zk0cli.services.supervisor import main
+from zk0cli.services.supervisor.launch import main
 
 sys.exit(main(sys.argv[1:]))
