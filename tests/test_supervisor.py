@@ -87,6 +87,7 @@ def started(paths):
             sup.stop_service(paths, name, timeout_s=15)
 
 
+@pytest.mark.slow
 def test_any_exit_is_restarted_with_backoff_then_given_up_with_the_last_lines(paths, started):
     started(fake_spec("exit0", "--exit-after", "0.3", "--exit-code", "0"))
     state = wait_for(lambda: (s := sup.read_state(paths, "exit0")) and s["state"] == "failed" and s, 20, "give-up")
@@ -104,6 +105,7 @@ def test_any_exit_is_restarted_with_backoff_then_given_up_with_the_last_lines(pa
     assert (starts[2] - exits[1]).total_seconds() >= 0.4
 
 
+@pytest.mark.slow
 def test_a_process_that_never_gets_healthy_is_reported_with_the_reason(paths, started):
     port = free_port()  # nothing will listen here
     spec = fake_spec(
@@ -117,6 +119,7 @@ def test_a_process_that_never_gets_healthy_is_reported_with_the_reason(paths, st
     assert "zk0 logs node sick" in failure.value.hint
 
 
+@pytest.mark.slow
 def test_second_start_is_refused_and_a_stale_lock_is_cleared(paths, started):
     spec = fake_spec("locked", port=free_port())
     state = started(spec)
@@ -148,6 +151,7 @@ def test_second_start_is_refused_and_a_stale_lock_is_cleared(paths, started):
     assert f"cleared a stale lock left by pid {dead.pid}" in log_text(paths, "locked")
 
 
+@pytest.mark.slow
 def test_stop_and_kill_9_leave_no_process_of_the_tree(paths, started):
     spec = fake_spec("tree", "--children", port=free_port())
     state = started(spec)
@@ -175,6 +179,7 @@ def test_stop_and_kill_9_leave_no_process_of_the_tree(paths, started):
     assert final["state"] == "stopped" and final["processes"]["fake"]["pid"] is None
 
 
+@pytest.mark.slow
 def test_stop_ends_what_a_killed_supervisor_left_behind(paths, started):
     state = started(fake_spec("orphaned", "--children", port=free_port()))
     wait_for(lambda: sup.read_state(paths, "orphaned")["processes"]["fake"]["descendants"], 10, "a tree snapshot")
@@ -189,6 +194,7 @@ def test_stop_ends_what_a_killed_supervisor_left_behind(paths, started):
     assert not [pid for pid in left if alive(pid)]
 
 
+@pytest.mark.slow
 def test_warm_spare_takes_over_and_runs_the_restart_hook(paths, started):
     port = free_port()
     spec = fake_spec(
@@ -217,6 +223,7 @@ def test_warm_spare_takes_over_and_runs_the_restart_hook(paths, started):
     assert f"hook saw argv ['--port', '{port}'] and events ['up']" in log_text(paths, "warm")
 
 
+@pytest.mark.slow
 def test_the_server_probe_reports_reachability_in_state_and_logs(paths, started):
     port = free_port()
     spec = fake_spec("probed", port=free_port())
