@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from zk0cli.core.childlog import child_logger
 from zk0cli.core.errors import ExitCode, Zk0Error, unreachable
 from zk0cli.core.files import atomic_write_json, read_json
 from zk0cli.core.paths import Paths
@@ -165,7 +166,7 @@ def _preload_main(entry: str, argv: list[str]) -> int:
         try:
             _import(order["hook"])(list(argv), order.get("events", {}))
         except Exception as exc:  # noqa: BLE001 - a failed hook must not keep the process from starting
-            print(f"zk0: restart hook {order['hook']} failed: {type(exc).__name__}: {exc}", flush=True)
+            child_logger("supervisor").warning("restart hook %s failed: %s: %s", order["hook"], type(exc).__name__, exc)
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
