@@ -25,6 +25,7 @@ from zk0cli.core.paths import Paths
 from zk0cli.fl.records import RunRecord
 from zk0cli.services import flower, supervisor
 from zk0cli.services import status as status_mod
+from zk0cli.services.status import gpu as status_gpu
 from zk0cli.services.pki import ServerPki
 from zk0cli.ui.status import SPARK_BLOCKS, render_status, sparkline
 
@@ -408,7 +409,7 @@ def test_gpu_columns_appear_only_with_a_gpu_tool(paths, supervised, tmp_path, mo
     state = supervised(supervisor.ServiceSpec(name="node-gpu", kind="node", processes=[python_process("supernode")]))
     pid = state["processes"]["supernode"]["pid"]
     monkeypatch.setenv("PATH", "/usr/bin:/bin")
-    if status_mod.gpu_tool() == "":  # the real absent path: no pynvml, no nvidia-smi
+    if status_gpu.gpu_tool() == "":  # the real absent path: no pynvml, no nvidia-smi
         absent = status_mod.collect(paths)
         assert not absent.gpu and "gpu" not in absent.sources and "GPU" not in render(absent)
 
@@ -422,7 +423,7 @@ esac
 """)
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{fake.parent}:/usr/bin:/bin")
-    monkeypatch.setattr(status_mod, "gpu_tool", lambda: "nvidia-smi")
+    monkeypatch.setattr(status_gpu, "gpu_tool", lambda: "nvidia-smi")
     snapshot = status_mod.collect(paths)
     proc = snapshot.services[0].processes[0]
     assert snapshot.gpu and proc.gpu_percent == 37.0 and proc.gpu_memory_bytes == 512 * 1024 * 1024
