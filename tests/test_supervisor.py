@@ -309,3 +309,21 @@ def test_install_service_prints_a_unit_running_the_same_command(cli, monkeypatch
     assert result.code == 0, result.stderr
     assert f"ExecStart={sys.executable} -m zk0cli server serve --port 9999\n" in result.stdout
     assert "KillMode=mixed" in result.stdout and f"Environment=ZK0_HOME={os.environ['ZK0_HOME']}" in result.stdout
+
+
+@pytest.mark.slow
+def test_what_a_service_keeps_is_readable_by_its_owner_alone(paths, started):
+    started(fake_spec("private", port=free_port()))
+    for directory in (paths.state_dir, paths.state_dir / "services", paths.log_dir, paths.data_dir):
+        assert directory.stat().st_mode & 0o777 == 0o700, directory
+
+
+def test_an_unwritable_log_directory_is_a_machine_not_ready(paths, cli):
+    paths.log_dir.parent.mkdir(parents=True, exist_ok=True)
+    paths.log_dir.write_text("a file where the log directory should be")
+    with pytest.raises(Zk0Error) as refused:
+        sup.run_foreground(paths, fake_spec("nolog", port=free_port()), lambda level, message: None)
+    assert refused.value.code == ExitCode.ENV_NOT_READY
+    assert str(paths.log_dir) in refused.value.message and "ZK0_HOME" in refused.value.hint
+    result = cli("server", "serve", "--insecure", "--no-require-node-auth", "--port", str(free_port()))
+    assert result.code == ExitCode.ENV_NOT_READY and "cannot write" in result.stderr and "hint:" in result.stderr

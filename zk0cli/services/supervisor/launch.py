@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from zk0cli.core.childlog import child_logger
-from zk0cli.core.errors import ExitCode, Zk0Error, unreachable
+from zk0cli.core.errors import ExitCode, Zk0Error, env_not_ready, unreachable
 from zk0cli.core.files import atomic_write_json, read_json
 from zk0cli.core.paths import Paths
 from zk0cli.services.supervisor.lock import already_running, lock_holder, stop_command
@@ -131,9 +131,22 @@ def _logs_target(service: str) -> str:
 
 
 def _prepare(paths: Paths, spec: ServiceSpec) -> None:
+    """Private directories for what a service keeps: its state and logs, the SuperLink database
+    and the node registry are the admin's alone (0700), and one that cannot be written stops the
+    start here, with a hint, instead of inside the supervisor."""
     check_service_name(spec.name, what="service name")
-    for directory in (paths.state_dir / "services", paths.log_dir):
-        directory.mkdir(parents=True, exist_ok=True)
+    for directory in (paths.state_dir, paths.state_dir / "services", paths.log_dir, paths.data_dir):
+        try:
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            directory.chmod(0o700)
+            probe = directory / f".zk0-write-check-{os.getpid()}"
+            probe.touch()
+            probe.unlink()
+        except OSError as exc:
+            raise env_not_ready(
+                f"cannot write {directory}: {exc.strerror or exc}",
+                hint="make it writable for this user, or point ZK0_HOME at a directory that is",
+            ) from None
 
 
 # --------------------------------------------------------------------------- python -m entry points
