@@ -19,7 +19,8 @@ try:
 except SystemExit as exc:
     code = exc.code
 heavy = sorted(name for name in sys.modules if name.split(".")[0] in {set(HEAVY)!r})
-sys.__stderr__.write("\\nHEAVY=" + json.dumps({{"code": code, "heavy": sorted({{n.split(".")[0] for n in heavy}})}}) + "\\n")
+found = sorted({{n.split(".")[0] for n in heavy}})
+sys.__stderr__.write("\\nHEAVY=" + json.dumps({{"code": code, "heavy": found}}) + "\\n")
 """
 
 

@@ -25,8 +25,8 @@ from zk0cli.core.paths import Paths
 from zk0cli.fl.records import RunRecord
 from zk0cli.services import flower, supervisor
 from zk0cli.services import status as status_mod
-from zk0cli.services.status import gpu as status_gpu
 from zk0cli.services.pki import ServerPki
+from zk0cli.services.status import gpu as status_gpu
 from zk0cli.ui.status import SPARK_BLOCKS, render_status, sparkline
 
 RECORD = Path(__file__).parent / "data" / "status_run_record"
@@ -418,7 +418,9 @@ def test_gpu_columns_appear_only_with_a_gpu_tool(paths, supervised, tmp_path, mo
     fake.write_text(f"""#!/bin/sh
 case "$1" in
   --query-compute-apps=*) echo "{pid}, 512" ;;
-  pmon) printf '# gpu         pid   type     sm    mem    enc    dec   command\\n    0       {pid}     C     37     12      -      -   python\\n' ;;
+  pmon)
+    printf '# gpu         pid   type     sm    mem    enc    dec   command\\n'
+    printf '    0       {pid}     C     37     12      -      -   python\\n' ;;
 esac
 """)
     fake.chmod(0o755)
@@ -497,7 +499,8 @@ def test_broken_config_still_shows_status(cli, paths):
 
 def test_status_imports_no_heavy_module(tmp_path):
     probe = (
-        "import sys\nfrom zk0cli.cli.app import main\ntry:\n    main(['status', '--json'])\nexcept SystemExit:\n    pass\n"
+        "import sys\nfrom zk0cli.cli.app import main\n"
+        "try:\n    main(['status', '--json'])\nexcept SystemExit:\n    pass\n"
         "heavy = {'torch', 'lerobot', 'transformers', 'flwr', 'numpy', 'pandas', 'pyarrow', 'httpx'}\n"
         "sys.stderr.write('HEAVY=' + ','.join(sorted({m.split('.')[0] for m in sys.modules} & heavy)))\n"
     )

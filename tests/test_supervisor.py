@@ -322,7 +322,7 @@ def test_an_unwritable_log_directory_is_a_machine_not_ready(paths, cli):
     paths.log_dir.parent.mkdir(parents=True, exist_ok=True)
     paths.log_dir.write_text("a file where the log directory should be")
     with pytest.raises(Zk0Error) as refused:
-        sup.run_foreground(paths, fake_spec("nolog", port=free_port()), lambda level, message: None)
+        sup.run_foreground(paths, fake_spec("nolog", port=free_port()), lambda _level, _message: None)
     assert refused.value.code == ExitCode.ENV_NOT_READY
     assert str(paths.log_dir) in refused.value.message and "ZK0_HOME" in refused.value.hint
     result = cli("server", "serve", "--insecure", "--no-require-node-auth", "--port", str(free_port()))
