@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from enum import Enum
+from enum import StrEnum
+from typing import Any
 
 
-class Status(str, Enum):
+class Status(StrEnum):
     OK = "ok"
     WARN = "warn"
     FAIL = "fail"
@@ -19,27 +20,27 @@ class CheckResult:
     status: Status
     detail: str  # what was found, in one line
     fix: str = ""  # for WARN and FAIL: the command or concrete step that mends it
-    data: dict = field(default_factory=dict)  # machine-readable findings for --json
+    data: dict[str, Any] = field(default_factory=dict)  # machine-readable findings for --json
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["status"] = self.status.value
         return d
 
 
-def ok(name: str, detail: str, **data) -> CheckResult:
+def ok(name: str, detail: str, **data: Any) -> CheckResult:
     return CheckResult(name, Status.OK, detail, data=data)
 
 
-def warn(name: str, detail: str, fix: str, **data) -> CheckResult:
+def warn(name: str, detail: str, fix: str, **data: Any) -> CheckResult:
     return CheckResult(name, Status.WARN, detail, fix, data=data)
 
 
-def fail(name: str, detail: str, fix: str, **data) -> CheckResult:
+def fail(name: str, detail: str, fix: str, **data: Any) -> CheckResult:
     return CheckResult(name, Status.FAIL, detail, fix, data=data)
 
 
-def skip(name: str, detail: str, **data) -> CheckResult:
+def skip(name: str, detail: str, **data: Any) -> CheckResult:
     return CheckResult(name, Status.SKIP, detail, data=data)
 
 

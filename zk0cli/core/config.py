@@ -10,7 +10,7 @@ import dataclasses
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -194,7 +194,7 @@ def parse_host_port(value: str, *, origin: str) -> tuple[str, int]:
     return match.group(1), int(match.group(2))
 
 
-def _walk_fields(obj: Any, prefix: str = ""):
+def _walk_fields(obj: Any, prefix: str = "") -> Iterator[tuple[str, dataclasses.Field[Any]]]:
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         key = prefix + f.name.replace("_", "-") if prefix else f.name.replace("_", "-")

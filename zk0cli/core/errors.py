@@ -24,7 +24,7 @@ class Zk0Error(Exception):
         self.hint = hint
         self.code = code
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, str | int]:
         return {"error": self.message, "hint": self.hint, "exit_code": int(self.code)}
 
 

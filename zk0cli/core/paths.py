@@ -43,7 +43,7 @@ class Paths:
         return cls(**{name: Path(value) for name, value in json.loads(text).items()})
 
     @classmethod
-    def resolve(cls, home: str | os.PathLike | None = None) -> Paths:
+    def resolve(cls, home: str | os.PathLike[str] | None = None) -> Paths:
         home = home if home is not None else os.environ.get("ZK0_HOME")
         if home:
             root = Path(home).expanduser().absolute()
