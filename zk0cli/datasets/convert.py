@@ -26,7 +26,7 @@ def convert_to_v30(uri: DatasetUri, output: Path | None = None) -> Path:
             f"then `zk0 dataset convert ./{uri.name}`",
         )
     source = local_dataset_dir(uri)
-    version = read_info(uri, source).get("codebase_version")
+    version = read_info(source).get("codebase_version")
     if version != CONVERTIBLE:
         hint = (
             "it is already v3.0: `zk0 dataset validate " + str(uri) + "`"

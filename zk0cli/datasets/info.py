@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from zk0cli.datasets.layout import disk_size, load_tasks
 from zk0cli.datasets.media import camera_keys
-from zk0cli.datasets.uri import DatasetUri, dataset_root, read_info
+from zk0cli.datasets.uri import DatasetUri, dataset_root, info_features, read_info
 
 
-def dataset_info(uri: DatasetUri) -> dict:
+def dataset_info(uri: DatasetUri) -> dict[str, Any]:
     """Robot type, fps, counts, duration, features, cameras, tasks, size on disk, codebase version."""
     root = dataset_root(uri, meta_only=True)
-    info = read_info(uri, root)
-    features = info.get("features") if isinstance(info.get("features"), dict) else {}
+    info = read_info(root)
+    features = info_features(info)
     fps = info.get("fps") or 0
     frames = int(info.get("total_frames") or 0)
     return {

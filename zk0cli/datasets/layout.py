@@ -7,15 +7,17 @@ Files that cannot be read are recorded, not raised, so the validator can name th
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, SupportsInt
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from zk0cli.core.files import JsonFileError, read_json
 
 FRAME_COLUMNS = ("episode_index", "frame_index", "timestamp", "index", "task_index")
 EPISODE_COLUMNS = (
@@ -81,7 +83,7 @@ class VectorSummary:
     episode_min: np.ndarray  # (episodes, d)
     episode_max: np.ndarray  # (episodes, d)
     episode_sum: np.ndarray  # (episodes, d) float64, finite values only
-    finite_count: np.ndarray  # (d,)
+    finite_count: np.ndarray | int  # (d,); the row count when every value is finite
     nonfinite: np.ndarray | None  # (n, d) mask of NaN/Inf; None when all values are finite
 
     @classmethod
@@ -115,20 +117,22 @@ class VectorSummary:
 @dataclass
 class DatasetFiles:
     root: Path
-    info: dict
+    info: dict[str, Any]
     episodes: dict[str, np.ndarray] | None  # meta/episodes columns (sorted by episode_index), None if unreadable
     episodes_problem: str = ""
     episode_tasks: list[list[str]] | None = None  # the `tasks` list column of meta/episodes
     video_columns: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # key -> column -> values
     tasks: dict[int, str] | None = None  # task_index -> instruction; None if missing/unreadable
     tasks_problem: str = ""
-    stats: dict | None = None
+    stats: dict[str, Any] | None = None
     stats_problem: str = ""
     frames: Frames | None = None
     unreadable: dict[str, str] = field(default_factory=dict)  # relative path -> error
 
 
-def read_dataset(root: Path, info: dict, vector_keys: list[str], progress: Progress | None = None) -> DatasetFiles:
+def read_dataset(
+    root: Path, info: dict[str, Any], vector_keys: list[str], progress: Progress | None = None
+) -> DatasetFiles:
     files = DatasetFiles(root=root, info=info, episodes=None)
     _read_episodes(files)
     _read_tasks(files)
@@ -198,7 +202,7 @@ def load_tasks(path: Path) -> dict[int, str]:
     text_column = next((c for c in ("task", "__index_level_0__") if c in table.column_names), None)
     if "task_index" not in table.column_names or text_column is None:
         raise ValueError(f"meta/tasks.parquet has columns {table.column_names}, not task_index and task")
-    return dict(zip(table["task_index"].to_pylist(), table[text_column].to_pylist()))
+    return dict(zip(table["task_index"].to_pylist(), table[text_column].to_pylist(), strict=True))
 
 
 def _read_stats(files: DatasetFiles) -> None:
@@ -207,16 +211,18 @@ def _read_stats(files: DatasetFiles) -> None:
         files.stats_problem = "meta/stats.json is missing"
         return
     try:
-        files.stats = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        files.stats_problem = f"meta/stats.json is malformed: {exc}"
+        files.stats = read_json(path)
+    except JsonFileError as exc:
+        files.stats_problem = f"meta/stats.json is malformed: {exc.reason}"
 
 
 def _read_frames(files: DatasetFiles, vector_keys: list[str], progress: Progress | None) -> Frames | None:
     columns: dict[str, list[np.ndarray]] = {c: [] for c in FRAME_COLUMNS}
     vectors: dict[str, list[np.ndarray]] = {k: [] for k in vector_keys}
     problems: dict[str, str] = {}
-    file_ids, read_paths, missing = [], [], set()
+    file_ids: list[np.ndarray] = []
+    read_paths: list[Path] = []
+    missing: set[str] = set()
     common: set[str] | None = None
     for part in _read_parts(files, [*FRAME_COLUMNS, *vector_keys], progress):
         names = set(part.table.column_names)
@@ -228,7 +234,7 @@ def _read_frames(files: DatasetFiles, vector_keys: list[str], progress: Progress
         for key in vector_keys:
             if key in names and key not in problems:
                 array, problem = _vector_column(part.table[key])
-                if problem:
+                if array is None:
                     problems[key] = f"{', '.join(rel(files.root, p) for p in part.paths)}: {problem}"
                 else:
                     vectors[key].append(array)
@@ -243,12 +249,14 @@ def _read_frames(files: DatasetFiles, vector_keys: list[str], progress: Progress
     episode = np.concatenate(columns["episode_index"]).astype(np.int64, copy=False)
     order = None if np.all(episode[1:] >= episode[:-1]) else np.argsort(episode, kind="stable")
 
-    def joined(parts: list[np.ndarray], dtype=None) -> np.ndarray | None:
+    def ordered(array: np.ndarray) -> np.ndarray:
+        return array if order is None else array[order]
+
+    def joined(parts: list[np.ndarray], dtype: type[np.generic] | None = None) -> np.ndarray | None:
         if len(parts) != parts_read:  # the column is absent from some file
             return None
         array = np.concatenate(parts)
-        array = array if dtype is None else array.astype(dtype, copy=False)
-        return array if order is None else array[order]
+        return ordered(array if dtype is None else array.astype(dtype, copy=False))
 
     frames = Frames(
         episode=episode if order is None else episode[order],
@@ -256,7 +264,7 @@ def _read_frames(files: DatasetFiles, vector_keys: list[str], progress: Progress
         timestamp=_or_empty(joined(columns["timestamp"], np.float64), len(episode), np.float64),
         index=joined(columns["index"], np.int64),
         task=joined(columns["task_index"], np.int64),
-        file_id=joined(file_ids, np.int32),
+        file_id=ordered(np.concatenate(file_ids)),  # int32 already, one part per read
         files=read_paths,
         missing_columns=sorted(missing),
         columns=common or set(),
@@ -321,7 +329,7 @@ def _read_batch(files: DatasetFiles, batch: list[tuple[Path, int, list[str]]], w
     return [part for footer in batch for part in _read_batch(files, [footer], wanted)]
 
 
-def _or_empty(array: np.ndarray | None, rows: int, dtype=np.int64) -> np.ndarray:
+def _or_empty(array: np.ndarray | None, rows: int, dtype: type[np.generic] = np.int64) -> np.ndarray:
     """A missing column reads as all -1 (never a valid frame index or timestamp)."""
     return array if array is not None else np.full(rows, -1, dtype=dtype)
 
@@ -360,10 +368,11 @@ def disk_size(root: Path) -> int:
     return total
 
 
-def short_ranges(values, shown: int = 8) -> str:
+def short_ranges(values: Iterable[SupportsInt], shown: int = 8) -> str:
     """'0-3, 7, 9' for [0, 1, 2, 3, 7, 9]; long lists end in '... (N in all)'."""
     numbers = sorted({int(v) for v in values})
-    parts, start = [], None
+    parts: list[str] = []
+    start: int | None = None
     for i, n in enumerate(numbers):
         if start is None:
             start = n

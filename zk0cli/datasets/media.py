@@ -8,7 +8,10 @@ mid-training. Image features (PNG bytes in the parquet) are decoded at the same 
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -17,13 +20,13 @@ import pyarrow.parquet as pq
 from zk0cli.core.checks import CheckResult, fail, ok, skip
 from zk0cli.datasets.layout import DatasetFiles, Frames, Progress
 from zk0cli.datasets.layout import short_ranges as _short_list
+from zk0cli.datasets.uri import info_features
 
 DEEP_HINT = "add --deep to decode the first and last frame of every episode"
 
 
-def camera_keys(info: dict, dtype: str) -> list[str]:
-    features = info.get("features") if isinstance(info.get("features"), dict) else {}
-    return [k for k, f in features.items() if isinstance(f, dict) and f.get("dtype") == dtype]
+def camera_keys(info: dict[str, Any], dtype: str) -> list[str]:
+    return [k for k, f in info_features(info).items() if isinstance(f, dict) and f.get("dtype") == dtype]
 
 
 def check_media(
@@ -52,7 +55,9 @@ def video_locations(files: DatasetFiles, key: str) -> dict[str, list[int]] | Non
     if files.episodes is None or not isinstance(template, str) or not {"chunk_index", "file_index"} <= set(columns):
         return None
     locations: dict[str, list[int]] = {}
-    for episode, chunk, number in zip(files.episodes["episode_index"], columns["chunk_index"], columns["file_index"]):
+    for episode, chunk, number in zip(
+        files.episodes["episode_index"], columns["chunk_index"], columns["file_index"], strict=True
+    ):
         path = template.format(video_key=key, chunk_index=int(chunk), file_index=int(number))
         locations.setdefault(path, []).append(int(episode))
     return locations
@@ -111,7 +116,7 @@ def _episode_ends(frames: Frames) -> dict[int, tuple[float, float]]:
     last_rows = frames.starts + frames.lengths - 1
     return {
         int(e): (float(frames.timestamp[s]), float(frames.timestamp[t]))
-        for e, s, t in zip(frames.episode_ids, frames.starts, last_rows)
+        for e, s, t in zip(frames.episode_ids, frames.starts, last_rows, strict=True)
     }
 
 
@@ -124,11 +129,11 @@ def check_video_decoding(
     if files.frames is None or files.episodes is None:
         return skip(name, "no readable data or episode metadata")
     ends = _episode_ends(files.frames)
-    jobs = []  # (key, episode, video path, first ts, last ts)
+    jobs: list[tuple[str, int, Path, float, float]] = []  # (key, episode, video path, first ts, last ts)
     for key in keys:
-        starts = dict(
-            zip(files.episodes["episode_index"].tolist(), files.video_columns.get(key, {}).get("from_timestamp", []))
-        )
+        # A camera without from_timestamp in meta/episodes starts every episode at 0 s.
+        from_timestamps: np.ndarray | list[float] = files.video_columns.get(key, {}).get("from_timestamp", [])
+        starts = dict(zip(files.episodes["episode_index"].tolist(), from_timestamps, strict=False))
         for path, episodes in (video_locations(files, key) or {}).items():
             if (files.root / path).is_file():
                 jobs.extend(
@@ -145,10 +150,10 @@ def check_video_decoding(
     if not jobs:
         return skip(name, "no video file present to decode")
     failures: dict[str, list[int]] = {}
-    for done, (key, episode, path, first, last) in enumerate(jobs, start=1):
+    for done, (key, episode, video, first, last) in enumerate(jobs, start=1):
         expected = tuple(files.info["features"][key]["shape"])
         for timestamp in (first, last):
-            problem = _decode_problem(decode_video_frames_pyav, path, timestamp, tolerance_s, expected)
+            problem = _decode_problem(decode_video_frames_pyav, video, timestamp, tolerance_s, expected)
             if problem:
                 failures.setdefault(f"{key}: {problem}", []).append(episode)
                 break
@@ -165,7 +170,9 @@ def check_video_decoding(
     return ok(name, f"first and last frame of {len(jobs)} episode-camera pair(s) decode within {tolerance_s:g} s")
 
 
-def _decode_problem(decode, path: Path, timestamp: float, tolerance_s: float, expected: tuple) -> str:
+def _decode_problem(
+    decode: Callable[..., Any], path: Path, timestamp: float, tolerance_s: float, expected: tuple[int, ...]
+) -> str:
     try:
         frames = decode(path, [timestamp], tolerance_s, return_uint8=True)
     except Exception as exc:  # noqa: BLE001 - PyAV and LeRobot raise many types; each is a finding
@@ -195,7 +202,7 @@ def check_image_decoding(files: DatasetFiles, keys: list[str], progress: Progres
         for key in keys:
             expected = tuple(files.info["features"][key]["shape"])
             cells = table[key].take(pa.array(np.concatenate([first, last]))).to_pylist()
-            for row, cell in zip(np.concatenate([first, last]), cells):
+            for row, cell in zip(np.concatenate([first, last]), cells, strict=True):
                 problem = _image_problem(Image, cell, expected)
                 decoded += 1
                 if problem:
@@ -213,7 +220,7 @@ def check_image_decoding(files: DatasetFiles, keys: list[str], progress: Progres
     return ok(name, f"{decoded} image(s) at episode starts and ends decode to their declared shape")
 
 
-def _image_problem(image_module, cell, expected: tuple) -> str:
+def _image_problem(image_module: ModuleType, cell: object, expected: tuple[int, ...]) -> str:
     data = cell.get("bytes") if isinstance(cell, dict) else None
     if not data:
         return "no image bytes"

@@ -14,7 +14,7 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -227,7 +227,9 @@ def _pose(x: float, y: float, height: float, roll: float, gripper: float) -> np.
     return np.array([pan, math.degrees(shoulder) - 45.0, math.degrees(elbow), wrist - 90.0, roll, gripper])
 
 
-def _trajectory(placement: Placement, frames: int, rng: np.random.Generator):
+def _trajectory(
+    placement: Placement, frames: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Commanded actions, lagging servo states, and each frame's cube phase (ON_TABLE, CARRIED, PLACED)."""
     (px, py), (qx, qy) = placement.pick, placement.place
     roll = placement.cube_yaw
@@ -281,10 +283,13 @@ def render(state: np.ndarray, placement: Placement, phase: int, size: int) -> np
     image = Image.new("RGB", (size, size), (205, 200, 190))
     draw = ImageDraw.Draw(image)
 
-    def pixel(point) -> tuple[float, float]:  # table (x, y) -> image; the base sits bottom centre
+    def pixel(point: Sequence[float] | np.ndarray) -> tuple[float, float]:
+        """Table (x, y) to image coordinates; the base sits bottom centre."""
         return size * (0.5 + 0.7 * point[0]), size * (0.95 - point[1])
 
-    def square(centre, half: float, colour, outline: bool = False) -> None:
+    def square(
+        centre: Sequence[float] | np.ndarray, half: float, colour: tuple[int, int, int], outline: bool = False
+    ) -> None:
         cx, cy = pixel(centre)
         box = [cx - half, cy - half, cx + half, cy + half]
         draw.rectangle(box, outline=colour, width=max(1, size // 32)) if outline else draw.rectangle(box, fill=colour)

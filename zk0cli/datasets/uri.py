@@ -7,16 +7,16 @@ quotes it for Flower's ``--node-config``.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from zk0cli.core.errors import Zk0Error, bad_input, unreachable
+from zk0cli.core.files import JsonFileError, read_json
 
 if TYPE_CHECKING:
     from lerobot.datasets.lerobot_dataset import LeRobotDataset, LeRobotDatasetMetadata
@@ -45,7 +45,7 @@ class DatasetUri:
     @property
     def name(self) -> str:
         """Short display name, safe as a node or file name (letters, digits, . _ -)."""
-        base = self.path.name if self.kind == "local" else self.repo_id.split("/")[-1]
+        base = self.path.name if self.path is not None else self.repo_id.split("/")[-1]
         return _safe_name(base)
 
     def toml_value(self) -> str:
@@ -110,7 +110,7 @@ def check_local_dataset(uri: DatasetUri) -> Path:
     every "not a dataset" case is answered here first, with a hint.
     """
     root = local_dataset_dir(uri)
-    check_version(uri, read_info(uri, root))
+    check_version(uri, read_info(root))
     for required in ("meta/tasks.parquet", "meta/episodes", "data"):
         if not (root / required).exists():
             raise bad_input(
@@ -166,7 +166,7 @@ def lerobot_hub_cache() -> Path:
     return Path(os.getenv("HF_LEROBOT_HOME", Path(HF_HOME) / "lerobot")).expanduser() / "hub"
 
 
-def read_info(uri: DatasetUri, root: Path) -> dict:
+def read_info(root: Path) -> dict[str, Any]:
     info_path = root / "meta" / "info.json"
     if not info_path.is_file():
         raise bad_input(
@@ -174,10 +174,10 @@ def read_info(uri: DatasetUri, root: Path) -> dict:
             hint="give the directory that holds meta/info.json, data/ (and videos/)",
         )
     try:
-        info = json.loads(info_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        info = read_json(info_path)
+    except JsonFileError as exc:
         raise bad_input(
-            f"malformed {info_path}: {exc}", hint="restore meta/info.json from the original recording"
+            f"malformed {info_path}: {exc.reason}", hint="restore meta/info.json from the original recording"
         ) from exc
     if not isinstance(info, dict):
         raise bad_input(
@@ -186,12 +186,18 @@ def read_info(uri: DatasetUri, root: Path) -> dict:
     return info
 
 
-def codebase_major(info: dict) -> int | None:
+def info_features(info: dict[str, Any]) -> dict[str, Any]:
+    """The ``features`` table of an info.json; ``{}`` when it is absent or not a table."""
+    features = info.get("features")
+    return features if isinstance(features, dict) else {}
+
+
+def codebase_major(info: dict[str, Any]) -> int | None:
     match = re.match(r"^v?(\d+)", str(info.get("codebase_version", "")))
     return int(match[1]) if match else None
 
 
-def check_version(uri: DatasetUri, info: dict) -> None:
+def check_version(uri: DatasetUri, info: dict[str, Any]) -> None:
     version = info.get("codebase_version")
     major = codebase_major(info)
     if major is None:
