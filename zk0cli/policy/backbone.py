@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from zk0cli.core.errors import bad_input, env_not_ready
+from zk0cli.core.files import read_json
 from zk0cli.core.paths import Paths
 
 TINY_NAME = "tiny-smolvlm"
@@ -164,20 +165,15 @@ def ensure_backbone(geometry: BackboneGeometry, directory: Path | None = None) -
 
 
 def _is_complete(directory: Path, geometry: BackboneGeometry) -> bool:
-    try:
-        marker = json.loads((directory / MARKER_FILE).read_text())
-    except (OSError, ValueError):
+    marker = read_json(directory / MARKER_FILE, default=None)
+    if not isinstance(marker, dict):
         return False
     return marker.get("format") == BACKBONE_FORMAT and marker.get("geometry") == asdict(geometry)
 
 
 def _write_backbone(geometry: BackboneGeometry, directory: Path) -> None:
-    from transformers import (
-        SmolVLMConfig,
-        SmolVLMImageProcessor,
-        SmolVLMProcessor,
-        SmolVLMVideoProcessor,
-    )
+    from transformers import SmolVLMConfig, SmolVLMImageProcessor, SmolVLMProcessor
+    from transformers.models.smolvlm.video_processing_smolvlm import SmolVLMVideoProcessor
 
     tokenizer = _byte_level_tokenizer()
     image_size = {"longest_edge": geometry.image_size}
@@ -191,7 +187,8 @@ def _write_backbone(geometry: BackboneGeometry, directory: Path) -> None:
     processor.save_pretrained(directory)
 
     vocab_size = geometry.text_vocab_size or len(tokenizer)
-    config = SmolVLMConfig(
+    # transformers 5 generates SmolVLMConfig.__init__ from its fields, which mypy cannot see.
+    config = SmolVLMConfig(  # type: ignore[call-arg]
         text_config={
             "model_type": "llama",
             "hidden_size": geometry.text_hidden_size,

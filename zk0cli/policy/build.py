@@ -193,7 +193,9 @@ def _looks_like_path(name: str) -> bool:
 
 
 def _is_hub_id(name: str | None) -> bool:
-    return bool(name) and not Path(name).expanduser().exists() and not _looks_like_path(name)
+    if not name:
+        return False
+    return not Path(name).expanduser().exists() and not _looks_like_path(name)
 
 
 @contextlib.contextmanager

@@ -14,7 +14,7 @@ import contextlib
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -52,7 +52,6 @@ class TrainConfig:
     num_workers: int = 0  # DataLoader worker processes; 0 loads in the training process
 
     def __post_init__(self) -> None:
-        self.betas = tuple(self.betas)
         checks = {
             "steps": self.steps >= 1,
             "epochs": self.epochs is None or self.epochs >= 1,
@@ -72,6 +71,8 @@ class TrainConfig:
                     f"invalid training setting {key}={getattr(self, key)!r}",
                     hint="steps/epochs/batch_size >= 1, lr > 0, 0 <= eta_min <= lr, mu >= 0, 0 <= betas < 1",
                 )
+        first, second = self.betas  # a list from a config file becomes the pair AdamW takes
+        self.betas = (first, second)
 
     def lr_at(self, step: int, total: int) -> float:
         """Cosine from ``lr`` (first step) to ``eta_min`` (last step)."""
@@ -132,7 +133,8 @@ def train(
 
     policy.train()
     with _seeded(config.seed, built.device):
-        for step, raw in zip(range(total), _passes(loader, config.epochs)):
+        # Not strict: the loader's passes end before ``total`` only when epochs bound the run.
+        for step, raw in zip(range(total), _passes(loader, config.epochs), strict=False):
             for group in optimizer.param_groups:
                 group["lr"] = lrs[step]
             samples += len(raw[ACTION])
@@ -169,7 +171,7 @@ def train(
     )
 
 
-def add_proximal_gradient(params: list[torch.Tensor], anchor: list[torch.Tensor], mu: float) -> float:
+def add_proximal_gradient(params: Sequence[torch.Tensor], anchor: Sequence[torch.Tensor], mu: float) -> float:
     """FedProx: add the gradient of (mu/2)*||w - w_global||^2, mu*(w - w_global), to each
     parameter's gradient and return the term's value.
 
@@ -241,7 +243,7 @@ def evaluate(
         "action_mae": float(per_joint.mean()),
         "samples": count,
     }
-    metrics.update({f"action_mae.{name}": float(value) for name, value in zip(names, per_joint)})
+    metrics.update({f"action_mae.{name}": float(value) for name, value in zip(names, per_joint, strict=True)})
     return metrics
 
 
@@ -354,14 +356,15 @@ def _check_dataset(built: BuiltPolicy, dataset: LeRobotDataset) -> None:
     chunk = len((getattr(dataset, "delta_timestamps", None) or {}).get(ACTION, []))
     if chunk != built.config.chunk_size:
         raise bad_input(
-            f"the dataset returns {chunk or 1} action(s) per frame; the policy needs chunks of {built.config.chunk_size}",
+            f"the dataset returns {chunk or 1} action(s) per frame; "
+            f"the policy needs chunks of {built.config.chunk_size}",
             hint="open the dataset with delta_timestamps=built.delta_timestamps(meta)",
         )
     if len(dataset) == 0:
         raise bad_input("the dataset has no frames", hint="choose a dataset (or episodes) with recorded frames")
 
 
-def _optimizer(built: BuiltPolicy, config: TrainConfig, params: list[torch.Tensor]) -> torch.optim.Optimizer:
+def _optimizer(built: BuiltPolicy, config: TrainConfig, params: Sequence[torch.Tensor]) -> torch.optim.Optimizer:
     """SmolVLA's optimizer preset (AdamW) with this call's settings."""
     preset = built.config.get_optimizer_preset()
     preset = dataclasses.replace(
@@ -419,16 +422,14 @@ def _passes(loader, epochs: int | None) -> Iterator[dict]:
         completed += 1
 
 
-def _anchor(
-    named: list[tuple[str, torch.Tensor]], global_params: Mapping[str, torch.Tensor]
-) -> list[torch.Tensor]:
+def _anchor(named: Sequence[tuple[str, torch.Tensor]], global_params: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
     import torch
 
     check_matches(named, global_params)
     return [torch.as_tensor(global_params[name]).to(device=param.device, dtype=param.dtype) for name, param in named]
 
 
-def _distance(params: list[torch.Tensor], reference: list[torch.Tensor]) -> float:
+def _distance(params: Sequence[torch.Tensor], reference: Sequence[torch.Tensor]) -> float:
     import torch
 
     with torch.no_grad():

@@ -9,7 +9,7 @@ action_time_mlp_in/out): ~100M of the ~450M parameters. The VLM is identical on 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -77,7 +77,7 @@ def read_checkpoint_trainable(policy: torch.nn.Module, directory: Path) -> Order
     return state
 
 
-def check_matches(named: list[tuple[str, torch.Tensor]], state: Mapping[str, torch.Tensor]) -> None:
+def check_matches(named: Sequence[tuple[str, torch.Tensor]], state: Mapping[str, torch.Tensor]) -> None:
     """Raise a Zk0Error unless ``state`` has exactly these names with these shapes."""
     names = [name for name, _ in named]
     missing = [name for name in names if name not in state]
