@@ -80,6 +80,8 @@ def _prompter(yes: bool):
             )
         from rich.prompt import Prompt
 
+        if default is None:
+            return Prompt.ask(question, choices=choices, console=out().err)
         return Prompt.ask(question, choices=choices, default=default, console=out().err)
 
     return ask

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from zk0cli.cli.common import JsonOption, out, session
 from zk0cli.core.errors import bad_input
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 app = typer.Typer(help="Show the logs of the server, a node, or a run.", no_args_is_help=True)
 
@@ -73,10 +76,12 @@ def _show(service: str, follow: bool, tail: int | None, since: str | None, json_
         raise bad_input(f"no log for {service} here", hint=f"services with state on this machine: {known}")
     moment = supervisor.parse_since(since) if since else None
     lines = supervisor.read_log(s.paths, service, tail=tail, since=moment)
-    out().result(
-        {"service": service, "lines": lines},
-        lambda c: [c.print(line, markup=False, highlight=False, soft_wrap=True) for line in lines],
-    )
+
+    def render(console: Console) -> None:
+        for line in lines:
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+    out().result({"service": service, "lines": lines}, render)
     if follow:
         try:
             supervisor.follow_log(

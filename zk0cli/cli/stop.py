@@ -36,9 +36,9 @@ def stop(
             console.print("nothing to stop: no zk0 service runs here")
         for result in results:
             if result["stopped"]:
-                console.print(f"[green]✓[/green] stopped {escape(result['service'])}")
+                console.print(f"[green]✓[/green] stopped {escape(str(result['service']))}")
             else:
-                console.print(f"{escape(result['service'])} was not running")
+                console.print(f"{escape(str(result['service']))} was not running")
 
     out().result({"services": results}, render)
 

@@ -131,6 +131,8 @@ def relative_gap(
         return percent, None, None
     if paired:
         per_seed = mean_ci([value - ref for value, ref in zip(values, reference, strict=True)])
+        if per_seed.low is None or per_seed.high is None:
+            return percent, None, None
         low, high = per_seed.low, per_seed.high
     else:
         va, vr = statistics.variance(values) / len(values), statistics.variance(reference) / len(reference)
@@ -142,12 +144,14 @@ def relative_gap(
 
 def arm_gap(arm: Arm, reference: Arm, metric: str) -> Gap:
     """The gap of ``arm`` to ``reference`` in ``metric``, paired by seed when both hold the same seeds."""
-    seeds = [run.seed for run in arm.runs]
+    seeds = [run.seed for run in arm.runs if run.seed is not None]
+    reference_seeds = [run.seed for run in reference.runs if run.seed is not None]
     paired = (
         len(seeds) > 1
-        and None not in seeds
+        and len(seeds) == len(arm.runs)
         and len(set(seeds)) == len(seeds)
-        and sorted(seeds) == sorted(run.seed for run in reference.runs)
+        and sorted(seeds) == sorted(reference_seeds)
+        and len(reference_seeds) == len(reference.runs)
     )
     if paired:
         values, base = arm.values(metric, by_seed=True), reference.values(metric, by_seed=True)
@@ -217,7 +221,7 @@ class Arm:
         return modes[0] if len(modes) == 1 else "+".join(modes)
 
     def values(self, metric: str, *, by_seed: bool = False) -> list[float]:
-        runs = sorted(self.runs, key=lambda run: run.seed) if by_seed else self.runs
+        runs = sorted(self.runs, key=lambda run: -1 if run.seed is None else run.seed) if by_seed else self.runs
         return [getattr(run, metric) for run in runs]
 
     def estimates(self) -> dict[str, Estimate]:

@@ -40,8 +40,8 @@ from zk0cli.core.paths import Paths
 HOST = "127.0.0.1"
 NODES = (("alice", "pick"), ("bob", "stack"))  # (node name, task of its generated dataset)
 EVAL_TASK = "sort"
-SAMPLE = dict(episodes=2, frames_per_episode=24, image_size=32)  # per node
-EVAL_SAMPLE = dict(episodes=1, frames_per_episode=24, image_size=32)
+SAMPLE: dict[str, Any] = dict(episodes=2, frames_per_episode=24, image_size=32)  # per node
+EVAL_SAMPLE: dict[str, Any] = dict(episodes=1, frames_per_episode=24, image_size=32)
 
 # Small workload, same engine: every key is an ordinary run-config key (`zk0 run --set`).
 DEMO_RUN_CONFIG: dict[str, Any] = {
@@ -204,7 +204,7 @@ class Federation:
         self.started.append((self.server, spec.name))
         supervisor.start_detached(self.server, spec)
         say(f"server running: fleet {self.address} (TLS, node auth), control {spec.info['control_address']} (loopback)")
-        keys = {name: node_service.node_pki(paths, insecure=False) for name, paths in self.nodes.items()}
+        keys = {name: node_service.require_node_pki(paths) for name, paths in self.nodes.items()}
         with ThreadPoolExecutor(len(keys)) as pool:  # each registration is a flwr CLI start-up: overlap them
             list(pool.map(lambda name: server_service.add_node(self.server, keys[name].public_key, name), keys))
         say(f"registered the node keys of {', '.join(keys)}")

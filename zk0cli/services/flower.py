@@ -194,12 +194,15 @@ def release_stale_node(argv: list[str], events: dict) -> None:
     if not (node_id and key_path and ca and options.get("--superlink")):
         return
     import httpx
+    from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.hazmat.primitives.serialization import load_ssh_private_key
     from flwr.proto.fleet_pb2 import DeactivateNodeRequest  # pylint: disable=no-name-in-module
     from flwr.supernode.fleet_http_client import FleetHttpClient
     from flwr.supernode.node_auth_http_interceptor import NodeAuthHttpInterceptor
 
     private_key = load_ssh_private_key(Path(key_path).read_bytes(), password=None)
+    if not isinstance(private_key, ec.EllipticCurvePrivateKey):
+        raise ValueError(f"{key_path} is not an EC key: Flower's node auth signs with ECDSA")
     interceptor = NodeAuthHttpInterceptor(private_key, private_key.public_key())
     client = FleetHttpClient.from_server_address(options["--superlink"], False, ca, [interceptor])
     try:

@@ -75,8 +75,11 @@ def refuse_on_errors(report, uri) -> None:
 
 
 def node_pki(paths: Paths, *, insecure: bool) -> NodePki | None:
-    if insecure:
-        return None
+    return None if insecure else require_node_pki(paths)
+
+
+def require_node_pki(paths: Paths) -> NodePki:
+    """The node's key and pinned CA from ``zk0 init --role node``; exit 4 when either is missing."""
     pki = NodePki.at(paths.pki_dir)
     for path in (pki.ca_cert, pki.private_key):
         if not path.exists():
@@ -118,7 +121,7 @@ def check_server(address: str, *, ca_cert: Path | None) -> dict:
     import httpx
 
     scheme = "http" if ca_cert is None else "https"
-    verify: object = ssl.create_default_context(cafile=str(ca_cert)) if ca_cert else False
+    verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(ca_cert)) if ca_cert else False
     try:
         status = httpx.get(f"{scheme}://{address}/health", verify=verify, timeout=CONNECT_TIMEOUT_S).status_code
     except httpx.HTTPError as exc:

@@ -98,11 +98,9 @@ def create_server_pki(pki_dir: Path, public_addresses: list[str], *, organisatio
     )
     pki = ServerPki.at(pki_dir)
     pem = serialization.Encoding.PEM
-    key_format = dict(
-        encoding=pem, format=serialization.PrivateFormat.PKCS8, encryption_algorithm=serialization.NoEncryption()
-    )
-    atomic_write_bytes(pki.ca_key, ca_key.private_bytes(**key_format), mode=SECRET_MODE)
-    atomic_write_bytes(pki.server_key, server_key.private_bytes(**key_format), mode=SECRET_MODE)
+    for key, path in ((ca_key, pki.ca_key), (server_key, pki.server_key)):
+        private = key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        atomic_write_bytes(path, private, mode=SECRET_MODE)
     atomic_write_bytes(pki.ca_cert, ca_cert.public_bytes(pem))
     atomic_write_bytes(pki.server_cert, server_cert.public_bytes(pem))
     return pki

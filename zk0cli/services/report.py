@@ -229,7 +229,9 @@ def report_content(run: RunData, out_dir: Path) -> ReportContent:
     points = run.eval_points()
     final = points[-1] if points else None
     best = min(points, key=lambda p: p.policy_loss) if points else None
-    seconds = [entry.get("seconds") for entry in run.rounds if entry["round"] > 0 and entry.get("seconds") is not None]
+    seconds = [
+        float(entry["seconds"]) for entry in run.rounds if entry["round"] > 0 and entry.get("seconds") is not None
+    ]
     traffic = bytes_transferred(run)
     checkpoint = run.final_checkpoint
     facts = [

@@ -301,10 +301,9 @@ class LocalSuperLink:
 
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if not self.alive():
-                raise env_not_ready(
-                    f"flower-superlink exited with code {self.process.returncode}", hint=f"see {self.log_file}"
-                )
+            if self.process is None or self.process.poll() is not None:
+                code = None if self.process is None else self.process.returncode
+                raise env_not_ready(f"flower-superlink exited with code {code}", hint=f"see {self.log_file}")
             try:
                 if httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=1.0).status_code == 200:
                     return

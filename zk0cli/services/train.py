@@ -378,7 +378,7 @@ def _train_rounds(plan: CentralizedPlan, record: RunRecord, progress: Progress) 
             "rejected": [],
             "failed": [],
         }
-        clients = []
+        clients: list[dict[str, Any]] = []
         if steps > 0:
             progress(f"round {server_round}/{config.num_server_rounds}: {steps} steps at lr {plan_r.lr:.3g}")
             settings = TrainConfig(

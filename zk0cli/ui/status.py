@@ -19,7 +19,7 @@ import time
 import tty
 from collections.abc import Callable
 
-from rich.console import Group, RenderableType
+from rich.console import Group, JustifyMethod, RenderableType
 from rich.panel import Panel
 from rich.progress_bar import ProgressBar
 from rich.table import Table
@@ -134,7 +134,7 @@ def header(snapshot: Snapshot) -> Text:
 
 def services_panel(snapshot: Snapshot) -> Panel:
     table = Table(expand=True, box=None, pad_edge=False, show_edge=False)
-    for name, justify in (
+    columns: tuple[tuple[str, JustifyMethod], ...] = (
         ("service", "left"),
         ("process", "left"),
         ("pid", "right"),
@@ -144,7 +144,8 @@ def services_panel(snapshot: Snapshot) -> Panel:
         ("exit", "right"),
         ("CPU", "right"),
         ("RSS", "right"),
-    ):
+    )
+    for name, justify in columns:
         table.add_column(name, justify=justify, no_wrap=name in ("pid", "up", "CPU", "RSS"))
     if snapshot.gpu:
         table.add_column("GPU", justify="right", no_wrap=True)
@@ -174,7 +175,7 @@ def _service_rows(table: Table, service: ServiceView, gpu: bool) -> None:
     for index, proc in enumerate(service.processes):
         state = proc.state if live else service.source.state
         label = f"restarting {proc.restarts + 1}" if state == "restarting" else state
-        cells = [
+        cells: list[str | Text] = [
             service.service if index == 0 else "",
             proc.name,
             str(proc.pid) if proc.pid and live else "-",
@@ -204,7 +205,13 @@ def federation_panel(federation: FederationView) -> Panel:
             title_align="left",
         )
     table = Table(expand=True, box=None, pad_edge=False, show_edge=False)
-    for name, justify in (("node id", "left"), ("name", "left"), ("status", "left"), ("last seen", "right")):
+    node_columns: tuple[tuple[str, JustifyMethod], ...] = (
+        ("node id", "left"),
+        ("name", "left"),
+        ("status", "left"),
+        ("last seen", "right"),
+    )
+    for name, justify in node_columns:
         table.add_column(name, justify=justify, no_wrap=name != "name")
     for node in federation.nodes:
         seen = "-" if node.last_seen_s is None else f"{duration(node.last_seen_s)} ago"

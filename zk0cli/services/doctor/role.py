@@ -212,7 +212,8 @@ def probe_health(host: str, port: int, ca_cert: Path, timeout_s: float) -> Healt
     context = ssl.create_default_context(cafile=str(ca_cert))
     try:
         with context.wrap_socket(raw, server_hostname=host) as tls:
-            days_left = _days_until(tls.getpeercert()["notAfter"])
+            peer = tls.getpeercert() or {}
+            days_left = _days_until(str(peer["notAfter"]))
             tls.sendall(f"GET /health HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n".encode())
             status_line = tls.recv(1024).split(b"\r\n", 1)[0].decode("latin-1")
     except ssl.SSLCertVerificationError as exc:

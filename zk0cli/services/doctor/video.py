@@ -52,6 +52,7 @@ def write_clip(path: Path) -> str:
     encoder, label = next((e for e in ENCODERS if e[0] in av.codecs_available), ENCODERS[-1])
     with av.open(str(path), "w") as container:
         stream = container.add_stream(encoder, rate=FPS)
+        assert isinstance(stream, av.VideoStream)  # a video encoder's stream, for the type checker
         stream.width = stream.height = SIZE
         stream.pix_fmt = "yuv420p"
         ramp = np.arange(SIZE, dtype=np.uint8)[None, :, None] * 4
@@ -66,7 +67,8 @@ def decode_pyav(path: Path) -> int:
     import av
 
     with av.open(str(path)) as container:
-        return sum(1 for _ in container.decode(video=0))
+        frames = sum(1 for _ in container.decode(video=0))
+    return frames
 
 
 def decode_torchcodec(path: Path) -> int:
