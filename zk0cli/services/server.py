@@ -107,6 +107,8 @@ def build_spec(paths: Paths, options: ServeOptions) -> supervisor.ServiceSpec:
         if tls is None
         else ["--certfile", tls.certfile, "--keyfile", tls.keyfile, "--cafile", tls.cafile]
     )
+    if options.require_node_auth:  # the front verifies node signatures before any body reaches the SuperLink
+        proxy_argv += ["--nodes-file", str(paths.data_dir / NODE_NAMES_FILE)]
     proxy = supervisor.ProcessSpec(
         name="fleet-proxy",
         argv=proxy_argv,
@@ -575,7 +577,8 @@ def auto_run(
                 marker.unlink(missing_ok=True)
                 if status != "finished:completed":  # a broken config would otherwise fail one session per poll
                     say(
-                        f"auto-run: next session in {FAILED_SESSION_PAUSE_S:g} s; see `zk0 logs server` for why it failed"
+                        f"auto-run: next session in {FAILED_SESSION_PAUSE_S:g} s; see `zk0 logs server` for why "
+                        "it failed"
                     )
                     time.sleep(FAILED_SESSION_PAUSE_S)
             online = [n for n in list_nodes(paths) if n["status"] == "online"]
@@ -585,7 +588,8 @@ def auto_run(
                 current = {"run_id": run.run_id, "run_dir": str(run.run_dir), "nodes": [n["node_id"] for n in online]}
                 files.atomic_write_json(marker, current)
                 say(
-                    f"auto-run: {len(online)} node(s) online: started run {run.run_id} ({rounds} rounds) -> {run.run_dir}"
+                    f"auto-run: {len(online)} node(s) online: started run {run.run_id} ({rounds} rounds) -> "
+                    f"{run.run_dir}"
                 )
             elif len(online) != waiting_said:
                 waiting_said = len(online)
