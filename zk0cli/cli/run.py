@@ -30,7 +30,10 @@ def run(
         typer.Option(
             "--resume",
             metavar="RUN_ID",
-            help="Continue a stopped run from its last checkpoint (run id, run name or record dir); --rounds may raise its total.",
+            help=(
+                "Continue a stopped run from its last checkpoint (run id, run name or record dir); --rounds may "
+                "raise its total."
+            ),
         ),
     ] = None,
     json_: JsonOption = False,

@@ -22,7 +22,7 @@ def status(
     """The federation at a glance: what runs here, which nodes are online, how runs progress.
 
     A source that cannot be read (a SuperLink that does not answer, a corrupted state file, a supervisor that stopped writing its heartbeat) is shown in red with the reason.
-    """
+    """  # noqa: E501 - Typer keeps a docstring's line breaks in --help: one line per paragraph
     from zk0cli.services.status import StatusCollector, collect
     from zk0cli.ui.status import render_status
     from zk0cli.ui.status import watch as watch_dashboard

@@ -68,7 +68,7 @@ def t_quantile_975(df: float) -> float:
     if df < 1:
         raise ValueError(f"degrees of freedom must be >= 1, got {df}")
     rows = sorted(_T975)
-    for low, high in zip(rows, rows[1:]):
+    for low, high in zip(rows, rows[1:], strict=False):  # neighbours: one fewer pair than rows
         if low <= df <= high:
             if df == low:
                 return _T975[low]

@@ -123,17 +123,17 @@ def run(
     started = time.monotonic()
     previous_sigterm = signal.signal(signal.SIGTERM, _raise_interrupt)  # `kill PID` cleans up like Ctrl-C
     try:
-        with _stage(stages, "setup"):
+        with _Stage(stages, "setup"):
             federation.prepare(on_message)
-        with _stage(stages, "federation start"):
+        with _Stage(stages, "federation start"):
             federation.start(on_message)
-        with _stage(stages, "training"):
+        with _Stage(stages, "training"):
             submitted, status = federation.train(settings, options.rounds, on_message, on_round)
     finally:
         # A second Ctrl-C must not cut the clean-up short and leave processes behind.
         previous_sigint = signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        with _stage(stages, "stop"):
+        with _Stage(stages, "stop"):
             federation.stop(on_message)
         signal.signal(signal.SIGINT, previous_sigint)
         signal.signal(signal.SIGTERM, previous_sigterm)
@@ -146,7 +146,7 @@ def _raise_interrupt(signum, frame) -> None:  # noqa: ARG001 - signal handler si
     raise KeyboardInterrupt
 
 
-class _stage:
+class _Stage:
     """Time one stage of the demo into ``stages`` (also when it raises)."""
 
     def __init__(self, stages: dict[str, float], name: str):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from zk0cli.core.errors import bad_input
-from zk0cli.core.files import atomic_write_text
+from zk0cli.core.files import JsonFileError, atomic_write_text, read_json
 from zk0cli.core.paths import Paths
 from zk0cli.fl.records import FINAL_LINK, ROUND_FILE, STATUS_FILE, summary
 
@@ -198,9 +197,11 @@ def _check_record_datasets(run: RunData, clients: int) -> None:
 
 def _read_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise bad_input(f"cannot read {path}: {exc}", hint="the run record is damaged; re-run it with --from-record")
+        return read_json(path)
+    except JsonFileError as exc:
+        raise bad_input(
+            f"cannot read {path}: {exc.reason}", hint="the run record is damaged; re-run it with --from-record"
+        ) from None
 
 
 # ----------------------------------------------------------------------------- the report's content
@@ -350,7 +351,7 @@ def _participants_table(run: RunData) -> Table:
 def _rounds_table(run: RunData) -> Table:
     steps = run.cumulative_steps()
     rows = []
-    for entry, line in zip(run.rounds, run.summaries()):
+    for entry, line in zip(run.rounds, run.summaries(), strict=True):
         rows.append(
             [
                 line["round"],

@@ -156,7 +156,7 @@ def run(
     return SimResult(run_dir, flwr_run_id, state, rounds, time.monotonic() - started, config)
 
 
-def _interrupt(signum, frame) -> None:
+def _interrupt(_signum: int, _frame: object) -> None:
     raise KeyboardInterrupt
 
 

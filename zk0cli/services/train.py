@@ -286,7 +286,7 @@ def run_centralized(
     record = RunRecord.create(runs_dir, run_name or config.run_name or f"{new_run_name()}-{MODE}")
     record.write_status("starting", mode=MODE)
     try:
-        _train_rounds(plan, record, progress or (lambda message: None))
+        _train_rounds(plan, record, progress or (lambda _message: None))
     except Zk0Error as error:
         record.write_status("failed", error=error.message, hint=error.hint)
         raise
@@ -458,7 +458,7 @@ def pooled_source(training: list[TrainingData], progress: Progress) -> tuple[Dat
 
     uris = [parse_uri(data.uri) for data in training]
     metas = [open_metadata(uri) for uri in uris]
-    for data, meta in zip(training, metas):
+    for data, meta in zip(training, metas, strict=True):
         if data.fingerprint and dataset_fingerprint(meta.root) != data.fingerprint:
             raise bad_input(
                 f"the training dataset {data.uri} changed since the recorded run",
@@ -468,7 +468,7 @@ def pooled_source(training: list[TrainingData], progress: Progress) -> tuple[Dat
         return uris[0], training[0].episodes
     # aggregate_datasets appends the datasets' episodes in order, renumbered from 0
     offsets = [sum(meta.total_episodes for meta in metas[:index]) for index in range(len(metas))]
-    episodes = [offset + episode for offset, data in zip(offsets, training) for episode in data.episodes]
+    episodes = [offset + episode for offset, data in zip(offsets, training, strict=True) for episode in data.episodes]
     return _merged_dataset(uris, metas, training, progress), episodes
 
 

@@ -74,7 +74,7 @@ def run_checks(
     started = time.monotonic()
     boxes = [_start(check, ctx) for check in chosen]
     results = []
-    for check, (thread, box) in zip(chosen, boxes):
+    for check, (thread, box) in zip(chosen, boxes, strict=True):
         thread.join(max(0.0, started + check.limit_s(timeout_s) - time.monotonic()))
         results.append(
             box.get("result") or fail(check.name, f"no answer within {check.limit_s(timeout_s):.0f} s", REPORT_FIX)

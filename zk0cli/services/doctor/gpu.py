@@ -172,14 +172,18 @@ def assess_gpu(torch_view: TorchView, smi: SmiReport, needs: RunNeeds) -> CheckR
     return warn(
         NAME,
         f"no GPU found{torch_says}: training on CPU will be slow (fine for tests and tiny runs)",
-        f"for real runs use an NVIDIA GPU with >= {needs.gpu_memory_gib:g} GiB free and compute capability >= 8.0 (bf16)",
+        f"for real runs use an NVIDIA GPU with >= {needs.gpu_memory_gib:g} GiB free and compute capability >= 8.0 "
+        "(bf16)",
         **data,
     )
 
 
 def _assess_cuda(torch_view: TorchView, smi: SmiReport, needs: RunNeeds, need: str, data: dict) -> CheckResult:
     runtime, driver = torch_view.cuda_runtime or "", smi.driver_cuda
-    versions = f"torch {torch_view.torch_version} (CUDA {runtime or '?'}), driver {smi.driver_version or '?'} (CUDA {driver or '?'})"
+    versions = (
+        f"torch {torch_view.torch_version} (CUDA {runtime or '?'}), driver {smi.driver_version or '?'} "
+        f"(CUDA {driver or '?'})"
+    )
     devices = "; ".join(_describe(d) for d in torch_view.devices)
     if runtime and driver and _version_tuple(runtime)[0] > _version_tuple(driver)[0]:
         return fail(
@@ -200,14 +204,16 @@ def _assess_cuda(torch_view: TorchView, smi: SmiReport, needs: RunNeeds, need: s
     if not best.bf16:
         return warn(
             NAME,
-            f"{devices}; {versions}; no bf16 on compute capability {best.capability[0]}.{best.capability[1]}: training runs in fp32, slower",
+            f"{devices}; {versions}; no bf16 on compute capability {best.capability[0]}.{best.capability[1]}: "
+            "training runs in fp32, slower",
             "use a GPU with compute capability >= 8.0 (Ampere or newer) for bf16",
             **data,
         )
     if runtime and driver and _version_tuple(runtime) > _version_tuple(driver):
         return warn(
             NAME,
-            f"{devices}; {versions}: driver older than torch's CUDA minor version (works through minor-version compatibility; JIT-compiled kernels may fail)",
+            f"{devices}; {versions}: driver older than torch's CUDA minor version (works through minor-version "
+            "compatibility; JIT-compiled kernels may fail)",
             f"update the NVIDIA driver to one that supports CUDA {runtime}",
             **data,
         )
@@ -216,7 +222,10 @@ def _assess_cuda(torch_view: TorchView, smi: SmiReport, needs: RunNeeds, need: s
 
 def _unusable_gpu(torch_view: TorchView, smi: SmiReport, data: dict) -> CheckResult:
     names = ", ".join(g.name for g in smi.gpus)
-    seen = f"nvidia-smi sees {names} (driver {smi.driver_version}, CUDA {smi.driver_cuda or '?'}) but torch {torch_view.torch_version} cannot use it"
+    seen = (
+        f"nvidia-smi sees {names} (driver {smi.driver_version}, CUDA {smi.driver_cuda or '?'}) but torch "
+        f"{torch_view.torch_version} cannot use it"
+    )
     if torch_view.cuda_runtime is None:
         return fail(
             NAME,
@@ -228,7 +237,8 @@ def _unusable_gpu(torch_view: TorchView, smi: SmiReport, data: dict) -> CheckRes
         return fail(
             NAME,
             f"{seen}: torch needs CUDA {torch_view.cuda_runtime}, the driver supports up to {smi.driver_cuda}",
-            f"update the NVIDIA driver to one that supports CUDA {torch_view.cuda_runtime}, or install a torch built for CUDA {smi.driver_cuda}",
+            f"update the NVIDIA driver to one that supports CUDA {torch_view.cuda_runtime}, or install a torch "
+            f"built for CUDA {smi.driver_cuda}",
             **data,
         )
     reason = torch_view.error or torch_view.cuda_warning or "torch.cuda.is_available() is False"
@@ -255,7 +265,10 @@ def _device_dict(device: CudaDevice, needs: RunNeeds) -> dict:
 def _describe(device: CudaDevice) -> str:
     major, minor = device.capability
     bf16 = "bf16" if device.bf16 else "no bf16"
-    return f"GPU {device.index} {device.name}, {_gib(device.free_bytes)} free of {_gib(device.total_bytes)}, sm {major}.{minor}, {bf16}"
+    return (
+        f"GPU {device.index} {device.name}, {_gib(device.free_bytes)} free of {_gib(device.total_bytes)}, sm "
+        f"{major}.{minor}, {bf16}"
+    )
 
 
 def _gib(n_bytes: int) -> str:

@@ -47,7 +47,7 @@ def check_hub(ctx: DoctorContext) -> CheckResult:
     return ok("hf hub", f"{endpoint} reachable (HTTP {response.status_code} in {elapsed:.2f} s)", **data)
 
 
-def check_token(ctx: DoctorContext) -> CheckResult:
+def check_token(_ctx: DoctorContext) -> CheckResult:
     from huggingface_hub import get_token
 
     # The token itself never leaves this function: only whether there is one and where from.

@@ -72,7 +72,8 @@ def _port_in_use(ctx: DoctorContext, host: str, port: int, data: dict) -> CheckR
     return fail(
         "server port",
         f"{host}:{port} is in use by another program",
-        f"stop it (`ss -ltnp 'sport = :{port}'` shows which), or pick another port: zk0 config set server.port {port + 1}",
+        f"stop it (`ss -ltnp 'sport = :{port}'` shows which), or pick another port: zk0 config set server.port "
+        f"{port + 1}",
         in_use=True,
         **data,
     )
@@ -115,7 +116,8 @@ def check_server_certificates(ctx: DoctorContext) -> CheckResult:
     if unnamed:
         return warn(
             "server certs",
-            f"the certificate does not name {', '.join(unnamed)} (it names {', '.join(names)}): nodes using it will fail TLS",
+            f"the certificate does not name {', '.join(unnamed)} (it names {', '.join(names)}): nodes using it "
+            "will fail TLS",
             "zk0 init --role server --force "
             + " ".join(f"--public-address {a}" for a in ctx.config.server.public_addresses),
             **data,
@@ -193,7 +195,7 @@ class HealthProbe:
 def probe_health(host: str, port: int, ca_cert: Path, timeout_s: float) -> HealthProbe:
     """Connect, verify the server certificate against ``ca_cert`` and ask GET /health; never raises."""
     start_server = (
-        "check the address, that `zk0 server serve` runs there, and that a firewall lets port %d through" % port
+        f"check the address, that `zk0 server serve` runs there, and that a firewall lets port {port} through"
     )
     try:
         raw = socket.create_connection((host, port), timeout=timeout_s)
@@ -241,10 +243,16 @@ def probe_health(host: str, port: int, ca_cert: Path, timeout_s: float) -> Healt
 
 def _verification_problem(exc: ssl.SSLCertVerificationError) -> str:
     if exc.verify_code == 62:  # X509_V_ERR_HOSTNAME_MISMATCH
-        return f"the server certificate does not name this address ({exc.verify_message}); the admin must add it with --public-address"
+        return (
+            f"the server certificate does not name this address ({exc.verify_message}); the admin must add it "
+            "with --public-address"
+        )
     if exc.verify_code == 10:  # X509_V_ERR_CERT_HAS_EXPIRED
         return "the server certificate has expired"
-    return f"certificate chain not trusted by the pinned CA ({exc.verify_message}): wrong ca.pem, or the server's keys were re-made"
+    return (
+        f"certificate chain not trusted by the pinned CA ({exc.verify_message}): wrong ca.pem, or the server's "
+        "keys were re-made"
+    )
 
 
 def _chain_problem(ca, cert, server_key_path: Path) -> str:

@@ -19,7 +19,7 @@ KNOWN_GOOD = {"flwr": "1.42.0", "lerobot": "0.6.1", "torch": "2.11.0", "transfor
 REINSTALL = "run ./install.sh in the zk0 checkout (it installs the tested versions from requirements.lock)"
 
 
-def check_python(ctx: DoctorContext) -> CheckResult:
+def check_python(_ctx: DoctorContext) -> CheckResult:
     version = platform.python_version()
     data = {"version": version, "executable": sys.executable}
     if sys.version_info[:2] < MIN_PYTHON:
@@ -32,7 +32,7 @@ def check_python(ctx: DoctorContext) -> CheckResult:
     return ok("python", f"Python {version} ({sys.executable})", **data)
 
 
-def check_packages(ctx: DoctorContext) -> CheckResult:
+def check_packages(_ctx: DoctorContext) -> CheckResult:
     versions = package_versions()
     listing = ", ".join(f"{name} {version or 'missing'}" for name, version in versions.items())
     data = {"versions": versions, "known_good": KNOWN_GOOD}
@@ -71,7 +71,8 @@ def check_resources(ctx: DoctorContext) -> CheckResult:
     if cores < needs.cpu_cores:
         return warn(
             "cpu/ram",
-            f"{detail}: data loading and video decoding will compete with training (>= {needs.cpu_cores} cores recommended)",
+            f"{detail}: data loading and video decoding will compete with training (>= {needs.cpu_cores} cores "
+            "recommended)",
             "use a machine with more cores, or expect slower rounds",
             **data,
         )

@@ -19,7 +19,7 @@ ENCODERS = (("libsvtav1", "AV1"), ("libx264", "H.264"))
 FRAMES, SIZE, FPS = 8, 64, 30
 
 
-def check_video(ctx: DoctorContext) -> CheckResult:
+def check_video(_ctx: DoctorContext) -> CheckResult:
     with tempfile.TemporaryDirectory(prefix="zk0-doctor-") as tmp:
         clip = Path(tmp) / "clip.mp4"
         try:
@@ -37,7 +37,8 @@ def check_video(ctx: DoctorContext) -> CheckResult:
         return warn(
             NAME,
             f"pyav decodes {codec}; torchcodec does not ({backends['torchcodec']})",
-            "nothing needed for zk0 (it decodes with pyav); for LeRobot's torchcodec default install FFmpeg 4-8 shared libraries, e.g. `apt install ffmpeg`",
+            "nothing needed for zk0 (it decodes with pyav); for LeRobot's torchcodec default install FFmpeg 4-8 "
+            "shared libraries, e.g. `apt install ffmpeg`",
             **data,
         )
     return ok(NAME, f"pyav and torchcodec decode {codec}", **data)
