@@ -196,7 +196,8 @@ def main() -> int:
         print(
             f"nothing running (median of {args.runs}): zk0 status --json {zk0_s:.3f} s wall / {zk0_cpu_s:.3f} s CPU, "
             f"flwr ls --format json {flwr_s:.3f} s wall / {flwr_cpu_s:.3f} s CPU; "
-            f"ratio zk0/flwr {zk0_s / flwr_s:.2f} wall, {zk0_cpu_s / flwr_cpu_s:.2f} CPU; target zk0 <= {TARGET_EMPTY_S} s"
+            f"ratio zk0/flwr {zk0_s / flwr_s:.2f} wall, {zk0_cpu_s / flwr_cpu_s:.2f} CPU; "
+            f"target zk0 <= {TARGET_EMPTY_S} s"
         )
         floor_s, floor_cpu_s = empty["floor"]
         print(

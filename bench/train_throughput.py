@@ -9,8 +9,9 @@ initial weights. The baseline is lerobot-train's own path: EpisodeAwareSampler D
 preprocessor, then `lerobot.scripts.lerobot_train.update_policy` under an Accelerator. After a
 warm-up the loops run in adjacent pairs, the order flipping each pair, so a busy moment on a
 shared CPU hits both alike; the ratio is the median of the pairs' zk0/lerobot ratios. Prints
-both median rates and that ratio (target >= 0.95; exit 1 if missed), then trainable vs total parameter counts (and the SmolVLM2-500M geometry's with
---real-geometry, which builds that 450M-parameter policy on CPU: ~2 GB RAM, no training).
+both median rates and that ratio (target >= 0.95; exit 1 if missed), then trainable vs total
+parameter counts (and the SmolVLM2-500M geometry's with --real-geometry, which builds that
+450M-parameter policy on CPU: ~2 GB RAM, no training).
 """
 
 from __future__ import annotations
@@ -147,7 +148,9 @@ def main() -> int:
         for name, values in seconds.items():
             runs = ", ".join(f"{args.steps / value:.2f}" for value in values)
             print(f"{name:8} median {args.steps / statistics.median(values):7.2f} steps/s  (runs: {runs})")
-        ratio = statistics.median(lerobot / zk0 for zk0, lerobot in zip(seconds["zk0"], seconds["lerobot"]))
+        ratio = statistics.median(
+            lerobot / zk0 for zk0, lerobot in zip(seconds["zk0"], seconds["lerobot"], strict=True)
+        )
         verdict = "met" if ratio >= TARGET_RATIO else "MISSED"
         print(f"ratio zk0/lerobot (median of pairs): {ratio:.3f} (target >= {TARGET_RATIO}: {verdict})")
 

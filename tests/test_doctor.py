@@ -161,7 +161,7 @@ def test_a_hanging_or_crashing_check_is_reported_and_does_not_block(tmp_path):
     checks = [
         doctor.Check("hangs", hangs, budget_s=0.3),
         doctor.Check("crashes", crashes),
-        doctor.Check("fine", lambda ctx: ok("fine", "fine")),
+        doctor.Check("fine", lambda _ctx: ok("fine", "fine")),
     ]
     started = time.monotonic()
     results = by_name(doctor.run_checks(Paths.resolve(tmp_path), Config(), role="", checks=checks))
@@ -285,7 +285,9 @@ def test_torch_warning_explains_why_a_visible_gpu_is_unusable(tmp_path, monkeypa
     import torch
 
     def refuses():
-        warnings.warn("CUDA initialization: The NVIDIA driver on your system is too old (found version 12020).")
+        warnings.warn(
+            "CUDA initialization: The NVIDIA driver on your system is too old (found version 12020).", stacklevel=2
+        )
         return False
 
     monkeypatch.setattr(torch.cuda, "is_available", refuses)

@@ -315,7 +315,7 @@ def test_training_lowers_the_loss_and_never_touches_the_frozen_vlm(datasets_root
         built,
         dataset,
         TrainConfig(steps=10, batch_size=8, lr=1e-3, proximal_mu=0.01),
-        progress=lambda step, total, loss: seen.append((step, total)),
+        progress=lambda step, total, _loss: seen.append((step, total)),
     )
     after = evaluate(built, dataset, seed=0, max_batches=2)
 

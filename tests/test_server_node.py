@@ -268,7 +268,8 @@ def test_two_nodes_train_a_streamed_run_and_a_supernode_killed_mid_run_is_restar
     """TLS, node auth, the fleet proxy: `zk0 run --rounds 2 --stream` with two registered nodes,
     one of whose SuperNode is killed -9 while it trains round 1; the supervisor restarts it and
     the run completes, the record complete."""
-    alice, bob = federation.join("alice", "pick"), federation.join("bob", "stack")
+    alice = federation.join("alice", "pick")
+    federation.join("bob", "stack")
     alice_paths = Paths.resolve(alice)
     state = supervisor.read_state(alice_paths, "node-alice")
     assert state["state"] == "healthy" and set(state["processes"]) == {"supernode", "clientapp"}
