@@ -23,7 +23,7 @@ from zk0cli.core.paths import Paths
 from zk0cli.datasets.sample import write_sample
 from zk0cli.fl.records import RunRecord
 from zk0cli.services import demo, flower, supervisor
-from zk0cli.services import server as server_service
+from zk0cli.services import runs as runs_service
 
 pytestmark = pytest.mark.slow
 
@@ -358,7 +358,7 @@ def test_superlink_killed_mid_run_restarts_nodes_reconnect_and_resume_finishes_t
     assert result["state"] == "completed" and result["resumed"] and result["run_dir"] == run["run_dir"]
     # Flower marks the killed run failed once its ServerApp's heartbeat expires; before that,
     # resume stops it (orphaned_by_restart). Either way it has finished now.
-    assert server_service.run_status(server_paths, run["run_id"]).startswith("finished")
+    assert runs_service.run_status(server_paths, run["run_id"]).startswith("finished")
     assert ("stopped run" in resumed.stderr) == (f"stopped run {run['run_id']}" in resumed.stderr)
     rounds = {entry["round"]: entry for entry in record.rounds()}
     assert sorted(rounds) == [0, 1, 2, 3]
@@ -431,11 +431,11 @@ def test_ctrl_c_on_a_foreground_serve_leaves_no_process(tmp_path):
 
 def test_only_runs_that_began_before_the_superlink_restart_count_as_orphaned():
     restarted = "2026-12-01T10:00:05.120Z"  # supervisor state format
-    assert server_service.orphaned_by_restart({"running-at": "2026-12-01 10:00:01Z"}, restarted)  # flwr ls format
-    assert server_service.orphaned_by_restart({"running-at": "N/A", "starting-at": "2026-12-01 09:59:00Z"}, restarted)
-    assert not server_service.orphaned_by_restart({"running-at": "2026-12-01 10:00:09Z"}, restarted)  # after it
-    assert not server_service.orphaned_by_restart({"running-at": "N/A", "starting-at": "N/A"}, restarted)  # pending
-    assert not server_service.orphaned_by_restart({"running-at": "2026-12-01 10:00:01Z"}, None)
+    assert runs_service.orphaned_by_restart({"running-at": "2026-12-01 10:00:01Z"}, restarted)  # flwr ls format
+    assert runs_service.orphaned_by_restart({"running-at": "N/A", "starting-at": "2026-12-01 09:59:00Z"}, restarted)
+    assert not runs_service.orphaned_by_restart({"running-at": "2026-12-01 10:00:09Z"}, restarted)  # after it
+    assert not runs_service.orphaned_by_restart({"running-at": "N/A", "starting-at": "N/A"}, restarted)  # pending
+    assert not runs_service.orphaned_by_restart({"running-at": "2026-12-01 10:00:01Z"}, None)
 
 
 def test_run_commands_check_their_input_before_reaching_flower(tmp_path):

@@ -43,7 +43,7 @@ def run(
         return
     from zk0cli.core.errors import bad_input
     from zk0cli.fl.run_config import parse_overrides
-    from zk0cli.services import server as server_service
+    from zk0cli.services import runs as runs_service
 
     s = session()
     if resume is not None and set_:
@@ -52,9 +52,9 @@ def run(
             hint="drop --set (only --rounds may raise the total), or start a new run",
         )
     if resume is not None:
-        submitted = server_service.resume_run(s.paths, resume, rounds=rounds)
+        submitted = runs_service.resume_run(s.paths, resume, rounds=rounds)
     else:
-        submitted = server_service.submit_run(s.paths, rounds=rounds, settings=parse_overrides(set_ or []))
+        submitted = runs_service.submit_run(s.paths, rounds=rounds, settings=parse_overrides(set_ or []))
     for note in submitted.notes:
         out().info(escape(note))
     data = {
@@ -72,7 +72,7 @@ def run(
         out().result({**data, "state": "submitted"})
         return
     try:
-        status = server_service.follow_run(s.paths, submitted, print_round)
+        status = runs_service.follow_run(s.paths, submitted, print_round)
     except KeyboardInterrupt:
         out().warning(
             f"stopped following; run {submitted.run_id} goes on. Stop it with: zk0 run stop {submitted.run_id}"
@@ -89,9 +89,9 @@ def run(
 @app.command("stop")
 def stop(run_id: Annotated[str, typer.Argument(help="Run id, from `zk0 runs`.")], json_: JsonOption = False) -> None:
     """Stop a run (the nodes abandon its current round)."""
-    from zk0cli.services import server as server_service
+    from zk0cli.services import runs as runs_service
 
-    result = server_service.stop_run(session().paths, run_id)
+    result = runs_service.stop_run(session().paths, run_id)
     out().result(result, lambda c: c.print(f"[green]✓[/green] run {run_id} stopped"))
 
 
@@ -99,9 +99,9 @@ def runs(json_: JsonOption = False) -> None:
     """List the runs the local SuperLink knows, newest first."""
     from rich.table import Table
 
-    from zk0cli.services import server as server_service
+    from zk0cli.services import runs as runs_service
 
-    listed = sorted(server_service.list_runs(session().paths), key=lambda r: r.get("pending-at", ""), reverse=True)
+    listed = sorted(runs_service.list_runs(session().paths), key=lambda r: r.get("pending-at", ""), reverse=True)
 
     def render(console) -> None:
         if not listed:

@@ -227,13 +227,13 @@ class Federation:
     def train(
         self, settings: dict[str, Any], rounds: int, say: Callable[[str], None], on_round: Callable[[dict, int], None]
     ):
-        from zk0cli.services import server as server_service
+        from zk0cli.services import runs
 
         run_settings = {**settings, "eval-datasets": f"local:{self.eval_dataset}"}
-        submitted = server_service.submit_run(self.server, rounds=rounds, settings=run_settings)
+        submitted = runs.submit_run(self.server, rounds=rounds, settings=run_settings)
         say(f"run {submitted.run_id}: {rounds} round(s) with {len(self.nodes)} nodes -> {submitted.run_dir}")
         # The record is the signal; Flower's own status (a flwr CLI start-up each) only catches a dead ServerApp.
-        status = server_service.follow_run(self.server, submitted, on_round, poll_s=0.5, flower_every_s=30.0)
+        status = runs.follow_run(self.server, submitted, on_round, poll_s=0.5, flower_every_s=30.0)
         return submitted, status
 
     def stop(self, say: Callable[[str], None]) -> None:

@@ -1,0 +1,207 @@
+"""`zk0 run`, `zk0 runs`, `zk0 run stop`: submit the zk0 app to the local SuperLink, resume a
+stopped run from its checkpoint, follow a run's record round by round, list and stop runs."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from zk0cli.core import files
+from zk0cli.core.errors import Zk0Error, bad_input
+from zk0cli.core.paths import Paths
+from zk0cli.core.timefmt import epoch_from_iso
+from zk0cli.services import flower
+from zk0cli.services.server import require_running
+
+
+@dataclass
+class SubmittedRun:
+    run_id: str  # Flower's run id
+    run_dir: Path  # where the ServerApp writes the run record
+    rounds: int
+    notes: list[str] = field(default_factory=list)  # what was done on the way (e.g. a stale run stopped)
+
+
+def app_dir() -> Path:
+    """The zk0 Flower app (pyproject with [tool.flwr.app]) shipped inside the package."""
+    import zk0cli.fl
+
+    return Path(zk0cli.fl.__file__).resolve().parent / "app"
+
+
+def submit_run(paths: Paths, *, rounds: int | None, settings: dict) -> SubmittedRun:
+    """Validate the run config here (a bad key never reaches Flower), then `flwr run` on zk0-local."""
+    from zk0cli.fl.records import new_run_name
+    from zk0cli.fl.run_config import RunConfig
+
+    values: dict = dict(settings)
+    if rounds is not None:
+        values["num-server-rounds"] = rounds
+    values.setdefault("runs-dir", str(paths.runs_dir))
+    values.setdefault("run-name", f"{new_run_name()}-run")
+    config = RunConfig.from_mapping(values)
+    if config.resume:
+        raise bad_input(
+            "run-config resume is set by `zk0 run --resume RUN_ID`, not by hand",
+            hint="zk0 run --resume RUN_ID continues a run from its last checkpoint",
+        )
+    require_running(paths)
+    return _submit(paths, config)
+
+
+def resume_run(paths: Paths, run_ref: str, *, rounds: int | None) -> SubmittedRun:
+    """Continue a run that stopped from its last checkpoint: same record, same round numbers.
+
+    The run config is the one recorded (only the number of rounds may grow); a run Flower still
+    runs is refused, so two ServerApps never write one record.
+    """
+    from zk0cli.fl.records import STATUS_FILE, RunRecord
+    from zk0cli.fl.run_config import RunConfig
+
+    record = RunRecord(find_run_record(paths, run_ref))
+    values = {
+        **record.read_config()["run_config"],
+        "resume": True,
+        "runs-dir": str(record.root.parent),
+        "run-name": record.root.name,
+    }
+    if rounds is not None:
+        values["num-server-rounds"] = rounds
+    config = RunConfig.from_mapping(values)
+    point = record.resume_point(config.num_server_rounds)
+    notes = _settle_earlier_runs(paths, record.flwr_run_ids())
+    previous = files.read_json(record.root / STATUS_FILE, None)
+    # follow_run must not take the interrupted run's last status for this one's
+    record.write_status("resuming", from_round=point.round, rounds=config.num_server_rounds)
+    try:
+        submitted = _submit(paths, config)
+    except Zk0Error:
+        if previous:
+            files.atomic_write_json(record.root / STATUS_FILE, previous)
+        raise
+    submitted.notes = notes
+    return submitted
+
+
+def _settle_earlier_runs(paths: Paths, flwr_run_ids: list[int]) -> list[str]:
+    """No earlier Flower run of a record may still run when it is resumed.
+
+    One that started before the SuperLink's last (re)start lost its ServerApp with that restart
+    (the supervisor leaves no orphan), but Flower keeps calling it running until its heartbeat
+    expires: it is stopped here. Any other live one is refused.
+    """
+    superlink_started = require_running(paths)["processes"]["superlink"].get("started_at")
+    notes = []
+    for flwr_run_id in flwr_run_ids:
+        run = flower_run(paths, str(flwr_run_id))
+        status = str(run.get("status", ""))
+        if not status or status.startswith("finished"):
+            continue
+        if not orphaned_by_restart(run, superlink_started):
+            raise bad_input(
+                f"run {flwr_run_id} is still {status} on the SuperLink",
+                hint=f"stop it first (zk0 run stop {flwr_run_id}), then resume it",
+            )
+        flower.run_flwr(paths, ["stop", str(flwr_run_id), flower.CLI_CONNECTION])
+        notes.append(
+            f"stopped run {flwr_run_id}: Flower still listed it as {status}, but its ServerApp ended "
+            f"when the SuperLink restarted"
+        )
+    return notes
+
+
+def orphaned_by_restart(run: dict, superlink_started_at: str | None) -> bool:
+    """A run (``flwr ls`` JSON) that was started or running before the SuperLink's last start.
+    A pending one is not: the restarted SuperLink will start it."""
+    began = epoch_from_iso(run.get("running-at")) or epoch_from_iso(run.get("starting-at"))
+    restarted = epoch_from_iso(superlink_started_at)
+    return began is not None and restarted is not None and began < restarted
+
+
+def find_run_record(paths: Paths, run_ref: str) -> Path:
+    """A run's record directory from a Flower run id (the first run or a resume), a run name or a path."""
+    from zk0cli.services.report import resolve_run
+
+    if run_ref.isdigit():
+        for config_file in sorted(paths.runs_dir.glob("*/config.json")):
+            config = files.read_json(config_file, None) or {}
+            ids = [config.get("flwr_run_id"), *(r.get("flwr_run_id") for r in config.get("resumes", []))]
+            if int(run_ref) in ids:
+                return config_file.parent
+        raise bad_input(
+            f"no run record under {paths.runs_dir} belongs to run {run_ref}",
+            hint="`zk0 runs` lists run ids; or pass the run's directory",
+        )
+    return resolve_run(run_ref, paths.runs_dir)
+
+
+def _submit(paths: Paths, config) -> SubmittedRun:
+    import tomli_w
+
+    overrides = paths.state_dir / "run-configs" / f"{config.run_name}.toml"
+    files.atomic_write_text(overrides, tomli_w.dumps(config.to_flwr()))
+    document = flower.run_flwr(paths, ["run", str(app_dir()), flower.CLI_CONNECTION, "--run-config", str(overrides)])
+    return SubmittedRun(str(document["run-id"]), Path(config.runs_dir) / config.run_name, config.num_server_rounds)
+
+
+def flower_run(paths: Paths, run_id: str) -> dict:
+    """What Flower knows of a run (``flwr ls --run-id``): status, times, traffic; {} if unknown."""
+    runs = flower.run_flwr(paths, ["ls", flower.CLI_CONNECTION, "--run-id", run_id]).get("runs", [])
+    return dict(runs[0]) if runs else {}
+
+
+def run_status(paths: Paths, run_id: str) -> str:
+    """Flower's status of a run (``pending``, ``running``, ``finished:completed`` ...)."""
+    return str(flower_run(paths, run_id).get("status", ""))
+
+
+def follow_run(paths: Paths, run: SubmittedRun, on_round, *, poll_s: float = 1.0, flower_every_s: float = 10.0) -> dict:
+    """Report each round as its record appears; return the record's final status, raise if the run failed.
+
+    The run record says how the ServerApp ended; Flower's own status catches a ServerApp that died
+    without writing it (killed, out of memory).
+    """
+    from zk0cli.fl.records import ROUND_FILE, STATUS_FILE, summary
+
+    reported: set[int] = set()
+    next_flower_check = time.monotonic() + flower_every_s
+    while True:
+        entries = (files.read_json(path, None) for path in run.run_dir.glob(ROUND_FILE.format("*")))
+        fresh = [e for e in entries if e and e["round"] not in reported]
+        for entry in sorted(fresh, key=lambda e: e["round"]):
+            reported.add(entry["round"])
+            on_round(summary(entry), run.rounds)
+        status = files.read_json(run.run_dir / STATUS_FILE, None) or {}
+        if status.get("state") == "completed":
+            return status
+        if status.get("state") == "failed":
+            raise Zk0Error(
+                f"run {run.run_id} failed: {status.get('error', 'unknown error')}",
+                hint=status.get("hint") or f"zk0 logs run {run.run_id}",
+            )
+        if time.monotonic() >= next_flower_check:
+            next_flower_check = time.monotonic() + flower_every_s
+            flower_status = run_status(paths, run.run_id)
+            if flower_status.startswith("finished"):
+                time.sleep(poll_s)  # the record's last write may trail Flower's bookkeeping by a moment
+                if (files.read_json(run.run_dir / STATUS_FILE, None) or {}).get("state") not in ("completed", "failed"):
+                    raise Zk0Error(
+                        f"run {run.run_id} ended ({flower_status}) before its record was complete",
+                        hint=f"zk0 logs run {run.run_id}; partial record in {run.run_dir}",
+                    )
+                continue
+        time.sleep(poll_s)
+
+
+def list_runs(paths: Paths) -> list[dict]:
+    require_running(paths)
+    return flower.run_flwr(paths, ["ls", flower.CLI_CONNECTION]).get("runs", [])
+
+
+def stop_run(paths: Paths, run_id: str) -> dict:
+    if not run_id.isdigit():
+        raise bad_input(f"'{run_id}' is not a run id", hint="run ids are numbers: see `zk0 runs`")
+    require_running(paths)
+    flower.run_flwr(paths, ["stop", run_id, flower.CLI_CONNECTION])
+    return {"run_id": run_id, "stopped": True}
