@@ -262,6 +262,7 @@ def add_node(paths: Paths, public_key_file: Path, name: str) -> dict:
     """Register a node's public key with the SuperLink (``flwr supernode register``)."""
     supervisor.check_service_name(name, what="node name")
     key = _read_public_key(public_key_file)
+    _refuse_duplicate(_node_names(paths), key, name)
     require_running(paths)
     document = flower.run_flwr(
         paths, ["supernode", "register", str(public_key_file), flower.CLI_CONNECTION, "--name", name]
@@ -301,8 +302,19 @@ def remove_node(paths: Paths, node_id: str) -> dict:
     return {"node_id": node_id, "name": removed.get("name", "")}
 
 
+MAX_PUBLIC_KEY_BYTES = 4096  # an OpenSSH P-521 public key is under 300 bytes
+
+
 def _read_public_key(path: Path) -> str:
+    """The node's OpenSSH ECDSA public key, parsed before Flower sees it. P-256, P-384 (what
+    `zk0 init` makes) and P-521 are accepted, as Flower does; OpenSSH has no weaker ECDSA curve."""
     try:
+        size = Path(path).stat().st_size
+        if size > MAX_PUBLIC_KEY_BYTES:
+            raise bad_input(
+                f"{path} is {size} bytes: not a public key (node_key.pub is one short line)",
+                hint="pass the node's node_key.pub from `zk0 init --role node`",
+            )
         text = Path(path).read_text(encoding="utf-8").strip()
     except FileNotFoundError:
         raise bad_input(
@@ -311,18 +323,38 @@ def _read_public_key(path: Path) -> str:
         ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise bad_input(f"cannot read public key file {path}: {exc}") from None
-    if not text.startswith("ecdsa-sha2-nistp") or len(text.split()) < 2:
-        raise bad_input(
-            f"{path} is not an OpenSSH ECDSA public key",
-            hint="pass the node's node_key.pub (starts with ecdsa-sha2-nistp384), not its private key",
-        )
-    return text
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import load_ssh_public_key
 
-
-def _node_names(paths: Paths) -> dict:
-    import json
-
+    not_a_key = bad_input(
+        f"{path} is not an OpenSSH ECDSA public key",
+        hint="pass the node's node_key.pub (starts with ecdsa-sha2-nistp384), not its private key",
+    )
+    if not text.startswith("ecdsa-sha2-nistp"):
+        raise not_a_key
     try:
-        return json.loads((paths.data_dir / NODE_NAMES_FILE).read_text(encoding="utf-8"))
-    except (FileNotFoundError, ValueError):
-        return {}
+        key = load_ssh_public_key(text.encode("ascii"))
+    except (ValueError, UnicodeEncodeError):
+        raise not_a_key from None
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise not_a_key
+    return " ".join(text.split()[:2])  # type and key: the comment is the operator's, not the identity
+
+
+def _refuse_duplicate(registry: dict[str, dict[str, str]], key: str, name: str) -> None:
+    for node_id, entry in registry.items():
+        if " ".join(str(entry.get("public_key", "")).split()[:2]) == key:
+            raise bad_input(
+                f"this key is already registered as {entry.get('name', '?')} (node id {node_id})",
+                hint=f"to register it again under another name: zk0 server nodes remove {node_id} first",
+            )
+        if entry.get("name") == name:
+            raise bad_input(
+                f"a node named {name} is already registered (node id {node_id})",
+                hint=f"pick another --name, or remove the old one: zk0 server nodes remove {node_id}",
+            )
+
+
+def _node_names(paths: Paths) -> dict[str, dict[str, str]]:
+    registry = files.read_json(paths.data_dir / NODE_NAMES_FILE, {})
+    return registry if isinstance(registry, dict) else {}
