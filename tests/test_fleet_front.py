@@ -192,6 +192,17 @@ def test_the_registry_is_reread_when_nodes_are_added(tmp_path: Path):
     _run(tmp_path, body)
 
 
+def test_an_unregistered_key_reaches_only_activation_to_hear_flowers_own_error(tmp_path: Path):
+    async def body(port: int, upstream: FakeSuperLink, node_key: ec.EllipticCurvePrivateKey) -> None:
+        stranger = _sign(ec.generate_private_key(ec.SECP384R1()))
+        activate = _head("POST", "/v1/fleet/activate-node", [("content-length", "0"), *stranger])
+        assert (await _exchange(port, activate)).startswith(b"HTTP/1.1 200")
+        too_big = _head("POST", "/v1/fleet/activate-node", [("content-length", str(BIG)), *stranger])
+        assert (await _exchange(port, too_big)).startswith(b"HTTP/1.1 413")
+
+    _run(tmp_path, body)
+
+
 @pytest.mark.parametrize(
     "request_bytes",
     [
