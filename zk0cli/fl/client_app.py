@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from numpy.typing import NDArray
 
 from zk0cli.core.errors import Zk0Error
 from zk0cli.fl import integrity
@@ -31,16 +32,16 @@ def train(msg: Message, context: Context) -> Message:
 
     config = RunConfig.from_mapping(context.run_config)
     node = runtime(context.node_config, config)
-    round_config = msg.content[CONFIG]
-    global_weights = load_global(node, msg.content[ARRAYS], str(round_config["arrays-sha256"]))
-    server_round = int(round_config["server-round"])
+    round_config = _round_config(msg)
+    global_weights = load_global(node, _global_arrays(msg), str(round_config["arrays-sha256"]))
+    server_round = int(_number(round_config, "server-round"))
     settings = TrainConfig(
         steps=config.local_steps,
         epochs=config.local_epochs or None,
         batch_size=config.batch_size,
-        lr=float(round_config["lr"]),
-        eta_min=min(config.eta_min, float(round_config["lr"])),
-        proximal_mu=float(round_config["proximal-mu"]),
+        lr=_number(round_config, "lr"),
+        eta_min=min(config.eta_min, _number(round_config, "lr")),
+        proximal_mu=_number(round_config, "proximal-mu"),
         seed=_seed(config, context, server_round),
     )
     result = train_policy(
@@ -68,8 +69,8 @@ def train(msg: Message, context: Context) -> Message:
 def train_reply(
     msg: Message,
     node: NodeRuntime,
-    local: Mapping[str, np.ndarray],
-    global_weights: Mapping[str, np.ndarray],
+    local: Mapping[str, NDArray[np.float32]],
+    global_weights: Mapping[str, NDArray[np.float32]],
     encoding: str,
     metrics: Mapping[str, float | int],
 ) -> Message:
@@ -92,7 +93,7 @@ def evaluate(msg: Message, context: Context) -> Message:
 
     config = RunConfig.from_mapping(context.run_config)
     node = runtime(context.node_config, config)
-    load_global(node, msg.content[ARRAYS], str(msg.content[CONFIG]["arrays-sha256"]))
+    load_global(node, _global_arrays(msg), str(_round_config(msg)["arrays-sha256"]))
     metrics: dict[str, Any] = {SAMPLES: 0, "policy_loss": float("nan"), "action_error": float("nan")}
     if node.heldout_set is not None:
         result = evaluate_policy(
@@ -111,7 +112,28 @@ def evaluate(msg: Message, context: Context) -> Message:
     return Message(RecordDict({METRICS: MetricRecord(metrics), INFO: info}), reply_to=msg)
 
 
-def load_global(node: NodeRuntime, arrays: ArrayRecord, claimed: str) -> dict[str, np.ndarray]:
+def _global_arrays(msg: Message) -> ArrayRecord:
+    record = msg.content[ARRAYS]
+    if not isinstance(record, ArrayRecord):
+        raise Zk0Error(f"the server's message holds no weights ('{ARRAYS}' is a {type(record).__name__})")
+    return record
+
+
+def _round_config(msg: Message) -> ConfigRecord:
+    record = msg.content[CONFIG]
+    if not isinstance(record, ConfigRecord):
+        raise Zk0Error(f"the server's message holds no round config ('{CONFIG}' is a {type(record).__name__})")
+    return record
+
+
+def _number(round_config: ConfigRecord, key: str) -> float:
+    value = round_config[key]
+    if not isinstance(value, int | float):
+        raise Zk0Error(f"the server's round config gives {key} = {value!r}, not a number")
+    return float(value)
+
+
+def load_global(node: NodeRuntime, arrays: ArrayRecord, claimed: str) -> dict[str, NDArray[np.float32]]:
     """Check the digest of the server's weights and load them into this node's policy."""
     from zk0cli.policy.trainable import set_trainable
 
@@ -126,13 +148,13 @@ def load_global(node: NodeRuntime, arrays: ArrayRecord, claimed: str) -> dict[st
     return weights
 
 
-def _local_weights(node: NodeRuntime) -> dict[str, np.ndarray]:
+def _local_weights(node: NodeRuntime) -> dict[str, NDArray[np.float32]]:
     from zk0cli.policy.trainable import get_trainable
 
     return {name: tensor.numpy() for name, tensor in get_trainable(node.built.policy).items()}
 
 
-def _as_tensors(weights: Mapping[str, np.ndarray]) -> dict[str, Any]:
+def _as_tensors(weights: Mapping[str, NDArray[np.float32]]) -> dict[str, Any]:
     import torch
 
     return {name: torch.from_numpy(value) for name, value in weights.items()}

@@ -22,7 +22,11 @@ import argparse
 import sys
 import time
 import zipfile
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from flwr.supercore.protobuf.client import ProtobufClientInterceptor
 
 CLIENTAPP = "zk0cli.fl.client_app:app"  # the one ClientApp this host runs
 READY_LINE = "clientapp host ready"  # the supervisor waits for this line (imports done)
@@ -146,7 +150,7 @@ def _runtime_client(address: str, *, component: str, token: str = "", retry_for_
     from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor
     from flwr.supercore.runtime import RuntimeHttpClient
 
-    interceptors: list = [RuntimeVersionHttpInterceptor(component_name=component)]
+    interceptors: list[ProtobufClientInterceptor] = [RuntimeVersionHttpInterceptor(component_name=component)]
     if token:
         interceptors.append(RuntimeTokenHttpInterceptor(token))
     return RuntimeHttpClient.from_server_address(
@@ -180,7 +184,7 @@ def _retry_invoker(max_time_s: float | None) -> Any:
     )
 
 
-def _heartbeat(client: Any):
+def _heartbeat(client: Any) -> Callable[[], bool]:
     """The task's heartbeat: False (retried later) on any failure. Flower's own raises SIGINT when
     the SuperNode says no, which would end this long-lived process."""
     import httpx

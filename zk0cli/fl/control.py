@@ -8,6 +8,7 @@ lr; decay -> spread adjustment -> clamp for mu.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from zk0cli.fl import schedules
 from zk0cli.fl.run_config import RunConfig
@@ -26,7 +27,7 @@ class RoundPlan:
         boost = self.client_lr.get(node)
         return boost.value if boost else self.lr
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "lr": {
                 "value": self.lr,
@@ -49,7 +50,7 @@ class RoundControl:
     plateau_reason: str = ""
     _new_server_loss: bool = False
 
-    def replay(self, rounds: list[dict]) -> None:
+    def replay(self, rounds: list[dict[str, Any]]) -> None:
         """Rebuild the state a run had after these round records (round 0 first), to resume it.
 
         The same calls in the same order as the live run made them: plan, the accepted clients'
@@ -87,7 +88,7 @@ class RoundControl:
                 self.client_losses, lr, self.config.high_loss_multiplier, self.config.lr_boost_factor
             )
             client_lr = {node: d for node, d in decisions.items() if d.value != lr}
-        mu, mu_reasons = self._round_mu(server_round)
+        mu, mu_reasons = self._round_mu()
         return RoundPlan(server_round, lr, lr_reasons, client_lr, mu, mu_reasons)
 
     def _round_lr(self, server_round: int) -> tuple[float, list[str]]:
@@ -123,7 +124,7 @@ class RoundControl:
         lr = max(base.value * self.lr_scale, c.eta_min)
         return lr, reasons
 
-    def _round_mu(self, server_round: int) -> tuple[float, list[str]]:
+    def _round_mu(self) -> tuple[float, list[str]]:
         c = self.config
         if self.mu is None:
             mu, reasons = c.proximal_mu, ["initial proximal-mu"]

@@ -28,9 +28,11 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord
+from numpy.typing import NDArray
 
 FP32 = "fp32"
 BF16_DELTA = "bf16-delta"
@@ -58,25 +60,25 @@ def digest(record: ArrayRecord) -> str:
     return h.hexdigest()
 
 
-def pack(arrays: Mapping[str, np.ndarray], values: Array) -> ArrayRecord:
+def pack(arrays: Mapping[str, NDArray[np.float32]], values: Array) -> ArrayRecord:
     """The packed record of ``arrays``' layout and their already encoded, concatenated ``values``."""
     layout = json.dumps([[name, [int(d) for d in value.shape]] for name, value in arrays.items()]).encode()
     return ArrayRecord({LAYOUT: Array(np.frombuffer(layout, dtype=np.uint8)), VALUES: values})
 
 
-def flat(arrays: Mapping[str, np.ndarray]) -> np.ndarray:
+def flat(arrays: Mapping[str, NDArray[np.float32]]) -> NDArray[Any]:
     """All arrays as one contiguous float32 vector, in insertion order."""
     if not arrays:
         return np.zeros(0, dtype=np.float32)
     return np.concatenate([np.asarray(v, dtype=np.float32).ravel() for v in arrays.values()])
 
 
-def to_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
+def to_record(arrays: Mapping[str, NDArray[np.float32]]) -> ArrayRecord:
     """float32 arrays into a packed ArrayRecord (insertion order kept)."""
     return pack(arrays, Array(flat(arrays)))
 
 
-def from_record(record: ArrayRecord) -> dict[str, np.ndarray]:
+def from_record(record: ArrayRecord) -> dict[str, NDArray[np.float32]]:
     """The float32 arrays of a packed record; PackingError if it is not one."""
     layout = read_layout(record)
     return split(decode_array(record[VALUES]), layout)
@@ -92,7 +94,7 @@ def read_layout(record: ArrayRecord) -> list[tuple[str, tuple[int, ...]]]:
         raise PackingError(f"unreadable layout ({exc})") from None
 
 
-def split(values: np.ndarray, layout: list[tuple[str, tuple[int, ...]]]) -> dict[str, np.ndarray]:
+def split(values: NDArray[Any], layout: list[tuple[str, tuple[int, ...]]]) -> dict[str, NDArray[np.float32]]:
     """Cut a flat vector into the layout's arrays (views, no copy)."""
     needed = sum(math.prod(shape) for _, shape in layout)
     if values.ndim != 1 or values.size != needed:
@@ -105,30 +107,30 @@ def split(values: np.ndarray, layout: list[tuple[str, tuple[int, ...]]]) -> dict
     return out
 
 
-def spec_of(arrays: Mapping[str, np.ndarray], encoding: str) -> dict[str, tuple[tuple[int, ...], str]]:
+def spec_of(arrays: Mapping[str, NDArray[np.float32]], encoding: str) -> dict[str, tuple[tuple[int, ...], str]]:
     return {name: (tuple(value.shape), WIRE_DTYPE[encoding]) for name, value in arrays.items()}
 
 
 # ---------------------------------------------------------------- bfloat16 by hand
 
 
-def to_bf16_bits(values: np.ndarray) -> np.ndarray:
+def to_bf16_bits(values: NDArray[Any]) -> NDArray[Any]:
     """float32 -> bfloat16 bit patterns (uint16), round to nearest even, NaN kept NaN."""
     bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32).astype(np.uint64)
     rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
     return np.where(np.isnan(values), np.uint16(0x7FC0), rounded)
 
 
-def from_bf16_bits(bits: np.ndarray) -> np.ndarray:
+def from_bf16_bits(bits: NDArray[Any]) -> NDArray[Any]:
     return (bits.astype(np.uint32) << 16).view(np.float32)
 
 
-def bf16_array(values: np.ndarray) -> Array:
+def bf16_array(values: NDArray[Any]) -> Array:
     bits = to_bf16_bits(values).astype("<u2")
     return Array(dtype="bfloat16", shape=tuple(int(d) for d in values.shape), stype=RAW_STYPE, data=bits.tobytes())
 
 
-def decode_array(array: Array) -> np.ndarray:
+def decode_array(array: Array) -> NDArray[Any]:
     """float32 view of a float32 numpy Array or a raw bfloat16 Array."""
     if array.stype == RAW_STYPE and array.dtype == "bfloat16":
         bits = np.frombuffer(array.data, dtype="<u2").reshape(array.shape)
@@ -139,7 +141,9 @@ def decode_array(array: Array) -> np.ndarray:
 # ---------------------------------------------------------------- updates
 
 
-def encode_update(local: Mapping[str, np.ndarray], global_: Mapping[str, np.ndarray], encoding: str) -> ArrayRecord:
+def encode_update(
+    local: Mapping[str, NDArray[np.float32]], global_: Mapping[str, NDArray[np.float32]], encoding: str
+) -> ArrayRecord:
     if encoding == FP32:
         return to_record(local)
     if encoding == BF16_DELTA:
@@ -149,12 +153,12 @@ def encode_update(local: Mapping[str, np.ndarray], global_: Mapping[str, np.ndar
 
 @dataclass(frozen=True)
 class CheckedUpdate:
-    weights: dict[str, np.ndarray] | None  # full fp32 trainable weights when accepted
+    weights: dict[str, NDArray[np.float32]] | None  # full fp32 trainable weights when accepted
     reason: str  # why it was rejected; "" when accepted
 
 
 def check_update(
-    record: ArrayRecord, claimed_digest: str, spec: ArraySpec, encoding: str, global_: Mapping[str, np.ndarray]
+    record: ArrayRecord, claimed_digest: str, spec: ArraySpec, encoding: str, global_: Mapping[str, NDArray[np.float32]]
 ) -> CheckedUpdate:
     """Verify one client update and turn it into full fp32 weights, or say why it is rejected."""
     if encoding not in ENCODINGS:

@@ -13,6 +13,7 @@ Engine a client process serves many rounds; in a deployment each message gets a 
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 from collections.abc import Mapping
@@ -75,7 +76,7 @@ class NodeRuntime:
 # A Simulation Engine actor may serve several clients in turn; keep a couple of them built, not
 # all (a real SmolVLA is ~2 GB each).
 CACHE_SIZE = 2
-_cache: dict[tuple, NodeRuntime] = {}
+_cache: dict[tuple[tuple[object, ...], Assignment], NodeRuntime] = {}
 
 
 def runtime(node_config: Mapping[str, Any], config: RunConfig) -> NodeRuntime:
@@ -110,14 +111,16 @@ def _build(assignment: Assignment, config: RunConfig) -> NodeRuntime:
     meta = open_metadata(uri)
     built = build_policy(config.policy_spec(), meta)
     delta = built.delta_timestamps(meta)
-    split = dict(
+    partition = functools.partial(
+        open_partition,
+        uri,
         num_partitions=assignment.num_partitions,
         partition_id=assignment.partition_id,
         heldout=config.client_eval_episodes,
         delta_timestamps=delta,
     )
-    train_set = open_partition(uri, split="train", **split)
-    heldout_set = open_partition(uri, split="heldout", **split) if config.client_eval_episodes else None
+    train_set = partition(split="train")
+    heldout_set = partition(split="heldout") if config.client_eval_episodes else None
     log.info(
         "node dataset %s: %d training frames, %d held-out frames",
         assignment.label,

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from zk0cli.core.files import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def write_plots(plots_dir: Path, metrics: list[dict[str, Any]]) -> list[Path]:
@@ -16,24 +19,28 @@ def write_plots(plots_dir: Path, metrics: list[dict[str, Any]]) -> list[Path]:
     ]
 
 
-def _losses_figure(metrics: list[dict[str, Any]]):
+def _losses_figure(metrics: list[dict[str, Any]]) -> Figure:
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(8, 4.5), dpi=100)
     ax = fig.add_subplot()
     server = [(m["round"], m["server_policy_loss"]) for m in metrics if m.get("server_policy_loss") is not None]
     if server:
-        ax.plot(*zip(*server), marker="o", linewidth=2.2, color="black", label="server eval (held-out)")
+        ax.plot(*zip(*server, strict=True), marker="o", linewidth=2.2, color="black", label="server eval (held-out)")
     federated = [(m["round"], m["federated_eval_loss"]) for m in metrics if m.get("federated_eval_loss") is not None]
     if federated:
         ax.plot(
-            *zip(*federated), marker="s", linestyle="--", color="tab:gray", label="federated eval (clients' held-out)"
+            *zip(*federated, strict=True),
+            marker="s",
+            linestyle="--",
+            color="tab:gray",
+            label="federated eval (clients' held-out)",
         )
     for node in sorted({node for m in metrics for node in m.get("client_losses", {})}):
         points = [
             (m["round"], m["client_losses"][node]) for m in metrics if m.get("client_losses", {}).get(node) is not None
         ]
-        ax.plot(*zip(*points), marker=".", alpha=0.7, label=f"client {node} (train)")
+        ax.plot(*zip(*points, strict=True), marker=".", alpha=0.7, label=f"client {node} (train)")
     ax.set_xlabel("round")
     ax.set_ylabel("loss")
     ax.set_title("Policy loss per round")
@@ -43,7 +50,7 @@ def _losses_figure(metrics: list[dict[str, Any]]):
     return fig
 
 
-def _lr_mu_figure(metrics: list[dict[str, Any]]):
+def _lr_mu_figure(metrics: list[dict[str, Any]]) -> Figure:
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(8, 5), dpi=100)
@@ -61,7 +68,7 @@ def _lr_mu_figure(metrics: list[dict[str, Any]]):
     return fig
 
 
-def _save(path: Path, fig) -> Path:
+def _save(path: Path, fig: Figure) -> Path:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", bbox_inches="tight")
     atomic_write_bytes(path, buffer.getvalue())

@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from zk0cli.core.errors import bad_input
-from zk0cli.core.files import atomic_write_json
+from zk0cli.core.files import JsonFileError, atomic_write_json, read_json
+from zk0cli.core.timefmt import folder_stamp
 from zk0cli.core.versions import package_versions
 
 ROUND_FILE = "round_{}_server_eval.json"
@@ -42,7 +43,7 @@ FINAL_LINK = "final"
 
 
 def new_run_name() -> str:
-    return time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid() % 10000:04d}"
+    return folder_stamp() + f"-{os.getpid() % 10000:04d}"
 
 
 def dataset_fingerprint(root: Path) -> str:
@@ -84,15 +85,19 @@ class RunRecord:
         )
 
     def read_config(self) -> dict[str, Any]:
-        import json
-
         try:
-            return json.loads((self.root / CONFIG_FILE).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
+            config = read_json(self.root / CONFIG_FILE)
+        except JsonFileError as exc:
             raise bad_input(
-                f"run {self.root.name} has no readable {CONFIG_FILE} ({exc})",
+                f"run {self.root.name} has no readable {CONFIG_FILE} ({exc.reason})",
                 hint="the ServerApp writes it before round 0: a run that failed that early cannot be resumed",
             ) from None
+        if not isinstance(config, dict):
+            raise bad_input(
+                f"run {self.root.name} has no readable {CONFIG_FILE} (not a JSON object)",
+                hint="the ServerApp writes it before round 0: a run that failed that early cannot be resumed",
+            )
+        return config
 
     def flwr_run_ids(self) -> list[int]:
         """The Flower runs that wrote this record: the first, then each resume."""
@@ -125,11 +130,7 @@ class RunRecord:
         )
 
     def rounds(self) -> list[dict[str, Any]]:
-        import json
-
-        found = []
-        for path in self.root.glob(ROUND_FILE.format("*")):
-            found.append(json.loads(path.read_text(encoding="utf-8")))
+        found = [read_json(path) for path in self.root.glob(ROUND_FILE.format("*"))]
         return sorted(found, key=lambda r: r["round"])
 
     # ------------------------------------------------------------ resume
@@ -160,7 +161,7 @@ class RunRecord:
         config then says the new number of rounds).
         """
         later = [r["round"] for r in self.rounds() if r["round"] > point.round]
-        target = self.root / "superseded" / time.strftime("%Y%m%d-%H%M%S")
+        target = self.root / "superseded" / folder_stamp()
         for number in later:
             for path in [self.root / ROUND_FILE.format(number), *(self.root / "videos").glob(f"round_{number:04d}*")]:
                 target.mkdir(parents=True, exist_ok=True)

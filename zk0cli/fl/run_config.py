@@ -9,7 +9,9 @@ names the offending key, so a bad value stops the run before round 1.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import operator
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -151,12 +153,14 @@ class RunConfig:
         """What every node and the server build: the same policy from the same seed."""
         from zk0cli.policy.build import PolicySpec
 
-        common = dict(device=self.device, chunk_size=self.chunk_size or None, init_seed=self.seed)
+        spec = functools.partial(
+            PolicySpec, device=self.device, chunk_size=self.chunk_size or None, init_seed=self.seed
+        )
         if self.policy == "tiny":
-            return PolicySpec(tiny=True, **common)
+            return spec(tiny=True)
         if self.policy == "real-geometry":
-            return PolicySpec(real_geometry=True, **common)
-        return PolicySpec(base=self.policy, vlm=self.vlm_model_name or None, **common)
+            return spec(real_geometry=True)
+        return spec(base=self.policy, vlm=self.vlm_model_name or None)
 
     def dataset_uris(self) -> list[str]:
         return self.datasets.split()
@@ -191,7 +195,7 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     return parsed
 
 
-def _typed(key_: str, value: Any, f: dataclasses.Field) -> Any:
+def _typed(key_: str, value: Any, f: dataclasses.Field[Any]) -> Any:
     kind = type(f.default)
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
@@ -207,10 +211,10 @@ def _check_range(key_: str, value: Any, rules: Mapping[str, Any]) -> None:
     if isinstance(value, float) and not math.isfinite(value):
         raise bad_input(f"run-config {key_} must be a finite number, got {value}")
     checks = (
-        ("ge", lambda v, b: v >= b, ">="),
-        ("gt", lambda v, b: v > b, ">"),
-        ("le", lambda v, b: v <= b, "<="),
-        ("lt", lambda v, b: v < b, "<"),
+        ("ge", operator.ge, ">="),
+        ("gt", operator.gt, ">"),
+        ("le", operator.le, "<="),
+        ("lt", operator.lt, "<"),
     )
     for rule, holds, symbol in checks:
         bound = rules.get(rule)

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
+from numpy.typing import NDArray
 
 from zk0cli.core.errors import Zk0Error, bad_input
 from zk0cli.core.paths import Paths
@@ -79,7 +80,7 @@ def run_federation(grid: Grid, config: RunConfig, record: RunRecord, *, flwr_run
 @dataclass
 class Start:
     round: int  # the last round already done: 0 for a fresh run
-    weights: dict[str, np.ndarray]
+    weights: dict[str, NDArray[np.float32]]
     history: list[dict[str, Any]] = field(default_factory=list)  # round records up to ``round``
 
 
@@ -127,7 +128,7 @@ class RunOutputs:
         self.evaluator = evaluator
         self.evaluations = evaluations  # server evaluations so far (videos follow their count)
 
-    def __call__(self, entry: dict[str, Any], weights: Mapping[str, np.ndarray]) -> None:
+    def __call__(self, entry: dict[str, Any], weights: Mapping[str, NDArray[np.float32]]) -> None:
         server_round = entry["round"]
         last = server_round == self.config.num_server_rounds
         if entry.get("server_eval"):

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from zk0cli.core.errors import bad_input
 from zk0cli.fl.run_config import RunConfig
@@ -55,12 +56,12 @@ class ServerEvaluator:
     def fingerprints(self) -> dict[str, str]:
         return {t.uri: t.fingerprint for t in self.targets}
 
-    def initial_weights(self) -> dict[str, np.ndarray]:
+    def initial_weights(self) -> dict[str, NDArray[np.float32]]:
         from zk0cli.policy.trainable import get_trainable
 
         return {name: t.numpy() for name, t in get_trainable(self.targets[0].built.policy).items()}
 
-    def checkpoint_weights(self, directory: Path) -> dict[str, np.ndarray]:
+    def checkpoint_weights(self, directory: Path) -> dict[str, NDArray[np.float32]]:
         """The trainable weights a round checkpoint holds (what a resumed run starts from)."""
         from zk0cli.policy.trainable import read_checkpoint_trainable
 
@@ -68,7 +69,7 @@ class ServerEvaluator:
             name: t.numpy() for name, t in read_checkpoint_trainable(self.targets[0].built.policy, directory).items()
         }
 
-    def __call__(self, server_round: int, weights: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    def __call__(self, server_round: int, weights: Mapping[str, NDArray[np.float32]]) -> dict[str, Any]:
         from zk0cli.policy.train import evaluate
 
         per_dataset = {}
@@ -97,7 +98,7 @@ class ServerEvaluator:
         )
         return {"datasets": per_dataset, "composite": composite}
 
-    def save_checkpoint(self, directory: Path, weights: Mapping[str, np.ndarray]) -> None:
+    def save_checkpoint(self, directory: Path, weights: Mapping[str, NDArray[np.float32]]) -> None:
         """LeRobot's save_pretrained layout: policy config + weights and both processors."""
         built = self.targets[0].built
         _load(built, weights)
@@ -105,7 +106,7 @@ class ServerEvaluator:
         built.preprocessor.save_pretrained(directory)
         built.postprocessor.save_pretrained(directory)
 
-    def write_video(self, path: Path, weights: Mapping[str, np.ndarray], server_round: int) -> dict[str, Any]:
+    def write_video(self, path: Path, weights: Mapping[str, NDArray[np.float32]], server_round: int) -> dict[str, Any]:
         """The first held-out episode of the first eval dataset (the same one every round, so they compare)."""
         from zk0cli.fl.video import EpisodeTrajectories, write_video
         from zk0cli.policy.train import predict_episode
@@ -151,7 +152,7 @@ def _target(uri_text: str, config: RunConfig, *, heldout_only: bool) -> EvalTarg
     return EvalTarget(name, str(uri), built, dataset, dataset_fingerprint(meta.root))
 
 
-def _load(built: BuiltPolicy, weights: Mapping[str, np.ndarray]) -> None:
+def _load(built: BuiltPolicy, weights: Mapping[str, NDArray[np.float32]]) -> None:
     import torch
 
     from zk0cli.policy.trainable import set_trainable
@@ -159,7 +160,7 @@ def _load(built: BuiltPolicy, weights: Mapping[str, np.ndarray]) -> None:
     set_trainable(built.policy, {name: torch.from_numpy(np.asarray(value)) for name, value in weights.items()})
 
 
-def _to_uint8_image(image) -> np.ndarray:
+def _to_uint8_image(image: Any) -> NDArray[Any]:  # a torch tensor, or anything np.asarray takes
     """A dataset camera frame (C, H, W float in [0, 1], maybe with leading time dims) as H, W, 3 uint8."""
     array = image.numpy() if hasattr(image, "numpy") else np.asarray(image)
     array = array.reshape(array.shape[-3:])

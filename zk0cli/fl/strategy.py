@@ -24,13 +24,14 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, override
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, MetricRecordValues, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedProx
 from flwr.serverapp.strategy.strategy_utils import sample_nodes
+from numpy.typing import NDArray
 
 from zk0cli.fl import integrity
 from zk0cli.fl.control import RoundControl
@@ -47,15 +48,15 @@ REPLY_POLL_S = 0.5  # between checks for replies while a round waits (Flower's o
 
 log = logging.getLogger("zk0.server")
 
-ServerEvaluate = Callable[[int, Mapping[str, np.ndarray]], "dict[str, Any] | None"]
-RoundSink = Callable[[dict[str, Any], Mapping[str, np.ndarray]], None]
+ServerEvaluate = Callable[[int, Mapping[str, NDArray[np.float32]]], "dict[str, Any] | None"]
+RoundSink = Callable[[dict[str, Any], Mapping[str, NDArray[np.float32]]], None]
 
 
 class Zk0FedProx(FedProx):
     def __init__(
         self,
         config: RunConfig,
-        initial_weights: Mapping[str, np.ndarray],
+        initial_weights: Mapping[str, NDArray[np.float32]],
         server_evaluate: ServerEvaluate,
         on_round: RoundSink,
     ) -> None:
@@ -158,10 +159,11 @@ class Zk0FedProx(FedProx):
             messages.append(Message(content=content, message_type=MessageType.TRAIN, dst_node_id=node_id))
         return messages
 
+    @override
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        accepted: list[tuple[dict[str, np.ndarray], float]] = []
+        accepted: list[tuple[dict[str, NDArray[np.float32]], float]] = []
         clients = []
         replies = list(replies)
         silent = set(self._destinations.values()) - {self._sender(reply) for reply in replies}  # asked, no answer
@@ -174,7 +176,7 @@ class Zk0FedProx(FedProx):
                 self.entry["failed"].append({"node": node, "reason": reply.error.reason})
                 continue
             client, weights, reason = self._check_reply(reply)
-            if reason:
+            if reason or weights is None:
                 self.entry["rejected"].append(
                     {
                         "node": node,
@@ -194,7 +196,7 @@ class Zk0FedProx(FedProx):
         numeric = {k: v for k, v in self.entry["clients"]["aggregate"].items() if v is not None}
         return integrity.to_record(self.global_weights), MetricRecord(numeric)
 
-    def _check_reply(self, reply: Message) -> tuple[dict[str, Any], dict[str, np.ndarray] | None, str]:
+    def _check_reply(self, reply: Message) -> tuple[dict[str, Any], dict[str, NDArray[np.float32]] | None, str]:
         """(client entry, full fp32 weights, rejection reason or '')."""
         node = self._sender(reply)
         content = reply.content
@@ -237,8 +239,10 @@ class Zk0FedProx(FedProx):
         config["arrays-sha256"] = integrity.digest(arrays)
         return super().configure_evaluate(server_round, arrays, config, grid)
 
+    @override
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        each, failed = [], []
+        each: list[dict[str, Any]] = []
+        failed: list[dict[str, str | None]] = []
         for reply in replies:
             node = self._sender(reply)
             if reply.has_error():
@@ -253,7 +257,7 @@ class Zk0FedProx(FedProx):
             if c["metrics"].get(SAMPLES, 0) > 0
             and all(math.isfinite(c["metrics"].get(k, math.nan)) for k in ("policy_loss", "action_error"))
         ]
-        aggregate = None
+        aggregate: dict[str, MetricRecordValues] | None = None
         if usable:
             total = sum(c["metrics"][SAMPLES] for c in usable)
             aggregate = {
@@ -279,15 +283,15 @@ class Zk0FedProx(FedProx):
         return MetricRecord(result["composite"]) if result else None
 
 
-def _weighted_average(accepted: list[tuple[dict[str, np.ndarray], float]]) -> dict[str, np.ndarray]:
+def _weighted_average(accepted: list[tuple[dict[str, NDArray[np.float32]], float]]) -> dict[str, NDArray[np.float32]]:
     total = float(sum(samples for _, samples in accepted))
-    names = accepted[0][0].keys()
-    return {
-        name: (sum(weights[name].astype(np.float64) * (samples / total) for weights, samples in accepted)).astype(
-            np.float32
-        )
-        for name in names
-    }
+    averaged = {}
+    for name, first in accepted[0][0].items():
+        mixed = np.zeros(first.shape, dtype=np.float64)
+        for weights, samples in accepted:
+            mixed += weights[name].astype(np.float64) * (samples / total)
+        averaged[name] = mixed.astype(np.float32)
+    return averaged
 
 
 CLIENT_AVERAGED = ("fedprox_loss", "policy_loss", "grad_norm", "update_norm", "seconds")

@@ -9,12 +9,13 @@ hundred frames encode in seconds. H.264 through PyAV at the dataset's fps, with 
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from zk0cli.core.files import atomic_write_bytes, atomic_write_json
 
@@ -25,9 +26,9 @@ PANEL_HEIGHT = 480  # pixels; the camera frame is scaled to this height too
 class EpisodeTrajectories:
     """What the video shows: one held-out episode, the policy's actions and the recorded ones."""
 
-    frames: np.ndarray  # (T, H, W, 3) uint8
-    predicted: np.ndarray  # (T, D)
-    recorded: np.ndarray  # (T, D)
+    frames: NDArray[Any]  # (T, H, W, 3) uint8
+    predicted: NDArray[Any]  # (T, D)
+    recorded: NDArray[Any]  # (T, D)
     joint_names: Sequence[str]
     fps: int
     dataset: str
@@ -53,8 +54,13 @@ def write_video(path: Path, episode: EpisodeTrajectories, server_round: int) -> 
         "frames": steps,
         "fps": episode.fps,
         "action_error": episode.action_error(),
+        # Not strict: a dataset may name fewer joints than it records (the panel labels them j<N>).
         "action_error_per_joint": dict(
-            zip(episode.joint_names, np.mean(np.abs(episode.predicted - episode.recorded), axis=0).tolist())
+            zip(
+                episode.joint_names,
+                np.mean(np.abs(episode.predicted - episode.recorded), axis=0).tolist(),
+                strict=False,
+            )
         ),
         "video": path.name,
     }
@@ -62,7 +68,7 @@ def write_video(path: Path, episode: EpisodeTrajectories, server_round: int) -> 
     return info
 
 
-def _trajectory_panel(episode: EpisodeTrajectories, server_round: int) -> tuple[np.ndarray, tuple[int, int]]:
+def _trajectory_panel(episode: EpisodeTrajectories, server_round: int) -> tuple[NDArray[Any], tuple[int, int]]:
     """The static plot panel as RGB, plus the pixel columns where the time axis starts and ends."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -86,8 +92,8 @@ def _trajectory_panel(episode: EpisodeTrajectories, server_round: int) -> tuple[
     axes[-1].set_xlabel("frame", fontsize=7)
     fig.subplots_adjust(left=0.16, right=0.98, top=0.94, bottom=0.08, hspace=0.15)
     canvas = FigureCanvasAgg(fig)
-    canvas.draw()
-    panel = np.asarray(canvas.buffer_rgba())[..., :3].copy()
+    canvas.draw()  # type: ignore[no-untyped-call]  # matplotlib's Agg backend is not annotated
+    panel = np.asarray(canvas.buffer_rgba())[..., :3].copy()  # type: ignore[no-untyped-call]  # same
     box = axes[0].get_window_extent()
     return panel, (int(round(box.x0)), int(round(box.x1)))
 
@@ -96,21 +102,21 @@ def _short(name: str) -> str:
     return name.replace(".pos", "").replace("_", " ")
 
 
-def _compose(frame: np.ndarray, panel: np.ndarray, axes_x: tuple[int, int], progress: float) -> np.ndarray:
+def _compose(frame: NDArray[Any], panel: NDArray[Any], axes_x: tuple[int, int], progress: float) -> NDArray[Any]:
     from PIL import Image
 
     height = panel.shape[0]
     camera = Image.fromarray(np.asarray(frame, dtype=np.uint8))
     width = max(2, round(camera.width * height / camera.height))
-    camera = np.asarray(camera.resize((width, height), Image.Resampling.BILINEAR))
-    canvas = np.concatenate([camera, panel], axis=1)
+    resized = np.asarray(camera.resize((width, height), Image.Resampling.BILINEAR))
+    canvas: NDArray[Any] = np.concatenate([resized, panel], axis=1)
     cursor = width + axes_x[0] + round(progress * (axes_x[1] - axes_x[0]))
     canvas[:, max(cursor - 1, width) : cursor + 1] = (30, 90, 220)
     # H.264 with yuv420p needs even dimensions
     return canvas[: canvas.shape[0] // 2 * 2, : canvas.shape[1] // 2 * 2]
 
 
-def _encode(images, fps: int) -> bytes:
+def _encode(images: Iterable[NDArray[Any]], fps: int) -> bytes:
     import av
 
     buffer = io.BytesIO()
