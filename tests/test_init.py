@@ -163,3 +163,16 @@ def test_unwritable_zk0_home_is_an_environment_error(cli, monkeypatch, tmp_path,
     monkeypatch.setenv("ZK0_HOME", home)
     result = cli("init", "--role", "server", "--yes")
     assert result.code == 4 and "cannot create" in result.stderr and "ZK0_HOME" in result.stderr
+
+
+def test_three_forced_inits_in_a_second_keep_three_backups(cli, server_home, zk0_home):
+    pki = ServerPki.at(Paths.resolve(zk0_home).pki_dir)
+    keys = [pki.ca_key.read_bytes()]
+    backups = []
+    for _ in range(3):
+        forced = cli("--json", "init", "--role", "server", "--yes", "--force")
+        assert forced.code == 0
+        backups.append(Path(forced.json()["backup_dir"]))
+        keys.append(pki.ca_key.read_bytes())
+    assert len(set(backups)) == 3  # never one folder written over by the next
+    assert [(backup / "ca.key").read_bytes() for backup in backups] == keys[:3]  # every earlier CA key kept

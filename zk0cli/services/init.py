@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from zk0cli.core import config as config_mod
 from zk0cli.core.errors import bad_input, env_not_ready
 from zk0cli.core.paths import Paths
+from zk0cli.core.timefmt import folder_stamp
 from zk0cli.services import pki
 
 
@@ -112,6 +112,15 @@ def _make_dirs(paths: Paths, config_file: Path) -> None:
 def _backup(files: tuple[Path, ...], paths: Paths, force: bool) -> Path | None:
     if not force:
         return None
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    target = paths.config_dir / f"pki.bak-{stamp}"
-    return target if pki.backup_existing(files, target) else None
+    if not any(path.exists() for path in files):
+        return None
+    base = paths.config_dir / f"pki.bak-{folder_stamp()}"
+    for attempt in range(1, 1000):  # a backup never lands on an earlier one (several --force in a second)
+        target = base if attempt == 1 else base.with_name(f"{base.name}-{attempt}")
+        try:
+            target.mkdir(mode=0o700)
+        except FileExistsError:
+            continue
+        pki.backup_existing(files, target)
+        return target
+    raise env_not_ready(f"{base}-999 exists: too many backups this second", hint=f"clean up {paths.config_dir}")
