@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
 
 from zk0cli.cli.common import JsonOption, out, session
+from zk0cli.core.errors import bad_input
+
+if TYPE_CHECKING:
+    from zk0cli.services.server import ServeOptions
 
 app = typer.Typer(help="Run the federation server (SuperLink behind a fleet-only TLS front).", no_args_is_help=True)
 nodes_app = typer.Typer(help="Register the nodes allowed to join (used when node auth is on).", no_args_is_help=True)
@@ -43,6 +47,9 @@ def serve(
             help="Only registered node keys may join [config: server.require-node-auth].",
         ),
     ] = None,
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="Confirm --no-require-node-auth with TLS: anyone may then join.")
+    ] = False,
     detach: Annotated[bool, typer.Option("--detach", help="Run in the background; `zk0 stop server` ends it.")] = False,
     install_service: Annotated[
         bool, typer.Option("--install-service", help="Print a systemd user unit for this command.")
@@ -93,6 +100,8 @@ def serve(
         rounds=rounds,
         run_settings=list(set_ or []),
     )
+    if not insecure and not config.require_node_auth:
+        _confirm_open_federation(options, confirmed=yes or require_node_auth is None)
     spec = server_service.build_spec(s.paths, options)
     if insecure:
         out().warning(INSECURE_WARNING)
@@ -105,6 +114,19 @@ def serve(
     supervisor.run_foreground(s.paths, spec, _print_event)
     final = supervisor.read_state(s.paths, spec.name) or {}
     out().result(final, lambda c: c.print("server stopped; nothing left running"))
+
+
+def _confirm_open_federation(options: ServeOptions, *, confirmed: bool) -> None:
+    """TLS without node auth encrypts traffic but lets any client that reaches the port join,
+    receive the global weights and send updates: the flag alone must not do that by accident
+    (a config file that says so is deliberate enough)."""
+    risk = (
+        f"node authentication is off: anyone who reaches {options.host}:{options.port} can join as a node, "
+        "receive every round's weights and send updates"
+    )
+    if not confirmed:
+        raise bad_input(risk, hint="add --yes to serve like this anyway, or drop --no-require-node-auth")
+    out().warning(risk)
 
 
 def _print_unit(unit: str) -> None:

@@ -1,4 +1,4 @@
-"""`zk0 server nodes add`: every bad key file is one line, a hint and exit 2, before Flower sees it."""
+"""The server admin's bad inputs: every one is a line, a hint and an exit code, before Flower sees it."""
 
 from __future__ import annotations
 
@@ -68,3 +68,12 @@ def test_p256_is_accepted_as_flower_does(cli, tmp_path, registry):
     path.write_text(openssh_public_key(ec.SECP256R1()))
     result = cli("server", "nodes", "add", str(path), "--name", "carol")
     assert result.code == ExitCode.UNREACHABLE and "server is not running" in result.stderr
+
+
+def test_tls_without_node_auth_needs_a_yes(cli):
+    refused = cli("server", "serve", "--no-require-node-auth", "--port", "19391")
+    assert refused.code == ExitCode.BAD_INPUT
+    assert "anyone who reaches" in refused.stderr and "--yes" in refused.stderr
+    confirmed = cli("server", "serve", "--no-require-node-auth", "--yes", "--port", "19391")
+    assert "anyone who reaches" in confirmed.stderr  # said as a warning, then serve goes on...
+    assert confirmed.code == ExitCode.ENV_NOT_READY and "zk0 init --role server" in confirmed.stderr  # ...to its PKI
