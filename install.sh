@@ -2,7 +2,8 @@
 # Install zk0 into a virtualenv, with the exact dependency versions it is tested with.
 #
 #   ./install.sh            install (or update) zk0 into .venv  (ZK0_VENV=/path overrides)
-#   ./install.sh --test     also install the test tools, then run the whole test suite
+#   ./install.sh --test     also install the test tools, then run lint, types and the whole test suite
+#   ./install.sh --test ARGS  ... or only `pytest ARGS` (e.g. tests/test_config.py -x)
 #
 # Safe to run again: when nothing changed since the last install it only checks and returns.
 set -euo pipefail
@@ -75,6 +76,16 @@ if [ "$mode" = "--test" ]; then
     fi
   fi
   cd "$here"
-  exec "$venv/bin/python" -m pytest "$@"
+  [ $# -gt 0 ] && exec "$venv/bin/python" -m pytest "$@"  # a chosen subset: just those tests
+  # Cheapest first, so a mistake fails in seconds rather than after the slow lane.
+  say "lint, format, types and import contracts"
+  "$venv/bin/ruff" check --quiet .
+  "$venv/bin/ruff" format --check --quiet .
+  "$venv/bin/mypy"
+  "$venv/bin/lint-imports" --no-cache --no-logo
+  say "fast tests"
+  "$venv/bin/python" -m pytest -m "not slow"
+  say "slow tests: real Flower processes, training, the demo"
+  exec "$venv/bin/python" -m pytest -m slow
 fi
 say "run zk0 as $venv/bin/zk0, or put it on PATH:  export PATH=\"$venv/bin:\$PATH\""

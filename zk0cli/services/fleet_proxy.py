@@ -48,6 +48,7 @@ import os
 import signal
 import ssl
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import h11
@@ -155,7 +156,7 @@ class NodeRegistry:
                 log.warning("server-nodes.json: skipped an entry without a usable EC public key")
         return keys
 
-    def refusal(self, path: bytes, headers: list[tuple[bytes, bytes]]) -> str | None:
+    def refusal(self, path: bytes, headers: Sequence[tuple[bytes, bytes]]) -> str | None:
         """Why this request's node-auth headers fail (None: they pass), checked as Flower's SuperLink does."""
         values = {name.lower(): value for name, value in headers}
         try:
@@ -165,7 +166,7 @@ class NodeRegistry:
             claimed = _spki_der(serialization.load_pem_public_key(pem))
         except (KeyError, ValueError, TypeError, UnsupportedAlgorithm):
             return "no node auth"
-        key = self.keys().get(claimed)
+        key: object = self.keys().get(claimed)
         if key is None and path in FIRST_CONTACT_PATHS:
             # The SuperLink answers an unregistered key with its own "not registered" error, which
             # zk0 node join explains; the body is capped small, so the key need only sign correctly.
@@ -528,14 +529,14 @@ async def _raw_reply(writer: asyncio.StreamWriter, status: int, body: bytes) -> 
     await asyncio.wait_for(writer.drain(), DRAIN_TIMEOUT_S)
 
 
-def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+def _content_length(headers: Sequence[tuple[bytes, bytes]]) -> int | None:
     for name, value in headers:
         if name.lower() == b"content-length":
             return int(value)  # h11 has already rejected malformed or conflicting values
     return None
 
 
-def _without_hop_by_hop(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+def _without_hop_by_hop(headers: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     """Drop hop-by-hop headers, including every header the Connection header names."""
     named = {
         token.strip().lower() for name, value in headers if name.lower() == b"connection" for token in value.split(b",")
@@ -543,7 +544,7 @@ def _without_hop_by_hop(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes,
     return [(name, value) for name, value in headers if name.lower() not in HOP_BY_HOP and name.lower() not in named]
 
 
-def _upstream_headers(headers: list[tuple[bytes, bytes]], peer: str) -> list[tuple[bytes, bytes]]:
+def _upstream_headers(headers: Sequence[tuple[bytes, bytes]], peer: str) -> list[tuple[bytes, bytes]]:
     """What the SuperLink sees: no client-supplied forwarding headers, the real peer in X-Forwarded-For."""
     kept = [
         (name, value) for name, value in _without_hop_by_hop(headers) if not name.lower().startswith(FORWARDED_HEADERS)
