@@ -30,6 +30,7 @@ class FakeSuperLink:
     def __init__(self) -> None:
         self.received = bytearray()
         self.server: asyncio.Server | None = None
+        self.writers: list[asyncio.StreamWriter] = []
 
     async def start(self) -> int:
         self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
@@ -37,6 +38,7 @@ class FakeSuperLink:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         buffer = b""
+        self.writers.append(writer)
         try:
             while data := await reader.read(65536):
                 self.received += data
@@ -263,5 +265,23 @@ def test_a_client_framing_error_is_the_clients_fault(tmp_path: Path):
     async def body(port: int, upstream: FakeSuperLink, node_key: ec.EllipticCurvePrivateKey) -> None:
         answer = await _exchange(port, b"GET /health HTTP/1.1\r\nhost: x\r\nx-big: " + b"a" * 70000 + b"\r\n\r\n")
         assert answer.startswith(b"HTTP/1.1 431"), answer[:100]
+
+    _run(tmp_path, body)
+
+
+def test_an_upstream_connection_the_superlink_closed_is_not_reused(tmp_path: Path):
+    async def body(port: int, upstream: FakeSuperLink, node_key: ec.EllipticCurvePrivateKey) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        answers = []
+        for _ in range(2):
+            writer.write(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
+            await writer.drain()
+            answers.append(await asyncio.wait_for(reader.read(65536), 5))
+            assert upstream.server is not None
+            for connection in list(upstream.writers):  # the SuperLink's keep-alive timeout fires
+                connection.close()
+            await asyncio.sleep(0.3)
+        writer.close()
+        assert all(answer.startswith(b"HTTP/1.1 200") for answer in answers), answers
 
     _run(tmp_path, body)
