@@ -339,15 +339,16 @@ def test_superlink_killed_mid_run_restarts_nodes_reconnect_and_resume_finishes_t
     wait_for(lambda: [p.name for p in record.checkpoints()] == ["round_0001"], 240, "the round-1 checkpoint")
 
     superlink_pid = supervisor.read_state(server_paths, "server")["processes"]["superlink"]["pid"]
-    reconnects = {name: node_event_count(federation, name, "reconnected") for name in ("alice", "bob")}
     os.kill(superlink_pid, signal.SIGKILL)
-    wait_for(
-        lambda: all(node_event_count(federation, name, "reconnected") > reconnects[name] for name in reconnects),
-        120,
-        "both nodes reconnecting by themselves",
-    )
-    superlink = supervisor.read_state(server_paths, "server")["processes"]["superlink"]
-    assert superlink["restarts"] >= 1 and superlink["pid"] != superlink_pid
+
+    def superlink_back() -> bool:
+        superlink = supervisor.read_state(server_paths, "server")["processes"]["superlink"]
+        return superlink["restarts"] >= 1 and superlink["pid"] != superlink_pid and superlink["state"] == "healthy"
+
+    # The nodes' reconnection is proved below: both train rounds 2 and 3 of the resumed run. (A
+    # SuperNode may not even log a failed attempt: the fleet front retries a call that failed
+    # before reaching the SuperLink once, and a restart can fit in that window.)
+    wait_for(superlink_back, 120, "the supervisor restarting the SuperLink")
     before = {entry["round"] for entry in record.rounds()}
     assert {0, 1} <= before and max(before) < 3  # nothing the run recorded was lost
     last_checkpoint = int(record.checkpoints()[-1].name.split("_")[1])
@@ -366,11 +367,6 @@ def test_superlink_killed_mid_run_restarts_nodes_reconnect_and_resume_finishes_t
     config = record.read_config()
     assert config["resumes"][0]["from_round"] == last_checkpoint
     assert record.flwr_run_ids()[0] == int(run["run_id"]) and str(record.flwr_run_ids()[1]) == result["run_id"]
-
-
-def node_event_count(federation, name: str, event: str) -> int:
-    state = supervisor.read_state(Paths.resolve(federation.root / name), f"node-{name}") or {}
-    return state.get("processes", {}).get("supernode", {}).get("events", {}).get(event, {}).get("count", 0)
 
 
 def wait_for(condition, timeout_s: float, what: str) -> None:
