@@ -51,18 +51,7 @@ def train(msg: Message, context: Context) -> Message:
         global_params=_as_tensors(global_weights),
         progress=ProgressLog(server_round, node.dataset_name),
     )
-    metrics = {
-        "loss": result.loss,
-        "policy_loss": result.policy_loss,
-        "fedprox_loss": result.fedprox_loss,
-        "grad_norm": result.grad_norm,
-        "steps": result.steps,
-        SAMPLES: result.samples,
-        "seconds": result.seconds,
-        "lr": result.lr_first,
-        "lr_last": result.lr_last,
-        "update_norm": result.update_norm,
-    }
+    metrics = result.metrics()
     return train_reply(msg, node, _local_weights(node), global_weights, str(round_config["uplink"]), metrics)
 
 

@@ -98,7 +98,9 @@ class TrainResult:
     update_norm: float  # ||w_end - w_start|| over the trainable parameters
 
     def metrics(self) -> dict[str, float | int]:
-        return dataclasses.asdict(self)
+        """As a client reports it, federated or centralized: the round's first lr is ``lr``."""
+        reported = dataclasses.asdict(self)
+        return {("lr" if name == "lr_first" else name): value for name, value in reported.items()}
 
 
 def train(

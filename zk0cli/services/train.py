@@ -390,18 +390,7 @@ def _train_rounds(plan: CentralizedPlan, record: RunRecord, progress: Progress) 
                 seed=round_seed(config.seed, server_round),
             )
             result = train(built, dataset, settings)
-            metrics = {
-                "loss": result.loss,
-                "policy_loss": result.policy_loss,
-                "fedprox_loss": result.fedprox_loss,
-                "grad_norm": result.grad_norm,
-                "steps": result.steps,
-                "samples": result.samples,
-                "seconds": result.seconds,
-                "lr": result.lr_first,
-                "lr_last": result.lr_last,
-                "update_norm": result.update_norm,
-            }
+            metrics = result.metrics()
             clients.append({"node": NODE, "dataset": name, "metrics": metrics, "samples": result.samples})
         entry["clients"] = {"aggregate": _aggregate(clients), "each": clients}
         control.observe_clients({c["node"]: c["metrics"]["loss"] for c in clients})
