@@ -110,3 +110,64 @@ def test_video_has_every_frame_at_the_dataset_fps(tmp_path):
         assert stream.average_rate == 15
     assert len(decoded) == steps
     assert decoded[0].width % 2 == 0 and decoded[0].height == video.PANEL_HEIGHT
+
+
+# --------------------------------------------------------------------------- following a record
+
+
+def follow(run, *, flower_status=lambda: "running", check=None):
+    from zk0cli.fl.record_follow import FollowedRun, follow_record
+
+    seen = []
+    followed = FollowedRun(run.root, "run 7", "see the log")
+    status = follow_record(
+        followed, on_round=seen.append, flower_status=flower_status, poll_s=0.01, flower_every_s=0.01, check=check
+    )
+    return status, [entry["round"] for entry in seen]
+
+
+def test_following_a_record_reports_each_round_once_in_order_then_its_final_status(tmp_path):
+    run = records.RunRecord.create(tmp_path, "r")
+    run.write_round(round_entry(1))
+    run.write_round(round_entry(0))
+    polls = []
+
+    def write_more():  # the ServerApp goes on writing while the record is followed
+        polls.append(1)
+        if len(polls) == 3:
+            run.write_round(round_entry(2))
+        if len(polls) == 6:
+            run.write_status("completed", rounds=2)
+
+    status, rounds = follow(run, check=write_more)
+    assert rounds == [0, 1, 2] and status["state"] == "completed" and status["rounds"] == 2
+
+
+def test_a_failed_record_raises_with_its_error_hint_and_exit_code(tmp_path):
+    from zk0cli.core.errors import ExitCode, Zk0Error
+
+    run = records.RunRecord.create(tmp_path, "r")
+    run.write_status("failed", error="no checkpoint at /x", hint="pass a real checkpoint", exit_code=2)
+    with pytest.raises(Zk0Error) as failed:
+        follow(run)
+    assert failed.value.message == "run 7 failed: no checkpoint at /x"
+    assert failed.value.hint == "pass a real checkpoint" and failed.value.code == ExitCode.BAD_INPUT
+    run.write_status("failed", exit_code=99)  # a code zk0 does not define: a plain failure, the default hint
+    with pytest.raises(Zk0Error) as failed:
+        follow(run)
+    assert (failed.value.message, failed.value.hint, failed.value.code) == (
+        "run 7 failed: unknown error",
+        "see the log",
+        ExitCode.FAILED,
+    )
+
+
+def test_a_run_flower_calls_finished_without_a_complete_record_fails_after_the_trail(tmp_path, monkeypatch):
+    from zk0cli.core.errors import Zk0Error
+    from zk0cli.fl import record_follow
+
+    monkeypatch.setattr(record_follow, "RECORD_TRAIL_S", 0.05)
+    run = records.RunRecord.create(tmp_path, "r")
+    run.write_status("running")
+    with pytest.raises(Zk0Error, match=r"run 7 ended \(finished:failed\) before its record was complete"):
+        follow(run, flower_status=lambda: "finished:failed")

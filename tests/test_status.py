@@ -445,11 +445,14 @@ def test_wide_terminal_puts_panels_side_by_side(paths, supervised):
     assert len(wide.splitlines()) < len(narrow.splitlines())
 
 
-def test_record_file_names_match_the_record_writer():
-    from zk0cli.fl import records
+def test_round_files_are_found_by_the_round_in_their_name(tmp_path):
+    from zk0cli.fl.record_follow import ROUND_FILE, round_files
 
-    assert status_mod.STATUS_FILE == records.STATUS_FILE
-    assert status_mod.ROUND_FILE.fullmatch(records.ROUND_FILE.format(12)).group(1) == "12"
+    for number in (12, 3):
+        (tmp_path / ROUND_FILE.format(number)).write_text("{}")
+    (tmp_path / "round_x_server_eval.json").write_text("{}")
+    assert round_files(tmp_path) == {n: tmp_path / f"round_{n}_server_eval.json" for n in (3, 12)}
+    assert round_files(tmp_path / "missing") == {}
 
 
 def test_sparkline_scales_between_min_and_max():

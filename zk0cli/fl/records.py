@@ -35,9 +35,8 @@ from zk0cli.core.errors import bad_input
 from zk0cli.core.files import JsonFileError, atomic_write_json, read_json
 from zk0cli.core.timefmt import folder_stamp
 from zk0cli.core.versions import package_versions
+from zk0cli.fl.record_follow import ROUND_FILE, STATUS_FILE, round_files
 
-ROUND_FILE = "round_{}_server_eval.json"
-STATUS_FILE = "status.json"
 CONFIG_FILE = "config.json"
 FINAL_LINK = "final"
 
@@ -130,8 +129,7 @@ class RunRecord:
         )
 
     def rounds(self) -> list[dict[str, Any]]:
-        found = [read_json(path) for path in self.root.glob(ROUND_FILE.format("*"))]
-        return sorted(found, key=lambda r: r["round"])
+        return [read_json(path) for _, path in sorted(round_files(self.root).items())]
 
     # ------------------------------------------------------------ resume
 

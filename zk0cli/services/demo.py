@@ -232,8 +232,7 @@ class Federation:
         run_settings = {**settings, "eval-datasets": f"local:{self.eval_dataset}"}
         submitted = runs.submit_run(self.server, rounds=rounds, settings=run_settings)
         say(f"run {submitted.run_id}: {rounds} round(s) with {len(self.nodes)} nodes -> {submitted.run_dir}")
-        # The record is the signal; Flower's own status (a flwr CLI start-up each) only catches a dead ServerApp.
-        status = runs.follow_run(self.server, submitted, on_round, poll_s=0.5, flower_every_s=30.0)
+        status = runs.follow_run(self.server, submitted, on_round, poll_s=0.5)
         return submitted, status
 
     def stop(self, say: Callable[[str], None]) -> None:

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 from zk0cli.core.errors import bad_input
 from zk0cli.core.files import JsonFileError, atomic_write_text, read_json
 from zk0cli.core.paths import Paths
-from zk0cli.fl.records import FINAL_LINK, ROUND_FILE, STATUS_FILE, summary
+from zk0cli.fl.record_follow import STATUS_FILE, round_files
+from zk0cli.fl.records import FINAL_LINK, summary
 
 if TYPE_CHECKING:
     from zk0cli.services.simulation import SimRequest
@@ -126,8 +127,7 @@ def load_run(ref: str | Path, runs_dir: Path | None = None) -> RunData:
     config = _read_json(root / "config.json")
     history = _read_json(root / "policy_loss_history.json")
     status = _read_json(root / STATUS_FILE) if (root / STATUS_FILE).is_file() else {}
-    rounds = [_read_json(path) for path in root.glob(ROUND_FILE.format("*"))]
-    rounds.sort(key=lambda entry: entry.get("round", -1))
+    rounds = [_read_json(path) for _, path in sorted(round_files(root).items())]
     present = [entry.get("round") for entry in rounds]
     if not rounds or present != list(range(len(rounds))):
         gaps = sorted(set(range(max(present or [0]) + 1)) - set(present))

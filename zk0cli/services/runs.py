@@ -3,7 +3,6 @@ stopped run from its checkpoint, follow a run's record round by round, list and 
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,7 +55,8 @@ def resume_run(paths: Paths, run_ref: str, *, rounds: int | None) -> SubmittedRu
     The run config is the one recorded (only the number of rounds may grow); a run Flower still
     runs is refused, so two ServerApps never write one record.
     """
-    from zk0cli.fl.records import STATUS_FILE, RunRecord
+    from zk0cli.fl.record_follow import STATUS_FILE
+    from zk0cli.fl.records import RunRecord
     from zk0cli.fl.run_config import RunConfig
 
     record = RunRecord(find_run_record(paths, run_ref))
@@ -156,42 +156,18 @@ def run_status(paths: Paths, run_id: str) -> str:
     return str(flower_run(paths, run_id).get("status", ""))
 
 
-def follow_run(paths: Paths, run: SubmittedRun, on_round, *, poll_s: float = 1.0, flower_every_s: float = 10.0) -> dict:
-    """Report each round as its record appears; return the record's final status, raise if the run failed.
+def follow_run(paths: Paths, run: SubmittedRun, on_round, *, poll_s: float = 1.0) -> dict:
+    """Report each round (``on_round(summary, total_rounds)``) as its record appears; return the
+    record's final status, raise if the run failed."""
+    from zk0cli.fl.record_follow import FollowedRun, follow_record
+    from zk0cli.fl.records import summary
 
-    The run record says how the ServerApp ended; Flower's own status catches a ServerApp that died
-    without writing it (killed, out of memory).
-    """
-    from zk0cli.fl.records import ROUND_FILE, STATUS_FILE, summary
-
-    reported: set[int] = set()
-    next_flower_check = time.monotonic() + flower_every_s
-    while True:
-        entries = (files.read_json(path, None) for path in run.run_dir.glob(ROUND_FILE.format("*")))
-        fresh = [e for e in entries if e and e["round"] not in reported]
-        for entry in sorted(fresh, key=lambda e: e["round"]):
-            reported.add(entry["round"])
-            on_round(summary(entry), run.rounds)
-        status = files.read_json(run.run_dir / STATUS_FILE, None) or {}
-        if status.get("state") == "completed":
-            return status
-        if status.get("state") == "failed":
-            raise Zk0Error(
-                f"run {run.run_id} failed: {status.get('error', 'unknown error')}",
-                hint=status.get("hint") or f"zk0 logs run {run.run_id}",
-            )
-        if time.monotonic() >= next_flower_check:
-            next_flower_check = time.monotonic() + flower_every_s
-            flower_status = run_status(paths, run.run_id)
-            if flower_status.startswith("finished"):
-                time.sleep(poll_s)  # the record's last write may trail Flower's bookkeeping by a moment
-                if (files.read_json(run.run_dir / STATUS_FILE, None) or {}).get("state") not in ("completed", "failed"):
-                    raise Zk0Error(
-                        f"run {run.run_id} ended ({flower_status}) before its record was complete",
-                        hint=f"zk0 logs run {run.run_id}; partial record in {run.run_dir}",
-                    )
-                continue
-        time.sleep(poll_s)
+    return follow_record(
+        FollowedRun(run.run_dir, f"run {run.run_id}", f"zk0 logs run {run.run_id}; the record is in {run.run_dir}"),
+        on_round=lambda entry: on_round(summary(entry), run.rounds),
+        flower_status=lambda: run_status(paths, run.run_id),
+        poll_s=poll_s,
+    )
 
 
 def list_runs(paths: Paths) -> list[dict]:

@@ -14,7 +14,6 @@ held-out episodes of the clients' datasets (never trained on).
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -25,10 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from zk0cli.core.errors import ExitCode, Zk0Error, bad_input, env_not_ready, unreachable
+from zk0cli.core.errors import Zk0Error, bad_input, env_not_ready, unreachable
 from zk0cli.core.files import atomic_write_text
 from zk0cli.core.paths import Paths
-from zk0cli.fl.records import ROUND_FILE, STATUS_FILE, RunRecord, new_run_name, summary
+from zk0cli.fl.record_follow import FollowedRun, follow_record, read_or_none
+from zk0cli.fl.records import RunRecord, new_run_name, summary
 from zk0cli.fl.run_config import RunConfig
 from zk0cli.services import flower
 from zk0cli.services.flower import free_port
@@ -39,7 +39,6 @@ CONNECTION = "zk0-sim"
 SAMPLE_TASKS = ("pick", "stack", "sort")
 SAMPLE_EPISODES, SAMPLE_FRAMES = 4, 50
 POLL_S = 1.0
-FLWR_STATUS_EVERY_S = 15.0  # each `flwr ls` costs a Python start-up; the record is the main signal
 
 
 @dataclass
@@ -170,33 +169,8 @@ def _follow(
 ) -> str:
     """Report rounds as their records appear; return when the run completes, raise when it fails."""
     deadline = time.monotonic() + request.timeout_s if request.timeout_s else None
-    reported: set[int] = set()
-    next_flwr_check = time.monotonic() + FLWR_STATUS_EVERY_S
-    finished_since: float | None = None
-    while True:
-        for entry in _new_rounds(run_dir, reported):
-            reported.add(entry["round"])
-            if on_round:
-                on_round(RoundProgress(entry["round"], config.num_server_rounds, summary(entry)))
-        status = _read_json(run_dir / STATUS_FILE)
-        if status.get("state") == "completed":
-            return "completed"
-        if status.get("state") == "failed":
-            raise Zk0Error(
-                f"the simulation failed: {status.get('error', 'unknown error')}",
-                hint=status.get("hint") or f"see {superlink.log_file}",
-                code=ExitCode(status.get("exit_code", ExitCode.FAILED)),
-            )
-        if time.monotonic() >= next_flwr_check:
-            next_flwr_check = time.monotonic() + FLWR_STATUS_EVERY_S
-            if finished_since is None and superlink.run_status(flwr_run_id).startswith("finished"):
-                finished_since = time.monotonic()
-            if finished_since is not None and time.monotonic() - finished_since > FLWR_STATUS_EVERY_S:
-                # Flower says the run is over, and the record never said completed or failed
-                raise Zk0Error(
-                    "the simulation ended before the server app finished its record",
-                    hint=f"see the SuperLink log {superlink.log_file} and `flwr log {flwr_run_id}`",
-                )
+
+    def check() -> None:
         if deadline and time.monotonic() > deadline:
             raise unreachable(
                 f"the simulation did not finish within {request.timeout_s:g} s",
@@ -204,30 +178,24 @@ def _follow(
             )
         if not superlink.alive():
             raise Zk0Error("the local SuperLink exited during the simulation", hint=f"see {superlink.log_file}")
-        time.sleep(POLL_S)
 
+    def report(entry: dict[str, Any]) -> None:
+        if on_round:
+            on_round(RoundProgress(entry["round"], config.num_server_rounds, summary(entry)))
 
-def _new_rounds(run_dir: Path, reported: set[int]) -> list[dict[str, Any]]:
-    entries = []
-    for path in run_dir.glob(ROUND_FILE.format("*")):
-        number = int(path.name.split("_")[1])
-        if number not in reported:
-            entry = _read_json(path)
-            if entry:
-                entries.append(entry)
-    return sorted(entries, key=lambda e: e["round"])
+    follow_record(
+        FollowedRun(run_dir, "the simulation", f"see {superlink.log_file} and `flwr log {flwr_run_id}`"),
+        on_round=report,
+        flower_status=lambda: superlink.run_status(flwr_run_id),
+        poll_s=POLL_S,
+        check=check,
+    )
+    return "completed"
 
 
 def _summaries(run_dir: Path) -> list[dict[str, Any]]:
-    lines = _read_json(run_dir / "federated_metrics.json")
+    lines = read_or_none(run_dir / "federated_metrics.json")
     return lines if isinstance(lines, list) else []
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
 
 
 # --------------------------------------------------------------------------- the local SuperLink

@@ -41,14 +41,12 @@ from zk0cli.services.status.model import (
     Snapshot,
     SourceState,
 )
-from zk0cli.services.status.runs import ROUND_FILE, STATUS_FILE, RunRecordReader
+from zk0cli.services.status.runs import RunRecordReader
 
 __all__ = [
     "OK",
-    "ROUND_FILE",
     "SOURCE_TIMEOUT_S",
     "STALE",
-    "STATUS_FILE",
     "UNREACHABLE",
     "ClientRound",
     "FederationNode",

@@ -6,17 +6,15 @@ mtime and size, so a ``--watch`` refresh re-reads only what changed.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
 from zk0cli.core.files import JsonFileError, read_json
+from zk0cli.fl.record_follow import STATUS_FILE, round_files
 from zk0cli.services.status.model import ACTIVE_RUN_STATES, ClientRound, RunView, number
 from zk0cli.services.status.superlink import SuperLinkData
 
 RECENT_RUNS = 5  # run records shown besides the ones still running
-ROUND_FILE = re.compile(r"round_(\d+)_server_eval\.json")  # zk0cli.fl.records.ROUND_FILE
-STATUS_FILE = "status.json"  # zk0cli.fl.records.STATUS_FILE (not imported: records loads hashlib, ~20 ms)
 
 
 def read_document(path: Path) -> tuple[Any, str]:
@@ -93,16 +91,13 @@ class RunRecordReader:
 
     def _rounds(self, root: Path, view: RunView) -> list[dict[str, Any]]:
         found = []
-        for path in root.iterdir():
-            match = ROUND_FILE.fullmatch(path.name)
-            if not match:
-                continue
+        for round_number, path in sorted(round_files(root).items()):
             entry, problem = self.read_json(path)
-            if problem or not isinstance(entry, dict) or entry.get("round") != int(match.group(1)):
-                view.problems.append(problem or f"{path.name} does not describe round {match.group(1)}")
+            if problem or not isinstance(entry, dict) or entry.get("round") != round_number:
+                view.problems.append(problem or f"{path.name} does not describe round {round_number}")
                 continue
             found.append(entry)
-        return sorted(found, key=lambda e: e["round"])
+        return found
 
 
 def _record_mtime(root: Path) -> float:
