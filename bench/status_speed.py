@@ -10,6 +10,9 @@
    ``StatusCollector.snapshot()`` plus drawing it (all threads of this process), against the CPU
    of `flwr ls` + `flwr supernode list` (runs and nodes, what the snapshot reads from the
    SuperLink). Target: <= 0.2 s.
+3. One auto-run poll against the same SuperLink (the nodes online, the session run's status):
+   wall and CPU of zk0's in-process Control-API calls against the two flwr CLI calls auto-run
+   made before (`flwr supernode list` + `flwr ls --run-id`). Target: <= 0.05 s wall.
 
 Both commands come from this virtualenv; each is run once to warm the file cache (and to write
 zk0's .pyc files, as an install does: PYTHONDONTWRITEBYTECODE is dropped for them), then the
@@ -35,6 +38,7 @@ from pathlib import Path
 
 TARGET_EMPTY_S = 0.5
 TARGET_REFRESH_CPU_S = 0.2
+TARGET_POLL_S = 0.05
 BIN = Path(sys.executable).parent
 RECORD = Path(__file__).resolve().parents[1] / "tests" / "data" / "status_run_record"
 
@@ -102,7 +106,38 @@ def replay_record(runs_dir: Path) -> None:
     record.write_status("completed", rounds=config["run_config"]["num-server-rounds"])
 
 
-def bench_refresh(home: Path, refreshes: int, runs: int) -> tuple[float, float, dict]:
+def bench_poll(paths, flwr_env: dict[str, str], runs: int) -> dict[str, tuple[float, float]]:
+    """(wall, CPU) medians of one auto-run poll, zk0's way and the flwr CLI's way."""
+    from zk0cli.services import flower
+    from zk0cli.services.runs import run_status
+    from zk0cli.services.server import list_nodes
+
+    run_id = "4242"  # a session run: unknown to this SuperLink, which answers that as fast
+    flwr = [str(BIN / "flwr")]
+    asks = [
+        [*flwr, "supernode", "list", flower.CLI_CONNECTION, "--format", "json"],
+        [*flwr, "ls", flower.CLI_CONNECTION, "--run-id", run_id, "--format", "json"],
+    ]
+
+    def zk0_poll() -> tuple[float, float]:
+        wall, cpu = time.perf_counter(), time.process_time()
+        online = [n for n in list_nodes(paths) if n["status"] == "online"]
+        assert online and run_status(paths, run_id) == ""
+        return time.perf_counter() - wall, time.process_time() - cpu
+
+    def flwr_poll() -> tuple[float, float]:
+        done = [measure(argv, flwr_env, check=False) for argv in asks]
+        return sum(w for w, _ in done), sum(c for _, c in done)
+
+    zk0_poll()
+    samples = [(zk0_poll(), flwr_poll()) for _ in range(runs)]
+    return {
+        name: (statistics.median(s[i][0] for s in samples), statistics.median(s[i][1] for s in samples))
+        for i, name in enumerate(("zk0", "flwr"))
+    }
+
+
+def bench_refresh(home: Path, refreshes: int, runs: int) -> tuple[float, float, dict, dict]:
     from rich.console import Console
 
     from zk0cli.core.paths import Paths
@@ -175,7 +210,7 @@ def bench_refresh(home: Path, refreshes: int, runs: int) -> tuple[float, float, 
             "runs": len(snapshot.runs),
             "sources": {k: v.state for k, v in snapshot.sources.items()},
         }
-        return zk0_cpu, flwr_cpu, seen
+        return zk0_cpu, flwr_cpu, seen, bench_poll(paths, flwr_env, runs)
     finally:
         supervisor.stop_service(paths, "server")
         for proc in (node, link):
@@ -204,13 +239,20 @@ def main() -> int:
             f"  of which the zk0 command's own start-up (zk0 --version): {floor_s:.3f} s wall / {floor_cpu_s:.3f} s CPU"
         )
         ok &= zk0_s <= TARGET_EMPTY_S
-        zk0_cpu, flwr_cpu, seen = bench_refresh(Path(tmp) / "live", args.refreshes, args.runs)
+        zk0_cpu, flwr_cpu, seen, poll = bench_refresh(Path(tmp) / "live", args.refreshes, args.runs)
         print(
             f"one refresh (live SuperLink, {seen}): zk0 snapshot + render {zk0_cpu * 1000:.1f} ms CPU, "
             f"flwr ls + flwr supernode list {flwr_cpu * 1000:.0f} ms CPU; ratio zk0/flwr {zk0_cpu / flwr_cpu:.3f}; "
             f"target zk0 <= {TARGET_REFRESH_CPU_S * 1000:.0f} ms"
         )
         ok &= zk0_cpu <= TARGET_REFRESH_CPU_S
+        (poll_s, poll_cpu_s), (before_s, before_cpu_s) = poll["zk0"], poll["flwr"]
+        print(
+            f"one auto-run poll (median of {args.runs}): zk0 {poll_s * 1000:.1f} ms wall / {poll_cpu_s * 1000:.1f} ms "
+            f"CPU, flwr supernode list + flwr ls --run-id {before_s:.2f} s wall / {before_cpu_s:.2f} s CPU; "
+            f"ratio zk0/flwr {poll_s / before_s:.3f} wall; target zk0 <= {TARGET_POLL_S * 1000:.0f} ms"
+        )
+        ok &= poll_s <= TARGET_POLL_S
     return 0 if ok else 1
 
 

@@ -426,12 +426,17 @@ def test_ctrl_c_on_a_foreground_serve_leaves_no_process(tmp_path):
 
 
 def test_only_runs_that_began_before_the_superlink_restart_count_as_orphaned():
-    restarted = "2026-12-01T10:00:05.120Z"  # supervisor state format
-    assert runs_service.orphaned_by_restart({"running-at": "2026-12-01 10:00:01Z"}, restarted)  # flwr ls format
-    assert runs_service.orphaned_by_restart({"running-at": "N/A", "starting-at": "2026-12-01 09:59:00Z"}, restarted)
-    assert not runs_service.orphaned_by_restart({"running-at": "2026-12-01 10:00:09Z"}, restarted)  # after it
-    assert not runs_service.orphaned_by_restart({"running-at": "N/A", "starting-at": "N/A"}, restarted)  # pending
-    assert not runs_service.orphaned_by_restart({"running-at": "2026-12-01 10:00:01Z"}, None)
+    from zk0cli.services.flower_control import FlowerRun
+
+    def run(running_at=None, starting_at=None):
+        return FlowerRun(1, "running", "zk0/zk0", 0.0, starting_at, running_at, None, "", 0, 0)
+
+    restarted = 1_000.0  # the SuperLink's last start, epoch seconds
+    assert runs_service.orphaned_by_restart(run(running_at=996.0), restarted)
+    assert runs_service.orphaned_by_restart(run(starting_at=900.0), restarted)  # starting, never running
+    assert not runs_service.orphaned_by_restart(run(running_at=1_004.0), restarted)  # after it
+    assert not runs_service.orphaned_by_restart(run(), restarted)  # pending
+    assert not runs_service.orphaned_by_restart(run(running_at=996.0), None)  # no restart time known
 
 
 def test_run_commands_check_their_input_before_reaching_flower(tmp_path):

@@ -8,6 +8,7 @@ import typer
 from rich.markup import escape
 
 from zk0cli.cli.common import JsonOption, out, session
+from zk0cli.core.timefmt import utc_clock
 from zk0cli.ui.rounds import round_line
 
 app = typer.Typer(
@@ -101,22 +102,23 @@ def runs(json_: JsonOption = False) -> None:
 
     from zk0cli.services import runs as runs_service
 
-    listed = sorted(runs_service.list_runs(session().paths), key=lambda r: r.get("pending-at", ""), reverse=True)
+    listed = runs_service.list_runs(session().paths)
 
     def render(console) -> None:
         if not listed:
             console.print("no runs yet: zk0 run --rounds N --stream")
             return
         table = Table()
-        for column in ("run id", "app", "status", "submitted", "elapsed"):
+        for column in ("run id", "app", "status", "submitted (UTC)", "elapsed"):
             table.add_column(column)
         for item in listed:
+            elapsed = item["elapsed_s"]
             table.add_row(
-                str(item.get("run-id")),
-                str(item.get("fab-name", "")),
-                str(item.get("status", "")),
-                str(item.get("pending-at", "")),
-                f"{float(item.get('elapsed') or 0):.0f} s",
+                str(item["run_id"]),
+                item["app"],
+                item["status"],
+                utc_clock(item["submitted_at"]),
+                "" if elapsed is None else f"{elapsed:.0f} s",
             )
         console.print(table)
 

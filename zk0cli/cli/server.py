@@ -11,6 +11,7 @@ from rich.markup import escape
 
 from zk0cli.cli.common import JsonOption, out, session
 from zk0cli.core.errors import bad_input
+from zk0cli.core.timefmt import utc_clock
 
 if TYPE_CHECKING:
     from zk0cli.services.server import ServeOptions
@@ -179,11 +180,15 @@ def nodes_list(json_: JsonOption = False) -> None:
             console.print("no nodes registered yet: zk0 server nodes add NODE_KEY.pub --name NAME")
             return
         table = Table()
-        for column in ("node id", "name", "status", "online since", "offline since"):
+        for column in ("node id", "name", "status", "online since (UTC)", "offline since (UTC)"):
             table.add_column(column)
         for node in nodes:
             table.add_row(
-                node["node_id"], node["name"], node["status"], str(node["online_at"]), str(node["offline_at"])
+                node["node_id"],
+                escape(node["name"]),
+                node["status"],
+                utc_clock(node["online_at"]) if node["status"] == "online" else "",
+                utc_clock(node["offline_at"]) if node["status"] != "online" else "",
             )
         console.print(table)
 

@@ -15,6 +15,16 @@ def iso_from_epoch(epoch: float, *, timespec: str = "milliseconds") -> str:
     return dt.datetime.fromtimestamp(epoch, dt.UTC).isoformat(timespec=timespec).replace("+00:00", "Z")
 
 
+def iso_seconds_or_none(epoch: float | None) -> str | None:
+    """``2026-12-02T15:04:05Z`` for a time in a listing; None for one that never came."""
+    return None if epoch is None else iso_from_epoch(epoch, timespec="seconds")
+
+
+def utc_clock(iso: str | None) -> str:
+    """``2026-12-02 15:04:05`` (UTC) from an ISO-8601 ``...Z`` time, for tables; "" for none."""
+    return iso.replace("T", " ").removesuffix("Z") if iso else ""
+
+
 def iso_from_datetime(moment: dt.datetime, *, timespec: str = "milliseconds") -> str:
     return moment.astimezone(dt.UTC).isoformat(timespec=timespec).replace("+00:00", "Z")
 

@@ -3,14 +3,16 @@ stopped run from its checkpoint, follow a run's record round by round, list and 
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from zk0cli.core import files
 from zk0cli.core.errors import Zk0Error, bad_input
 from zk0cli.core.paths import Paths
-from zk0cli.core.timefmt import epoch_from_iso
+from zk0cli.core.timefmt import epoch_from_iso, iso_seconds_or_none
 from zk0cli.services import flower
+from zk0cli.services.flower_control import FlowerRun, LocalControl
 from zk0cli.services.server import require_running
 
 
@@ -91,32 +93,31 @@ def _settle_earlier_runs(paths: Paths, flwr_run_ids: list[int]) -> list[str]:
     (the supervisor leaves no orphan), but Flower keeps calling it running until its heartbeat
     expires: it is stopped here. Any other live one is refused.
     """
-    superlink_started = require_running(paths)["processes"]["superlink"].get("started_at")
+    superlink_started = epoch_from_iso(require_running(paths)["processes"]["superlink"].get("started_at"))
     notes = []
-    for flwr_run_id in flwr_run_ids:
-        run = flower_run(paths, str(flwr_run_id))
-        status = str(run.get("status", ""))
-        if not status or status.startswith("finished"):
-            continue
-        if not orphaned_by_restart(run, superlink_started):
-            raise bad_input(
-                f"run {flwr_run_id} is still {status} on the SuperLink",
-                hint=f"stop it first (zk0 run stop {flwr_run_id}), then resume it",
+    with LocalControl(paths) as control:
+        for flwr_run_id in flwr_run_ids:
+            run = control.run(flwr_run_id)
+            if run is None or run.finished:
+                continue
+            if not orphaned_by_restart(run, superlink_started):
+                raise bad_input(
+                    f"run {flwr_run_id} is still {run.status} on the SuperLink",
+                    hint=f"stop it first (zk0 run stop {flwr_run_id}), then resume it",
+                )
+            control.stop_run(flwr_run_id)
+            notes.append(
+                f"stopped run {flwr_run_id}: Flower still listed it as {run.status}, but its ServerApp ended "
+                f"when the SuperLink restarted"
             )
-        flower.run_flwr(paths, ["stop", str(flwr_run_id), flower.CLI_CONNECTION])
-        notes.append(
-            f"stopped run {flwr_run_id}: Flower still listed it as {status}, but its ServerApp ended "
-            f"when the SuperLink restarted"
-        )
     return notes
 
 
-def orphaned_by_restart(run: dict, superlink_started_at: str | None) -> bool:
-    """A run (``flwr ls`` JSON) that was started or running before the SuperLink's last start.
+def orphaned_by_restart(run: FlowerRun, superlink_started_at: float | None) -> bool:
+    """A run that was started or running before the SuperLink's last start.
     A pending one is not: the restarted SuperLink will start it."""
-    began = epoch_from_iso(run.get("running-at")) or epoch_from_iso(run.get("starting-at"))
-    restarted = epoch_from_iso(superlink_started_at)
-    return began is not None and restarted is not None and began < restarted
+    began = run.running_at or run.starting_at
+    return began is not None and superlink_started_at is not None and began < superlink_started_at
 
 
 def find_run_record(paths: Paths, run_ref: str) -> Path:
@@ -145,15 +146,11 @@ def _submit(paths: Paths, config) -> SubmittedRun:
     return SubmittedRun(str(document["run-id"]), Path(config.runs_dir) / config.run_name, config.num_server_rounds)
 
 
-def flower_run(paths: Paths, run_id: str) -> dict:
-    """What Flower knows of a run (``flwr ls --run-id``): status, times, traffic; {} if unknown."""
-    runs = flower.run_flwr(paths, ["ls", flower.CLI_CONNECTION, "--run-id", run_id]).get("runs", [])
-    return dict(runs[0]) if runs else {}
-
-
 def run_status(paths: Paths, run_id: str) -> str:
-    """Flower's status of a run (``pending``, ``running``, ``finished:completed`` ...)."""
-    return str(flower_run(paths, run_id).get("status", ""))
+    """Flower's status of a run (``pending``, ``running``, ``finished:completed`` ...); "" if unknown."""
+    with LocalControl(paths) as control:
+        run = control.run(int(run_id))
+    return run.status if run else ""
 
 
 def follow_run(paths: Paths, run: SubmittedRun, on_round, *, poll_s: float = 1.0) -> dict:
@@ -171,13 +168,31 @@ def follow_run(paths: Paths, run: SubmittedRun, on_round, *, poll_s: float = 1.0
 
 
 def list_runs(paths: Paths) -> list[dict]:
+    """The runs the local SuperLink knows (its 20 most recent), newest first, with ISO 8601 UTC
+    times and the seconds each has run."""
     require_running(paths)
-    return flower.run_flwr(paths, ["ls", flower.CLI_CONNECTION]).get("runs", [])
+    with LocalControl(paths) as control:
+        runs = control.list_runs()
+        now = control.now or time.time()
+
+    return [
+        {
+            "run_id": run.run_id,
+            "app": run.app,
+            "status": run.status,
+            "submitted_at": iso_seconds_or_none(run.pending_at),
+            "finished_at": iso_seconds_or_none(run.finished_at),
+            "elapsed_s": None if (elapsed := run.elapsed_s(now)) is None else round(elapsed, 1),
+            "details": run.details,
+        }
+        for run in runs
+    ]
 
 
 def stop_run(paths: Paths, run_id: str) -> dict:
     if not run_id.isdigit():
         raise bad_input(f"'{run_id}' is not a run id", hint="run ids are numbers: see `zk0 runs`")
     require_running(paths)
-    flower.run_flwr(paths, ["stop", run_id, flower.CLI_CONNECTION])
-    return {"run_id": run_id, "stopped": True}
+    with LocalControl(paths) as control:
+        stopped = control.stop_run(int(run_id))
+    return {"run_id": run_id, "stopped": stopped}

@@ -23,7 +23,9 @@ from pathlib import Path
 from zk0cli.core import files
 from zk0cli.core.errors import bad_input, env_not_ready, unreachable
 from zk0cli.core.paths import Paths
+from zk0cli.core.timefmt import iso_seconds_or_none
 from zk0cli.services import flower, supervisor
+from zk0cli.services.flower_control import LocalControl
 from zk0cli.services.pki import ServerPki, fingerprint
 
 SERVICE = "server"
@@ -259,35 +261,37 @@ def require_running(paths: Paths) -> dict:
 
 
 def add_node(paths: Paths, public_key_file: Path, name: str) -> dict:
-    """Register a node's public key with the SuperLink (``flwr supernode register``)."""
+    """Register a node's public key with the SuperLink: from then on that node may join."""
     supervisor.check_service_name(name, what="node name")
-    key = _read_public_key(public_key_file)
-    _refuse_duplicate(_node_names(paths), key, name)
+    key_text, key_pem = _read_public_key(public_key_file)
+    _refuse_duplicate(_node_names(paths), key_text, name)
     require_running(paths)
-    document = flower.run_flwr(
-        paths, ["supernode", "register", str(public_key_file), flower.CLI_CONNECTION, "--name", name]
-    )
-    node_id = str(document["node-id"])
+    with LocalControl(paths) as control:
+        node_id = str(control.register_node(key_pem, name))
     names = _node_names(paths)
-    names[node_id] = {"name": name, "public_key": key}
+    names[node_id] = {"name": name, "public_key": key_text}
     files.atomic_write_json(paths.data_dir / NODE_NAMES_FILE, names)
     return {"node_id": node_id, "name": name}
 
 
 def list_nodes(paths: Paths) -> list[dict]:
+    """Registered nodes (unregistered ones left out), with zk0's names and ISO 8601 UTC times."""
     require_running(paths)
-    document = flower.run_flwr(paths, ["supernode", "list", flower.CLI_CONNECTION])
+    with LocalControl(paths) as control:
+        nodes = control.list_nodes()
     names = _node_names(paths)
+
     return [
         {
-            "node_id": str(node["node-id"]),
-            "name": names.get(str(node["node-id"]), {}).get("name", ""),
-            "status": node.get("status", ""),
-            "created_at": node.get("created-at"),
-            "online_at": node.get("online-at"),
-            "offline_at": node.get("offline-at"),
+            "node_id": str(node.node_id),
+            "name": names.get(str(node.node_id), {}).get("name", "") or node.name,
+            "status": node.status,
+            "registered_at": iso_seconds_or_none(node.registered_at),
+            "online_at": iso_seconds_or_none(node.online_at),
+            "offline_at": iso_seconds_or_none(node.offline_at),
         }
-        for node in document.get("nodes", [])
+        for node in sorted(nodes, key=lambda n: n.registered_at or 0.0)
+        if node.status != "unregistered"
     ]
 
 
@@ -295,7 +299,8 @@ def remove_node(paths: Paths, node_id: str) -> dict:
     if not node_id.isdigit():
         raise bad_input(f"'{node_id}' is not a node id", hint="node ids are numbers: see `zk0 server nodes list`")
     require_running(paths)
-    flower.run_flwr(paths, ["supernode", "unregister", node_id, flower.CLI_CONNECTION])
+    with LocalControl(paths) as control:
+        control.unregister_node(int(node_id))
     names = _node_names(paths)
     removed = names.pop(node_id, {})
     files.atomic_write_json(paths.data_dir / NODE_NAMES_FILE, names)
@@ -305,9 +310,10 @@ def remove_node(paths: Paths, node_id: str) -> dict:
 MAX_PUBLIC_KEY_BYTES = 4096  # an OpenSSH P-521 public key is under 300 bytes
 
 
-def _read_public_key(path: Path) -> str:
-    """The node's OpenSSH ECDSA public key, parsed before Flower sees it. P-256, P-384 (what
-    `zk0 init` makes) and P-521 are accepted, as Flower does; OpenSSH has no weaker ECDSA curve."""
+def _read_public_key(path: Path) -> tuple[str, bytes]:
+    """The node's OpenSSH ECDSA public key, parsed before Flower sees it: its identity (type and
+    key, without the comment) and the PEM that Flower registers. P-256, P-384 (what `zk0 init`
+    makes) and P-521 are accepted, as Flower does; OpenSSH has no weaker ECDSA curve."""
     try:
         size = Path(path).stat().st_size
         if size > MAX_PUBLIC_KEY_BYTES:
@@ -323,8 +329,8 @@ def _read_public_key(path: Path) -> str:
         ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise bad_input(f"cannot read public key file {path}: {exc}") from None
+    from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.hazmat.primitives.serialization import load_ssh_public_key
 
     not_a_key = bad_input(
         f"{path} is not an OpenSSH ECDSA public key",
@@ -333,12 +339,13 @@ def _read_public_key(path: Path) -> str:
     if not text.startswith("ecdsa-sha2-nistp"):
         raise not_a_key
     try:
-        key = load_ssh_public_key(text.encode("ascii"))
+        key = serialization.load_ssh_public_key(text.encode("ascii"))
     except (ValueError, UnicodeEncodeError):
         raise not_a_key from None
     if not isinstance(key, ec.EllipticCurvePublicKey):
         raise not_a_key
-    return " ".join(text.split()[:2])  # type and key: the comment is the operator's, not the identity
+    pem = key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return " ".join(text.split()[:2]), pem  # the comment is the operator's, not the identity
 
 
 def _refuse_duplicate(registry: dict[str, dict[str, str]], key: str, name: str) -> None:

@@ -6,8 +6,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from zk0cli.core.timefmt import epoch_from_iso
-from zk0cli.services.flower_control import ControlConnection, control_call
+from zk0cli.services.flower_control import ControlClient, ControlConnection, FlowerNode
 from zk0cli.services.status.model import FederationNode
 
 HEARTBEAT_PATIENCE = 2  # Flower's: a node is online until last heartbeat + 2 x its interval
@@ -21,40 +20,25 @@ class SuperLinkData:
 
 
 def read_superlink(connection: ControlConnection, *, timeout_s: float) -> SuperLinkData:
-    runs = control_call(connection, "list-runs", "ListRunsResponse", timeout_s=timeout_s)
-    nodes = control_call(connection, "list-nodes", "ListNodesResponse", timeout_s=timeout_s)
-    now = epoch_from_iso(nodes.now) or time.time()
-    data = SuperLinkData(now=now)
-    for entry in runs.run_dict:
-        run = entry.value
-        status = run.status.status + (f":{run.status.sub_status}" if run.status.sub_status else "")
-        data.runs.append(
-            {
-                "run_id": run.run_id,
-                "status": status,
-                "pending_at": epoch_from_iso(run.pending_at),
-                "running_at": epoch_from_iso(run.running_at),
-                "finished_at": epoch_from_iso(run.finished_at),
-                "details": run.status.details,
-                "bytes_sent": run.bytes_sent,
-                "bytes_recv": run.bytes_recv,
-            }
-        )
-    data.runs.sort(key=lambda r: r["pending_at"] or 0, reverse=True)
-    for info in nodes.nodes_info:
+    control = ControlClient(connection, timeout_s=timeout_s)
+    runs = control.list_runs()
+    nodes = control.list_nodes()
+    now = control.now or time.time()
+    data = SuperLinkData(runs=[run.to_dict() for run in runs], now=now)
+    for node in nodes:
         data.nodes.append(
-            FederationNode(info.node_id, name=info.name, status=info.status, last_seen_s=_last_seen(info, now))
+            FederationNode(node.node_id, name=node.name, status=node.status, last_seen_s=_last_seen(node, now))
         )
     data.nodes.sort(key=lambda n: (n.status != "online", n.node_id))
     return data
 
 
-def _last_seen(info, now: float) -> float | None:
+def _last_seen(node: FlowerNode, now: float) -> float | None:
     """Seconds since the node's last heartbeat, from Flower's online_until bookkeeping."""
-    if not info.online_until:
+    if not node.online_until:
         return None
-    if info.status == "online" or not info.last_deactivated_at:
-        seen = info.online_until - HEARTBEAT_PATIENCE * info.heartbeat_interval
+    if node.status == "online" or node.offline_at is None:
+        seen = node.online_until - HEARTBEAT_PATIENCE * node.heartbeat_interval_s
     else:  # a node that said goodbye: online_until was set to that moment
-        seen = info.online_until
+        seen = node.online_until
     return max(0.0, now - seen)
