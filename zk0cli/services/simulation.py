@@ -313,11 +313,14 @@ class LocalSuperLink:
             atomic_write_text(path, done.stdout)
 
     def run_status(self, flwr_run_id: str) -> str:
+        """Flower's status of the run; "" while the SuperLink cannot say."""
+        from zk0cli.services.flower_control import ControlClient, ControlConnection, ControlRefusedError
+
         try:
-            runs = self.flwr(["ls", CONNECTION, "--run-id", flwr_run_id], timeout_s=30.0).get("runs", [])
-        except Zk0Error:
+            run = ControlClient(ControlConnection("127.0.0.1", self.port, None), timeout_s=10).run(int(flwr_run_id))
+        except (OSError, ControlRefusedError):
             return ""
-        return str(runs[0].get("status", "")) if runs else ""
+        return run.status if run else ""
 
     def stop(self, grace_s: float = 10.0) -> None:
         """SIGTERM the SuperLink and every process it started (Ray included), SIGKILL what remains."""
