@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
 
-from zk0cli.cli.common import JsonOption, out, session
+from zk0cli.cli.common import (
+    DetachOption,
+    InstallServiceOption,
+    JsonOption,
+    RoundsOption,
+    SetOption,
+    out,
+    print_systemd_unit,
+    session,
+    supervise,
+)
 from zk0cli.core.errors import bad_input
 from zk0cli.core.timefmt import utc_clock
 
@@ -51,10 +60,8 @@ def serve(
     yes: Annotated[
         bool, typer.Option("--yes", "-y", help="Confirm --no-require-node-auth with TLS: anyone may then join.")
     ] = False,
-    detach: Annotated[bool, typer.Option("--detach", help="Run in the background; `zk0 stop server` ends it.")] = False,
-    install_service: Annotated[
-        bool, typer.Option("--install-service", help="Print a systemd user unit for this command.")
-    ] = False,
+    detach: DetachOption = False,
+    install_service: InstallServiceOption = False,
     auto_run: Annotated[
         bool,
         typer.Option(
@@ -62,24 +69,21 @@ def serve(
         ),
     ] = False,
     min_nodes: Annotated[int, typer.Option("--min-nodes", help="--auto-run: online nodes a session needs.", min=1)] = 2,
-    rounds: Annotated[int, typer.Option("--rounds", help="--auto-run: rounds per session.", min=1)] = 3,
-    set_: Annotated[
-        list[str] | None,
-        typer.Option("--set", help="--auto-run: run-config KEY=VALUE for each session (repeatable)."),
-    ] = None,
+    rounds: RoundsOption = 3,
+    set_: SetOption = None,
     json_: JsonOption = False,
 ) -> None:
     """Serve the federation: Fleet API on the public address, Control API only on this host.
 
     Foreground by default: Ctrl-C stops the SuperLink, its proxy and every process they started.
-    With --auto-run the server also starts a session of --rounds rounds whenever --min-nodes
-    nodes are online and none is running, and the next one when it ends (logged in `zk0 logs server`).
+    With --auto-run the server also starts a session of --rounds rounds (run config: --set)
+    whenever --min-nodes nodes are online and none is running, and the next one when it ends
+    (logged in `zk0 logs server`).
     """
     from zk0cli.services import server as server_service
-    from zk0cli.services import supervisor
 
     if install_service:
-        _print_unit(supervisor.systemd_unit("server", supervisor.service_argv(sys.argv[1:]), "zk0 federation server"))
+        print_systemd_unit("server", "zk0 federation server")
         return
     s = session()
     flags = {
@@ -107,14 +111,13 @@ def serve(
     if insecure:
         out().warning(INSECURE_WARNING)
     server_service.prepare_cli_connection(s.paths, spec)
-    if detach:
-        state = supervisor.start_detached(s.paths, spec)
-        out().result(state, lambda c: _render_started(c, state))
-        return
-    out().info(f"serving the federation on {spec.info['public_address']} (Ctrl-C stops it)")
-    supervisor.run_foreground(s.paths, spec, _print_event)
-    final = supervisor.read_state(s.paths, spec.name) or {}
-    out().result(final, lambda c: c.print("server stopped; nothing left running"))
+    supervise(
+        spec,
+        detach=detach,
+        render_started=_render_started,
+        serving=f"serving the federation on {escape(spec.info['public_address'])} (Ctrl-C stops it)",
+        stopped="server stopped; nothing left running",
+    )
 
 
 def _confirm_open_federation(options: ServeOptions, *, confirmed: bool) -> None:
@@ -128,17 +131,6 @@ def _confirm_open_federation(options: ServeOptions, *, confirmed: bool) -> None:
     if not confirmed:
         raise bad_input(risk, hint="add --yes to serve like this anyway, or drop --no-require-node-auth")
     out().warning(risk)
-
-
-def _print_unit(unit: str) -> None:
-    out().result({"unit": unit}, lambda c: c.print(unit, markup=False, highlight=False, soft_wrap=True))
-
-
-def _print_event(level: str, message: str) -> None:
-    if level == "info":
-        out().info(escape(message))
-    else:
-        out().warning(escape(message))
 
 
 def _render_started(console, state: dict) -> None:
