@@ -25,9 +25,12 @@ import zipfile
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from zk0cli.core.childlog import child_logger
+
 if TYPE_CHECKING:
     from flwr.supercore.protobuf.client import ProtobufClientInterceptor
 
+log = child_logger("clientapp_host")
 CLIENTAPP = "zk0cli.fl.client_app:app"  # the one ClientApp this host runs
 READY_LINE = "clientapp host ready"  # the supervisor waits for this line (imports done)
 POLL_S = 0.1  # between task polls; Flower's SuperExec waits 1 s
@@ -44,7 +47,7 @@ def serve(runtime_api_address: str, *, poll_s: float = POLL_S) -> None:
     from zk0cli.fl.client_app import app  # torch, lerobot, zk0: imported once, before the first task
 
     tasks = _runtime_client(runtime_api_address, component="SuperExec")
-    say(f"{READY_LINE}: taking tasks from the SuperNode at {runtime_api_address}")
+    log.info("%s: taking tasks from the SuperNode at %s", READY_LINE, runtime_api_address)
     request = AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP])
     try:
         while True:
@@ -73,9 +76,11 @@ def run_task(runtime_api_address: str, token: str, app: Any) -> None:
     started = time.monotonic()
     try:
         message, context, run, fab = _pull_task_input(client)
-        say(
-            f"task for run {run.run_id}: {message.metadata.message_type} message "
-            f"(pulled in {time.monotonic() - started:.1f} s)"
+        log.info(
+            "task for run %s: %s message (pulled in %.1f s)",
+            run.run_id,
+            message.metadata.message_type,
+            time.monotonic() - started,
         )
         requested = _clientapp_of(fab.content)
         if requested != CLIENTAPP:
@@ -91,16 +96,16 @@ def run_task(runtime_api_address: str, token: str, app: Any) -> None:
             else ErrorCode.CLIENT_APP_RAISED_EXCEPTION
         )
         details = f"{type(exc).__name__}: {exc}"
-        say(f"task failed: {details}")
+        log.warning("task failed: %s", details)
         if message is not None:
             reply = Message(Error(code=code, reason=details), reply_to=message)
     finally:
         try:
             if reply is not None and context is not None:
                 push_message(client, reply, context)
-                say(f"reply pushed after {time.monotonic() - started:.1f} s")
+                log.info("reply pushed after %.1f s", time.monotonic() - started)
         except Exception as exc:  # noqa: BLE001 - the SuperNode went away (restart): nothing to answer to
-            say(f"could not push the reply: {type(exc).__name__}: {exc}")
+            log.warning("could not push the reply: %s: %s", type(exc).__name__, exc)
         push_task_output(client=client, context=context, sub_status=status, details=details)
         heartbeat.stop()
         client.close()
@@ -207,10 +212,6 @@ def _clientapp_of(fab_content: bytes) -> str:
         return str(get_fab_config(fab_content)["tool"]["flwr"]["app"]["components"]["clientapp"])
     except (KeyError, TypeError, ValueError, zipfile.BadZipFile) as exc:
         return f"<unreadable FAB: {exc}>"
-
-
-def say(text: str) -> None:
-    print(f"zk0: {text}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 
 from zk0cli.core import files
+from zk0cli.core.childlog import child_logger
 from zk0cli.core.errors import Zk0Error
 from zk0cli.core.paths import Paths
 from zk0cli.services.runs import run_status, submit_run
@@ -25,10 +27,12 @@ def auto_run(
     rounds: int,
     settings: dict,
     poll_s: float = 10.0,
-    say=lambda message: print(message, flush=True),
+    say: Callable[[str], None] | None = None,
 ) -> None:
     """Start a session when ``min_nodes`` nodes are online and none is running; repeat forever.
-    A SuperLink that is (re)starting is waited for, not fatal."""
+    A SuperLink that is (re)starting is waited for, not fatal. ``say`` reports what it does
+    (default: the auto-run's log, which the server's supervisor keeps)."""
+    say = say or child_logger("auto_run").info
     marker = paths.state_dir / AUTO_RUN_FILE
     current = files.read_json(marker, None) or {}
     waiting_said = -1

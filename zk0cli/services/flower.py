@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from zk0cli.core.childlog import child_logger
 from zk0cli.core.errors import Zk0Error, bad_input, unreachable
 from zk0cli.core.files import atomic_write_text
 from zk0cli.core.paths import Paths
@@ -26,6 +27,7 @@ SUPERLINK_ENTRY = "flwr.superlink.cli:flower_superlink"
 SUPERNODE_ENTRY = "flwr.supernode.cli:flower_supernode"
 CLI_CONNECTION = "zk0-local"  # the flwr CLI connection zk0 writes, to the SuperLink on loopback
 NODE_AUTH_REFUSED = r"Failed to activate SuperNode|\[code: 2004\]"  # SuperLink does not know the node's key
+log = child_logger("supervisor")  # release_stale_node runs in the supervisor's warm spare
 LOST_MESSAGE_HOLD_S = 2.0  # > 3 polls of zk0's ServerApp for replies (fl.strategy.REPLY_POLL_S)
 
 
@@ -207,16 +209,15 @@ def release_stale_node(argv: list[str], events: dict) -> None:
     client = FleetHttpClient.from_server_address(options["--superlink"], False, ca, [interceptor])
     try:
         client.DeactivateNode(DeactivateNodeRequest(node_id=int(node_id)))
-        print(f"zk0: released the session node id {node_id} left behind, so this restart can join at once", flush=True)
+        log.info("released the session node id %s left behind, so this restart can join at once", node_id)
         if _held_a_message(events):
-            print(
-                f"zk0: the killed SuperNode held an unanswered message: offline {LOST_MESSAGE_HOLD_S:g} s so the "
-                f"server sees it lost",
-                flush=True,
+            log.info(
+                "the killed SuperNode held an unanswered message: offline %g s so the server sees it lost",
+                LOST_MESSAGE_HOLD_S,
             )
             time.sleep(LOST_MESSAGE_HOLD_S)
     except (httpx.HTTPError, RuntimeError) as exc:
-        print(f"zk0: no stale session to release for node id {node_id} ({str(exc).splitlines()[0][:120]})", flush=True)
+        log.info("no stale session to release for node id %s (%s)", node_id, str(exc).splitlines()[0][:120])
     finally:
         client.close()
 
