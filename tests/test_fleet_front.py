@@ -18,8 +18,10 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from zk0cli.services import fleet_proxy
-from zk0cli.services.fleet_proxy import FleetProxy, NodeRegistry
+from zk0cli.services.fleet_front import proxy as front_proxy
+from zk0cli.services.fleet_front import rules
+from zk0cli.services.fleet_front.node_auth import NodeRegistry
+from zk0cli.services.fleet_front.proxy import FleetProxy
 
 BIG = 200 * 1024 * 1024
 
@@ -178,7 +180,7 @@ def test_a_registered_node_is_capped_per_route(tmp_path: Path, chunked: bool):
             port, _head("POST", PUSH, framing + _sign(node_key)), body_bytes=16 * 1024 * 1024, chunked=chunked
         )
         assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
-        assert len(upstream.received) <= fleet_proxy.PUSH_OBJECT_BODY_CAP + 64 * 1024
+        assert len(upstream.received) <= rules.PUSH_OBJECT_BODY_CAP + 64 * 1024
 
     _run(tmp_path, body)
 
@@ -230,7 +232,7 @@ def test_nothing_but_fleet_calls_reach_the_superlink(tmp_path: Path, request_byt
 
 
 def test_slow_headers_are_cut_off_at_the_deadline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr(fleet_proxy, "HEADER_DEADLINE_S", 0.5)
+    monkeypatch.setattr(rules, "HEADER_DEADLINE_S", 0.5)
 
     async def body(port: int, upstream: FakeSuperLink, node_key: ec.EllipticCurvePrivateKey) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -256,9 +258,9 @@ def test_refusals_are_summarised_not_logged_one_by_one(tmp_path: Path, caplog: p
         for _ in range(50):
             await _exchange(port, b"POST /v1/control/list-runs HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n")
 
-    with caplog.at_level("WARNING", logger=fleet_proxy.log.name):
+    with caplog.at_level("WARNING", logger=front_proxy.log.name):
         _run(tmp_path, body)
-    assert not [record for record in caplog.records if record.name == fleet_proxy.log.name]
+    assert not [record for record in caplog.records if record.name == front_proxy.log.name]
 
 
 def test_a_client_framing_error_is_the_clients_fault(tmp_path: Path):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from zk0cli.services.fleet_proxy import is_allowed
+from zk0cli.services.fleet_front.rules import is_allowed
 
 
 @pytest.mark.parametrize(

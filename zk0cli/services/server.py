@@ -97,7 +97,7 @@ def build_spec(paths: Paths, options: ServeOptions) -> supervisor.ServiceSpec:
     proxy_argv = [
         sys.executable,
         "-m",
-        "zk0cli.services.fleet_proxy",
+        "zk0cli.services.fleet_front",
         "--listen",
         _join(options.host, options.port),
         "--upstream",
