@@ -13,6 +13,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from serve_args import insecure_loopback_serve
 
 from zk0cli.core.errors import ExitCode
 from zk0cli.core.paths import Paths
@@ -86,16 +87,7 @@ def test_auto_run_waits_for_nodes_then_runs_session_after_session(tmp_path):
     heldout = write_sample(tmp_path / "data" / "eval", task="sort", episodes=1, frames_per_episode=16, image_size=32)
     started = zk0(
         server,
-        "server",
-        "serve",
-        "--insecure",
-        "--no-require-node-auth",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--control-port",
-        str(free_port()),
+        *insecure_loopback_serve(port),
         "--auto-run",
         "--min-nodes",
         "1",

@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+from serve_args import insecure_loopback_serve
 
 from zk0cli.core.errors import ExitCode
 from zk0cli.core.paths import Paths
@@ -387,16 +388,7 @@ def test_ctrl_c_on_a_foreground_serve_leaves_no_process(tmp_path):
             sys.executable,
             "-m",
             "zk0cli",
-            "server",
-            "serve",
-            "--insecure",
-            "--no-require-node-auth",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--control-port",
-            str(free_port()),
+            *insecure_loopback_serve(port),
         ],
         env=env,
         stdout=subprocess.PIPE,

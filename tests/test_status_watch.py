@@ -20,6 +20,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from serve_args import insecure_loopback_serve
 from test_status import RECORD, free_port, replay_record
 
 from zk0cli.core.paths import Paths
@@ -86,16 +87,7 @@ def federation(zk0_home, real_dataset):
     env = dict(os.environ, NO_COLOR="1", COLUMNS="200")
     port = free_port()
     zk0(
-        "server",
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--control-port",
-        str(free_port()),
-        "--insecure",
-        "--no-require-node-auth",
+        *insecure_loopback_serve(port),
         "--detach",
         env=env,
     )
