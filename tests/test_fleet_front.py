@@ -8,15 +8,14 @@ nothing about these rules).
 from __future__ import annotations
 
 import asyncio
-import base64
-import datetime
 import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from node_auth_headers import signed_headers
 
 from zk0cli.services.fleet_front import proxy as front_proxy
 from zk0cli.services.fleet_front import rules
@@ -65,18 +64,6 @@ class FakeSuperLink:
                     await writer.drain()
         finally:
             writer.close()
-
-
-def _sign(key: ec.EllipticCurvePrivateKey, age_s: float = 0.0) -> list[tuple[str, str]]:
-    """The headers Flower's SuperNode adds to every Fleet call."""
-    pem = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    stamp = (datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=age_s)).isoformat()
-    signature = key.sign(stamp.encode("ascii"), ec.ECDSA(hashes.SHA256()))
-    return [
-        ("flwr-public-key", base64.b64encode(pem).decode()),
-        ("flwr-timestamp", stamp),
-        ("flwr-signature", base64.b64encode(signature).decode()),
-    ]
 
 
 def _register(path: Path, *keys: ec.EllipticCurvePrivateKey) -> None:
@@ -141,13 +128,13 @@ def test_unauthenticated_and_wrongly_signed_big_bodies_never_reach_the_superlink
     async def body(port: int, upstream: FakeSuperLink, node_key: ec.EllipticCurvePrivateKey) -> None:
         framing = [("transfer-encoding", "chunked")] if chunked else [("content-length", str(BIG))]
         stranger = ec.generate_private_key(ec.SECP384R1())
-        forged = _sign(stranger)
-        forged[0] = _sign(node_key)[0]  # a registered key with a signature it did not make
+        forged = signed_headers(stranger)
+        forged[0] = signed_headers(node_key)[0]  # a registered key with a signature it did not make
         cases = {
             "no node auth": [],
-            "unknown node": _sign(stranger),
+            "unknown node": signed_headers(stranger),
             "bad signature": forged,
-            "stale timestamp": _sign(node_key, age_s=400),
+            "stale timestamp": signed_headers(node_key, age_s=400),
         }
         for reason, auth in cases.items():
             answer = await _exchange(
@@ -163,7 +150,7 @@ def test_unauthenticated_and_wrongly_signed_big_bodies_never_reach_the_superlink
 def test_a_registered_node_passes_with_its_headers_and_the_real_peer(tmp_path: Path):
     async def body(port: int, upstream: FakeSuperLink, node_key: ec.EllipticCurvePrivateKey) -> None:
         spoofed = [("content-length", "5"), ("x-forwarded-for", "6.6.6.6"), ("forwarded", "for=6.6.6.6")]
-        answer = await _exchange(port, _head("POST", PUSH, spoofed + _sign(node_key)) + b"hello")
+        answer = await _exchange(port, _head("POST", PUSH, spoofed + signed_headers(node_key)) + b"hello")
         assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
         assert b"x-forwarded-for: 127.0.0.1" in upstream.received.lower()
         assert b"6.6.6.6" not in upstream.received
@@ -177,7 +164,7 @@ def test_a_registered_node_is_capped_per_route(tmp_path: Path, chunked: bool):
     async def body(port: int, upstream: FakeSuperLink, node_key: ec.EllipticCurvePrivateKey) -> None:
         framing = [("transfer-encoding", "chunked")] if chunked else [("content-length", str(BIG))]
         answer = await _exchange(
-            port, _head("POST", PUSH, framing + _sign(node_key)), body_bytes=16 * 1024 * 1024, chunked=chunked
+            port, _head("POST", PUSH, framing + signed_headers(node_key)), body_bytes=16 * 1024 * 1024, chunked=chunked
         )
         assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
         assert len(upstream.received) <= rules.PUSH_OBJECT_BODY_CAP + 64 * 1024
@@ -188,7 +175,7 @@ def test_a_registered_node_is_capped_per_route(tmp_path: Path, chunked: bool):
 def test_the_registry_is_reread_when_nodes_are_added(tmp_path: Path):
     async def body(port: int, upstream: FakeSuperLink, node_key: ec.EllipticCurvePrivateKey) -> None:
         newcomer = ec.generate_private_key(ec.SECP384R1())
-        request = _head("POST", "/v1/fleet/pull-messages", [("content-length", "0"), *_sign(newcomer)])
+        request = _head("POST", "/v1/fleet/pull-messages", [("content-length", "0"), *signed_headers(newcomer)])
         assert (await _exchange(port, request)).startswith(b"HTTP/1.1 401")
         _register(tmp_path / "server-nodes.json", node_key, newcomer)
         assert (await _exchange(port, request)).startswith(b"HTTP/1.1 200")
@@ -198,7 +185,7 @@ def test_the_registry_is_reread_when_nodes_are_added(tmp_path: Path):
 
 def test_an_unregistered_key_reaches_only_activation_to_hear_flowers_own_error(tmp_path: Path):
     async def body(port: int, upstream: FakeSuperLink, node_key: ec.EllipticCurvePrivateKey) -> None:
-        stranger = _sign(ec.generate_private_key(ec.SECP384R1()))
+        stranger = signed_headers(ec.generate_private_key(ec.SECP384R1()))
         activate = _head("POST", "/v1/fleet/activate-node", [("content-length", "0"), *stranger])
         assert (await _exchange(port, activate)).startswith(b"HTTP/1.1 200")
         too_big = _head("POST", "/v1/fleet/activate-node", [("content-length", str(BIG)), *stranger])
@@ -267,6 +254,15 @@ def test_a_client_framing_error_is_the_clients_fault(tmp_path: Path):
     async def body(port: int, upstream: FakeSuperLink, node_key: ec.EllipticCurvePrivateKey) -> None:
         answer = await _exchange(port, b"GET /health HTTP/1.1\r\nhost: x\r\nx-big: " + b"a" * 70000 + b"\r\n\r\n")
         assert answer.startswith(b"HTTP/1.1 431"), answer[:100]
+
+    _run(tmp_path, body)
+
+
+def test_an_http_1_0_health_check_without_host_is_forwarded_with_one(tmp_path: Path):
+    async def body(port: int, upstream: FakeSuperLink, node_key: ec.EllipticCurvePrivateKey) -> None:
+        answer = await _exchange(port, b"GET /health HTTP/1.0\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:100]
+        assert b"\r\nhost: 127.0.0.1:" in bytes(upstream.received)  # the HTTP/1.1 hop names the SuperLink
 
     _run(tmp_path, body)
 

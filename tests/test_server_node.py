@@ -318,6 +318,93 @@ def test_two_nodes_train_a_streamed_run_and_a_supernode_killed_mid_run_is_restar
     assert "round 1/2" in err and "round 2/2" in err  # the stream printed each round
 
 
+BIG_BODY = 200 * 1024 * 1024
+
+
+def push_big_body(federation, headers: list[tuple[str, str]], *, chunked: bool) -> tuple[bytes, int]:
+    """POST a 200 MB push-object through the public front for as long as it lets us send:
+    (what came back, body bytes the socket accepted)."""
+    context = ssl.create_default_context(cafile=str(federation.ca))
+    framing = ("transfer-encoding", "chunked") if chunked else ("content-length", str(BIG_BODY))
+    lines = ["POST /v1/fleet/push-object HTTP/1.1", f"host: {federation.address}", "content-type: application/protobuf"]
+    head = "\r\n".join([*lines, *(f"{k}: {v}" for k, v in [framing, *headers])]) + "\r\n\r\n"
+    piece = b"x" * (1024 * 1024)
+    sent = 0
+    with socket.create_connection((PUBLIC_HOST, federation.port), timeout=10) as raw:
+        with context.wrap_socket(raw, server_hostname=PUBLIC_HOST) as tls:
+            try:
+                tls.sendall(head.encode())
+                while sent < BIG_BODY:
+                    tls.sendall(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
+                    sent += len(piece)
+            except OSError:
+                pass  # refused and closed: the answer may still be readable
+            try:
+                return tls.recv(65536), sent
+            except OSError:
+                return b"", sent
+
+
+def test_big_bodies_without_valid_node_auth_leave_the_superlink_alone_while_nodes_train(federation):
+    """Issue 13: 200 MB bodies, unauthenticated or signed by a stranger or forged, by Content-Length
+    and chunked, three at a time, while a run trains: refused at the front, the SuperLink's memory
+    stays flat, and the run completes. A keep-alive client idle past the SuperLink's own keep-alive
+    (5 s), and an HTTP/1.0 health check with no Host, get answers, not 502."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import load_ssh_private_key
+    from node_auth_headers import signed_headers
+
+    for name, task in (("alice", "pick"), ("bob", "stack")):
+        if not (federation.root / name / "state").exists():
+            federation.join(name, task)
+    alice_key = load_ssh_private_key((federation.root / "alice" / "config" / "pki" / "node_key").read_bytes(), None)
+    assert isinstance(alice_key, ec.EllipticCurvePrivateKey)
+    stranger = ec.generate_private_key(ec.SECP384R1())
+    attacks = [[], signed_headers(stranger), signed_headers(alice_key, signer=stranger)]
+    server_state = supervisor.read_state(Paths.resolve(federation.server), "server")
+    superlink = psutil.Process(server_state["processes"]["superlink"]["pid"])
+    before = superlink.memory_info().rss
+    tasks_before = federation.node_log("bob").count("zk0: task for run")
+    run = subprocess.Popen(
+        [sys.executable, "-m", "zk0cli", "run", "--rounds", "1", "--stream", "--json", *federation.run_settings()],
+        env=zk0_env(federation.server),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(lambda: federation.node_log("bob").count("zk0: task for run") > tasks_before, 240, "bob training")
+        peak = before
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            jobs = [pool.submit(push_big_body, federation, h, chunked=c) for c in (False, True) for h in attacks]
+            while not all(job.done() for job in jobs):
+                peak = max(peak, superlink.memory_info().rss)
+                time.sleep(0.1)
+        answers = [job.result() for job in jobs]
+        out, err = run.communicate(timeout=300)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    for answer, sent in answers:
+        assert answer.startswith(b"HTTP/1.1 401") or (not answer and sent < BIG_BODY), (answer[:200], sent)
+    assert peak - before < 50 * 1024 * 1024, f"SuperLink RSS grew by {(peak - before) / 2**20:.0f} MiB"
+    assert run.returncode == 0 and json.loads(out)["state"] == "completed", err[-3000:]
+
+    verify = ssl.create_default_context(cafile=str(federation.ca))
+    with httpx.Client(base_url=f"https://{federation.address}", verify=verify, timeout=30) as client:
+        assert client.get("/health").status_code == 200
+        time.sleep(7)  # the front's upstream connection has been closed by the SuperLink meanwhile
+        assert client.get("/health").status_code == 200
+        call = client.post("/v1/fleet/pull-messages", content=b"", headers=dict(signed_headers(alice_key)))
+        assert call.status_code not in (401, 502), call.text  # it reached the SuperLink and got its answer
+    with socket.create_connection((PUBLIC_HOST, federation.port), timeout=10) as raw:
+        with verify.wrap_socket(raw, server_hostname=PUBLIC_HOST) as tls:
+            tls.sendall(b"GET /health HTTP/1.0\r\n\r\n")
+            assert tls.recv(4096).split(b"\r\n", 1)[0].split(b" ")[1] == b"200"
+
+
 def test_nodes_run_only_the_installed_zk0_clientapp(federation):
     """A run of another app reaches the nodes but its ClientApp code never runs there."""
     server_paths = Paths.resolve(federation.server)

@@ -280,7 +280,7 @@ class FleetProxy:
             h11.Request(
                 method=request.method,
                 target=request.target,
-                headers=rules.upstream_headers(request.headers, peer),
+                headers=rules.upstream_headers(request.headers, peer, f"{self.upstream_host}:{self.upstream_port}"),
                 http_version=b"1.1",
             )
         )

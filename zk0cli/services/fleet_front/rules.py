@@ -77,11 +77,15 @@ def without_hop_by_hop(headers: Sequence[tuple[bytes, bytes]]) -> list[tuple[byt
     return [(name, value) for name, value in headers if name.lower() not in HOP_BY_HOP and name.lower() not in named]
 
 
-def upstream_headers(headers: Sequence[tuple[bytes, bytes]], peer: str) -> list[tuple[bytes, bytes]]:
-    """What the SuperLink sees: no client-supplied forwarding headers, the real peer in X-Forwarded-For."""
+def upstream_headers(headers: Sequence[tuple[bytes, bytes]], peer: str, upstream: str) -> list[tuple[bytes, bytes]]:
+    """What the SuperLink sees: no client-supplied forwarding headers, the real peer in
+    X-Forwarded-For, and a Host (``upstream``) where an HTTP/1.0 client sent none: the hop to the
+    SuperLink is HTTP/1.1, which requires one."""
     kept = [
         (name, value) for name, value in without_hop_by_hop(headers) if not name.lower().startswith(FORWARDED_HEADERS)
     ]
+    if not any(name.lower() == b"host" for name, _ in kept):
+        kept.insert(0, (b"host", upstream.encode()))
     return [*kept, (b"x-forwarded-for", peer.encode())]
 
 
