@@ -176,3 +176,43 @@ def test_three_forced_inits_in_a_second_keep_three_backups(cli, server_home, zk0
         keys.append(pki.ca_key.read_bytes())
     assert len(set(backups)) == 3  # never one folder written over by the next
     assert [(backup / "ca.key").read_bytes() for backup in backups] == keys[:3]  # every earlier CA key kept
+
+
+def test_the_printed_ca_fingerprint_is_openssls_verbatim_on_one_line_at_80_columns(tmp_path):
+    """Operators compare it by eye: rich must not turn ``:CD:`` into an emoji, nor wrap it."""
+    import os
+    import subprocess
+    import sys
+
+    def zk0(home: Path, *args: str) -> str:
+        env = {**os.environ, "ZK0_HOME": str(home), "COLUMNS": "80", "TERM": "xterm-256color"}
+        env.pop("NO_COLOR", None)
+        done = subprocess.run(
+            [sys.executable, "-m", "zk0cli", *args], env=env, capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout + done.stderr
+
+    server = tmp_path / "server"
+    server_out = zk0(server, "init", "--role", "server", "--public-address", "fl.example.org", "--yes")
+    ca = Paths.resolve(server).pki_dir / "ca.pem"
+    openssl = subprocess.run(
+        ["openssl", "x509", "-in", str(ca), "-noout", "-fingerprint", "-sha256"], capture_output=True, text=True
+    )
+    expected = openssl.stdout.strip().split("=", 1)[1]
+    assert len(expected) == 95 and expected in server_out.splitlines()  # one line of its own, untouched
+    node_out = zk0(tmp_path / "node", "init", "--role", "node", "--ca-cert", str(ca), "--yes")
+    assert expected in node_out.splitlines()
+
+
+def test_a_fingerprint_with_emoji_names_in_it_prints_as_it_is():
+    import io
+
+    from rich.console import Console
+
+    from zk0cli.cli.init import _print_verbatim
+
+    console = Console(file=io.StringIO(), width=80, force_terminal=True)
+    value = ":".join(["1B", "CD", "A8", "AB"] * 8)  # :CD: and :AB: are rich emoji names
+    _print_verbatim(console, value)
+    assert console.file.getvalue() == value + "\n"

@@ -97,9 +97,16 @@ def _render(console, result) -> None:
         console.print(f"  previous keys backed up to {escape(str(result.backup_dir))}")
     if result.role == "server":
         console.print("\nCA fingerprint (node operators compare it):")
-        console.print(f"[bold]{result.ca_fingerprint}[/bold]", soft_wrap=True)
+        _print_verbatim(console, result.ca_fingerprint)
         console.print(f"Send {escape(result.files['ca_cert'])} to node operators. Next: [bold]zk0 server serve[/bold]")
     else:
-        console.print(f"\nCA fingerprint pinned: {result.ca_fingerprint} (check it with the server admin)")
+        console.print("\nCA fingerprint pinned (check it with the server admin):")
+        _print_verbatim(console, result.ca_fingerprint)
         console.print("Public key for the admin to register (`zk0 server nodes add`):")
-        console.print(escape(result.public_key), soft_wrap=True)
+        _print_verbatim(console, result.public_key)
+
+
+def _print_verbatim(console, text: str) -> None:
+    """A value people compare or copy, on a line of its own: no markup, no emoji (rich would turn
+    ``:CD:`` of a fingerprint into one), no highlighting, never wrapped into two lines."""
+    console.print(text, markup=False, emoji=False, highlight=False, soft_wrap=True)
