@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import html
 import sys
 from pathlib import Path
 
@@ -38,7 +39,9 @@ def full_reference(root: click.Command) -> str:
     body = get_docs_for_click(
         obj=root, ctx=typer.Context(root, info_name="zk0"), name="zk0", title="zk0 command reference"
     )
-    return body.strip() + "\n"
+    # typer escapes help texts as HTML (&#x27;, &lt;): readable Markdown instead, with a backslash
+    # before "<" so that "<data dir>" shows rather than being taken for a tag.
+    return html.unescape(body).replace("<", "\\<").strip() + "\n"
 
 
 def render() -> dict[Path, str]:

@@ -90,6 +90,8 @@ def test_generated_command_reference_is_current():
         [sys.executable, str(ROOT / "docs" / "gen_reference.py"), "--check"], capture_output=True, text=True, timeout=60
     )
     assert check.returncode == 0, check.stdout + check.stderr
+    reference = (ROOT / "docs" / "commands.md").read_text()
+    assert not [entity for entity in ("&#x27;", "&lt;", "&gt;", "&quot;", "&amp;") if entity in reference]
 
 
 def test_readme_quickstart_and_ci_use_the_same_test_command():

@@ -248,8 +248,9 @@ def test_bad_sim_input_is_one_line_and_exit_2(cli, args, message):
     assert message in result.stderr and "Traceback" not in result.stderr
 
 
-def test_list_keys_names_every_run_config_key(cli):
-    result = cli("--json", "sim", "--list-keys")
+@pytest.mark.parametrize("command", ["sim", "run"])
+def test_list_keys_names_every_run_config_key(cli, command):
+    result = cli("--json", command, "--list-keys")
     assert result.code == 0
     keys = [row["key"] for row in result.json()]
     assert keys == list(RunConfig().to_flwr()) and all(row["doc"] for row in result.json())

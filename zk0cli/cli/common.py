@@ -70,8 +70,11 @@ SetOption = Annotated[
         "--run-config",
         "-c",
         metavar="KEY=VALUE",
-        help="Run-config KEY=VALUE, repeatable, e.g. --set local-steps=20 (`zk0 sim --list-keys` lists the keys).",
+        help="Run-config KEY=VALUE, repeatable, e.g. --set local-steps=20 (`--list-keys` lists the keys).",
     ),
+]
+ListKeysOption = Annotated[
+    bool, typer.Option("--list-keys", help="List every run-config key with its default, and exit.")
 ]
 RoundsOption = Annotated[int, typer.Option("--rounds", "-r", min=1, help="Federated rounds.")]
 DetachOption = Annotated[
@@ -80,6 +83,25 @@ DetachOption = Annotated[
 InstallServiceOption = Annotated[
     bool, typer.Option("--install-service", help="Print a systemd user unit for this command.")
 ]
+
+
+def print_run_config_keys() -> None:
+    """``--list-keys``: every run-config key with its default and meaning (the same for every command)."""
+    from rich.table import Table
+
+    from zk0cli.fl.run_config import documentation
+
+    keys = [{"key": key, "default": default, "doc": doc} for key, default, doc in documentation()]
+
+    def render(console: Console) -> None:
+        table = Table(title="run-config keys (--set KEY=VALUE)", title_justify="left")
+        for column in ("key", "default", "meaning"):
+            table.add_column(column, overflow="fold")
+        for row in keys:
+            table.add_row(row["key"], repr(row["default"]), row["doc"])
+        console.print(table)
+
+    out().result(keys, render)
 
 
 def print_systemd_unit(service: str, description: str) -> None:

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from zk0cli.cli.common import JsonOption, out, session
+from zk0cli.cli.common import JsonOption, ListKeysOption, SetOption, out, print_run_config_keys, session
 from zk0cli.core.timefmt import utc_clock
 from zk0cli.ui.rounds import round_line
 
@@ -23,9 +23,7 @@ def run(
     stream: Annotated[
         bool, typer.Option("--stream", help="Follow the run round by round; exit code = its outcome.")
     ] = False,
-    set_: Annotated[
-        list[str] | None, typer.Option("--set", help="Run-config KEY=VALUE (repeatable), e.g. --set local-steps=50.")
-    ] = None,
+    set_: SetOption = None,
     resume: Annotated[
         str | None,
         typer.Option(
@@ -37,10 +35,14 @@ def run(
             ),
         ),
     ] = None,
+    list_keys: ListKeysOption = False,
     json_: JsonOption = False,
 ) -> None:
     """Submit the zk0 app to the local SuperLink (Control API on loopback) and print the run id."""
     if ctx.invoked_subcommand is not None:
+        return
+    if list_keys:
+        print_run_config_keys()
         return
     from zk0cli.core.errors import bad_input
     from zk0cli.fl.run_config import parse_overrides

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from zk0cli.cli.common import JsonOption, RoundsOption, SetOption, out, session
+from zk0cli.cli.common import JsonOption, ListKeysOption, RoundsOption, SetOption, out, print_run_config_keys, session
 from zk0cli.core.errors import bad_input
 from zk0cli.ui.rounds import round_line
 
@@ -37,9 +37,7 @@ def sim(
             file_okay=False,
         ),
     ] = None,
-    list_keys: Annotated[
-        bool, typer.Option("--list-keys", help="List every run-config key with its default, and exit.")
-    ] = False,
+    list_keys: ListKeysOption = False,
     json_: JsonOption = False,
 ) -> None:
     """Run the zk0 Flower app on Flower's Simulation Engine: N clients, R rounds, one run record.
@@ -53,7 +51,7 @@ def sim(
     from zk0cli.services import simulation
 
     if list_keys:
-        _list_keys()
+        print_run_config_keys()
         return
 
     if client_cpus < 1:
@@ -80,24 +78,6 @@ def sim(
         )
     result = simulation.run(request, session().paths, on_round=_show_round, on_message=out().info)
     out().result(result.to_dict(), lambda console: _render(console, result))
-
-
-def _list_keys() -> None:
-    from rich.table import Table
-
-    from zk0cli.fl.run_config import documentation
-
-    keys = [{"key": key, "default": default, "doc": doc} for key, default, doc in documentation()]
-
-    def render(console) -> None:
-        table = Table(title="run-config keys (zk0 sim -c KEY=VALUE, zk0 run --set KEY=VALUE)", title_justify="left")
-        for column in ("key", "default", "meaning"):
-            table.add_column(column, overflow="fold")
-        for row in keys:
-            table.add_row(row["key"], repr(row["default"]), row["doc"])
-        console.print(table)
-
-    out().result(keys, render)
 
 
 def _show_round(progress) -> None:
