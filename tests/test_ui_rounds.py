@@ -11,7 +11,7 @@ def test_round_line_shows_what_the_round_record_says():
         "loss_std": 0.1,
         "num_clients": 2,
         "lr": 1e-4,
-        "mu": 0.01,
+        "mu": 0.0098,
         "rejected": 1,
         "failed": 0,
         "client_losses": {"alice": 2.0, "bob": None},
@@ -21,7 +21,7 @@ def test_round_line_shows_what_the_round_record_says():
     for part in (
         "server eval 1.2346",
         "train loss 2.1000 ± 0.1000 (2 clients)",
-        "lr 1.00e-04 mu 0.010",
+        "lr 1.00e-04 mu 9.80e-03",  # mu as precise as lr: 0.0098 is not 0.010
         "1 rejected, 0 failed",
         "(alice 2.0000)",
     ):

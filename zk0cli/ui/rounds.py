@@ -16,7 +16,7 @@ def round_line(summary: dict, rounds: int) -> str:
             f" ({summary.get('num_clients', 0)} clients)"
         )
     if summary.get("lr") is not None:
-        parts.append(f"lr {summary['lr']:.2e} mu {summary.get('mu') or 0:.3f}")
+        parts.append(f"lr {summary['lr']:.2e} mu {summary.get('mu') or 0:.2e}")
     if summary.get("rejected") or summary.get("failed"):
         parts.append(f"[yellow]{summary.get('rejected', 0)} rejected, {summary.get('failed', 0)} failed[/yellow]")
     clients = {name: loss for name, loss in (summary.get("client_losses") or {}).items() if loss is not None}
