@@ -110,11 +110,14 @@ class Federation:
         assert joined.returncode == 0, joined.stderr
         return home
 
-    def run_settings(self, **overrides) -> list[str]:
-        """`--set` pairs for a small zk0 run on the tiny policy (the demo's workload)."""
-        if not self.eval_dataset.exists():
+    def run_settings(self, *, heldout: bool = True, **overrides) -> list[str]:
+        """`--set` pairs for a small zk0 run on the tiny policy (the demo's workload), evaluated by
+        the server on a held-out dataset unless ``heldout`` is False."""
+        if heldout and not self.eval_dataset.exists():
             write_sample(self.eval_dataset, task="sort", seed=9, **demo.EVAL_SAMPLE)
-        values = {**demo.DEMO_RUN_CONFIG, "eval-datasets": f"local:{self.eval_dataset}", **overrides}
+        values = {**demo.DEMO_RUN_CONFIG, **overrides}
+        if heldout:
+            values["eval-datasets"] = f"local:{self.eval_dataset}"
         return [arg for key, value in values.items() for arg in ("--set", f"{key}={json.dumps(value)}")]
 
     def node_log(self, name: str) -> str:
@@ -349,7 +352,9 @@ def test_big_bodies_without_valid_node_auth_leave_the_superlink_alone_while_node
     """Issue 13: 200 MB bodies, unauthenticated or signed by a stranger or forged, by Content-Length
     and chunked, three at a time, while a run trains: refused at the front, the SuperLink's memory
     stays flat, and the run completes. A keep-alive client idle past the SuperLink's own keep-alive
-    (5 s), and an HTTP/1.0 health check with no Host, get answers, not 502."""
+    (5 s), and an HTTP/1.0 health check with no Host, get answers, not 502.
+    Issue 12: the run has no held-out data: the server builds the policy from the nodes' features
+    (a query message through the real SuperNodes) and the nodes' federated evaluation judges it."""
     from concurrent.futures import ThreadPoolExecutor
 
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -368,7 +373,11 @@ def test_big_bodies_without_valid_node_auth_leave_the_superlink_alone_while_node
     before = superlink.memory_info().rss
     tasks_before = federation.node_log("bob").count("zk0: task for run")
     run = subprocess.Popen(
-        [sys.executable, "-m", "zk0cli", "run", "--rounds", "1", "--stream", "--json", *federation.run_settings()],
+        [
+            sys.executable,
+            *("-m", "zk0cli", "run", "--rounds", "1", "--stream", "--json"),
+            *federation.run_settings(heldout=False, **{"fraction-evaluate": 1.0, "client-eval-episodes": 1}),
+        ],
         env=zk0_env(federation.server),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -391,6 +400,10 @@ def test_big_bodies_without_valid_node_auth_leave_the_superlink_alone_while_node
         assert answer.startswith(b"HTTP/1.1 401") or (not answer and sent < BIG_BODY), (answer[:200], sent)
     assert peak - before < 50 * 1024 * 1024, f"SuperLink RSS grew by {(peak - before) / 2**20:.0f} MiB"
     assert run.returncode == 0 and json.loads(out)["state"] == "completed", err[-3000:]
+    assert runs_service.SERVER_EVAL_OFF in " ".join(err.split())  # said once, at submission
+    record = RunRecord(Path(json.loads(out)["run_dir"]))
+    assert record.read_config()["server_eval"] is False and record.read_config()["features_from"]
+    assert record.rounds()[-1]["federated_eval"]["aggregate"]["num_clients"] == 2
 
     verify = ssl.create_default_context(cafile=str(federation.ca))
     with httpx.Client(base_url=f"https://{federation.address}", verify=verify, timeout=30) as client:

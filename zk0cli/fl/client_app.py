@@ -4,6 +4,7 @@ train: verify the digest of the global weights -> load them into the node's poli
 with zk0's one loop (FedProx mu and lr from the server) -> reply with ONLY the trainable
 parameters (fp32, or their bf16 delta), the reply's digest and the metrics.
 evaluate: verify -> load -> deterministic loss and action error on the held-out episodes.
+query: the dataset's feature names and shapes, for a server without held-out data.
 """
 
 from __future__ import annotations
@@ -99,6 +100,17 @@ def evaluate(msg: Message, context: Context) -> Message:
         }
     info = ConfigRecord({"dataset": node.dataset_name})
     return Message(RecordDict({METRICS: MetricRecord(metrics), INFO: info}), reply_to=msg)
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """The server, with no held-out data of its own, asks what the node's dataset looks like:
+    feature names, dtypes, shapes and fps (:mod:`zk0cli.fl.node_features`), never its values."""
+    from zk0cli.fl.node_features import query_reply
+
+    node = runtime(context.node_config, RunConfig.from_mapping(context.run_config))
+    meta = node.train_set.meta
+    return query_reply(msg, meta.features, meta.fps, node.dataset_name)
 
 
 def _global_arrays(msg: Message) -> ArrayRecord:

@@ -62,8 +62,9 @@ class RoundControl:
                 self.plan(entry["round"])
                 accepted = (entry.get("clients") or {}).get("each") or []
                 self.observe_clients({c["node"]: c["metrics"]["loss"] for c in accepted})
-            if entry.get("server_eval"):
-                self.observe_server_loss(entry["server_eval"]["composite"]["policy_loss"])
+            loss = judging_loss(entry)
+            if loss is not None:
+                self.observe_server_loss(loss)
 
     def observe_clients(self, losses: dict[str, float]) -> None:
         """Training losses of this round's accepted clients (the next plan compares them)."""
@@ -143,3 +144,13 @@ class RoundControl:
             reasons.append(f"clamped to [{c.mu_min:g}, {c.mu_max:g}]")
         self.mu = mu
         return mu, reasons
+
+
+def judging_loss(entry: dict[str, Any]) -> float | None:
+    """The loss a round is judged by (the schedules follow it): the server's evaluation on its
+    held-out data; without held-out data, the nodes' federated evaluation; None on other rounds."""
+    server = entry.get("server_eval")
+    if server:
+        return float(server["composite"]["policy_loss"])
+    federated = (entry.get("federated_eval") or {}).get("aggregate")
+    return float(federated["policy_loss"]) if federated else None

@@ -55,14 +55,25 @@ def runs_dir(config: RunConfig) -> Path:
 
 
 def run_federation(grid: Grid, config: RunConfig, record: RunRecord, *, flwr_run_id: int = 0) -> None:
-    from zk0cli.fl.server_eval import ServerEvaluator
+    from zk0cli.fl.server_eval import ServerEvaluator, has_heldout_data
     from zk0cli.fl.strategy import Zk0FedProx
 
-    evaluator = ServerEvaluator(config)
+    features = None
+    if not has_heldout_data(config):
+        from zk0cli.fl.node_features import ask_nodes
+
+        record.write_status("asking the nodes for their dataset features", flwr_run_id=flwr_run_id)
+        features = ask_nodes(grid, config)
+        log.info(
+            "no held-out data: the policy follows the features of %s; server evaluation is off, rounds are judged "
+            "by the nodes' federated evaluation",
+            ", ".join(features.datasets),
+        )
+    evaluator = ServerEvaluator(config, features)
     start = (
         _resume(record, evaluator, config, flwr_run_id)
         if config.resume
-        else _fresh(record, evaluator, config, flwr_run_id)
+        else _fresh(record, evaluator, config, flwr_run_id, features_from=features.datasets if features else [])
     )
     evaluations = sum(1 for entry in start.history if entry.get("server_eval"))
     outputs = RunOutputs(config, record, evaluator, evaluations=evaluations)
@@ -84,7 +95,9 @@ class Start:
     history: list[dict[str, Any]] = field(default_factory=list)  # round records up to ``round``
 
 
-def _fresh(record: RunRecord, evaluator: Any, config: RunConfig, flwr_run_id: int) -> Start:
+def _fresh(
+    record: RunRecord, evaluator: Any, config: RunConfig, flwr_run_id: int, *, features_from: list[str]
+) -> Start:
     initial = evaluator.initial_weights()
     record.write_config(
         config.to_flwr(),
@@ -93,6 +106,8 @@ def _fresh(record: RunRecord, evaluator: Any, config: RunConfig, flwr_run_id: in
             "flwr_run_id": flwr_run_id,
             "trainable_parameters": int(sum(v.size for v in initial.values())),
             "trainable_tensors": len(initial),
+            "server_eval": evaluator.evaluates,  # False: no held-out data, rounds judged by the nodes
+            **({"features_from": features_from} if features_from else {}),
         },
     )
     return Start(0, initial)

@@ -25,6 +25,7 @@ from zk0cli.fl.run_config import RunConfig
 if TYPE_CHECKING:
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
+    from zk0cli.fl.node_features import FeaturesOnlyMeta
     from zk0cli.policy.build import BuiltPolicy
 
 log = logging.getLogger("zk0.server")
@@ -39,19 +40,38 @@ class EvalTarget:
     fingerprint: str
 
 
+def has_heldout_data(config: RunConfig) -> bool:
+    """Whether the server evaluates: eval datasets, or (simulation) the clients' held-out episodes."""
+    return bool(config.eval_dataset_uris() or (config.dataset_uris() and config.client_eval_episodes > 0))
+
+
 class ServerEvaluator:
-    def __init__(self, config: RunConfig):
+    """Evaluates on the held-out datasets; with none (``features_from_nodes``), builds the policy
+    from the nodes' features alone and evaluates nothing: rounds are judged by the nodes."""
+
+    def __init__(self, config: RunConfig, features_from_nodes: FeaturesOnlyMeta | None = None):
+        from zk0cli.policy.build import build_policy
+
         self.config = config
+        self.targets: list[EvalTarget] = []
         if config.eval_dataset_uris():
             self.targets = [_target(uri, config, heldout_only=False) for uri in config.eval_dataset_uris()]
         elif config.dataset_uris() and config.client_eval_episodes > 0:
             # simulation without eval datasets: the clients' held-out episodes, which no client trains on
             self.targets = [_target(uri, config, heldout_only=True) for uri in dict.fromkeys(config.dataset_uris())]
+        if self.targets:
+            self.built = self.targets[0].built
+        elif features_from_nodes is not None:
+            self.built = build_policy(config.policy_spec(), features_from_nodes)
         else:
             raise bad_input(
-                "the server has no held-out data to build and evaluate the policy on",
-                hint="pass --run-config \"eval-datasets='local:/path/to/heldout'\" (a dataset no node trains on)",
+                "the server has neither held-out data nor the nodes' features to build the policy on",
+                hint="give it held-out data: --set eval-datasets='local:/path/to/heldout'",
             )
+
+    @property
+    def evaluates(self) -> bool:
+        return bool(self.targets)
 
     def fingerprints(self) -> dict[str, str]:
         return {t.uri: t.fingerprint for t in self.targets}
@@ -59,18 +79,19 @@ class ServerEvaluator:
     def initial_weights(self) -> dict[str, NDArray[np.float32]]:
         from zk0cli.policy.trainable import get_trainable
 
-        return {name: t.numpy() for name, t in get_trainable(self.targets[0].built.policy).items()}
+        return {name: t.numpy() for name, t in get_trainable(self.built.policy).items()}
 
     def checkpoint_weights(self, directory: Path) -> dict[str, NDArray[np.float32]]:
         """The trainable weights a round checkpoint holds (what a resumed run starts from)."""
         from zk0cli.policy.trainable import read_checkpoint_trainable
 
-        return {
-            name: t.numpy() for name, t in read_checkpoint_trainable(self.targets[0].built.policy, directory).items()
-        }
+        return {name: t.numpy() for name, t in read_checkpoint_trainable(self.built.policy, directory).items()}
 
-    def __call__(self, server_round: int, weights: Mapping[str, NDArray[np.float32]]) -> dict[str, Any]:
+    def __call__(self, server_round: int, weights: Mapping[str, NDArray[np.float32]]) -> dict[str, Any] | None:
         from zk0cli.policy.train import evaluate
+
+        if not self.targets:
+            return None
 
         per_dataset = {}
         for target in self.targets:
@@ -99,8 +120,9 @@ class ServerEvaluator:
         return {"datasets": per_dataset, "composite": composite}
 
     def save_checkpoint(self, directory: Path, weights: Mapping[str, NDArray[np.float32]]) -> None:
-        """LeRobot's save_pretrained layout: policy config + weights and both processors."""
-        built = self.targets[0].built
+        """LeRobot's save_pretrained layout: policy config + weights and both processors (which
+        hold the first held-out dataset's statistics, or none when the server has no data)."""
+        built = self.built
         _load(built, weights)
         built.policy.save_pretrained(directory)
         built.preprocessor.save_pretrained(directory)

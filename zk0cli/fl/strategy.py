@@ -34,7 +34,7 @@ from flwr.serverapp.strategy.strategy_utils import sample_nodes
 from numpy.typing import NDArray
 
 from zk0cli.fl import integrity
-from zk0cli.fl.control import RoundControl
+from zk0cli.fl.control import RoundControl, judging_loss
 from zk0cli.fl.records import mean_std
 from zk0cli.fl.run_config import RunConfig
 
@@ -274,9 +274,10 @@ class Zk0FedProx(FedProx):
         if server_round == 0:
             self.entry = {"round": 0}
         result = self.server_evaluate(server_round, self.global_weights) if self.is_eval_round(server_round) else None
-        if result:
-            self.control.observe_server_loss(result["composite"]["policy_loss"])
         self.entry["server_eval"] = result
+        loss = judging_loss(self.entry)
+        if loss is not None:
+            self.control.observe_server_loss(loss)
         self.entry["global_sha256"] = integrity.digest(arrays)  # the weights this round ends with
         self.entry["seconds"] = round(time.monotonic() - self._round_started, 3)
         self.on_round(self.entry, self.global_weights)

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 VIDEO_EMBED_LIMIT = 25 * 2**20  # bytes of video embedded as data URIs; beyond that they play from videos/
 REQUIRED_FILES = ("config.json", "policy_loss_history.json")
+SERVER_EVAL_OFF = "off: the server had no held-out data (zk0 run --set eval-datasets=URI turns it on)"
 
 
 # ----------------------------------------------------------------------------- reading a record
@@ -242,6 +243,7 @@ def report_content(run: RunData, out_dir: Path) -> ReportContent:
         ("seed", run.seed),
         ("rounds", max(entry["round"] for entry in run.rounds)),
         ("optimizer steps", run.cumulative_steps()[run.rounds[-1]["round"]]),
+        *([("server eval", SERVER_EVAL_OFF)] if run.config.get("server_eval") is False else []),
         ("final server eval loss", f"{_num(final.policy_loss)} (round {final.round})" if final else "-"),
         ("final action error", _num(final.action_error) if final else "-"),
         ("best server eval loss", f"{_num(best.policy_loss)} (round {best.round})" if best else "-"),

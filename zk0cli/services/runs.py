@@ -15,6 +15,15 @@ from zk0cli.services import flower
 from zk0cli.services.flower_control import FlowerRun, LocalControl
 from zk0cli.services.server import require_running
 
+SERVER_EVAL_OFF = (
+    "server evaluation is off (no eval-datasets): the nodes' federated evaluation judges the rounds; "
+    "to evaluate on held-out data: zk0 run --set eval-datasets=hf:ORG/HELDOUT"
+)
+NOTHING_EVALUATES = (
+    "server evaluation is off (no eval-datasets) and so is federated evaluation (fraction-evaluate or "
+    "client-eval-episodes is 0): nothing measures these rounds; zk0 run --set eval-datasets=hf:ORG/HELDOUT"
+)
+
 
 @dataclass
 class SubmittedRun:
@@ -48,7 +57,11 @@ def submit_run(paths: Paths, *, rounds: int | None, settings: dict) -> Submitted
             hint="zk0 run --resume RUN_ID continues a run from its last checkpoint",
         )
     require_running(paths)
-    return _submit(paths, config)
+    submitted = _submit(paths, config)
+    if not config.eval_dataset_uris():
+        federated = config.fraction_evaluate > 0 and config.client_eval_episodes > 0
+        submitted.notes.append(SERVER_EVAL_OFF if federated else NOTHING_EVALUATES)
+    return submitted
 
 
 def resume_run(paths: Paths, run_ref: str, *, rounds: int | None) -> SubmittedRun:
