@@ -267,6 +267,28 @@ def test_rotating_log_keeps_backups_and_reads_across_them(paths):
     assert len(sup.read_log(paths, "rot", tail=1000)) < 40  # the oldest rotated away
 
 
+def test_a_line_is_stamped_once_and_routine_polling_stays_out_of_the_log(paths):
+    from zk0cli.services import flower
+    from zk0cli.services.supervisor.process import SupervisedProcess
+
+    log = sup.RotatingLog(sup.ServiceFiles.of(paths, "once").log, max_bytes=1 << 20, backups=1)
+    log.write("superlink", '2026-12-02T15:53:40.369Z INFO [uvicorn.access] 127.0.0.1:1 - "POST /v1/fleet/x" 200')
+    log.write("superlink", "2026-12-02 15:53:40,369 a line stamped the logging way")
+    log.close()
+    first, second = sup.read_log(paths, "once", tail=2)
+    assert first.split(" [superlink] ")[1].startswith("INFO [uvicorn.access]")
+    assert second.split(" [superlink] ")[1] == "a line stamped the logging way"
+
+    superlink = SupervisedProcess(
+        sup.ProcessSpec(name="superlink", argv=["true"], unlogged=list(flower.SUPERLINK_POLLING_LINES)), env={}
+    )
+    assert superlink.unlogged("INFO :      ControlServicer.ListRuns")
+    assert superlink.unlogged('INFO [uvicorn.access] 127.0.0.1:5 - "POST /v1/control/list-nodes HTTP/1.1" 200')
+    assert not superlink.unlogged('INFO [uvicorn.access] 127.0.0.1:5 - "POST /v1/control/stop-run HTTP/1.1" 200')
+    assert not superlink.unlogged("INFO :      ControlServicer.StartRun")
+    assert not SupervisedProcess(sup.ProcessSpec(name="x", argv=["true"]), env={}).unlogged("anything")
+
+
 def test_read_log_since_filters_by_time_stamp(paths):
     log_path = sup.ServiceFiles.of(paths, "since").log
     log_path.parent.mkdir(parents=True, exist_ok=True)

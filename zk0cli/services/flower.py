@@ -28,6 +28,12 @@ SUPERNODE_ENTRY = "flwr.supernode.cli:flower_supernode"
 CLI_CONNECTION = "zk0-local"  # the flwr CLI connection zk0 writes, to the SuperLink on loopback
 NODE_AUTH_REFUSED = r"Failed to activate SuperNode|\[code: 2004\]"  # SuperLink does not know the node's key
 log = child_logger("supervisor")  # release_stale_node runs in the supervisor's warm spare
+# What the SuperLink logs for each read-only Control-API call: `zk0 status --watch` and a followed
+# run ask every second or two, which would bury everything else in `zk0 logs server`.
+SUPERLINK_POLLING_LINES = (
+    r"ControlServicer\.(ListRuns|ListNodes)\s*$",
+    r'"POST /v1/control/(list-runs|list-nodes) HTTP/1\.1" 200',
+)
 LOST_MESSAGE_HOLD_S = 2.0  # > 3 polls of zk0's ServerApp for replies (fl.strategy.REPLY_POLL_S)
 
 

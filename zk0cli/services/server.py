@@ -93,6 +93,7 @@ def build_spec(paths: Paths, options: ServeOptions) -> supervisor.ServiceSpec:
         ports={"control": options.superlink_port},
         flwr_home=str(supervisor.flwr_home(paths, SERVICE)),
         preload=flower.SUPERLINK_ENTRY,
+        unlogged=list(flower.SUPERLINK_POLLING_LINES),
     )
     proxy_argv = [
         sys.executable,

@@ -21,6 +21,7 @@ from zk0cli.core.timefmt import iso_from_datetime, utc_now_iso
 from zk0cli.services.supervisor.spec import ServiceFiles
 
 STAMP_LENGTH = len("2026-12-02T08:41:02.123Z")
+OWN_STAMP = re.compile(r"^\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:[.,]\d+)?Z? ")  # e.g. uvicorn's access log
 
 
 class RotatingLog:
@@ -35,7 +36,8 @@ class RotatingLog:
         self._size = self._fh.tell()
 
     def write(self, source: str, text: str) -> None:
-        line = f"{utc_now_iso()} [{source}] {text}\n"
+        """One line, stamped once: a time the process put at the start of its own line is dropped."""
+        line = f"{utc_now_iso()} [{source}] {OWN_STAMP.sub('', text, count=1)}\n"
         self._fh.write(line)
         self._fh.flush()
         self._size += len(line.encode("utf-8", errors="replace"))

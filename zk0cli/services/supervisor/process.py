@@ -49,6 +49,7 @@ class SupervisedProcess:
         self.was_ready = False  # became healthy once under this supervisor: later refusals may be transient
         self.last_lines: collections.deque[str] = collections.deque(maxlen=LAST_LINES)
         self._watch = {name: re.compile(rx) for name, rx in spec.watch.items()}
+        self._unlogged = re.compile("|".join(f"(?:{rx})" for rx in spec.unlogged)) if spec.unlogged else None
         self._fatal = [(re.compile(rx), reason) for rx, reason in spec.fatal.items()]
         self.http = HttpCheck(spec.health_url, spec.health_ca, spec.health_ok_status) if spec.health_url else None
 
@@ -56,6 +57,10 @@ class SupervisedProcess:
         return self.popen is not None and self.popen.poll() is None
 
     # -- output
+    def unlogged(self, line: str) -> bool:
+        """A routine line the log leaves out (polling that would bury everything else)."""
+        return self._unlogged is not None and self._unlogged.search(line) is not None
+
     def on_line(self, line: str) -> list[str]:
         """Record a line of output; return the watch events it is the first sighting of since the start."""
         self.last_lines.append(line)

@@ -333,7 +333,7 @@ class Supervisor:
         if not text.strip():
             return
         fresh = proc.on_line(text)
-        if self.log is not None:
+        if self.log is not None and not proc.unlogged(text):
             self.log.write(proc.spec.name, text)
         for name in fresh:
             groups = proc.events[name]["groups"]

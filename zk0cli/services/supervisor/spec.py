@@ -42,6 +42,7 @@ class ProcessSpec:
     ready_event: str = ""  # a ``watch`` event that must follow each start before the process counts as healthy
     restart_hook: str = ""  # "module:function(argv, events)" run in the preloaded process before a start
     # that follows an earlier run (events known, also from a previous supervisor's state file)
+    unlogged: list[str] = field(default_factory=list)  # regexes of routine lines kept out of the log
 
 
 @dataclass
