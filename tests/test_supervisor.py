@@ -308,9 +308,17 @@ def test_read_log_since_filters_by_time_stamp(paths):
     assert bad.value.code == ExitCode.BAD_INPUT
 
 
-def test_logs_and_stop_commands_explain_bad_targets(cli):
+def test_logs_and_stop_commands_explain_bad_targets(cli, paths):
     missing = cli("logs", "node", "nosuch")
     assert missing.code == ExitCode.BAD_INPUT and "no log for node-nosuch" in missing.stderr
+    log = sup.RotatingLog(sup.ServiceFiles.of(paths, "node-so100-stack").log, max_bytes=1 << 20, backups=1)
+    log.write("supernode", "joined")
+    log.close()
+    for name in ("so100-stack", "node-so100-stack"):  # the node's name, or the service name status shows
+        shown = cli("logs", "node", name)
+        assert shown.code == 0 and "[supernode] joined" in shown.stdout, shown.stderr
+    wrong = cli("logs", "node", "so100")
+    assert wrong.code == ExitCode.BAD_INPUT and "zk0 logs node so100-stack" in wrong.stderr
     vague = cli("stop")
     assert vague.code == ExitCode.BAD_INPUT and "zk0 stop server | zk0 stop node NAME" in vague.stderr
     unknown = cli("stop", "node", "ghost")

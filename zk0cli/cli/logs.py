@@ -31,14 +31,21 @@ def server(
 
 @app.command("node")
 def node(
-    name: Annotated[str, typer.Argument(help="Node name, as given to `zk0 node join --name` (see `zk0 status`).")],
+    name: Annotated[
+        str, typer.Argument(help="Node name as given to `zk0 node join --name`, or its service name (node-NAME).")
+    ],
     follow: FollowOption = False,
     tail: TailOption = None,
     since: SinceOption = None,
     json_: JsonOption = False,
 ) -> None:
     """A node's log: its SuperNode, its ClientApp host (every round's training) and supervisor events."""
-    _show(f"node-{name}", follow, tail, since, json_)
+    from zk0cli.services import supervisor
+
+    service = f"node-{name}"
+    if name.startswith("node-") and not supervisor.log_files(session().paths, service):
+        service = name  # the service name `zk0 status` shows
+    _show(service, follow, tail, since, json_)
 
 
 @app.command("run")
@@ -72,8 +79,11 @@ def _show(service: str, follow: bool, tail: int | None, since: str | None, json_
     if follow and json_mode:
         raise bad_input("--follow and --json do not go together", hint="use --json with --tail or --since")
     if not supervisor.log_files(s.paths, service):
-        known = ", ".join(supervisor.service_names(s.paths)) or "none yet"
-        raise bad_input(f"no log for {service} here", hint=f"services with state on this machine: {known}")
+        commands = [_logs_command(known) for known in supervisor.logged_services(s.paths)]
+        raise bad_input(
+            f"no log for {service} here",
+            hint=f"logs on this machine: {', '.join(commands)}" if commands else "no service has run here yet",
+        )
     moment = supervisor.parse_since(since) if since else None
     lines = supervisor.read_log(s.paths, service, tail=tail, since=moment)
 
@@ -89,3 +99,7 @@ def _show(service: str, follow: bool, tail: int | None, since: str | None, json_
             )
         except KeyboardInterrupt:
             pass
+
+
+def _logs_command(service: str) -> str:
+    return f"zk0 logs node {service.removeprefix('node-')}" if service.startswith("node-") else f"zk0 logs {service}"

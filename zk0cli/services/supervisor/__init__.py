@@ -30,7 +30,14 @@ Where things are:
 
 from zk0cli.services.supervisor.launch import run_foreground, service_argv, start_detached, systemd_unit
 from zk0cli.services.supervisor.lock import already_running, lock_holder
-from zk0cli.services.supervisor.logfile import RotatingLog, follow_log, log_files, parse_since, read_log
+from zk0cli.services.supervisor.logfile import (
+    RotatingLog,
+    follow_log,
+    log_files,
+    logged_services,
+    parse_since,
+    read_log,
+)
 from zk0cli.services.supervisor.proctree import child_env, terminate_processes
 from zk0cli.services.supervisor.spec import (
     ProbeSpec,
@@ -57,6 +64,7 @@ __all__ = [
     "follow_log",
     "lock_holder",
     "log_files",
+    "logged_services",
     "parse_since",
     "read_log",
     "read_state",

@@ -68,6 +68,11 @@ def log_files(paths: Paths, service: str) -> list[Path]:
     return [p for p in rotated if _rotation_index(p) > 0] + ([live] if live.exists() else [])
 
 
+def logged_services(paths: Paths) -> list[str]:
+    """The services that have a log on this machine."""
+    return sorted(p.name.removesuffix(".log") for p in paths.log_dir.glob("*.log"))
+
+
 def _rotation_index(path: Path) -> int:
     suffix = path.name.rsplit(".", 1)[-1]
     return int(suffix) if suffix.isdigit() else 0
