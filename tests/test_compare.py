@@ -88,6 +88,7 @@ def test_compare_reads_every_number_from_the_records(cli, zk0_home, tmp_path):
     assert json.loads((tmp_path / "cmp" / "compare.json").read_text())["gaps"] == data["gaps"]
     human = cli("compare", "fed-1", "cen-1", "--out", str(tmp_path / "cmp2"))
     assert human.code == 0 and "one seed: no CI" in human.stdout
+    assert "(seeds)" in human.stdout and " 1 (1) " in human.stdout  # how many runs, then their seeds
     unpaired = compare.compare([["fed-1", "fed-2"], ["cen-2", "cen-3"]], out_dir=tmp_path / "cmp3")  # seeds differ
     gap = next(g for g in unpaired["gaps"] if g["metric"] == "final_loss")
     percent, low, high = compare.relative_gap([1.3, 1.4], [0.96, 0.94])

@@ -52,7 +52,7 @@ def _render(console, result: dict[str, Any]) -> None:
     table = Table(title="server evaluation on the held-out datasets", title_justify="left")
     table.add_column("arm")
     table.add_column("mode")
-    table.add_column("seeds", justify="right")
+    table.add_column("runs (seeds)", justify="right")
     table.add_column("steps", justify="right")
     for title in METRICS.values():
         table.add_column(title.replace("server eval ", ""), justify="right")
@@ -61,7 +61,7 @@ def _render(console, result: dict[str, Any]) -> None:
         table.add_row(
             arm["label"],
             arm["mode"],
-            ", ".join(str(run["seed"]) for run in arm["runs"]),
+            f"{len(arm['runs'])} ({', '.join(str(run['seed']) for run in arm['runs'])})",
             "/".join(str(s) for s in steps),
             *(_estimate(arm["estimates"][metric]) for metric in METRICS),
         )
