@@ -372,3 +372,18 @@ def test_hf_dataset_in_the_local_cache_is_used_offline(sample_dataset, tmp_path,
     assert result.code == 0, result.stderr
     assert result.json()["root"] == str(cache / "snapshots" / commit)
     assert cli("dataset", "info", "hf:zk0-test/cached", "--json").json()["frames"] == 120
+
+
+def test_a_hub_snapshot_of_symlinks_counts_its_blobs_once(tmp_path):
+    """The Hub cache keeps files as blobs and a snapshot as symlinks to them: its size is the blobs'."""
+    from zk0cli.datasets.layout import disk_size
+
+    blobs, snapshot = tmp_path / "blobs", tmp_path / "snapshot"
+    (snapshot / "data").mkdir(parents=True)
+    blobs.mkdir()
+    (blobs / "a").write_bytes(b"x" * 1000)
+    (snapshot / "data" / "chunk.parquet").symlink_to(blobs / "a")
+    (snapshot / "data" / "same.parquet").symlink_to(blobs / "a")  # one blob, two names: counted once
+    (snapshot / "meta.json").write_bytes(b"y" * 24)
+    (snapshot / "loop").symlink_to(tmp_path, target_is_directory=True)  # never entered
+    assert disk_size(snapshot) == 1024

@@ -355,16 +355,21 @@ def _vector_column(column: pa.ChunkedArray) -> tuple[np.ndarray | None, str]:
 
 
 def disk_size(root: Path) -> int:
-    """Bytes under ``root`` (files only, symlinks not followed)."""
+    """Bytes of the files under ``root``. A symlinked file counts as its target, once: a Hub
+    snapshot is symlinks into the cache's blobs. Symlinked directories are not entered."""
     total = 0
+    seen: set[tuple[int, int]] = set()
     stack = [root]
     while stack:
         with os.scandir(stack.pop()) as entries:
             for entry in entries:
                 if entry.is_dir(follow_symlinks=False):
                     stack.append(Path(entry.path))
-                elif entry.is_file(follow_symlinks=False):
-                    total += entry.stat(follow_symlinks=False).st_size
+                elif entry.is_file(follow_symlinks=True):
+                    stat = entry.stat(follow_symlinks=True)
+                    if (stat.st_dev, stat.st_ino) not in seen:
+                        seen.add((stat.st_dev, stat.st_ino))
+                        total += stat.st_size
     return total
 
 
