@@ -54,3 +54,26 @@ def test_child_logger_writes_plain_prefixed_lines_once():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert done.stdout.splitlines() == ["zk0: ready: 1", "zk0: WARNING slow", "zk0: again"]
     assert done.stderr == ""
+
+
+def test_exclusive_read_modify_writes_never_lose_each_others_change(tmp_path):
+    import threading
+    import time
+
+    from zk0cli.core.files import exclusively
+
+    registry = tmp_path / "server-nodes.json"
+    atomic_write_json(registry, {})
+
+    def add(name: str) -> None:
+        with exclusively(registry):
+            entries = read_json(registry)
+            time.sleep(0.2)  # the Flower call between reading and writing the registry
+            atomic_write_json(registry, {**entries, name: {"name": name}})
+
+    threads = [threading.Thread(target=add, args=(name,)) for name in ("alice", "bob", "carol")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert sorted(read_json(registry)) == ["alice", "bob", "carol"]

@@ -106,3 +106,24 @@ def _names(proc, root: Path) -> bool:
         return (proc.info["environ"] or {}).get("ZK0_HOME", "").startswith(str(root) + os.sep)
     except psutil.Error:
         return False
+
+
+def test_a_failed_demo_stops_everything_and_keeps_its_logs(tmp_path):
+    """The error's hint names a log: that log must still be there after the clean-up."""
+    import shutil
+
+    done = subprocess.run(
+        [sys.executable, "-m", "zk0cli", "demo", "--rounds", "1", "--set", "policy=/no/such/checkpoint"],
+        env=demo_env(tmp_path / "home"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    [root] = demo_roots(done.stderr)
+    try:
+        assert done.returncode != 0 and "no checkpoint directory at /no/such/checkpoint" in done.stderr
+        assert f"kept {root} for its logs" in " ".join(done.stderr.split())
+        assert (root / "server" / "state" / "logs" / "server.log").is_file()
+        assert demo_processes(root) == []
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

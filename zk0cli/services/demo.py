@@ -122,6 +122,7 @@ def run(
     stages: dict[str, float] = {}
     started = time.monotonic()
     previous_sigterm = signal.signal(signal.SIGTERM, _raise_interrupt)  # `kill PID` cleans up like Ctrl-C
+    failed = False  # a failure keeps the root for its logs; Ctrl-C (not an Exception) cleans up
     try:
         with _Stage(stages, "setup"):
             federation.prepare(on_message)
@@ -129,6 +130,9 @@ def run(
             federation.start(on_message)
         with _Stage(stages, "training"):
             submitted, status = federation.train(settings, options.rounds, on_message, on_round)
+    except Exception:
+        failed = True
+        raise
     finally:
         # A second Ctrl-C must not cut the clean-up short and leave processes behind.
         previous_sigint = signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -137,7 +141,9 @@ def run(
             federation.stop(on_message)
         signal.signal(signal.SIGINT, previous_sigint)
         signal.signal(signal.SIGTERM, previous_sigterm)
-        if not options.keep:
+        if failed and not options.keep:
+            on_message(f"kept {root} for its logs: the demo failed (remove it when done)")
+        elif not options.keep:
             shutil.rmtree(root, ignore_errors=True)
     return _result(root, options.keep, submitted, status, time.monotonic() - started, stages)
 

@@ -262,16 +262,23 @@ def require_running(paths: Paths) -> dict:
 
 
 def add_node(paths: Paths, public_key_file: Path, name: str) -> dict:
-    """Register a node's public key with the SuperLink: from then on that node may join."""
+    """Register a node's public key with the SuperLink: from then on that node may join.
+
+    The node registry is read, checked and written under a lock: registrations at the same moment
+    (two admins, or the demo's nodes) must not drop each other's entry, or the fleet front, which
+    reads it, would refuse a registered node.
+    """
     supervisor.check_service_name(name, what="node name")
     key_text, key_pem = _read_public_key(public_key_file)
-    _refuse_duplicate(_node_names(paths), key_text, name)
-    require_running(paths)
-    with LocalControl(paths) as control:
-        node_id = str(control.register_node(key_pem, name))
-    names = _node_names(paths)
-    names[node_id] = {"name": name, "public_key": key_text}
-    files.atomic_write_json(paths.data_dir / NODE_NAMES_FILE, names)
+    registry = paths.data_dir / NODE_NAMES_FILE
+    with files.exclusively(registry):
+        _refuse_duplicate(_node_names(paths), key_text, name)
+        require_running(paths)
+        with LocalControl(paths) as control:
+            node_id = str(control.register_node(key_pem, name))
+        names = _node_names(paths)
+        names[node_id] = {"name": name, "public_key": key_text}
+        files.atomic_write_json(registry, names)
     return {"node_id": node_id, "name": name}
 
 
@@ -300,11 +307,13 @@ def remove_node(paths: Paths, node_id: str) -> dict:
     if not node_id.isdigit():
         raise bad_input(f"'{node_id}' is not a node id", hint="node ids are numbers: see `zk0 server nodes list`")
     require_running(paths)
-    with LocalControl(paths) as control:
-        control.unregister_node(int(node_id))
-    names = _node_names(paths)
-    removed = names.pop(node_id, {})
-    files.atomic_write_json(paths.data_dir / NODE_NAMES_FILE, names)
+    registry = paths.data_dir / NODE_NAMES_FILE
+    with files.exclusively(registry):
+        with LocalControl(paths) as control:
+            control.unregister_node(int(node_id))
+        names = _node_names(paths)
+        removed = names.pop(node_id, {})
+        files.atomic_write_json(registry, names)
     return {"node_id": node_id, "name": removed.get("name", "")}
 
 
