@@ -119,10 +119,11 @@ def test_a_failed_demo_stops_everything_and_keeps_its_logs(tmp_path):
         text=True,
         timeout=600,
     )
-    [root] = demo_roots(done.stderr)
+    said = done.stdout + done.stderr  # without --json, progress goes to stdout
+    [root] = demo_roots(said)
     try:
         assert done.returncode != 0 and "no checkpoint directory at /no/such/checkpoint" in done.stderr
-        assert f"kept {root} for its logs" in " ".join(done.stderr.split())
+        assert f"kept {root} for its logs" in " ".join(said.split())
         assert (root / "server" / "state" / "logs" / "server.log").is_file()
         assert demo_processes(root) == []
     finally:
