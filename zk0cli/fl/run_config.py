@@ -168,6 +168,11 @@ class RunConfig:
     def eval_dataset_uris(self) -> list[str]:
         return self.eval_datasets.split()
 
+    def server_evaluates(self) -> bool:
+        """Whether the server has held-out data: eval datasets, or (simulation) the clients'
+        held-out episodes. Without, it builds the policy from the nodes' features and evaluates nothing."""
+        return bool(self.eval_dataset_uris() or (self.dataset_uris() and self.client_eval_episodes > 0))
+
 
 def key(name: str) -> str:
     return name.replace("_", "-")

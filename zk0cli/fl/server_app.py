@@ -55,14 +55,14 @@ def runs_dir(config: RunConfig) -> Path:
 
 
 def run_federation(grid: Grid, config: RunConfig, record: RunRecord, *, flwr_run_id: int = 0) -> None:
-    from zk0cli.fl.server_eval import ServerEvaluator, has_heldout_data
+    from zk0cli.fl.server_eval import ServerEvaluator
     from zk0cli.fl.strategy import Zk0FedProx
 
     features = None
-    if not has_heldout_data(config):
+    if not config.server_evaluates():
         from zk0cli.fl.node_features import ask_nodes
 
-        record.write_status("asking the nodes for their dataset features", flwr_run_id=flwr_run_id)
+        record.write_status("starting", flwr_run_id=flwr_run_id, stage="asking the nodes for their dataset features")
         features = ask_nodes(grid, config)
         log.info(
             "no held-out data: the policy follows the features of %s; server evaluation is off, rounds are judged "

@@ -40,11 +40,6 @@ class EvalTarget:
     fingerprint: str
 
 
-def has_heldout_data(config: RunConfig) -> bool:
-    """Whether the server evaluates: eval datasets, or (simulation) the clients' held-out episodes."""
-    return bool(config.eval_dataset_uris() or (config.dataset_uris() and config.client_eval_episodes > 0))
-
-
 class ServerEvaluator:
     """Evaluates on the held-out datasets; with none (``features_from_nodes``), builds the policy
     from the nodes' features alone and evaluates nothing: rounds are judged by the nodes."""

@@ -58,7 +58,7 @@ def submit_run(paths: Paths, *, rounds: int | None, settings: dict) -> Submitted
         )
     require_running(paths)
     submitted = _submit(paths, config)
-    if not config.eval_dataset_uris():
+    if not config.server_evaluates():
         federated = config.fraction_evaluate > 0 and config.client_eval_episodes > 0
         submitted.notes.append(SERVER_EVAL_OFF if federated else NOTHING_EVALUATES)
     return submitted
