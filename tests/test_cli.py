@@ -31,7 +31,7 @@ def test_json_errors_are_a_json_document_too(cli):
     assert result.code == 2
     assert result.json() == {
         "error": "unknown config key 'no.such.key'",
-        "hint": "see `zk0 config show` for the keys",
+        "hint": "see `zk0 config show` for the keys; run-config defaults are run.KEY (`zk0 run --list-keys`)",
         "exit_code": 2,
     }
 

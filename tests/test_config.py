@@ -127,3 +127,62 @@ def test_without_zk0_home_paths_follow_platformdirs(monkeypatch, tmp_path):
     paths = Paths.resolve()
     assert paths.config_dir == tmp_path / "xdgc" / "zk0"
     assert paths.data_dir == tmp_path / "xdgd" / "zk0"
+
+
+def test_run_defaults_are_set_shown_read_and_unset(cli, zk0_home):
+    """Issue 12: server-side run defaults live in config.toml's [run] table, checked as a run would check them."""
+    file = zk0_home / "config" / "config.toml"
+    assert cli("config", "set", "run.local-steps", "5").code == 0
+    assert cli("config", "set", "run.eval-datasets", "hf:org/heldout").code == 0
+    assert 'local-steps = 5\neval-datasets = "hf:org/heldout"' in file.read_text()
+    rows = {row["key"]: row for row in cli("config", "show", "--json").json()["values"]}
+    assert (rows["run.local-steps"]["value"], rows["run.local-steps"]["source"]) == (5, "file")
+    assert cli("config", "get", "run.eval-datasets").stdout.strip() == "hf:org/heldout"
+    assert "run.KEY" in " ".join(cli("config", "show").stdout.split())  # the table says how to set them
+
+    removed = cli("config", "unset", "run.local-steps", "--json")
+    assert removed.code == 0 and removed.json()["removed"] is True
+    assert "local-steps" not in file.read_text() and "eval-datasets" in file.read_text()
+    again = cli("config", "unset", "run.local-steps", "--json")
+    assert again.code == 0 and again.json()["removed"] is False
+    unset = cli("--json", "config", "get", "run.local-steps")
+    assert unset.code == 2 and "zk0 run --list-keys" in unset.json()["hint"]
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "said", "hint"),
+    [
+        ("run.local-steps", "many", "local-steps must be int", "optimizer steps per client"),
+        ("run.local-stepz", "5", "unknown run-config key 'local-stepz'", "zk0 run --list-keys"),
+        ("run.eta-min", "1.0", "eta-min 1.0 must be below lr", "lower eta-min"),
+        ("run.run-name", "x", "run.run-name names one run", "zk0 run --set run-name"),
+        ("run.resume", "true", "run.resume names one run", "zk0 run --resume"),
+        ("hf.endpoint.x", "1", "unknown config key 'hf.endpoint.x'", "zk0 config show"),
+    ],
+)
+def test_bad_run_defaults_are_refused_with_a_hint_and_leave_the_file_alone(cli, zk0_home, key, value, said, hint):
+    file = zk0_home / "config" / "config.toml"
+    assert cli("config", "set", "run.batch-size", "2").code == 0
+    before = file.read_text()
+    refused = cli("--json", "config", "set", key, value)
+    assert refused.code == 2, refused.stderr
+    assert said in refused.json()["error"] and hint in refused.json()["hint"]
+    assert file.read_text() == before
+
+
+def test_hub_settings_reach_zk0_and_every_process_it_starts(cli, zk0_home, monkeypatch):
+    """hf.endpoint / hf.home replace HF_ENDPOINT / HF_HOME whatever the shell had, for zk0 and its children."""
+    from zk0cli.services.supervisor import child_env
+
+    monkeypatch.setenv("HF_ENDPOINT", "https://from-the-shell.example")  # restored after the test
+    monkeypatch.setenv("HF_HOME", "/from/the/shell")
+    assert cli("config", "set", "hf.endpoint", "http://127.0.0.1:9/").code == 0
+    assert cli("config", "set", "hf.home", "~/hf-cache").code == 0
+    assert cli("config", "path").code == 0  # any command: the session applies them first
+    assert os.environ["HF_ENDPOINT"] == "http://127.0.0.1:9"
+    assert os.environ["HF_HOME"] == os.path.expanduser("~/hf-cache")
+    assert child_env()["HF_ENDPOINT"] == "http://127.0.0.1:9"
+    assert cli("config", "unset", "hf.endpoint").code == 0
+    monkeypatch.setenv("HF_ENDPOINT", "https://from-the-shell.example")
+    assert cli("config", "path").code == 0
+    assert os.environ["HF_ENDPOINT"] == "https://from-the-shell.example"  # empty keeps the environment's

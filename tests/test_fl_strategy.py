@@ -16,9 +16,11 @@ from flwr.app import MessageType
 from flwr.clientapp import ClientApp
 from loopback_grid import LoopbackGrid
 
+from zk0cli.core.files import atomic_write_json
+from zk0cli.core.paths import Paths
 from zk0cli.fl import client_app as zk0_client
 from zk0cli.fl import integrity
-from zk0cli.fl.records import RunRecord
+from zk0cli.fl.records import RunRecord, summary
 from zk0cli.fl.run_config import RunConfig
 from zk0cli.fl.server_app import run_federation
 
@@ -247,8 +249,16 @@ def test_an_error_the_superlink_sends_for_a_node_is_recorded_under_that_node(tmp
         zk0_client.app, [{"partition-id": i, "num-partitions": 2} for i in range(2)], config.to_flwr()
     )
     record = RunRecord.create(Path(config.runs_dir), config.run_name)
+    registry = {"1000": {"name": "alice", "public_key": "k1"}, "1001": {"name": "bob", "public_key": "k2"}}
+    atomic_write_json(Paths.resolve().node_names_file, registry)  # as `zk0 server nodes add` leaves it
     run_federation(grid, config, record)
     round1 = {r["round"]: r for r in record.rounds()}[1]
     assert [f["node"] for f in round1["failed"]] == ["1001"]  # not SuperLink's own node id, and not twice
     assert "Node Unavailable" in round1["failed"][0]["reason"]
     assert [c["node"] for c in round1["clients"]["each"]] == ["1000"]
+    # the admin's names beside the ids, and the weight bytes each way (bf16 deltas up: half of fp32 down)
+    assert round1["failed"][0]["name"] == "bob"
+    alice = round1["clients"]["each"][0]
+    assert alice["name"] == "alice" and summary(round1)["client_losses"].keys() == {"alice"}
+    assert alice["bytes_up"] == pytest.approx(alice["bytes_down"] / 2, rel=0.01)
+    assert round1["federated_eval"]["each"][0]["bytes_down"] == alice["bytes_down"]

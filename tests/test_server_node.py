@@ -19,6 +19,7 @@ import psutil
 import pytest
 from serve_args import insecure_loopback_serve
 
+from zk0cli.core import config as config_mod
 from zk0cli.core.errors import ExitCode
 from zk0cli.core.paths import Paths
 from zk0cli.datasets.sample import write_sample
@@ -319,6 +320,11 @@ def test_two_nodes_train_a_streamed_run_and_a_supernode_killed_mid_run_is_restar
     supernode = supervisor.read_state(alice_paths, "node-alice")["processes"]["supernode"]
     assert supernode["restarts"] == 1 and supernode["pid"] != supernode_pid and supernode["state"] == "healthy"
     assert "round 1/2" in err and "round 2/2" in err  # the stream printed each round
+    assert rounds[1]["failed"][0]["name"] == "alice"  # the admin's name beside the Flower node id
+    trained = rounds[2]["clients"]["each"]
+    assert sorted(c["name"] for c in trained) == ["alice", "bob"] and alice_id in {c["node"] for c in trained}
+    assert all(c["bytes_down"] > 0 and 0 < c["bytes_up"] < c["bytes_down"] for c in trained)  # bf16 deltas up
+    assert "alice" in err and alice_id not in err  # the stream names nodes as the admin registered them
 
 
 BIG_BODY = 200 * 1024 * 1024
@@ -372,11 +378,13 @@ def test_big_bodies_without_valid_node_auth_leave_the_superlink_alone_while_node
     superlink = psutil.Process(server_state["processes"]["superlink"]["pid"])
     before = superlink.memory_info().rss
     tasks_before = federation.node_log("bob").count("zk0: task for run")
+    for key, value in (("fraction-evaluate", "1.0"), ("client-eval-episodes", "1")):  # the admin's run defaults
+        assert zk0(federation.server, "config", "set", f"run.{key}", value).returncode == 0
     run = subprocess.Popen(
         [
             sys.executable,
             *("-m", "zk0cli", "run", "--rounds", "1", "--stream", "--json"),
-            *federation.run_settings(heldout=False, **{"fraction-evaluate": 1.0, "client-eval-episodes": 1}),
+            *federation.run_settings(heldout=False),
         ],
         env=zk0_env(federation.server),
         stdout=subprocess.PIPE,
@@ -401,7 +409,9 @@ def test_big_bodies_without_valid_node_auth_leave_the_superlink_alone_while_node
     assert peak - before < 50 * 1024 * 1024, f"SuperLink RSS grew by {(peak - before) / 2**20:.0f} MiB"
     assert run.returncode == 0 and json.loads(out)["state"] == "completed", err[-3000:]
     assert runs_service.SERVER_EVAL_OFF in " ".join(err.split())  # said once, at submission
+    assert "run defaults from the config: fraction-evaluate=1.0, client-eval-episodes=1" in " ".join(err.split())
     record = RunRecord(Path(json.loads(out)["run_dir"]))
+    assert record.read_config()["run_config"]["client-eval-episodes"] == 1
     assert record.read_config()["server_eval"] is False and record.read_config()["features_from"]
     assert record.rounds()[-1]["federated_eval"]["aggregate"]["num_clients"] == 2
 
@@ -416,6 +426,22 @@ def test_big_bodies_without_valid_node_auth_leave_the_superlink_alone_while_node
         with verify.wrap_socket(raw, server_hostname=PUBLIC_HOST) as tls:
             tls.sendall(b"GET /health HTTP/1.0\r\n\r\n")
             assert tls.recv(4096).split(b"\r\n", 1)[0].split(b" ")[1] == b"200"
+
+
+def test_doctor_says_which_hub_settings_the_running_servers_serverapps_see(federation, monkeypatch):
+    """Read from the real SuperLink's environment, which its ServerApps inherit."""
+    from zk0cli.core.checks import Status
+    from zk0cli.services.doctor import DoctorContext
+    from zk0cli.services.doctor.hub import check_serverapp_environment
+
+    paths = Paths.resolve(federation.server)
+    context = DoctorContext(paths=paths, config=config_mod.load(paths.config_file).config, role="server")
+    monkeypatch.setenv("HF_HOME", str(federation.server / "hf"))  # what the server was started with
+    seen = check_serverapp_environment(context)
+    assert seen.status is Status.OK and f"HF_HOME={federation.server / 'hf'}" in seen.detail
+    monkeypatch.setenv("HF_HOME", "/elsewhere")  # as if hf.home changed in the config since
+    changed = check_serverapp_environment(context)
+    assert changed.status is Status.WARN and "HF_HOME differ" in changed.detail and "zk0 stop server" in changed.fix
 
 
 def test_nodes_run_only_the_installed_zk0_clientapp(federation):

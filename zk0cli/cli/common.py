@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from zk0cli.core import config as config_mod
+from zk0cli.core.errors import Zk0Error
 from zk0cli.core.paths import Paths
 from zk0cli.ui import output
 
@@ -38,7 +40,18 @@ def start_session(config_file: Path | None) -> Session:
     global _session
     paths = Paths.resolve()
     _session = Session(paths=paths, config_file=config_file or paths.config_file)
+    _apply_hub_environment(_session)
     return _session
+
+
+def _apply_hub_environment(s: Session) -> None:
+    """hf.endpoint / hf.home replace HF_ENDPOINT / HF_HOME for this process, so for every process
+    it starts too (before anything imports huggingface_hub, which reads them once)."""
+    try:
+        hub = s.load_config().config.hf
+    except Zk0Error:
+        return  # the command that needs the config reports what is wrong with it
+    os.environ.update(hub.environment())
 
 
 def session() -> Session:

@@ -33,14 +33,17 @@ def show(json_: JsonOption = False) -> None:
     loaded = session().load_config()
     rows = [
         {"key": key, "value": config_mod.get_value(loaded.config, key), "source": loaded.sources[key]}
-        for key in config_mod.keys()
+        for key in [*config_mod.keys(), *config_mod.run_keys(loaded.config)]
     ]
 
     def render(console) -> None:
         table = Table(
             title=f"config ({loaded.path})",
             title_justify="left",
-            caption="override any key with ZK0_<KEY>, e.g. ZK0_SERVER_PORT=9093",
+            caption=(
+                "override any key with ZK0_<KEY>, e.g. ZK0_SERVER_PORT=9093; run defaults are\n"
+                "run.KEY (zk0 config set run.eval-datasets hf:ORG/HELDOUT; keys: zk0 run --list-keys)"
+            ),
             caption_justify="left",
         )
         table.add_column("key", no_wrap=True)
@@ -66,7 +69,20 @@ def set_(
     value: Annotated[str, typer.Argument(help="New value; lists are comma-separated.")],
     json_: JsonOption = False,
 ) -> None:
-    """Set one key in the config file (written atomically)."""
+    """Set one key in the config file (written atomically); run.KEY sets a run-config default."""
+    from zk0cli.fl.run_config import check_defaults
+
     s = session()
-    typed = config_mod.set_value(s.config_file, key, value)
+    typed = config_mod.set_value(s.config_file, key, value, check_run=check_defaults)
     out().result({"key": key, "value": typed, "file": str(s.config_file)}, lambda c: c.print(f"{key} = {typed!r}"))
+
+
+@app.command("unset")
+def unset(
+    key: Annotated[str, typer.Argument(help="Dotted key, e.g. run.local-steps.")], json_: JsonOption = False
+) -> None:
+    """Remove one key from the config file, so its default applies again."""
+    s = session()
+    removed = config_mod.unset_value(s.config_file, key)
+    message = f"{key} removed from {s.config_file}" if removed else f"{key} was not set in {s.config_file}"
+    out().result({"key": key, "removed": removed, "file": str(s.config_file)}, lambda c: c.print(message, markup=False))

@@ -57,7 +57,9 @@ def run(
     if resume is not None:
         submitted = runs_service.resume_run(s.paths, resume, rounds=rounds)
     else:
-        submitted = runs_service.submit_run(s.paths, rounds=rounds, settings=parse_overrides(set_ or []))
+        submitted = runs_service.submit_run(
+            s.paths, rounds=rounds, settings=parse_overrides(set_ or []), defaults=s.load_config().config.run
+        )
     for note in submitted.notes:
         out().info(escape(note))
     data = {

@@ -2,6 +2,10 @@
 
 Precedence, implemented only here: command-line flag > ``ZK0_*`` environment variable >
 config file > the defaults written in the dataclasses below.
+
+The ``[run]`` table is open: its keys are run-config keys (``zk0 run --list-keys``), the defaults
+of every run this server starts. The run-config schema lives with the Flower app, so whoever
+writes the table passes its check (``check_run``); this module only keeps it TOML.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ import dataclasses
 import os
 import re
 import tomllib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +23,8 @@ from zk0cli.core.errors import bad_input
 from zk0cli.core.files import atomic_write_text
 
 ROLES = ("server", "node")
+RUN_TABLE = "run"
+RunCheck = Callable[[Mapping[str, Any]], None]  # raises a Zk0Error when a [run] table is not a valid run config
 
 
 @dataclass
@@ -38,10 +44,24 @@ class NodeConfig:
 
 
 @dataclass
+class HubConfig:
+    # Set here, they replace HF_ENDPOINT / HF_HOME for zk0 and every process it starts (the SuperLink
+    # and its ServerApps, SuperNodes and their ClientApps), whatever shell the server was started in.
+    endpoint: str = ""  # Hugging Face Hub URL (HF_ENDPOINT); empty keeps the environment's
+    home: str = ""  # Hugging Face cache root (HF_HOME); empty keeps the environment's
+
+    def environment(self) -> dict[str, str]:
+        values = {"HF_ENDPOINT": self.endpoint.rstrip("/"), "HF_HOME": os.path.expanduser(self.home)}
+        return {name: value for name, value in values.items() if value}
+
+
+@dataclass
 class Config:
     role: str = ""  # "server" or "node", set by `zk0 init`
     server: ServerConfig = field(default_factory=ServerConfig)
     node: NodeConfig = field(default_factory=NodeConfig)
+    hf: HubConfig = field(default_factory=HubConfig)
+    run: dict[str, Any] = field(default_factory=dict)  # run-config defaults of `zk0 run` ([run] table)
 
 
 @dataclass(frozen=True)
@@ -52,8 +72,16 @@ class LoadedConfig:
 
 
 def keys() -> list[str]:
-    """Every dotted key the schema knows, in schema order."""
+    """Every dotted key the schema knows, in schema order (``run.*`` keys are open, not listed)."""
     return [key for key, _ in _walk_fields(Config())]
+
+
+def is_run_key(key: str) -> bool:
+    return key.startswith(RUN_TABLE + ".") and key.count(".") == 1
+
+
+def run_keys(config: Config) -> list[str]:
+    return [f"{RUN_TABLE}.{name}" for name in config.run]
 
 
 def env_var(key: str) -> str:
@@ -97,6 +125,8 @@ def read_file(path: Path) -> dict[str, Any]:
         ) from exc
     known = set(keys())
     for key, value in _flatten(data).items():
+        if is_run_key(key):
+            continue  # checked against the run-config schema by whoever uses it (see check_run)
         if key not in known:
             raise bad_input(
                 f"config file {path}, line {_line_of(text, key)}: unknown key '{key}'",
@@ -106,16 +136,32 @@ def read_file(path: Path) -> dict[str, Any]:
     return data
 
 
-def set_value(path: Path, key: str, raw: str) -> Any:
-    """Set one key in the file from its string form and return the typed value written."""
-    if key not in keys():
-        raise bad_input(f"unknown config key '{key}'", hint="see `zk0 config show` for the keys")
-    value = coerce(key, raw, origin=key)
-    update_file(path, {key: value})
+def set_value(path: Path, key: str, raw: str, *, check_run: RunCheck | None = None) -> Any:
+    """Set one key in the file from its string form and return the typed value written.
+    ``run.*`` values are TOML literals (bare words are strings) checked by ``check_run``."""
+    if is_run_key(key):
+        if check_run is None:
+            raise bad_input(f"{key} is a run-config default", hint="set it with `zk0 config set` on the server")
+        value = parse_literal(raw)
+    else:
+        _require_known(key)
+        value = coerce(key, raw, origin=key)
+    update_file(path, {key: value}, check_run=check_run)
     return value
 
 
-def update_file(path: Path, updates: Mapping[str, Any]) -> None:
+def unset_value(path: Path, key: str) -> bool:
+    """Remove one key from the file (its default applies again); False when the file did not set it."""
+    if not is_run_key(key):
+        _require_known(key)
+    flat = _flatten(read_file(path))
+    if flat.pop(key, None) is None:
+        return False
+    write_file(path, flat)
+    return True
+
+
+def update_file(path: Path, updates: Mapping[str, Any], *, check_run: RunCheck | None = None) -> None:
     """Merge dotted-key values into the file, validated, written atomically.
 
     A malformed file is refused (read_file raises), so a broken config is never overwritten.
@@ -126,7 +172,17 @@ def update_file(path: Path, updates: Mapping[str, Any]) -> None:
     for key, value in flat.items():
         _assign(candidate, key, value)
     validate(candidate)
+    if check_run is not None:
+        check_run(candidate.run)
     write_file(path, flat)
+
+
+def parse_literal(raw: str) -> Any:
+    """A value typed on a command line: a TOML literal (``5``, ``1e-4``, ``true``), else the bare string."""
+    try:
+        return tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw.strip()
 
 
 def write_file(path: Path, flat: Mapping[str, Any]) -> None:
@@ -143,8 +199,14 @@ def write_file(path: Path, flat: Mapping[str, Any]) -> None:
 
 
 def get_value(config: Config, key: str) -> Any:
-    if key not in keys():
-        raise bad_input(f"unknown config key '{key}'", hint="see `zk0 config show` for the keys")
+    if is_run_key(key):
+        name = key.partition(".")[2]
+        if name not in config.run:
+            raise bad_input(
+                f"{key} is not set: runs take the run-config default", hint="`zk0 run --list-keys` shows the defaults"
+            )
+        return config.run[name]
+    _require_known(key)
     obj: Any = config
     for part in key.split("."):
         obj = getattr(obj, part.replace("-", "_"))
@@ -186,6 +248,14 @@ def validate(config: Config) -> None:
         parse_host_port(config.node.server, origin="node.server")
 
 
+def _require_known(key: str) -> None:
+    if key not in keys():
+        raise bad_input(
+            f"unknown config key '{key}'",
+            hint="see `zk0 config show` for the keys; run-config defaults are run.KEY (`zk0 run --list-keys`)",
+        )
+
+
 def parse_host_port(value: str, *, origin: str) -> tuple[str, int]:
     """``host:port`` (``[v6]:port`` too) into its parts, or a bad-input error that shows the form."""
     match = re.fullmatch(r"\[?([^\[\]]+?)\]?:(\d{1,5})", value.strip())
@@ -200,7 +270,7 @@ def _walk_fields(obj: Any, prefix: str = "") -> Iterator[tuple[str, dataclasses.
         key = prefix + f.name.replace("_", "-") if prefix else f.name.replace("_", "-")
         if dataclasses.is_dataclass(value):
             yield from _walk_fields(value, key + ".")
-        else:
+        elif not isinstance(value, dict):  # the open [run] table has no fixed keys
             yield key, f
 
 
@@ -220,6 +290,9 @@ def _check_type(key: str, value: Any, *, origin: str) -> None:
 
 
 def _assign(config: Config, key: str, value: Any) -> None:
+    if is_run_key(key):
+        config.run[key.partition(".")[2]] = value
+        return
     *parents, leaf = key.split(".")
     obj: Any = config
     for part in parents:

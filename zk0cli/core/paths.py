@@ -32,6 +32,11 @@ class Paths:
     def runs_dir(self) -> Path:
         return self.data_dir / "runs"
 
+    @property
+    def node_names_file(self) -> Path:
+        """Registered nodes (Flower node id -> name, public key), kept by ``zk0 server nodes add``."""
+        return self.data_dir / "server-nodes.json"
+
     def all_dirs(self) -> tuple[Path, ...]:
         return (self.config_dir, self.data_dir, self.state_dir, self.log_dir)
 

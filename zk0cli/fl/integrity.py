@@ -60,6 +60,11 @@ def digest(record: ArrayRecord) -> str:
     return h.hexdigest()
 
 
+def payload_bytes(record: ArrayRecord) -> int:
+    """The bytes a record's arrays put on the wire (what zk0 records as bytes down/up)."""
+    return sum(len(array.data) for array in record.values())
+
+
 def pack(arrays: Mapping[str, NDArray[np.float32]], values: Array) -> ArrayRecord:
     """The packed record of ``arrays``' layout and their already encoded, concatenated ``values``."""
     layout = json.dumps([[name, [int(d) for d in value.shape]] for name, value in arrays.items()]).encode()

@@ -73,7 +73,10 @@ def ask_nodes(grid: Grid, config: RunConfig) -> FeaturesOnlyMeta:
         why = f": {errors[0][:300]}" if errors else ""
         raise unreachable(
             f"no node described its dataset, so the server cannot build the policy{why}",
-            hint="see `zk0 logs node NAME` on the nodes; or give the server held-out data: --set eval-datasets=URI",
+            hint=(
+                "see `zk0 logs node NAME` on the nodes; or give the server held-out data: "
+                "zk0 config set run.eval-datasets URI"
+            ),
         )
     distinct = {(features, fps) for _, features, fps in answers.values()}
     if len(distinct) > 1:

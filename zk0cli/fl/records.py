@@ -33,6 +33,7 @@ from typing import Any
 
 from zk0cli.core.errors import bad_input
 from zk0cli.core.files import JsonFileError, atomic_write_json, read_json
+from zk0cli.core.paths import Paths
 from zk0cli.core.timefmt import folder_stamp
 from zk0cli.core.versions import package_versions
 from zk0cli.fl.record_follow import ROUND_FILE, STATUS_FILE, round_files
@@ -235,7 +236,7 @@ def summary(entry: dict[str, Any]) -> dict[str, Any]:
         "fedprox_loss_avg": aggregate.get("fedprox_loss_avg"),
         "grad_norm_avg": aggregate.get("grad_norm_avg"),
         "update_norm_avg": aggregate.get("update_norm_avg"),
-        "client_losses": {c["node"]: c["metrics"].get("loss") for c in clients.get("each", [])},
+        "client_losses": {node_label(c): c["metrics"].get("loss") for c in clients.get("each", [])},
         "rejected": len(entry.get("rejected", [])),
         "failed": len(entry.get("failed", [])),
         "server_policy_loss": (server.get("composite") or {}).get("policy_loss"),
@@ -253,3 +254,35 @@ def mean_std(values: Iterable[float]) -> tuple[float | None, float | None]:
     if not values:
         return None, None
     return statistics.fmean(values), statistics.pstdev(values)
+
+
+def node_label(client: dict[str, Any]) -> str:
+    """How a round record's node is shown: the admin's registered name, else its Flower node id."""
+    return str(client.get("name") or client.get("node", "?"))
+
+
+def name_nodes(entry: dict[str, Any], names: dict[str, str]) -> None:
+    """Put the admin's registered name beside each Flower node id of a round record."""
+    clients, federated = entry.get("clients") or {}, entry.get("federated_eval") or {}
+    groups = (
+        clients.get("each"),
+        entry.get("rejected"),
+        entry.get("failed"),
+        federated.get("each"),
+        federated.get("failed"),
+    )
+    for group in groups:
+        for item in group or []:
+            if names.get(str(item.get("node"))):
+                item["name"] = names[str(item["node"])]
+
+
+def registered_node_names(paths: Paths) -> dict[str, str]:
+    """Flower node id -> name of the nodes ``zk0 server nodes add`` registered ({} when none)."""
+    try:
+        entries = read_json(paths.node_names_file, {})
+    except JsonFileError:
+        return {}
+    if not isinstance(entries, dict):
+        return {}
+    return {str(node_id): str(e.get("name", "")) for node_id, e in entries.items() if isinstance(e, dict)}

@@ -127,7 +127,7 @@ class RunConfig:
         for key, value in values.items():
             name = key.replace("-", "_")
             if name not in known:
-                raise bad_input(f"unknown run-config key '{key}'", hint="`zk0 sim --list-keys` lists them")
+                raise bad_input(f"unknown run-config key '{key}'", hint="`zk0 run --list-keys` lists them")
             kwargs[name] = _typed(key, value, known[name])
         config = cls(**kwargs)
         config.validate()
@@ -185,19 +185,29 @@ def documentation() -> list[tuple[str, Any, str]]:
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     """``["local-steps=5", "lr-schedule=cosine"]`` into typed values (TOML literals; bare words as strings)."""
-    import tomllib
+    from zk0cli.core.config import parse_literal
 
     parsed: dict[str, Any] = {}
     for pair in pairs:
         name, sep, raw = pair.partition("=")
         if not sep or not name.strip():
-            raise bad_input(f"run-config '{pair}' is not KEY=VALUE", hint="for example --run-config local-steps=5")
-        try:
-            value = tomllib.loads(f"v = {raw.strip()}")["v"]
-        except tomllib.TOMLDecodeError:
-            value = raw.strip()
-        parsed[name.strip()] = value
+            raise bad_input(f"run-config '{pair}' is not KEY=VALUE", hint="for example --set local-steps=5")
+        parsed[name.strip()] = parse_literal(raw)
     return parsed
+
+
+PER_RUN_KEYS = ("resume", "run-name")  # name one run: never a default for every run
+
+
+def check_defaults(table: Mapping[str, Any]) -> None:
+    """The ``[run]`` table of config.toml: run-config keys and values a run would accept."""
+    for name in table:
+        if key(name) in PER_RUN_KEYS:
+            raise bad_input(
+                f"run.{name} names one run and cannot be a default",
+                hint="zk0 run --set run-name=NAME, or zk0 run --resume RUN_ID",
+            )
+    RunConfig.from_mapping(table)
 
 
 def _typed(key_: str, value: Any, f: dataclasses.Field[Any]) -> Any:

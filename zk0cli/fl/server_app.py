@@ -24,7 +24,7 @@ from numpy.typing import NDArray
 from zk0cli.core.errors import Zk0Error, bad_input
 from zk0cli.core.paths import Paths
 from zk0cli.fl import plots
-from zk0cli.fl.records import RunRecord, new_run_name, summary
+from zk0cli.fl.records import RunRecord, name_nodes, new_run_name, registered_node_names, summary
 from zk0cli.fl.run_config import RunConfig
 
 log = logging.getLogger("zk0.server")
@@ -156,6 +156,7 @@ class RunOutputs:
                 server_round, lambda d: self.evaluator.save_checkpoint(d, weights), self.config.keep_last_checkpoints
             )
             entry["checkpoint"] = str(directory.relative_to(self.record.root))
+        name_nodes(entry, registered_node_names(Paths.resolve()))  # re-read: a node added mid-run gets its name
         self.record.write_round(entry)
         plots.write_plots(self.record.root / "plots", [summary(r) for r in self.record.rounds()])
         self.record.write_status("running", round=server_round, rounds=self.config.num_server_rounds)

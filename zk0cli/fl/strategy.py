@@ -79,6 +79,7 @@ class Zk0FedProx(FedProx):
         self.entry: dict[str, Any] = {}
         self._destinations: dict[str, str] = {}  # message id -> node id, of the messages in flight
         self._round_started = time.monotonic()
+        self._sent_bytes = 0  # the weights payload of the messages last sent, per node
 
     def initial_arrays(self) -> ArrayRecord:
         return integrity.to_record(self.global_weights)
@@ -143,6 +144,7 @@ class Zk0FedProx(FedProx):
         wanted = max(int(len(list(grid.get_node_ids())) * self.fraction_train), self.min_train_nodes)
         node_ids, _ = sample_nodes(grid, self.min_available_nodes, wanted)
         digest = integrity.digest(arrays)
+        self._sent_bytes = integrity.payload_bytes(arrays)
         messages = []
         for node_id in node_ids:
             node_config = ConfigRecord(
@@ -208,12 +210,15 @@ class Zk0FedProx(FedProx):
             return {"node": node}, None, "malformed reply (needs one ArrayRecord, 'metrics' and 'info')"
         metrics = dict(content[METRICS])
         info = dict(content[INFO])
+        record = next(iter(content.array_records.values()))
         client = {
             "node": node,
             "dataset": str(info.get("dataset", "")),
             "metrics": metrics,
             "samples": metrics.get(SAMPLES, 0),
             "dataset_fingerprint": str(info.get("dataset-fingerprint", "")),
+            "bytes_down": self._sent_bytes,
+            "bytes_up": integrity.payload_bytes(record),
         }
         samples = metrics.get(SAMPLES)
         if not isinstance(samples, (int, float)) or not math.isfinite(samples) or samples <= 0:
@@ -223,7 +228,6 @@ class Zk0FedProx(FedProx):
             return client, None, f"non-finite training loss ({loss!r})"
         if info.get("uplink") != self.encoding:
             return client, None, f"uplink encoding {info.get('uplink')!r}, expected {self.encoding!r}"
-        record = next(iter(content.array_records.values()))
         checked = integrity.check_update(
             record, str(info.get("sha256", "")), self.spec, self.encoding, self.global_weights
         )
@@ -237,6 +241,7 @@ class Zk0FedProx(FedProx):
         if not self.is_eval_round(server_round):
             return []
         config["arrays-sha256"] = integrity.digest(arrays)
+        self._sent_bytes = integrity.payload_bytes(arrays)
         return super().configure_evaluate(server_round, arrays, config, grid)
 
     @override
@@ -250,7 +255,14 @@ class Zk0FedProx(FedProx):
                 continue
             metrics = dict(reply.content[METRICS]) if METRICS in reply.content.metric_records else {}
             info = dict(reply.content[INFO]) if INFO in reply.content.config_records else {}
-            each.append({"node": node, "dataset": str(info.get("dataset", "")), "metrics": metrics})
+            each.append(
+                {
+                    "node": node,
+                    "dataset": str(info.get("dataset", "")),
+                    "metrics": metrics,
+                    "bytes_down": self._sent_bytes,
+                }
+            )
         usable = [
             c
             for c in each

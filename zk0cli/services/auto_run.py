@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Callable
 
+from zk0cli.core import config as config_mod
 from zk0cli.core import files
 from zk0cli.core.childlog import child_logger
 from zk0cli.core.errors import Zk0Error
@@ -55,7 +56,8 @@ def auto_run(
             online = [n for n in list_nodes(paths) if n["status"] == "online"]
             if len(online) >= min_nodes:
                 values = {**settings, "min-available-nodes": min_nodes}
-                run = submit_run(paths, rounds=rounds, settings=values)
+                defaults = config_mod.load(paths.config_file).config.run  # re-read: set between sessions, used
+                run = submit_run(paths, rounds=rounds, settings=values, defaults=defaults)
                 current = {"run_id": run.run_id, "run_dir": str(run.run_dir), "nodes": [n["node_id"] for n in online]}
                 files.atomic_write_json(marker, current)
                 say(

@@ -236,7 +236,7 @@ class Federation:
         from zk0cli.services import runs
 
         run_settings = {**settings, "eval-datasets": f"local:{self.eval_dataset}"}
-        submitted = runs.submit_run(self.server, rounds=rounds, settings=run_settings)
+        submitted = runs.submit_run(self.server, rounds=rounds, settings=run_settings, defaults={})  # a fresh home
         say(f"run {submitted.run_id}: {rounds} round(s) with {len(self.nodes)} nodes -> {submitted.run_dir}")
         status = runs.follow_run(self.server, submitted, on_round, poll_s=0.5)
         return submitted, status

@@ -21,14 +21,14 @@ from zk0cli.core.errors import bad_input
 from zk0cli.core.files import JsonFileError, atomic_write_text, read_json
 from zk0cli.core.paths import Paths
 from zk0cli.fl.record_follow import STATUS_FILE, round_files
-from zk0cli.fl.records import FINAL_LINK, summary
+from zk0cli.fl.records import FINAL_LINK, node_label, summary
 
 if TYPE_CHECKING:
     from zk0cli.services.simulation import SimRequest
 
 VIDEO_EMBED_LIMIT = 25 * 2**20  # bytes of video embedded as data URIs; beyond that they play from videos/
 REQUIRED_FILES = ("config.json", "policy_loss_history.json")
-SERVER_EVAL_OFF = "off: the server had no held-out data (zk0 run --set eval-datasets=URI turns it on)"
+SERVER_EVAL_OFF = "off: the server had no held-out data (zk0 config set run.eval-datasets URI turns it on)"
 
 
 # ----------------------------------------------------------------------------- reading a record
@@ -285,10 +285,12 @@ def bytes_transferred(run: RunData) -> dict[str, int] | None:
 
 
 def round_bytes(entry: dict[str, Any]) -> dict[str, int] | None:
-    """One round's bytes from its clients' ``bytes_down`` / ``bytes_up`` (the keys `zk0 status`
-    reads too), on the client entry or in its metrics; None when no client has them."""
+    """One round's weight bytes from its clients' ``bytes_down`` / ``bytes_up`` (the keys `zk0 status`
+    reads too), training and federated evaluation; None when no client has them."""
     totals, found = {"down": 0, "up": 0}, False
-    for client in (entry.get("clients") or {}).get("each") or []:
+    trained = (entry.get("clients") or {}).get("each") or []
+    evaluated = (entry.get("federated_eval") or {}).get("each") or []
+    for client in [*trained, *evaluated]:
         metrics = client.get("metrics") or {}
         for direction in totals:
             value = client.get(f"bytes_{direction}", metrics.get(f"bytes_{direction}"))
@@ -329,21 +331,36 @@ def _participants_table(run: RunData) -> Table:
     for entry in run.rounds:
         for client in (entry.get("clients") or {}).get("each") or []:
             row = seen.setdefault(
-                client["node"],
+                node_label(client),
                 {
+                    "node_id": client.get("node", ""),
                     "dataset": client.get("dataset", ""),
                     "rounds": 0,
                     "samples": 0,
+                    "traffic": None,
                     "fingerprint": client.get("dataset_fingerprint", ""),
                 },
             )
             row["rounds"] += 1
             row["samples"] += int(client.get("samples") or 0)
+            if client.get("bytes_down") is not None:
+                traffic = row["traffic"] or {"down": 0, "up": 0}
+                traffic["down"] += int(client["bytes_down"])
+                traffic["up"] += int(client.get("bytes_up") or 0)
+                row["traffic"] = traffic
     return Table(
         "Participants",
-        ["node", "dataset", "rounds trained", "samples used", "fingerprint"],
+        ["node", "node id", "dataset", "rounds trained", "samples used", "bytes (train)", "fingerprint"],
         [
-            [node, row["dataset"], row["rounds"], row["samples"], str(row["fingerprint"])[:12]]
+            [
+                node,
+                row["node_id"],
+                row["dataset"],
+                row["rounds"],
+                row["samples"],
+                _bytes_text(row["traffic"], missing="-"),
+                str(row["fingerprint"])[:12],
+            ]
             for node, row in seen.items()
         ],
         note="episodes and frames per node are not in this record; the counts are from the round records",
@@ -394,7 +411,7 @@ def _rounds_table(run: RunData) -> Table:
 
 def _rejections_table(run: RunData) -> Table:
     rows = [
-        [entry["round"], outcome, item.get("node", ""), item.get("dataset", ""), item.get("reason", "")]
+        [entry["round"], outcome, node_label(item), item.get("dataset", ""), item.get("reason", "")]
         for entry in run.rounds
         for outcome in ("rejected", "failed")
         for item in entry.get(outcome) or []

@@ -4,8 +4,10 @@ stopped run from its checkpoint, follow a run's record round by round, list and 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from zk0cli.core import files
 from zk0cli.core.errors import Zk0Error, bad_input
@@ -17,11 +19,11 @@ from zk0cli.services.server import require_running
 
 SERVER_EVAL_OFF = (
     "server evaluation is off (no eval-datasets): the nodes' federated evaluation judges the rounds; "
-    "to evaluate on held-out data: zk0 run --set eval-datasets=hf:ORG/HELDOUT"
+    "to evaluate on held-out data: zk0 config set run.eval-datasets hf:ORG/HELDOUT (or --set for one run)"
 )
 NOTHING_EVALUATES = (
     "server evaluation is off (no eval-datasets) and so is federated evaluation (fraction-evaluate or "
-    "client-eval-episodes is 0): nothing measures these rounds; zk0 run --set eval-datasets=hf:ORG/HELDOUT"
+    "client-eval-episodes is 0): nothing measures these rounds; zk0 config set run.eval-datasets hf:ORG/HELDOUT"
 )
 
 
@@ -40,12 +42,18 @@ def app_dir() -> Path:
     return Path(zk0cli.fl.__file__).resolve().parent / "app"
 
 
-def submit_run(paths: Paths, *, rounds: int | None, settings: dict) -> SubmittedRun:
-    """Validate the run config here (a bad key never reaches Flower), then `flwr run` on zk0-local."""
-    from zk0cli.fl.records import new_run_name
-    from zk0cli.fl.run_config import RunConfig
+def submit_run(
+    paths: Paths, *, rounds: int | None, settings: Mapping[str, Any], defaults: Mapping[str, Any]
+) -> SubmittedRun:
+    """Validate the run config here (a bad key never reaches Flower), then `flwr run` on zk0-local.
 
-    values: dict = dict(settings)
+    ``defaults`` are the config's ``[run]`` table; ``settings`` (``--set``) and ``rounds`` override them.
+    """
+    from zk0cli.fl.records import new_run_name
+    from zk0cli.fl.run_config import RunConfig, check_defaults
+
+    check_defaults(defaults)
+    values: dict = {**defaults, **settings}
     if rounds is not None:
         values["num-server-rounds"] = rounds
     values.setdefault("runs-dir", str(paths.runs_dir))
@@ -58,6 +66,8 @@ def submit_run(paths: Paths, *, rounds: int | None, settings: dict) -> Submitted
         )
     require_running(paths)
     submitted = _submit(paths, config)
+    if defaults:
+        submitted.notes.append("run defaults from the config: " + ", ".join(f"{k}={v}" for k, v in defaults.items()))
     if not config.server_evaluates():
         federated = config.fraction_evaluate > 0 and config.client_eval_episodes > 0
         submitted.notes.append(SERVER_EVAL_OFF if federated else NOTHING_EVALUATES)

@@ -30,7 +30,6 @@ from zk0cli.services.pki import ServerPki, fingerprint
 
 SERVICE = "server"
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")
-NODE_NAMES_FILE = "server-nodes.json"  # node id -> name, kept by `zk0 server nodes add`
 
 
 @dataclass
@@ -110,7 +109,7 @@ def build_spec(paths: Paths, options: ServeOptions) -> supervisor.ServiceSpec:
         else ["--certfile", tls.certfile, "--keyfile", tls.keyfile, "--cafile", tls.cafile]
     )
     if options.require_node_auth:  # the front verifies node signatures before any body reaches the SuperLink
-        proxy_argv += ["--nodes-file", str(paths.data_dir / NODE_NAMES_FILE)]
+        proxy_argv += ["--nodes-file", str(paths.node_names_file)]
     proxy = supervisor.ProcessSpec(
         name="fleet-proxy",
         argv=proxy_argv,
@@ -270,7 +269,7 @@ def add_node(paths: Paths, public_key_file: Path, name: str) -> dict:
     """
     supervisor.check_service_name(name, what="node name")
     key_text, key_pem = _read_public_key(public_key_file)
-    registry = paths.data_dir / NODE_NAMES_FILE
+    registry = paths.node_names_file
     with files.exclusively(registry):
         _refuse_duplicate(_node_names(paths), key_text, name)
         require_running(paths)
@@ -307,7 +306,7 @@ def remove_node(paths: Paths, node_id: str) -> dict:
     if not node_id.isdigit():
         raise bad_input(f"'{node_id}' is not a node id", hint="node ids are numbers: see `zk0 server nodes list`")
     require_running(paths)
-    registry = paths.data_dir / NODE_NAMES_FILE
+    registry = paths.node_names_file
     with files.exclusively(registry):
         with LocalControl(paths) as control:
             control.unregister_node(int(node_id))
@@ -373,5 +372,5 @@ def _refuse_duplicate(registry: dict[str, dict[str, str]], key: str, name: str) 
 
 
 def _node_names(paths: Paths) -> dict[str, dict[str, str]]:
-    registry = files.read_json(paths.data_dir / NODE_NAMES_FILE, {})
+    registry = files.read_json(paths.node_names_file, {})
     return registry if isinstance(registry, dict) else {}

@@ -53,6 +53,7 @@ CHECKS: tuple[Check, ...] = (
     Check("role", role.check_role),
     Check("server port", role.check_server_port, roles=("server",), network_steps=3),
     Check("server certs", role.check_server_certificates, roles=("server",)),
+    Check("serverapp env", hub.check_serverapp_environment, roles=("server",)),
     Check("node keys", role.check_node_keys, roles=("node",)),
     Check("server", role.check_server_connection, roles=("node",), network_steps=3),
 )

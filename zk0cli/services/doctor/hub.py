@@ -89,3 +89,39 @@ def check_cache(ctx: DoctorContext) -> CheckResult:
             **data,
         )
     return ok("hf cache", detail, **data)
+
+
+HUB_VARIABLES = ("HF_ENDPOINT", "HF_HOME", "HF_HUB_OFFLINE")
+
+
+def check_serverapp_environment(ctx: DoctorContext) -> CheckResult:
+    """The Hub settings a run's ServerApp gets: the running SuperLink's environment, which every
+    ServerApp it starts inherits; compared with what zk0 would give a SuperLink started now."""
+    import psutil
+
+    from zk0cli.services import server, supervisor
+
+    wanted = {name: os.environ.get(name, "") for name in HUB_VARIABLES}  # the config's hf.* already applied
+    state = supervisor.read_state(ctx.paths, server.SERVICE) or {}
+    pid = ((state.get("processes") or {}).get("superlink") or {}).get("pid") if state.get("supervisor_alive") else None
+    if not pid:
+        return ok("serverapp env", "the server is not running; it will start with " + _hub_text(wanted), **wanted)
+    try:
+        seen = {name: psutil.Process(pid).environ().get(name, "") for name in HUB_VARIABLES}
+    except psutil.Error as exc:
+        return skip("serverapp env", f"cannot read the SuperLink's environment (pid {pid}: {type(exc).__name__})")
+    data = {"running": seen, "configured": wanted}
+    if seen != wanted:
+        differ = ", ".join(name for name in HUB_VARIABLES if seen[name] != wanted[name])
+        return warn(
+            "serverapp env",
+            f"the running server's ServerApps see {_hub_text(seen)}; zk0 now gives {_hub_text(wanted)} "
+            f"({differ} differ)",
+            "restart the server to apply hf.* from the config: zk0 stop server, then zk0 server serve --detach",
+            **data,
+        )
+    return ok("serverapp env", "runs see " + _hub_text(seen), **data)
+
+
+def _hub_text(values: dict[str, str]) -> str:
+    return ", ".join(f"{name}={values[name] or '(unset)'}" for name in HUB_VARIABLES)

@@ -11,6 +11,7 @@ from typing import Any
 
 from zk0cli.core.files import JsonFileError, read_json
 from zk0cli.fl.record_follow import STATUS_FILE, round_files
+from zk0cli.fl.records import node_label
 from zk0cli.services.status.model import ACTIVE_RUN_STATES, ClientRound, RunView, number
 from zk0cli.services.status.superlink import SuperLinkData
 
@@ -143,7 +144,7 @@ def client_rounds(entry: dict[str, Any]) -> list[ClientRound]:
         metrics = client.get("metrics") or {}
         rows.append(
             ClientRound(
-                node=str(client.get("node", "?")),
+                node=node_label(client),
                 dataset=str(client.get("dataset", "")),
                 loss=number(metrics.get("loss")),
                 fedprox_loss=number(metrics.get("fedprox_loss")),
@@ -157,7 +158,7 @@ def client_rounds(entry: dict[str, Any]) -> list[ClientRound]:
         for item in entry.get(outcome) or []:
             rows.append(
                 ClientRound(
-                    node=str(item.get("node", "?")),
+                    node=node_label(item),
                     dataset=str(item.get("dataset", "")),
                     outcome=outcome,
                     reason=str(item.get("reason", "")),
