@@ -24,7 +24,7 @@ from zk0cli.core.errors import ExitCode
 from zk0cli.core.paths import Paths
 from zk0cli.datasets.sample import write_sample
 from zk0cli.fl.records import RunRecord
-from zk0cli.services import demo, flower, supervisor
+from zk0cli.services import demo, flower, preflight, supervisor
 from zk0cli.services import runs as runs_service
 
 pytestmark = pytest.mark.slow
@@ -408,7 +408,7 @@ def test_big_bodies_without_valid_node_auth_leave_the_superlink_alone_while_node
         assert answer.startswith(b"HTTP/1.1 401") or (not answer and sent < BIG_BODY), (answer[:200], sent)
     assert peak - before < 50 * 1024 * 1024, f"SuperLink RSS grew by {(peak - before) / 2**20:.0f} MiB"
     assert run.returncode == 0 and json.loads(out)["state"] == "completed", err[-3000:]
-    assert runs_service.SERVER_EVAL_OFF in " ".join(err.split())  # said once, at submission
+    assert f"server eval: {preflight.SERVER_EVAL_OFF}; {preflight.EVAL_ON_HINT}" in " ".join(err.split())  # once
     assert "run defaults from the config: fraction-evaluate=1.0, client-eval-episodes=1" in " ".join(err.split())
     record = RunRecord(Path(json.loads(out)["run_dir"]))
     assert record.read_config()["run_config"]["client-eval-episodes"] == 1
@@ -426,6 +426,30 @@ def test_big_bodies_without_valid_node_auth_leave_the_superlink_alone_while_node
         with verify.wrap_socket(raw, server_hostname=PUBLIC_HOST) as tls:
             tls.sendall(b"GET /health HTTP/1.0\r\n\r\n")
             assert tls.recv(4096).split(b"\r\n", 1)[0].split(b" ")[1] == b"200"
+
+
+def test_dry_run_counts_the_online_nodes_and_no_wait_refuses_too_few(federation):
+    for name, task in (("alice", "pick"), ("bob", "stack")):
+        if not (federation.root / name / "state").exists():
+            federation.join(name, task)
+    wait_for(lambda: _online(federation) == 2, 60, "both nodes online")
+    checked = zk0(federation.server, "run", "--dry-run", "--json", *federation.run_settings())
+    assert checked.returncode == 0, checked.stderr
+    nodes = {c["name"]: c for c in json.loads(checked.stdout)["checks"]}["nodes"]
+    assert nodes["status"] == "ok" and "2 of 2 registered node(s) online: alice, bob" in nodes["detail"]
+    too_few = zk0(
+        federation.server, "run", "--no-wait", *federation.run_settings(**{"min-available-nodes": 3}), "--json"
+    )
+    assert too_few.returncode == ExitCode.UNREACHABLE
+    error = json.loads(too_few.stdout)
+    assert "min-available-nodes is 3" in error["error"] and "wait for the nodes" in error["hint"]
+
+
+def _online(federation) -> int:
+    listed = zk0(federation.server, "server", "nodes", "list", "--json")
+    return (
+        sum(node["status"] == "online" for node in json.loads(listed.stdout)["nodes"]) if listed.returncode == 0 else 0
+    )
 
 
 def test_doctor_says_which_hub_settings_the_running_servers_serverapps_see(federation, monkeypatch):

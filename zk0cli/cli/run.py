@@ -35,6 +35,14 @@ def run(
             ),
         ),
     ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="Check the run (config, server, nodes, policy, held-out data); submit nothing."),
+    ] = False,
+    no_wait: Annotated[
+        bool,
+        typer.Option("--no-wait", help="Exit 3 instead of waiting when fewer than min-available-nodes are online."),
+    ] = False,
     list_keys: ListKeysOption = False,
     json_: JsonOption = False,
 ) -> None:
@@ -54,12 +62,22 @@ def run(
             "--set cannot change a resumed run: it continues with its recorded run config",
             hint="drop --set (only --rounds may raise the total), or start a new run",
         )
+    if dry_run:
+        if resume is not None:
+            raise bad_input("--dry-run checks a new run", hint="drop --resume (a resumed run keeps its checked config)")
+        preflight_only(s, rounds=rounds, settings=parse_overrides(set_ or []), no_wait=no_wait)
+        return
     if resume is not None:
         submitted = runs_service.resume_run(s.paths, resume, rounds=rounds)
     else:
-        submitted = runs_service.submit_run(
-            s.paths, rounds=rounds, settings=parse_overrides(set_ or []), defaults=s.load_config().config.run
-        )
+        with out().err.status("checking the run before submitting it"):
+            submitted = runs_service.submit_run(
+                s.paths,
+                rounds=rounds,
+                settings=parse_overrides(set_ or []),
+                defaults=s.load_config().config.run,
+                no_wait=no_wait,
+            )
     for note in submitted.notes:
         out().info(escape(note))
     data = {
@@ -89,6 +107,23 @@ def run(
             f"[green]✓[/green] run {submitted.run_id} completed; record in {escape(str(submitted.run_dir))}"
         ),
     )
+
+
+def preflight_only(s, *, rounds: int | None, settings: dict, no_wait: bool) -> None:
+    """``--dry-run``: the checks a run makes before it is submitted, as a table; exit as the run would."""
+    from zk0cli.services import preflight
+    from zk0cli.services import runs as runs_service
+    from zk0cli.ui.checks import render_checks
+
+    config = runs_service.run_config_for(s.paths, rounds=rounds, settings=settings, defaults=s.load_config().config.run)
+    with out().err.status("checking the run"):
+        checks = preflight.run_preflight(s.paths, config, no_wait=no_wait)
+    out().result(
+        {"checks": [c.to_dict() for c in checks], "run_config": config.to_flwr()},
+        lambda c: render_checks(c, checks, title="zk0 run --dry-run: nothing submitted"),
+    )
+    if (failure := preflight.first_failure(checks)) is not None:
+        raise typer.Exit(int(failure.code))  # the table said why
 
 
 @app.command("stop")

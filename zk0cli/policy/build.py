@@ -131,6 +131,20 @@ def build_policy(spec: PolicySpec, dataset_meta: LeRobotDatasetMetadata) -> Buil
     return BuiltPolicy(policy, preprocessor, postprocessor, device, autocast, spec)
 
 
+def check_sources(spec: PolicySpec) -> str:
+    """Fetch, or find in the HF cache, what building ``spec`` reads from the Hub (the checkpoint's
+    config, its VLM's config), as a build would: the Zk0Error a build would raise, in seconds."""
+    if spec.tiny or spec.real_geometry:
+        return f"{'tiny' if spec.tiny else 'real-geometry'}: built locally, nothing to download"
+    import torch
+    from transformers import AutoConfig
+
+    config = _policy_config(spec, torch.device("cpu"))
+    with _hub_errors(config.vlm_model_name), contextlib.redirect_stdout(sys.stderr):
+        AutoConfig.from_pretrained(config.vlm_model_name)
+    return f"{spec.base or 'a fresh SmolVLA'} with VLM {config.vlm_model_name}: available"
+
+
 def _policy_config(spec: PolicySpec, device: torch.device) -> SmolVLAConfig:
     from lerobot.policies.smolvla import SmolVLAConfig
 

@@ -7,24 +7,18 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from zk0cli.core import files
 from zk0cli.core.errors import Zk0Error, bad_input
 from zk0cli.core.paths import Paths
 from zk0cli.core.timefmt import epoch_from_iso, iso_seconds_or_none
-from zk0cli.services import flower
+from zk0cli.services import flower, preflight
 from zk0cli.services.flower_control import FlowerRun, LocalControl
 from zk0cli.services.server import require_running
 
-SERVER_EVAL_OFF = (
-    "server evaluation is off (no eval-datasets): the nodes' federated evaluation judges the rounds; "
-    "to evaluate on held-out data: zk0 config set run.eval-datasets hf:ORG/HELDOUT (or --set for one run)"
-)
-NOTHING_EVALUATES = (
-    "server evaluation is off (no eval-datasets) and so is federated evaluation (fraction-evaluate or "
-    "client-eval-episodes is 0): nothing measures these rounds; zk0 config set run.eval-datasets hf:ORG/HELDOUT"
-)
+if TYPE_CHECKING:
+    from zk0cli.fl.run_config import RunConfig
 
 
 @dataclass
@@ -42,13 +36,11 @@ def app_dir() -> Path:
     return Path(zk0cli.fl.__file__).resolve().parent / "app"
 
 
-def submit_run(
+def run_config_for(
     paths: Paths, *, rounds: int | None, settings: Mapping[str, Any], defaults: Mapping[str, Any]
-) -> SubmittedRun:
-    """Validate the run config here (a bad key never reaches Flower), then `flwr run` on zk0-local.
-
-    ``defaults`` are the config's ``[run]`` table; ``settings`` (``--set``) and ``rounds`` override them.
-    """
+) -> RunConfig:
+    """The run config of a new run: ``defaults`` (the config's ``[run]`` table), overridden by
+    ``settings`` (``--set``) and ``rounds``, checked here so a bad key never reaches Flower."""
     from zk0cli.fl.records import new_run_name
     from zk0cli.fl.run_config import RunConfig, check_defaults
 
@@ -64,13 +56,25 @@ def submit_run(
             "run-config resume is set by `zk0 run --resume RUN_ID`, not by hand",
             hint="zk0 run --resume RUN_ID continues a run from its last checkpoint",
         )
-    require_running(paths)
+    return config
+
+
+def submit_run(
+    paths: Paths,
+    *,
+    rounds: int | None,
+    settings: Mapping[str, Any],
+    defaults: Mapping[str, Any],
+    no_wait: bool = False,
+) -> SubmittedRun:
+    """Check the run before anything is submitted (:mod:`preflight`), then `flwr run` on zk0-local."""
+    config = run_config_for(paths, rounds=rounds, settings=settings, defaults=defaults)
+    checks = preflight.run_preflight(paths, config, no_wait=no_wait)
+    preflight.require_passed(checks)
     submitted = _submit(paths, config)
     if defaults:
         submitted.notes.append("run defaults from the config: " + ", ".join(f"{k}={v}" for k, v in defaults.items()))
-    if not config.server_evaluates():
-        federated = config.fraction_evaluate > 0 and config.client_eval_episodes > 0
-        submitted.notes.append(SERVER_EVAL_OFF if federated else NOTHING_EVALUATES)
+    submitted.notes += preflight.warnings(checks)
     return submitted
 
 
