@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -98,3 +99,25 @@ def test_readme_quickstart_and_ci_use_the_same_test_command():
     readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()
     assert "./install.sh --test" in readme and "./install.sh --test" in ci
+
+
+def test_runs_lists_federated_and_centralized_records_in_80_columns_without_a_server(zk0_home):
+    """Issue 12: `zk0 runs` shows both names of a run, centralized runs too, and says what it left out."""
+    from test_report import write_record
+
+    from zk0cli.core.files import atomic_write_json
+
+    runs = zk0_home / "data" / "runs"
+    federated = write_record(runs, "20261203-080000-4242-run", [2.0, 1.5, 1.2])
+    config = json.loads((federated / "config.json").read_text())
+    atomic_write_json(federated / "config.json", {**config, "flwr_run_id": 13705448887388137106})
+    write_record(runs, "20261203-081500-4243-train", [2.0, 1.4], mode="centralized")
+    env = {**os.environ, "COLUMNS": "80", "NO_COLOR": "1"}
+    shown = subprocess.run(
+        [sys.executable, "-m", "zk0cli", "runs"], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "13705448887388137106" in shown.stdout and "20261203-080000-4242-run" in shown.stdout  # whole
+    assert "centralized" in shown.stdout and "20261203-081500-4243-train" in shown.stdout
+    assert max(len(line) for line in shown.stdout.splitlines()) <= 80
+    assert "Flower's runs left out" in shown.stderr and "zk0 server serve" not in shown.stdout

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from zk0cli.core.errors import ExitCode, Zk0Error
 from zk0cli.fl import plots, records, video
 
 
@@ -171,3 +172,60 @@ def test_a_run_flower_calls_finished_without_a_complete_record_fails_after_the_t
     run.write_status("running")
     with pytest.raises(Zk0Error, match=r"run 7 ended \(finished:failed\) before its record was complete"):
         follow(run, flower_status=lambda: "finished:failed")
+
+
+def test_a_run_is_found_by_record_name_flower_id_resume_id_or_unique_prefix(tmp_path):
+    """Issue 12: every command that takes a run accepts either name, or a prefix of one."""
+    runs = tmp_path / "runs"
+    first = records.RunRecord.create(runs, "20261203-080000-0001-run")
+    first.write_config({"seed": 1}, {}, {"flwr_run_id": 13705448887388137106, "resumes": [{"flwr_run_id": 42}]})
+    second = records.RunRecord.create(runs, "20261203-090000-0002-run")
+    second.write_config({"seed": 1}, {}, {"flwr_run_id": 9001})
+    central = records.RunRecord.create(runs, "20261203-091500-0003-train")
+    central.write_config({"seed": 1}, {}, {"mode": "centralized"})
+    assert records.find_record(runs, "20261203-080000-0001-run") == first.root
+    assert records.find_record(runs, "13705448887388137106") == first.root
+    assert records.find_record(runs, "42") == first.root  # a resume's Flower id names the same record
+    assert records.find_record(runs, "137054") == first.root  # unique prefix of a Flower id
+    assert records.find_record(runs, "20261203-0915") == central.root  # ... and of a name
+    assert records.find_record(runs, str(second.root)) == second.root
+    assert records.record_flower_ids(first.root) == [13705448887388137106, 42]
+    assert records.record_flower_ids(central.root) == []
+    with pytest.raises(Zk0Error) as ambiguous:
+        records.find_record(runs, "20261203-0")
+    assert "matches 3 runs" in ambiguous.value.message and "more of the run name" in ambiguous.value.hint
+    with pytest.raises(Zk0Error) as missing:
+        records.find_record(runs, "nope")
+    assert missing.value.code == ExitCode.BAD_INPUT and "zk0 runs" in missing.value.hint
+
+
+def test_the_run_log_is_written_in_the_service_log_format_and_read_with_the_same_options(cli, zk0_home):
+    import logging
+
+    from zk0cli.core.paths import Paths
+
+    record = records.RunRecord.create(Paths.resolve().runs_dir, "20261203-100000-0004-run")
+    record.write_config({"seed": 1}, {}, {"flwr_run_id": 777000})
+    logger = logging.getLogger("zk0.test-run-log")
+    logger.setLevel(logging.INFO)
+    handler = records.RunLog(record.root / records.RUN_LOG)
+    logger.addHandler(handler)
+    try:
+        for n in range(5):
+            logger.info("line %d", n)
+        shown = cli("logs", "run", "777000", "--tail", "2", "--json")  # by Flower id
+        assert shown.code == 0, shown.stderr
+        first, second = shown.json()["lines"]
+        assert first.endswith(" [zk0.test-run-log] line 3") and second.endswith(" [zk0.test-run-log] line 4")
+        assert first[:4].isdigit() and first[23] == "Z"  # the stamp of zk0's service logs
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            logger.exception("failed")
+    finally:
+        logger.removeHandler(handler)
+    recent = cli("logs", "run", "20261203-100000", "--since", "1m", "--json").json()["lines"]  # by name prefix
+    assert recent[0].endswith("line 0") and recent[-1] == "ValueError: boom"  # the traceback goes with its line
+    assert any(line.endswith("] failed") for line in recent)
+    none = cli("--json", "logs", "run", "nope")
+    assert none.code == 2 and "zk0 runs" in none.json()["hint"]

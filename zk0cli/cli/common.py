@@ -74,6 +74,8 @@ JsonOption = Annotated[
     typer.Option("--json", help="Print one JSON document on stdout (messages go to stderr).", callback=_enable_json),
 ]
 
+RUN_HELP = "The run: its Flower id or record name (either from `zk0 runs`), a unique prefix, or its directory."
+
 # The options several commands share, typed once (as huggingface_hub's CLI does), so each reads
 # and validates the same way everywhere.
 SetOption = Annotated[

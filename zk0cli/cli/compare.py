@@ -14,7 +14,10 @@ def compare(
     runs: Annotated[
         list[str],
         typer.Argument(
-            help="Runs to compare (ids or directories); RUN1,RUN2,... is one arm run with several seeds.",
+            help=(
+                "Runs to compare (Flower ids, record names, prefixes or dirs); RUN1,RUN2,... is one arm of "
+                "several seeds."
+            ),
             show_default=False,
         ),
     ],

@@ -11,6 +11,7 @@ import typer
 
 from zk0cli.cli.common import JsonOption, out
 from zk0cli.core.errors import ExitCode
+from zk0cli.core.units import duration, size
 
 app = typer.Typer(help="Check, describe and create LeRobot datasets.", no_args_is_help=True)
 
@@ -78,7 +79,7 @@ def validate(
         verdict = "[red]not accepted[/red]" if report.errors else "[green]accepted[/green]"
         line = (
             f"{verdict}: {s['errors']} error(s), {s['warnings']} warning(s); {s['episodes']} episodes, "
-            f"{s['frames']} frames, {_duration(s['duration_s'])}, {_size(s['size_bytes'])}"
+            f"{s['frames']} frames, {duration(s['duration_s'])}, {size(s['size_bytes'])}"
         )
         render_checks(console, report.checks, title=f"{report.uri} (spec {report.spec})", summary=line)
 
@@ -103,7 +104,7 @@ def info(uri: UriArgument, json_: JsonOption = False) -> None:
         )
         console.print(
             f"{data['episodes']} episodes, {data['frames']} frames at {data['fps']} fps "
-            f"({_duration(data['duration_s'] or 0)}), {_size(data['size_bytes'])} on disk",
+            f"({duration(data['duration_s'] or 0)}), {size(data['size_bytes'])} on disk",
             markup=False,
         )
         table = Table(box=None, show_header=True, header_style="bold", pad_edge=False)
@@ -187,16 +188,3 @@ def convert(
             f"[green]✓[/green] v3.0 copy written to {target}\n  next: zk0 dataset validate local:{target}"
         ),
     )
-
-
-def _duration(seconds: float) -> str:
-    minutes, rest = divmod(int(round(seconds)), 60)
-    return f"{minutes} min {rest} s" if minutes else f"{seconds:.1f} s"
-
-
-def _size(size: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size} B"

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from zk0cli.cli.common import JsonOption, out, session
+from zk0cli.cli.common import RUN_HELP, JsonOption, out, session
 from zk0cli.core.errors import bad_input
 
 if TYPE_CHECKING:
@@ -26,7 +27,7 @@ def server(
     follow: FollowOption = False, tail: TailOption = None, since: SinceOption = None, json_: JsonOption = False
 ) -> None:
     """The server's log: SuperLink, fleet proxy and supervisor events."""
-    _show("server", follow, tail, since, json_)
+    _show_service("server", follow, tail, since, json_)
 
 
 @app.command("node")
@@ -45,57 +46,65 @@ def node(
     service = f"node-{name}"
     if name.startswith("node-") and not supervisor.log_files(session().paths, service):
         service = name  # the service name `zk0 status` shows
-    _show(service, follow, tail, since, json_)
+    _show_service(service, follow, tail, since, json_)
 
 
 @app.command("run")
 def run(
-    run_id: Annotated[str, typer.Argument(help="Run id (from `zk0 run` or `flwr ls`).")],
+    run: Annotated[str, typer.Argument(metavar="RUN", help=RUN_HELP)],
     follow: FollowOption = False,
+    tail: TailOption = None,
+    since: SinceOption = None,
+    json_: JsonOption = False,
 ) -> None:
-    """A training run's log (what the ServerApp printed), from the local server."""
-    import subprocess
+    """A run's log: what its ServerApp logged, kept in the run's record (server.log)."""
+    from zk0cli.fl.records import RUN_LOG
+    from zk0cli.services import runs as runs_service
 
-    from zk0cli.services import flower
-    from zk0cli.services import server as server_service
-
-    if not run_id.isdigit():
-        raise bad_input(f"'{run_id}' is not a run id", hint="run ids are numbers")
-    s = session()
-    server_service.require_running(s.paths)
-    command = ["flwr", "log", run_id, flower.CLI_CONNECTION] + (["--stream"] if follow else ["--show"])
-    try:
-        done = subprocess.run(command, env=flower.flwr_env(s.paths), check=False)
-    except KeyboardInterrupt:
-        return
-    if done.returncode != 0:
-        raise typer.Exit(done.returncode)
+    record = runs_service.find_run_record(session().paths, run)
+    log = record / RUN_LOG
+    if not log.exists():
+        raise bad_input(
+            f"run {record.name} has no {RUN_LOG} in {record}",
+            hint="it is written from the run's first line on; `zk0 runs` shows whether the run started",
+        )
+    _show(f"run {record.name}", [log], log, follow, tail, since, json_)
 
 
-def _show(service: str, follow: bool, tail: int | None, since: str | None, json_mode: bool) -> None:
+def _show_service(service: str, follow: bool, tail: int | None, since: str | None, json_mode: bool) -> None:
     from zk0cli.services import supervisor
 
     s = session()
-    if follow and json_mode:
-        raise bad_input("--follow and --json do not go together", hint="use --json with --tail or --since")
-    if not supervisor.log_files(s.paths, service):
+    files = supervisor.log_files(s.paths, service)
+    if not files:
         commands = [_logs_command(known) for known in supervisor.logged_services(s.paths)]
         raise bad_input(
             f"no log for {service} here",
             hint=f"logs on this machine: {', '.join(commands)}" if commands else "no service has run here yet",
         )
+    _show(service, files, supervisor.ServiceFiles.of(s.paths, service).log, follow, tail, since, json_mode)
+
+
+def _show(
+    label: str, files: list[Path], live: Path, follow: bool, tail: int | None, since: str | None, json_mode: bool
+) -> None:
+    """Every `zk0 logs` command: the same options, the same line format, the same JSON."""
+    from zk0cli.services import supervisor
+
+    if follow and json_mode:
+        raise bad_input("--follow and --json do not go together", hint="use --json with --tail or --since")
     moment = supervisor.parse_since(since) if since else None
-    lines = supervisor.read_log(s.paths, service, tail=tail, since=moment)
+    lines = supervisor.read_lines(files, tail=tail, since=moment)
 
     def render(console: Console) -> None:
         for line in lines:
             console.print(line, markup=False, highlight=False, soft_wrap=True)
 
-    out().result({"service": service, "lines": lines}, render)
+    out().result({"log": label, "lines": lines}, render)
     if follow:
         try:
             supervisor.follow_log(
-                s.paths, service, lambda line: out().out.print(line, markup=False, highlight=False, soft_wrap=True)
+                live, lambda line: out().out.print(line, markup=False, highlight=False, soft_wrap=True)
             )
         except KeyboardInterrupt:
             pass

@@ -7,11 +7,11 @@ from typing import Annotated
 
 import typer
 
-from zk0cli.cli.common import JsonOption, out
+from zk0cli.cli.common import RUN_HELP, JsonOption, out
 
 
 def report(
-    run: Annotated[str, typer.Argument(help="Run id (under <data dir>/runs) or run directory.", show_default=False)],
+    run: Annotated[str, typer.Argument(metavar="RUN", help=RUN_HELP, show_default=False)],
     out_dir: Annotated[
         Path | None, typer.Option("--out", help="Where to write the report (default: RUN/report).", file_okay=False)
     ] = None,

@@ -7,12 +7,13 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from zk0cli.cli.common import JsonOption, ListKeysOption, SetOption, out, print_run_config_keys, session
+from zk0cli.cli.common import RUN_HELP, JsonOption, ListKeysOption, SetOption, out, print_run_config_keys, session
 from zk0cli.core.timefmt import utc_clock
+from zk0cli.core.units import duration
 from zk0cli.ui.rounds import round_line
 
 app = typer.Typer(
-    help="Start a training run on this server (`zk0 run stop RUN_ID` stops one).", invoke_without_command=True
+    help="Start a training run on this server (`zk0 run stop RUN` stops one).", invoke_without_command=True
 )
 
 
@@ -28,10 +29,10 @@ def run(
         str | None,
         typer.Option(
             "--resume",
-            metavar="RUN_ID",
+            metavar="RUN",
             help=(
-                "Continue a stopped run from its last checkpoint (run id, run name or record dir); --rounds may "
-                "raise its total."
+                "Continue a stopped run from its last checkpoint (Flower id, record name, a unique prefix or "
+                "its directory); --rounds may raise its total."
             ),
         ),
     ] = None,
@@ -127,41 +128,48 @@ def preflight_only(s, *, rounds: int | None, settings: dict, no_wait: bool) -> N
 
 
 @app.command("stop")
-def stop(run_id: Annotated[str, typer.Argument(help="Run id, from `zk0 runs`.")], json_: JsonOption = False) -> None:
+def stop(run: Annotated[str, typer.Argument(metavar="RUN", help=RUN_HELP)], json_: JsonOption = False) -> None:
     """Stop a run (the nodes abandon its current round)."""
     from zk0cli.services import runs as runs_service
 
-    result = runs_service.stop_run(session().paths, run_id)
-    out().result(result, lambda c: c.print(f"[green]✓[/green] run {run_id} stopped"))
+    result = runs_service.stop_run(session().paths, run)
+    out().result(result, lambda c: c.print(f"[green]✓[/green] run {result['run_id']} stopped"))
 
 
 def runs(json_: JsonOption = False) -> None:
-    """List the runs the local SuperLink knows, newest first."""
+    """List this machine's runs, newest first: record name and Flower id (either names the run
+    in every command), status, start and elapsed time; centralized runs too."""
+    from rich import box
     from rich.table import Table
 
     from zk0cli.services import runs as runs_service
+    from zk0cli.services.status.model import short_status
 
-    listed = runs_service.list_runs(session().paths)
+    listed, missing = runs_service.list_runs(session().paths)
 
     def render(console) -> None:
+        if missing:
+            out().warning(escape(missing))
         if not listed:
             console.print("no runs yet: zk0 run --rounds N --stream")
             return
-        table = Table()
-        for column in ("run id", "app", "status", "submitted (UTC)", "elapsed"):
-            table.add_column(column)
+        # one space between columns: the two ids a person copies (26 + 20 characters) stay whole in 80
+        table = Table(box=box.SIMPLE_HEAD, padding=0, pad_edge=False, show_edge=False)
+        table.add_column("run", no_wrap=True)
+        table.add_column("flower id", no_wrap=True)
+        for column in ("rounds", "started UTC", "took"):
+            table.add_column(column, no_wrap=True, justify="right" if column == "took" else "left")
         for item in listed:
-            elapsed = item["elapsed_s"]
             table.add_row(
-                str(item["run_id"]),
-                item["app"],
-                item["status"],
-                utc_clock(item["submitted_at"]),
-                "" if elapsed is None else f"{elapsed:.0f} s",
+                item["name"] or "-",
+                str(item["flwr_run_id"] or ("centralized" if item["mode"] == "centralized" else "-")),
+                f"{item['rounds']}/{item['rounds_total'] or '?'} {short_status(item['status'])}",
+                utc_clock(item["started_at"])[5:16],  # MM-DD HH:MM: seconds are noise in a listing
+                duration(item["elapsed_s"]),
             )
         console.print(table)
 
-    out().result({"runs": listed}, render)
+    out().result({"runs": listed, "left_out": missing}, render)
 
 
 def print_round(summary: dict, rounds: int) -> None:

@@ -25,7 +25,9 @@ def train(
     match_run: Annotated[
         str | None,
         typer.Option(
-            "--match-run", help="Federated run (id or dir) to match: its config, data, steps and evaluation rounds."
+            "--match-run",
+            metavar="RUN",
+            help="Federated run to match (Flower id, record name, prefix or dir): its config, data, steps, evals.",
         ),
     ] = None,
     seed: Annotated[

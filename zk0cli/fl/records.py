@@ -23,9 +23,11 @@ recorded after that checkpoint are moved to ``superseded/`` (kept, not mixed in)
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import time
+import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +36,7 @@ from typing import Any
 from zk0cli.core.errors import bad_input
 from zk0cli.core.files import JsonFileError, atomic_write_json, read_json
 from zk0cli.core.paths import Paths
-from zk0cli.core.timefmt import folder_stamp
+from zk0cli.core.timefmt import folder_stamp, iso_from_epoch
 from zk0cli.core.versions import package_versions
 from zk0cli.fl.record_follow import ROUND_FILE, STATUS_FILE, round_files
 
@@ -101,8 +103,7 @@ class RunRecord:
 
     def flwr_run_ids(self) -> list[int]:
         """The Flower runs that wrote this record: the first, then each resume."""
-        config = self.read_config()
-        return [int(config["flwr_run_id"])] + [int(r["flwr_run_id"]) for r in config.get("resumes", [])]
+        return record_flower_ids(self.root)
 
     def write_status(self, state: str, **details: Any) -> None:
         atomic_write_json(self.root / STATUS_FILE, {"state": state, "time": time.time(), **details})
@@ -286,3 +287,66 @@ def registered_node_names(paths: Paths) -> dict[str, str]:
     if not isinstance(entries, dict):
         return {}
     return {str(node_id): str(e.get("name", "")) for node_id, e in entries.items() if isinstance(e, dict)}
+
+
+def record_flower_ids(root: Path) -> list[int]:
+    """The Flower run ids a record names (first run, then resumes); [] for centralized runs or an
+    unreadable config."""
+    try:
+        config = read_json(root / "config.json", {})
+    except JsonFileError:
+        return []
+    if not isinstance(config, dict):
+        return []
+    resumes = config.get("resumes")
+    resumes = resumes if isinstance(resumes, list) else []
+    ids = [config.get("flwr_run_id"), *(r.get("flwr_run_id") for r in resumes if isinstance(r, dict))]
+    return [int(i) for i in ids if isinstance(i, int) and i > 0]
+
+
+def find_record(runs_dir: Path, ref: str | Path) -> Path:
+    """The one way a command finds a run's record: a directory, a record name, a Flower run id
+    (the first run or a resume), or a unique prefix of a name or id."""
+    text = str(ref).strip()
+    direct = Path(text).expanduser()
+    if direct.is_dir():
+        return direct.absolute()
+    records = sorted(p for p in runs_dir.glob("*") if p.is_dir()) if runs_dir.is_dir() else []
+    names = {record.name: record for record in records}
+    if text in names:
+        return names[text].absolute()
+    ids = {str(flower_id): record for record in records for flower_id in record_flower_ids(record)}
+    if text in ids:
+        return ids[text].absolute()
+    matches = {record for key, record in [*names.items(), *ids.items()] if text and key.startswith(text)}
+    if len(matches) == 1:
+        return matches.pop().absolute()
+    if matches:
+        shown = ", ".join(sorted(m.name for m in matches)[:4])
+        raise bad_input(f"'{text}' matches {len(matches)} runs ({shown}...)", hint="give more of the run name or id")
+    raise bad_input(
+        f"no run '{text}' under {runs_dir}",
+        hint="`zk0 runs` lists every run by name and Flower id; a run directory works too",
+    )
+
+
+RUN_LOG = "server.log"  # what the run's ServerApp logged (`zk0 logs run`), in zk0's service log format
+
+
+class RunLog(logging.Handler):
+    """Appends log records to the run's ``server.log`` as zk0's service logs read: one UTC stamp,
+    the logger's name, the message; a traceback's lines follow unstamped (they go with the line)."""
+
+    def __init__(self, path: Path):
+        super().__init__(logging.INFO)
+        self.path = path
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = f"{iso_from_epoch(record.created)} [{record.name}] {record.getMessage()}\n"
+            if record.exc_info:
+                text += "".join(traceback.format_exception(*record.exc_info))
+            with open(self.path, "a", encoding="utf-8") as fh:
+                fh.write(text)
+        except Exception:  # noqa: BLE001 - logging must never break the run
+            self.handleError(record)

@@ -10,8 +10,9 @@ Every failure before or during the rounds is written to the run's status.json (`
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from numpy.typing import NDArray
 from zk0cli.core.errors import Zk0Error, bad_input
 from zk0cli.core.paths import Paths
 from zk0cli.fl import plots
-from zk0cli.fl.records import RunRecord, name_nodes, new_run_name, registered_node_names, summary
+from zk0cli.fl.records import RUN_LOG, RunLog, RunRecord, name_nodes, new_run_name, registered_node_names, summary
 from zk0cli.fl.run_config import RunConfig
 
 log = logging.getLogger("zk0.server")
@@ -37,17 +38,37 @@ def main(grid: Grid, context: Context) -> None:
     config = RunConfig.from_mapping(context.run_config)  # bad values stop here, before round 1
     record = RunRecord.create(runs_dir(config), config.run_name or f"{new_run_name()}-run{context.run_id}")
     record.write_status("starting", flwr_run_id=context.run_id)
-    try:
-        run_federation(grid, config, record, flwr_run_id=context.run_id)
-    except Zk0Error as error:
-        record.write_status("failed", error=error.message, hint=error.hint, exit_code=int(error.code))
-        raise
-    except Exception as exc:
-        record.write_status(
-            "failed", error=f"{type(exc).__name__}: {exc}", hint=f"see the server log; run dir {record.root}"
-        )
-        raise
+    with _logged_to(record):
+        try:
+            run_federation(grid, config, record, flwr_run_id=context.run_id)
+        except Zk0Error as error:
+            log.error("run failed: %s (%s)", error.message, error.hint)
+            record.write_status("failed", error=error.message, hint=error.hint, exit_code=int(error.code))
+            raise
+        except Exception as exc:
+            log.exception("run failed")
+            record.write_status("failed", error=f"{type(exc).__name__}: {exc}", hint=f"zk0 logs run {record.root.name}")
+            raise
+        log.info("run completed: %d round(s); record in %s", config.num_server_rounds, record.root)
     record.write_status("completed", rounds=config.num_server_rounds)
+
+
+@contextlib.contextmanager
+def _logged_to(record: RunRecord) -> Iterator[None]:
+    """zk0's and Flower's log lines of this run also go to the record (``zk0 logs run``)."""
+    handler = RunLog(record.root / RUN_LOG)
+    loggers = [logging.getLogger("zk0"), logging.getLogger("flwr")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.addHandler(handler)
+        if logger.getEffectiveLevel() > logging.INFO:
+            logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.removeHandler(handler)
+            logger.setLevel(level)
 
 
 def runs_dir(config: RunConfig) -> Path:

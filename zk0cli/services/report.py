@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING, Any
 from zk0cli.core.errors import bad_input
 from zk0cli.core.files import JsonFileError, atomic_write_text, read_json
 from zk0cli.core.paths import Paths
+from zk0cli.core.units import size
 from zk0cli.fl.record_follow import STATUS_FILE, round_files
-from zk0cli.fl.records import FINAL_LINK, node_label, summary
+from zk0cli.fl.records import FINAL_LINK, find_record, node_label, summary
 
 if TYPE_CHECKING:
     from zk0cli.services.simulation import SimRequest
@@ -103,17 +104,8 @@ def round_steps(entry: dict[str, Any]) -> int:
 
 
 def resolve_run(ref: str | Path, runs_dir: Path | None = None) -> Path:
-    """A run directory from a path or a run id under ``<data dir>/runs``."""
-    runs_dir = runs_dir or Paths.resolve().runs_dir
-    text = str(ref)
-    candidates = [Path(text).expanduser(), runs_dir / text]
-    for candidate in candidates:
-        if candidate.is_dir():
-            return candidate.absolute()
-    raise bad_input(
-        f"no run '{text}' (neither a directory nor a run under {runs_dir})",
-        hint="pass a run directory, or a run id that `zk0 status` lists",
-    )
+    """A run's record from a directory, a record name, a Flower run id or a unique prefix."""
+    return find_record(runs_dir or Paths.resolve().runs_dir, ref)
 
 
 def load_run(ref: str | Path, runs_dir: Path | None = None) -> RunData:
@@ -463,15 +455,7 @@ def _mean_std(mean: Any, std: Any) -> str:
 def _bytes_text(traffic: dict[str, int] | None, *, missing: str = "not recorded") -> str:
     if traffic is None:
         return missing
-    return f"{_size(traffic['down'])} down / {_size(traffic['up'])} up"
-
-
-def _size(count: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if count < 1024 or unit == "GiB":
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1024
-    return ""
+    return f"{size(traffic['down'])} down / {size(traffic['up'])} up"
 
 
 # ----------------------------------------------------------------------------- writing it

@@ -148,20 +148,31 @@ def orphaned_by_restart(run: FlowerRun, superlink_started_at: float | None) -> b
 
 
 def find_run_record(paths: Paths, run_ref: str) -> Path:
-    """A run's record directory from a Flower run id (the first run or a resume), a run name or a path."""
-    from zk0cli.services.report import resolve_run
+    """A run's record directory from a Flower run id, a record name, a unique prefix or a path."""
+    from zk0cli.fl.records import find_record
 
-    if run_ref.isdigit():
-        for config_file in sorted(paths.runs_dir.glob("*/config.json")):
-            config = files.read_json(config_file, None) or {}
-            ids = [config.get("flwr_run_id"), *(r.get("flwr_run_id") for r in config.get("resumes", []))]
-            if int(run_ref) in ids:
-                return config_file.parent
+    return find_record(paths.runs_dir, run_ref)
+
+
+def flower_run_id(paths: Paths, run_ref: str) -> int:
+    """The Flower run a reference means: a Flower id as typed, else the latest Flower run of the
+    record it names (a resumed record: its last resume)."""
+    from zk0cli.fl.records import record_flower_ids
+
+    try:
+        ids = record_flower_ids(find_run_record(paths, run_ref))
+    except Zk0Error:
+        if run_ref.isdigit():  # a run Flower knows that has no record (yet)
+            return int(run_ref)
+        raise
+    if run_ref.isdigit() and int(run_ref) in ids:
+        return int(run_ref)
+    if not ids:
         raise bad_input(
-            f"no run record under {paths.runs_dir} belongs to run {run_ref}",
-            hint="`zk0 runs` lists run ids; or pass the run's directory",
+            f"run {run_ref} has no Flower run (a centralized run, or it never started)",
+            hint="`zk0 runs` lists the federated runs with their Flower ids",
         )
-    return resolve_run(run_ref, paths.runs_dir)
+    return ids[-1]
 
 
 def _submit(paths: Paths, config) -> SubmittedRun:
@@ -194,32 +205,46 @@ def follow_run(paths: Paths, run: SubmittedRun, on_round, *, poll_s: float = 1.0
     )
 
 
-def list_runs(paths: Paths) -> list[dict]:
-    """The runs the local SuperLink knows (its 20 most recent), newest first, with ISO 8601 UTC
-    times and the seconds each has run."""
-    require_running(paths)
-    with LocalControl(paths) as control:
-        runs = control.list_runs()
-        now = control.now or time.time()
+def list_runs(paths: Paths, *, limit: int = 20) -> tuple[list[dict], str]:
+    """Every run on this machine, newest first: the records (federated and centralized) joined to
+    the Flower runs the local SuperLink knows, read as `zk0 status` reads them (one elapsed time,
+    one status). Returns the rows and why Flower's view is missing ("" when it is not)."""
+    from zk0cli.services.status.runs import RunRecordReader, merge_runs
+    from zk0cli.services.status.superlink import SuperLinkData
 
-    return [
+    now = time.time()
+    reader = RunRecordReader()
+    records = [reader.read(root, now=now) for root in reader.recent(paths.runs_dir, limit=limit)]
+    link, missing = None, ""
+    try:
+        require_running(paths)
+        with LocalControl(paths) as control:
+            link = SuperLinkData(runs=[run.to_dict() for run in control.list_runs()], now=control.now)
+    except Zk0Error as error:
+        missing = f"Flower's runs left out: {error.message}"
+    views = merge_runs(records, link, now)
+    views.sort(key=lambda v: -(v.started_at or 0.0))
+    rows = [
         {
-            "run_id": run.run_id,
-            "app": run.app,
-            "status": run.status,
-            "submitted_at": iso_seconds_or_none(run.pending_at),
-            "finished_at": iso_seconds_or_none(run.finished_at),
-            "elapsed_s": None if (elapsed := run.elapsed_s(now)) is None else round(elapsed, 1),
-            "details": run.details,
+            "name": Path(view.record).name if view.record else "",
+            "flwr_run_id": view.flwr_run_id,
+            "mode": view.mode,
+            "status": view.status,
+            "started_at": iso_seconds_or_none(view.started_at),
+            "elapsed_s": None if view.elapsed_s is None else round(view.elapsed_s, 1),
+            "rounds": view.round,
+            "rounds_total": view.rounds_total,
+            "record": view.record,
         }
-        for run in runs
+        for view in views
     ]
+    return rows, missing
 
 
-def stop_run(paths: Paths, run_id: str) -> dict:
-    if not run_id.isdigit():
-        raise bad_input(f"'{run_id}' is not a run id", hint="run ids are numbers: see `zk0 runs`")
+def stop_run(paths: Paths, run_ref: str) -> dict:
+    """Stop a run named by its Flower id, record name or a unique prefix."""
+    run_id = flower_run_id(paths, run_ref)
     require_running(paths)
     with LocalControl(paths) as control:
-        stopped = control.stop_run(int(run_id))
-    return {"run_id": run_id, "stopped": stopped}
+        stopped = control.stop_run(run_id)
+    return {"run_id": str(run_id), "stopped": stopped}

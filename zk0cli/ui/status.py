@@ -25,6 +25,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from zk0cli.core.units import duration, size
 from zk0cli.services.status import (
     OK,
     ClientRound,
@@ -35,6 +36,7 @@ from zk0cli.services.status import (
     Snapshot,
     SourceState,
 )
+from zk0cli.services.status.model import short_status
 
 WIDE_AT = 150  # columns from which panels sit side by side
 SPARK_BLOCKS = "▁▂▃▄▅▆▇█"
@@ -70,32 +72,6 @@ def sparkline(values: list[float], width: int = 16) -> str:
         return SPARK_BLOCKS[len(SPARK_BLOCKS) // 2 - 1] * len(values)
     steps = len(SPARK_BLOCKS) - 1
     return "".join(SPARK_BLOCKS[round((v - low) / (high - low) * steps)] for v in values)
-
-
-def duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    minutes, seconds = divmod(seconds, 60)
-    if minutes < 60:
-        return f"{minutes}m{seconds:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 48:
-        return f"{hours}h{minutes:02d}m"
-    return f"{hours // 24}d{hours % 24:02d}h"
-
-
-def size(n_bytes: int | None) -> str:
-    if n_bytes is None:
-        return "-"
-    value = float(n_bytes)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} GiB"
 
 
 def number(value: float | None, digits: int = 4) -> str:
@@ -231,7 +207,7 @@ def runs_panel(runs: list[RunView], *, width: int) -> Panel:
     table.add_column("trend", no_wrap=True, min_width=8 if narrow else 16)
     notes = []
     for run in runs:
-        status = styled(run.status, _short_status(run.status))
+        status = styled(run.status, short_status(run.status))
         cells: list[RenderableType] = [Text.assemble(run.run_id, "\n", status) if narrow else Text(run.run_id)]
         if not narrow:
             cells.append(status)
@@ -247,12 +223,6 @@ def runs_panel(runs: list[RunView], *, width: int) -> Panel:
         table.add_row(*cells)
         notes += [Text(f"{run.run_id}: {problem}", style="red") for problem in run.problems]
     return Panel(Group(table, *notes), title="runs", title_align="left")
-
-
-def _short_status(status: str) -> str:
-    """'finished:completed' reads as 'completed'; other states as they are."""
-    head, _, sub = status.partition(":")
-    return sub if head == "finished" and sub else status
 
 
 def _progress(run: RunView, width: int) -> RenderableType:

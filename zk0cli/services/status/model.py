@@ -82,6 +82,7 @@ class ClientRound:
 class RunView:
     run_id: str  # Flower's run id when the run has one, else the record's name
     flwr_run_id: int | None = None
+    mode: str = "federated"  # or "centralized" (`zk0 train`), from the record
     status: str = ""  # Flower's status (running, finished:completed ...) or the record's own
     record: str = ""  # the run record directory, "" when none was found
     started_at: float | None = None  # epoch seconds
@@ -145,3 +146,9 @@ class Snapshot:
 def number(value: Any) -> float | None:
     """A JSON number as float; None for anything else (booleans included)."""
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def short_status(status: str) -> str:
+    """Flower's 'finished:completed' reads as 'completed'; other states as they are."""
+    head, _, sub = status.partition(":")
+    return sub if head == "finished" and sub else status

@@ -73,6 +73,7 @@ class RunRecordReader:
         if problem and (rounds or view.status in ("running", "completed")):
             view.problems.append(problem)  # written before round 0: missing by now means lost or damaged
         config = config if isinstance(config, dict) else {}
+        view.mode = str(config.get("mode", "federated"))
         run_config = config.get("run_config")
         run_config = run_config if isinstance(run_config, dict) else {}
         total = run_config.get("num-server-rounds", status.get("rounds"))
@@ -172,6 +173,9 @@ def _int(value: Any) -> int | None:
     return None if as_float is None else int(as_float)
 
 
+RECORD_FINAL_STATES = ("completed", "failed")
+
+
 def merge_runs(records_views: list[RunView], link: SuperLinkData | None, now: float) -> list[RunView]:
     """One row per run: SuperLink runs (status and timing from Flower) joined to their records.
 
@@ -185,10 +189,11 @@ def merge_runs(records_views: list[RunView], link: SuperLinkData | None, now: fl
     merged = []
     for run in link.runs:
         view = by_id.pop(run["run_id"], None) or RunView(run_id=str(run["run_id"]), flwr_run_id=run["run_id"])
-        view.status = run["status"]
+        if not (view.status in RECORD_FINAL_STATES and run["status"] in ACTIVE_RUN_STATES):
+            view.status = run["status"]  # else the ServerApp has ended and Flower has not heard yet
         started = run["running_at"] or run["pending_at"]
-        view.started_at = run["pending_at"] or view.started_at
-        if started is not None:
+        if view.elapsed_s is None and started is not None:  # no record yet: Flower's clock; else the record's
+            view.started_at = run["pending_at"]
             view.elapsed_s = max(0.0, (run["finished_at"] or link.now or now) - started)
         view.bytes_sent, view.bytes_recv = run["bytes_sent"], run["bytes_recv"]
         if run["details"] and run["status"].endswith("failed"):

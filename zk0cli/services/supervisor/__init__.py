@@ -36,6 +36,7 @@ from zk0cli.services.supervisor.logfile import (
     log_files,
     logged_services,
     parse_since,
+    read_lines,
     read_log,
 )
 from zk0cli.services.supervisor.proctree import child_env, terminate_processes
@@ -66,6 +67,7 @@ __all__ = [
     "log_files",
     "logged_services",
     "parse_since",
+    "read_lines",
     "read_log",
     "read_state",
     "run_foreground",

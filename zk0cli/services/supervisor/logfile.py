@@ -80,7 +80,12 @@ def _rotation_index(path: Path) -> int:
 
 def read_log(paths: Paths, service: str, *, tail: int | None = None, since: dt.datetime | None = None) -> list[str]:
     """Lines of the service's log: the last ``tail`` ones, or those stamped at or after ``since``."""
-    files = log_files(paths, service)
+    return read_lines(log_files(paths, service), tail=tail, since=since)
+
+
+def read_lines(files: list[Path], *, tail: int | None = None, since: dt.datetime | None = None) -> list[str]:
+    """Lines of a log in this format kept in ``files`` (oldest first): the last ``tail`` ones, or
+    those stamped at or after ``since``."""
     if since is None:
         return _tail(files, tail if tail is not None else 50)
     cutoff = iso_from_datetime(since)
@@ -131,15 +136,14 @@ def _tail_one(path: Path, count: int, block: int = 65536) -> list[str]:
 
 
 def follow_log(
-    paths: Paths,
-    service: str,
+    path: Path,
     emit: Callable[[str], None],
     *,
     poll_s: float = 0.2,
     stop: Callable[[], bool] = lambda: False,
 ) -> None:
-    """Print new lines as they are written, across rotations, until ``stop()`` or Ctrl-C."""
-    path = ServiceFiles.of(paths, service).log
+    """Print the lines written to the log at ``path`` from now on, across rotations, until
+    ``stop()`` or Ctrl-C."""
     fh, inode = _open_at_end(path)
     pending = ""
     while not stop():
