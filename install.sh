@@ -75,6 +75,14 @@ if [ "$mode" = "--test" ]; then
       say "not installed: ${missing[*]} (as root: apt-get install ${missing[*]}); the tests needing them will skip"
     fi
   fi
+  # olah: a real Hugging Face Hub API on loopback for the hf: tests, in its own venv (it pins its
+  # own huggingface_hub, fastapi and uvicorn); it only ever runs as a process.
+  olah_venv="$here/.venv-olah"
+  if [ ! -x "$olah_venv/bin/olah-cli" ]; then
+    say "installing olah (the tests' offline Hub) into $olah_venv"
+    "$venv/bin/python" -m venv "$olah_venv"
+    "$olah_venv/bin/python" -m pip install --quiet "olah==0.5.4"
+  fi
   cd "$here"
   [ $# -gt 0 ] && exec "$venv/bin/python" -m pytest "$@"  # a chosen subset: just those tests
   # Cheapest first, so a mistake fails in seconds rather than after the slow lane.

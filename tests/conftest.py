@@ -167,3 +167,19 @@ def torch_one_thread(monkeypatch):
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+# --- a Hub on loopback ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def olah_hub(tmp_path_factory):
+    """olah serving git repositories through the Hub's API on 127.0.0.1 (installed by
+    `./install.sh --test`); tests add their repos with ``add_dataset`` / ``add_model``."""
+    from hub_server import OLAH, OlahHub
+
+    if not OLAH.exists():
+        pytest.skip(f"olah is not installed at {OLAH}: run ./install.sh --test")
+    hub = OlahHub(tmp_path_factory.mktemp("olah")).start()
+    yield hub
+    hub.stop()

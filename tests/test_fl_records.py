@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from zk0cli.core.errors import ExitCode, Zk0Error
+from zk0cli.datasets.uri import fingerprint_dir
 from zk0cli.fl import plots, records, video
 
 
@@ -65,11 +66,11 @@ def test_dataset_fingerprint_covers_meta_and_data_only(tmp_path):
     for rel, text in {"meta/info.json": "{}", "data/chunk-000/file-000.parquet": "x", "videos/a.mp4": "v"}.items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_text(text)
-    first = records.dataset_fingerprint(root)
+    first = fingerprint_dir(root)
     (root / "videos/a.mp4").write_text("other")
-    assert records.dataset_fingerprint(root) == first
+    assert fingerprint_dir(root) == first
     (root / "data/chunk-000/file-000.parquet").write_text("y")
-    assert records.dataset_fingerprint(root) != first
+    assert fingerprint_dir(root) != first
 
 
 def test_plots_are_pngs(tmp_path):

@@ -89,14 +89,26 @@ def validate(
 
 
 @app.command("info")
-def info(uri: UriArgument, json_: JsonOption = False) -> None:
+def info(
+    uri: UriArgument,
+    fingerprint: Annotated[
+        bool,
+        typer.Option(
+            "--fingerprint", help="Also the content fingerprint runs record (fetches data/ of a Hub dataset)."
+        ),
+    ] = False,
+    json_: JsonOption = False,
+) -> None:
     """Summary: robot type, fps, episodes, frames, duration, features, cameras, tasks, size, version."""
     from rich.table import Table
 
     from zk0cli.datasets.info import dataset_info
-    from zk0cli.datasets.uri import parse_uri
+    from zk0cli.datasets.uri import dataset_fingerprint, parse_uri
 
     data = dataset_info(parse_uri(uri))
+    if fingerprint:
+        with out().err.status("hashing meta/ and data/"):
+            data["fingerprint"] = dataset_fingerprint(parse_uri(uri))
 
     def render(console) -> None:
         console.print(
@@ -116,6 +128,8 @@ def info(uri: UriArgument, json_: JsonOption = False) -> None:
         console.print(f"cameras: {', '.join(data['cameras']) or 'none'}", markup=False)
         for task in data["tasks"]:
             console.print(f"task: {task}", markup=False)
+        if "fingerprint" in data:
+            console.print(f"fingerprint: {data['fingerprint']}", markup=False, soft_wrap=True)
 
     out().result(data, render)
 

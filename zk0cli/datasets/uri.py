@@ -7,6 +7,7 @@ quotes it for Flower's ``--node-config``.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections.abc import Iterator
@@ -136,9 +137,9 @@ def local_dataset_dir(uri: DatasetUri) -> Path:
     return root
 
 
-def dataset_root(uri: DatasetUri, *, meta_only: bool = False) -> Path:
+def dataset_root(uri: DatasetUri, *, meta_only: bool = False, folders: tuple[str, ...] | None = None) -> Path:
     """A local directory holding the dataset: the local path, or the Hub snapshot in the HF cache
-    (only its meta/ folder with ``meta_only``).
+    (only its meta/ folder with ``meta_only``, only ``folders`` when given, else everything).
 
     Only existence is checked here (the validator reports everything else).
     """
@@ -146,6 +147,7 @@ def dataset_root(uri: DatasetUri, *, meta_only: bool = False) -> Path:
         return local_dataset_dir(uri)
     from huggingface_hub import snapshot_download
 
+    wanted = ("meta",) if meta_only else folders
     with lerobot_errors(uri):
         return Path(
             snapshot_download(
@@ -153,9 +155,30 @@ def dataset_root(uri: DatasetUri, *, meta_only: bool = False) -> Path:
                 repo_type="dataset",
                 revision=uri.revision,
                 cache_dir=lerobot_hub_cache(),
-                allow_patterns="meta/*" if meta_only else None,
+                allow_patterns=[f"{folder}/*" for folder in wanted] if wanted else None,
             )
         )
+
+
+FINGERPRINTED = ("meta", "data")  # videos are left out: large, and indexed by the same data files
+
+
+def dataset_fingerprint(uri: DatasetUri) -> str:
+    """The dataset's fingerprint, the same whatever the HF cache held before: the meta/ and data/
+    files it covers are fetched first when the dataset is on the Hub."""
+    return fingerprint_dir(dataset_root(uri, folders=FINGERPRINTED))
+
+
+def fingerprint_dir(root: Path) -> str:
+    """SHA-256 over the relative paths and bytes of a LeRobot dataset's meta/ and data/ files."""
+    h = hashlib.sha256()
+    for path in sorted(p for sub in FINGERPRINTED for p in (root / sub).rglob("*") if p.is_file()):
+        relative = path.relative_to(root).as_posix().encode()
+        h.update(len(relative).to_bytes(8, "little") + relative)
+        with path.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
 
 
 def lerobot_hub_cache() -> Path:

@@ -103,8 +103,7 @@ def runtime(node_config: Mapping[str, Any], config: RunConfig) -> NodeRuntime:
 
 def _build(assignment: Assignment, config: RunConfig) -> NodeRuntime:
     from zk0cli.datasets.partition import open_partition
-    from zk0cli.datasets.uri import open_metadata, parse_uri
-    from zk0cli.fl.records import dataset_fingerprint
+    from zk0cli.datasets.uri import dataset_fingerprint, open_metadata, parse_uri
     from zk0cli.policy.build import build_policy
 
     uri = parse_uri(assignment.uri)
@@ -127,7 +126,7 @@ def _build(assignment: Assignment, config: RunConfig) -> NodeRuntime:
         len(train_set),
         len(heldout_set) if heldout_set is not None else 0,
     )
-    return NodeRuntime(assignment, uri, built, train_set, heldout_set, dataset_fingerprint(meta.root))
+    return NodeRuntime(assignment, uri, built, train_set, heldout_set, dataset_fingerprint(uri))
 
 
 class ProgressLog:

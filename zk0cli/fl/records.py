@@ -22,7 +22,6 @@ recorded after that checkpoint are moved to ``superseded/`` (kept, not mixed in)
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -46,21 +45,6 @@ FINAL_LINK = "final"
 
 def new_run_name() -> str:
     return folder_stamp() + f"-{os.getpid() % 10000:04d}"
-
-
-def dataset_fingerprint(root: Path) -> str:
-    """SHA-256 over the relative paths and bytes of a LeRobot dataset's meta/ and data/ files.
-
-    Videos are left out: they are large and derived from the same recording the data files index.
-    """
-    h = hashlib.sha256()
-    for path in sorted(p for sub in ("meta", "data") for p in (root / sub).rglob("*") if p.is_file()):
-        relative = path.relative_to(root).as_posix().encode()
-        h.update(len(relative).to_bytes(8, "little") + relative)
-        with path.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()
 
 
 @dataclass

@@ -151,8 +151,7 @@ class ServerEvaluator:
 
 def _target(uri_text: str, config: RunConfig, *, heldout_only: bool) -> EvalTarget:
     from zk0cli.datasets.partition import open_partition
-    from zk0cli.datasets.uri import open_dataset, open_metadata, parse_uri
-    from zk0cli.fl.records import dataset_fingerprint
+    from zk0cli.datasets.uri import dataset_fingerprint, open_dataset, open_metadata, parse_uri
     from zk0cli.policy.build import build_policy
 
     uri = parse_uri(uri_text)
@@ -166,7 +165,7 @@ def _target(uri_text: str, config: RunConfig, *, heldout_only: bool) -> EvalTarg
         name = f"{uri.name}-heldout"
     else:
         dataset, name = open_dataset(uri, delta_timestamps=delta), uri.name
-    return EvalTarget(name, str(uri), built, dataset, dataset_fingerprint(meta.root))
+    return EvalTarget(name, str(uri), built, dataset, dataset_fingerprint(uri))
 
 
 def _load(built: BuiltPolicy, weights: Mapping[str, NDArray[np.float32]]) -> None:

@@ -165,8 +165,7 @@ def sim_request_from_record(
 
 def _check_record_datasets(run: RunData, clients: int) -> None:
     """The datasets the clients trained on and the server evaluated on still hold what they held."""
-    from zk0cli.datasets.uri import open_metadata, parse_uri
-    from zk0cli.fl.records import dataset_fingerprint
+    from zk0cli.datasets.uri import dataset_fingerprint, parse_uri
 
     def refuse(uri: str) -> None:
         raise bad_input(
@@ -181,10 +180,10 @@ def _check_record_datasets(run: RunData, clients: int) -> None:
         for c in (entry.get("clients") or {}).get("each") or []
     } - {""}
     for uri in dict.fromkeys(uris[client % len(uris)] for client in range(clients)):  # each client's dataset
-        if trained and dataset_fingerprint(open_metadata(parse_uri(uri)).root) not in trained:
+        if trained and dataset_fingerprint(parse_uri(uri)) not in trained:
             refuse(uri)
     for uri, fingerprint in (run.config.get("dataset_fingerprints") or {}).items():  # the server's
-        if dataset_fingerprint(open_metadata(parse_uri(uri)).root) != fingerprint:
+        if dataset_fingerprint(parse_uri(uri)) != fingerprint:
             refuse(uri)
 
 

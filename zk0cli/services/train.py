@@ -220,14 +220,13 @@ def _union(config: RunConfig, federated: Any) -> list[TrainingData]:
     pooled, and a dataset whose content changed since is refused.
     """
     from zk0cli.datasets.partition import split_heldout
-    from zk0cli.datasets.uri import open_metadata, parse_uri
-    from zk0cli.fl.records import dataset_fingerprint
+    from zk0cli.datasets.uri import dataset_fingerprint, open_metadata, parse_uri
 
     used = _client_fingerprints(federated) if federated is not None else set()
     pool = []
     for text in dict.fromkeys(config.dataset_uris()):
         meta = open_metadata(parse_uri(text))
-        fingerprint = dataset_fingerprint(meta.root)
+        fingerprint = dataset_fingerprint(parse_uri(text))
         if used and fingerprint not in used:
             continue
         episodes = split_heldout(range(meta.total_episodes), config.client_eval_episodes).train
@@ -442,13 +441,12 @@ def _name(uri: str) -> str:
 def pooled_source(training: list[TrainingData], progress: Progress) -> tuple[DatasetUri, list[int]]:
     """The dataset holding the union of the training episodes, and those episodes' indices in it.
     One dataset is used in place; several are merged once into a cache."""
-    from zk0cli.datasets.uri import open_metadata, parse_uri
-    from zk0cli.fl.records import dataset_fingerprint
+    from zk0cli.datasets.uri import dataset_fingerprint, open_metadata, parse_uri
 
     uris = [parse_uri(data.uri) for data in training]
     metas = [open_metadata(uri) for uri in uris]
-    for data, meta in zip(training, metas, strict=True):
-        if data.fingerprint and dataset_fingerprint(meta.root) != data.fingerprint:
+    for data, uri in zip(training, uris, strict=True):
+        if data.fingerprint and dataset_fingerprint(uri) != data.fingerprint:
             raise bad_input(
                 f"the training dataset {data.uri} changed since the recorded run",
                 hint="restore the recorded dataset, or run with --steps to start a new comparison",
@@ -467,10 +465,9 @@ def _merged_dataset(
     """``<data dir>/pooled/<digest of the sources>``: LeRobot's aggregate_datasets, written once."""
     from lerobot.datasets.aggregate import aggregate_datasets
 
-    from zk0cli.datasets.uri import parse_uri
-    from zk0cli.fl.records import dataset_fingerprint
+    from zk0cli.datasets.uri import dataset_fingerprint, parse_uri
 
-    digest = hashlib.sha256("\n".join(dataset_fingerprint(meta.root) for meta in metas).encode()).hexdigest()[:16]
+    digest = hashlib.sha256("\n".join(dataset_fingerprint(uri) for uri in uris).encode()).hexdigest()[:16]
     target = Paths.resolve().data_dir / "pooled" / f"{pooled_name(training)[:80]}-{digest}"
     if not (target / "meta" / "info.json").is_file():
         progress(f"merging {len(uris)} datasets into {target}")
