@@ -31,5 +31,6 @@ def test_a_hub_datasets_fingerprint_is_the_same_on_a_cold_and_a_warm_cache(olah_
     warm_env = olah_hub.client_env(tmp_path / "warm-hf")
     validated = zk0(warm_env, "dataset", "validate", uri, "--deep", "--json")  # LeRobot fetches and reads it all
     assert validated.returncode == 0, validated.stderr + validated.stdout
+    assert "Fetching" not in validated.stderr and "it/s" not in validated.stderr  # no Hub progress bars
     warm = zk0(warm_env, "dataset", "info", uri, "--fingerprint", "--json")
     assert json.loads(warm.stdout)["fingerprint"] == fingerprint_dir(source)

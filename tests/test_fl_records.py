@@ -1,6 +1,8 @@
 """Run record pieces on their own: round files and summaries, checkpoints, plots, videos."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -112,6 +114,19 @@ def test_video_has_every_frame_at_the_dataset_fps(tmp_path):
         assert stream.average_rate == 15
     assert len(decoded) == steps
     assert decoded[0].width % 2 == 0 and decoded[0].height == video.PANEL_HEIGHT
+
+
+def test_writing_a_video_prints_nothing_after_lerobot_restored_libavs_own_logging(tmp_path):
+    """Issue 12: libx264 printed 36 lines into `zk0 train` once LeRobot's video code had run."""
+    script = (
+        "import numpy as np, av.logging\n"
+        "av.logging.restore_default_callback()  # what lerobot.datasets.video_utils leaves behind\n"
+        "from zk0cli.fl.video import _encode\n"
+        "assert len(_encode([np.zeros((64, 64, 3), np.uint8)] * 5, 10)) > 0\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
 
 
 # --------------------------------------------------------------------------- following a record

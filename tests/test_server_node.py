@@ -298,7 +298,7 @@ def test_two_nodes_train_a_streamed_run_and_a_supernode_killed_mid_run_is_restar
         text=True,
     )
     try:
-        wait_for(lambda: "zk0: task for run" in federation.node_log("alice"), 240, "alice training round 1")
+        wait_for(lambda: "zk0: task for run" in federation.node_log("alice"), 240, "alice training round 1", stream)
         os.kill(supernode_pid, signal.SIGKILL)
         out, err = stream.communicate(timeout=300)
     finally:
@@ -402,7 +402,7 @@ def test_big_bodies_without_valid_node_auth_leave_the_superlink_alone_while_node
         text=True,
     )
     try:
-        wait_for(lambda: federation.node_log("bob").count("zk0: task for run") > tasks_before, 240, "bob training")
+        wait_for(lambda: federation.node_log("bob").count("zk0: task for run") > tasks_before, 240, "bob training", run)
         peak = before
         with ThreadPoolExecutor(max_workers=3) as pool:
             jobs = [pool.submit(push_big_body, federation, h, chunked=c) for c in (False, True) for h in attacks]
@@ -530,11 +530,16 @@ def test_superlink_killed_mid_run_restarts_nodes_reconnect_and_resume_finishes_t
     assert record.flwr_run_ids()[0] == int(run["run_id"]) and str(record.flwr_run_ids()[1]) == result["run_id"]
 
 
-def wait_for(condition, timeout_s: float, what: str) -> None:
+def wait_for(condition, timeout_s: float, what: str, process: subprocess.Popen | None = None) -> None:
+    """Poll ``condition``; on a timeout, or when ``process`` (the command being waited on) ends
+    first, fail with what that process printed."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if condition():
             return
+        if process is not None and process.poll() is not None:
+            out, err = process.communicate()
+            pytest.fail(f"{process.args[3:5]} exited {process.returncode} before {what}: {err[-3000:]} {out[-2000:]}")
         time.sleep(0.5)
     pytest.fail(f"timed out after {timeout_s:g} s waiting for {what}")
 

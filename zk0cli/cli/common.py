@@ -46,7 +46,10 @@ def start_session(config_file: Path | None) -> Session:
 
 def _apply_hub_environment(s: Session) -> None:
     """hf.endpoint / hf.home replace HF_ENDPOINT / HF_HOME for this process, so for every process
-    it starts too (before anything imports huggingface_hub, which reads them once)."""
+    it starts too (before anything imports huggingface_hub, which reads them once). The Hub's
+    progress bars are off unless HF_HUB_DISABLE_PROGRESS_BARS says otherwise."""
+    # zk0 shows its own progress; the Hub's tqdm bars would tangle with it (and fill service logs)
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
         hub = s.load_config().config.hf
     except Zk0Error:

@@ -96,7 +96,8 @@ def _validate(node_service, uri, skip_validation: bool) -> None:
     if skip_validation:
         out().warning(f"dataset {escape(str(uri))} not validated (--skip-validation): bad data can fail rounds")
         return
-    report = node_service.validate(uri)
+    with out().err.status(f"validating {escape(str(uri))}"):
+        report = node_service.validate(uri)
     node_service.refuse_on_errors(report, uri)
     extra = f", {report.warnings} warning(s): see `zk0 dataset validate {uri}`" if report.warnings else ""
     out().success(

@@ -96,7 +96,14 @@ def run(
         out().result({**data, "state": "submitted"})
         return
     try:
-        status = runs_service.follow_run(s.paths, submitted, print_round)
+        with out().messages.status(f"run {submitted.run_id}: starting (the nodes load the policy)") as spinner:
+
+            def on_round(summary: dict, rounds: int) -> None:
+                print_round(summary, rounds)
+                if summary["round"] < rounds:
+                    spinner.update(f"run {submitted.run_id}: round {summary['round'] + 1}/{rounds} in progress")
+
+            status = runs_service.follow_run(s.paths, submitted, on_round)
     except KeyboardInterrupt:
         out().warning(
             f"stopped following; run {submitted.run_id} goes on. Stop it with: zk0 run stop {submitted.run_id}"
@@ -105,7 +112,8 @@ def run(
     out().result(
         {**data, "state": status.get("state")},
         lambda c: c.print(
-            f"[green]✓[/green] run {submitted.run_id} completed; record in {escape(str(submitted.run_dir))}"
+            f"[green]✓[/green] run {submitted.run_id} completed; record in {escape(str(submitted.run_dir))}\n"
+            f"  next: zk0 report {submitted.run_id}"
         ),
     )
 

@@ -28,7 +28,8 @@ def stop(
         if state is None or (not state["supervisor_alive"] and not supervisor.lock_holder(paths, service)):
             results.append({"service": service, "was": state["state"] if state else "unknown", "stopped": False})
             continue
-        outcome = supervisor.stop_service(paths, service)
+        with out().err.status(f"stopping {escape(service)} and every process it started"):
+            outcome = supervisor.stop_service(paths, service)
         results.append({**outcome, "stopped": True})
 
     def render(console) -> None:

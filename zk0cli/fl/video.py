@@ -118,7 +118,11 @@ def _compose(frame: NDArray[Any], panel: NDArray[Any], axes_x: tuple[int, int], 
 
 def _encode(images: Iterable[NDArray[Any]], fps: int) -> bytes:
     import av
+    import av.logging
 
+    # LeRobot's video code restores libav's own log callback, which prints libx264's banner and
+    # statistics (dozens of lines per video) to stderr at INFO: only libav's errors are news here.
+    av.logging.set_libav_level(av.logging.ERROR)
     buffer = io.BytesIO()
     with av.open(buffer, mode="w", format="mp4") as container:
         stream = None
