@@ -121,3 +121,41 @@ def test_runs_lists_federated_and_centralized_records_in_80_columns_without_a_se
     assert "centralized" in shown.stdout and "20261203-081500-4243-train" in shown.stdout
     assert max(len(line) for line in shown.stdout.splitlines()) <= 80
     assert "Flower's runs left out" in shown.stderr and "zk0 server serve" not in shown.stdout
+
+
+def command_paths() -> list[list[str]]:
+    """Every command and group of the zk0 app, found from the app itself (new ones included)."""
+    import click
+    import typer
+
+    from zk0cli.cli.app import app
+
+    found: list[list[str]] = []
+
+    def walk(command: click.Command, path: list[str]) -> None:
+        found.append(path)
+        if isinstance(command, click.Group):
+            for name, sub in command.commands.items():
+                walk(sub, [*path, name])
+
+    walk(typer.main.get_command(app), [])
+    return found
+
+
+def test_every_help_screen_fits_80_columns_without_cutting_a_word():
+    """Issue 12: `serve --help` cut option names (`--require-node-a…`) and dropped `[config: ...]`."""
+    env = {**os.environ, "COLUMNS": "80", "NO_COLOR": "1"}
+    cut = {}
+    for path in command_paths():
+        shown = subprocess.run(
+            [sys.executable, "-m", "zk0cli", *path, "--help"], capture_output=True, text=True, env=env, timeout=60
+        )
+        assert shown.returncode == 0, (path, shown.stderr)
+        bad = [line for line in shown.stdout.splitlines() if "…" in line or len(line) > 80]
+        if bad:
+            cut[" ".join(path)] = bad
+    assert not cut
+    serve = subprocess.run(
+        [sys.executable, "-m", "zk0cli", "server", "serve", "--help"], capture_output=True, text=True, env=env
+    )
+    assert "(config:" in serve.stdout and "server.host)" in serve.stdout  # not eaten as rich markup

@@ -77,3 +77,11 @@ def test_tls_without_node_auth_needs_a_yes(cli):
     confirmed = cli("server", "serve", "--no-require-node-auth", "--yes", "--port", "19391")
     assert "anyone who reaches" in confirmed.stderr  # said as a warning, then serve goes on...
     assert confirmed.code == ExitCode.ENV_NOT_READY and "zk0 init --role server" in confirmed.stderr  # ...to its PKI
+
+
+def test_a_node_is_removed_by_name_or_id_and_an_unknown_name_says_where_names_are(cli, registry):
+    unknown = cli("server", "nodes", "remove", "mallory")
+    assert unknown.code == ExitCode.BAD_INPUT and "no node named 'mallory'" in unknown.stderr
+    assert "zk0 server nodes list" in unknown.stderr
+    by_name = cli("server", "nodes", "remove", "alice")  # found: node 7; the next step needs the server
+    assert by_name.code == ExitCode.UNREACHABLE and "server is not running" in by_name.stderr

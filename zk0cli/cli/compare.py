@@ -48,33 +48,55 @@ def compare(
 
 
 def _render(console, result: dict[str, Any]) -> None:
+    """Arms get letters, so the numbers fit 80 columns beside them; the JSON keeps the sentences."""
+    from rich import box
     from rich.table import Table
 
     from zk0cli.services.compare import METRICS
 
-    table = Table(title="server evaluation on the held-out datasets", title_justify="left")
-    table.add_column("arm")
-    table.add_column("mode")
-    table.add_column("runs (seeds)", justify="right")
-    table.add_column("steps", justify="right")
-    for title in METRICS.values():
-        table.add_column(title.replace("server eval ", ""), justify="right")
+    letters = {arm["label"]: chr(ord("A") + index) for index, arm in enumerate(result["arms"])}
     for arm in result["arms"]:
-        steps = sorted({run["steps"] for run in arm["runs"]})
-        table.add_row(
-            arm["label"],
-            arm["mode"],
-            f"{len(arm['runs'])} ({', '.join(str(run['seed']) for run in arm['runs'])})",
-            "/".join(str(s) for s in steps),
-            *(_estimate(arm["estimates"][metric]) for metric in METRICS),
+        steps = "/".join(str(s) for s in sorted({run["steps"] for run in arm["runs"]}))
+        seeds = len(arm["runs"])
+        console.print(
+            f"{letters[arm['label']]}  {arm['mode']:<11}  {arm['label']}  {seeds} seed{'s' * (seeds != 1)}, "
+            f"{steps} steps",
+            markup=False,
         )
+    table = Table(
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        title="server evaluation on the held-out datasets",
+        title_justify="left",
+    )
+    table.add_column("arm")
+    for title in METRICS.values():
+        table.add_column(_short(title), justify="right", no_wrap=True)
+    for arm in result["arms"]:
+        table.add_row(letters[arm["label"]], *(_estimate(arm["estimates"][metric]) for metric in METRICS))
     console.print(table)
+    console.print(CAPTION, markup=False)
     for gap in result["gaps"]:
-        console.print(gap["text"], markup=False)
-    console.print(f"plot: {result['plot']}", markup=False)
+        interval = f"CI {gap['low']:+.1f}%..{gap['high']:+.1f}%, {gap['method']}" if gap["low"] is not None else "no CI"
+        console.print(
+            f"{letters[gap['arm']]} vs {letters[gap['reference']]}, {_short(METRICS[gap['metric']])}: "
+            f"{gap['percent']:+.1f}% ({interval})",
+            markup=False,
+        )
+    console.print(f"plot: {result['plot']}", markup=False, soft_wrap=True)
+
+
+CAPTION = (
+    "mean ± half the 95% interval over seeds (t-distribution); error: mean |action -\n"
+    "recorded action| in the dataset's own action units"
+)
+
+
+def _short(title: str) -> str:
+    return title.replace("server eval ", "").replace("action ", "")
 
 
 def _estimate(estimate: dict[str, Any]) -> str:
     if estimate["low"] is None:
         return f"{estimate['mean']:.4g}"
-    return f"{estimate['mean']:.4g} [{estimate['low']:.4g}, {estimate['high']:.4g}]"
+    return f"{estimate['mean']:.4g} ±{(estimate['high'] - estimate['low']) / 2:.2g}"

@@ -29,14 +29,14 @@ INSECURE_WARNING = (
 @app.command("join")
 def join(
     server: Annotated[
-        str | None, typer.Option("--server", help="The server's HOST:PORT [config: node.server].")
+        str | None, typer.Option("--server", help="The server's HOST:PORT (config: node.server).")
     ] = None,
     dataset: Annotated[
         str | None,
-        typer.Option("--dataset", help="Dataset URI: hf:org/name, local:PATH or a path [config: node.dataset]."),
+        typer.Option("--dataset", help="Dataset URI: hf:org/name, local:PATH or a path (config: node.dataset)."),
     ] = None,
     name: Annotated[
-        str | None, typer.Option("--name", help="Node name (default: from the dataset) [config: node.name].")
+        str | None, typer.Option("--name", help="Node name (default: from the dataset) (config: node.name).")
     ] = None,
     skip_validation: Annotated[
         bool, typer.Option("--skip-validation", help="Do not validate the dataset first (bad data can fail rounds).")

@@ -38,25 +38,25 @@ INSECURE_WARNING = (
 @app.command("serve")
 def serve(
     host: Annotated[
-        str | None, typer.Option("--host", help="Public address nodes connect to [config: server.host].")
+        str | None, typer.Option("--host", help="Public address nodes connect to (config: server.host).")
     ] = None,
-    port: Annotated[int | None, typer.Option("--port", help="Public port [config: server.port].")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="Public port (config: server.port).")] = None,
     control_port: Annotated[
         int, typer.Option("--control-port", help="The SuperLink's own port on 127.0.0.1 (default: port+1).")
     ] = 0,
     insecure: Annotated[
-        bool, typer.Option("--insecure", help="No TLS (demo only; needs --no-require-node-auth).")
+        bool, typer.Option("--insecure", help="No TLS: demo only, and only with node auth off.")
     ] = False,
     database: Annotated[
-        str | None, typer.Option("--database", help="SuperLink SQLite file [config: server.database].")
+        str | None, typer.Option("--database", help="SuperLink SQLite file (config: server.database).")
     ] = None,
-    require_node_auth: Annotated[
-        bool | None,
+    no_node_auth: Annotated[
+        bool,
         typer.Option(
-            "--require-node-auth/--no-require-node-auth",
-            help="Only registered node keys may join [config: server.require-node-auth].",
+            "--no-require-node-auth",
+            help="Let any node join, not only registered keys (the config's require-node-auth).",
         ),
-    ] = None,
+    ] = False,
     yes: Annotated[
         bool, typer.Option("--yes", "-y", help="Confirm --no-require-node-auth with TLS: anyone may then join.")
     ] = False,
@@ -90,7 +90,7 @@ def serve(
         "server.host": host,
         "server.port": port,
         "server.database": database,
-        "server.require-node-auth": require_node_auth,
+        "server.require-node-auth": False if no_node_auth else None,
     }
     config = s.load_config(flags).config.server
     options = server_service.ServeOptions(
@@ -106,7 +106,7 @@ def serve(
         run_settings=list(set_ or []),
     )
     if not insecure and not config.require_node_auth:
-        _confirm_open_federation(options, confirmed=yes or require_node_auth is None)
+        _confirm_open_federation(options, confirmed=yes or not no_node_auth)
     spec = server_service.build_spec(s.paths, options)
     if insecure:
         out().warning(INSECURE_WARNING)
@@ -161,6 +161,7 @@ def nodes_add(
 @nodes_app.command("list")
 def nodes_list(json_: JsonOption = False) -> None:
     """List registered nodes and whether they are online."""
+    from rich import box
     from rich.table import Table
 
     from zk0cli.services import server as server_service
@@ -171,17 +172,12 @@ def nodes_list(json_: JsonOption = False) -> None:
         if not nodes:
             console.print("no nodes registered yet: zk0 server nodes add NODE_KEY.pub --name NAME")
             return
-        table = Table()
-        for column in ("node id", "name", "status", "online since (UTC)", "offline since (UTC)"):
-            table.add_column(column)
+        table = Table(box=box.SIMPLE_HEAD, show_edge=False)
+        for column in ("name", "node id", "status", "since (UTC)"):
+            table.add_column(column, no_wrap=column != "name")
         for node in nodes:
-            table.add_row(
-                node["node_id"],
-                escape(node["name"]),
-                node["status"],
-                utc_clock(node["online_at"]) if node["status"] == "online" else "",
-                utc_clock(node["offline_at"]) if node["status"] != "online" else "",
-            )
+            since = node["online_at"] if node["status"] == "online" else node["offline_at"] or node["registered_at"]
+            table.add_row(escape(node["name"]) or "-", node["node_id"], node["status"], utc_clock(since)[:16])
         console.print(table)
 
     out().result({"nodes": nodes}, render)
@@ -189,12 +185,12 @@ def nodes_list(json_: JsonOption = False) -> None:
 
 @nodes_app.command("remove")
 def nodes_remove(
-    node_id: Annotated[str, typer.Argument(help="Node id, from `zk0 server nodes list`.")],
+    node: Annotated[str, typer.Argument(metavar="NODE", help="Its name or node id, from `zk0 server nodes list`.")],
     json_: JsonOption = False,
 ) -> None:
     """Unregister a node: it can no longer join."""
     from zk0cli.services import server as server_service
 
-    result = server_service.remove_node(session().paths, node_id)
+    result = server_service.remove_node(session().paths, node)
     label = f" ({result['name']})" if result["name"] else ""
-    out().result(result, lambda c: c.print(f"[green]✓[/green] unregistered node {node_id}{escape(label)}"))
+    out().result(result, lambda c: c.print(f"[green]✓[/green] unregistered node {result['node_id']}{escape(label)}"))

@@ -302,9 +302,9 @@ def list_nodes(paths: Paths) -> list[dict]:
     ]
 
 
-def remove_node(paths: Paths, node_id: str) -> dict:
-    if not node_id.isdigit():
-        raise bad_input(f"'{node_id}' is not a node id", hint="node ids are numbers: see `zk0 server nodes list`")
+def remove_node(paths: Paths, node: str) -> dict:
+    """Unregister a node named by its Flower node id or the name it was added with."""
+    node_id = node if node.isdigit() else _node_id_of(paths, node)
     require_running(paths)
     registry = paths.node_names_file
     with files.exclusively(registry):
@@ -314,6 +314,13 @@ def remove_node(paths: Paths, node_id: str) -> dict:
         removed = names.pop(node_id, {})
         files.atomic_write_json(registry, names)
     return {"node_id": node_id, "name": removed.get("name", "")}
+
+
+def _node_id_of(paths: Paths, name: str) -> str:
+    for node_id, entry in _node_names(paths).items():
+        if entry.get("name") == name:
+            return node_id
+    raise bad_input(f"no node named '{name}' is registered", hint="`zk0 server nodes list` shows names and ids")
 
 
 MAX_PUBLIC_KEY_BYTES = 4096  # an OpenSSH P-521 public key is under 300 bytes
@@ -367,7 +374,7 @@ def _refuse_duplicate(registry: dict[str, dict[str, str]], key: str, name: str) 
         if entry.get("name") == name:
             raise bad_input(
                 f"a node named {name} is already registered (node id {node_id})",
-                hint=f"pick another --name, or remove the old one: zk0 server nodes remove {node_id}",
+                hint=f"pick another --name, or remove the old one: zk0 server nodes remove {name}",
             )
 
 
