@@ -245,3 +245,23 @@ def test_the_run_log_is_written_in_the_service_log_format_and_read_with_the_same
     assert any(line.endswith("] failed") for line in recent)
     none = cli("--json", "logs", "run", "nope")
     assert none.code == 2 and "zk0 runs" in none.json()["hint"]
+
+
+def test_loss_plot_ticks_whole_rounds_and_keeps_its_legend_off_the_curves():
+    """Issue 12: a 2-round run had ticks at 0.5 and a legend over the curve."""
+    metrics = [
+        records.summary(round_entry(0, server_loss=2.0)),
+        records.summary(round_entry(1, server_loss=1.5, client_losses={"1": 1.7, "2": 1.9})),
+        records.summary(round_entry(2, server_loss=1.2, client_losses={"1": 1.4, "2": 1.6})),
+    ]
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    figure = plots.losses_figure(metrics)
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    ax = figure.axes[0]
+    shown = [tick for tick in ax.get_xticks() if ax.get_xlim()[0] <= tick <= ax.get_xlim()[1]]
+    assert shown and all(float(tick).is_integer() for tick in shown)
+    renderer = canvas.get_renderer()
+    legend_box = ax.get_legend().get_window_extent(renderer)
+    assert legend_box.x0 >= ax.get_window_extent(renderer).x1  # beside the axes, not on them

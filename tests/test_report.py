@@ -119,6 +119,8 @@ def test_report_holds_the_record(cli, run_dir):
         assert str(run_dir / "checkpoints" / "round_0002") in text
         assert f"zk0 sim --from-record {run_dir}" in text
         assert "pick-p2" in text and "0.0001" in text  # participants, lr
+        assert "in dataset action units" in text  # the error has a unit
+        assert "4s over 2 rounds (2s per round)" in text  # 1.5 s + 3.0 s, one duration format
     assert "![losses](plots/losses.png)" in markdown and (run_dir / "report" / "plots" / "losses.png").is_file()
     rounds_table = markdown.split("## Rounds")[1].split("##")[0]
     assert "| 2 | 3 | 1 | 0 | 1.2 ± 0.05 | 1.2 | 12 |" in rounds_table and "| 30 |" in rounds_table  # steps

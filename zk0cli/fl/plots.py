@@ -14,12 +14,12 @@ if TYPE_CHECKING:
 
 def write_plots(plots_dir: Path, metrics: list[dict[str, Any]]) -> list[Path]:
     return [
-        _save(plots_dir / "losses.png", _losses_figure(metrics)),
+        _save(plots_dir / "losses.png", losses_figure(metrics)),
         _save(plots_dir / "lr_mu.png", _lr_mu_figure(metrics)),
     ]
 
 
-def _losses_figure(metrics: list[dict[str, Any]]) -> Figure:
+def losses_figure(metrics: list[dict[str, Any]]) -> Figure:
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(8, 4.5), dpi=100)
@@ -44,9 +44,9 @@ def _losses_figure(metrics: list[dict[str, Any]]) -> Figure:
     ax.set_xlabel("round")
     ax.set_ylabel("loss")
     ax.set_title("Policy loss per round")
-    ax.grid(alpha=0.3)
-    if ax.lines:
-        ax.legend(fontsize="small")
+    _round_axis(ax)
+    if ax.lines:  # beside the axes: a legend inside would sit on the curves it names
+        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     return fig
 
 
@@ -64,8 +64,16 @@ def _lr_mu_figure(metrics: list[dict[str, Any]]) -> Figure:
     mu_ax.set_xlabel("round")
     lr_ax.set_title("Learning rate and proximal mu per round")
     for ax in (lr_ax, mu_ax):
-        ax.grid(alpha=0.3)
+        _round_axis(ax)
     return fig
+
+
+def _round_axis(ax: Any) -> None:
+    """Rounds are whole numbers: no tick at round 0.5."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
 
 
 def _save(path: Path, fig: Figure) -> Path:

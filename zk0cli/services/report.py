@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import html
 import shutil
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,9 +21,9 @@ from typing import TYPE_CHECKING, Any
 from zk0cli.core.errors import bad_input
 from zk0cli.core.files import JsonFileError, atomic_write_text, read_json
 from zk0cli.core.paths import Paths
-from zk0cli.core.units import size
+from zk0cli.core.units import duration, size
 from zk0cli.fl.record_follow import STATUS_FILE, round_files
-from zk0cli.fl.records import FINAL_LINK, find_record, node_label, summary
+from zk0cli.fl.records import FINAL_LINK, find_record, node_label, record_flower_ids, summary
 
 if TYPE_CHECKING:
     from zk0cli.services.simulation import SimRequest
@@ -228,7 +229,7 @@ def report_content(run: RunData, out_dir: Path) -> ReportContent:
     traffic = bytes_transferred(run)
     checkpoint = run.final_checkpoint
     facts = [
-        ("run", run.run_id),
+        ("run", _run_names(run)),
         ("mode", run.mode),
         ("state", _state(run.status)),
         ("seed", run.seed),
@@ -236,11 +237,12 @@ def report_content(run: RunData, out_dir: Path) -> ReportContent:
         ("optimizer steps", run.cumulative_steps()[run.rounds[-1]["round"]]),
         *([("server eval", SERVER_EVAL_OFF)] if run.config.get("server_eval") is False else []),
         ("final server eval loss", f"{_num(final.policy_loss)} (round {final.round})" if final else "-"),
-        ("final action error", _num(final.action_error) if final else "-"),
+        ("final action error", f"{_num(final.action_error)} {ACTION_UNITS}" if final else "-"),
         ("best server eval loss", f"{_num(best.policy_loss)} (round {best.round})" if best else "-"),
+        ("elapsed", duration(_elapsed_s(run))),  # as zk0 status and zk0 runs show it
         (
-            "training time",
-            f"{sum(seconds):.1f} s over {len(seconds)} rounds ({_num(sum(seconds) / len(seconds))} s/round)"
+            "time in rounds",
+            f"{duration(sum(seconds))} over {len(seconds)} rounds ({duration(sum(seconds) / len(seconds))} per round)"
             if seconds
             else "-",
         ),
@@ -264,6 +266,20 @@ def report_content(run: RunData, out_dir: Path) -> ReportContent:
     ]
     drawn = plots.write_plots(out_dir / "plots", run.summaries())
     return ReportContent(f"zk0 run {run.run_id}", facts, tables, drawn, _copy_videos(run, out_dir))
+
+
+ACTION_UNITS = "(mean |action - recorded| in dataset action units)"
+
+
+def _run_names(run: RunData) -> str:
+    flower = record_flower_ids(run.root)
+    return f"{run.run_id} (Flower run {', '.join(map(str, flower))})" if flower else run.run_id
+
+
+def _elapsed_s(run: RunData) -> float | None:
+    from zk0cli.services.status.runs import RunRecordReader
+
+    return RunRecordReader().read(run.root, now=time.time()).elapsed_s
 
 
 def bytes_transferred(run: RunData) -> dict[str, int] | None:
