@@ -178,8 +178,11 @@ def test_stale_heartbeat_is_not_shown_as_live(paths, supervised):
     assert frozen_view.source.state == "stale" and "heartbeat" in frozen_view.source.reason
     assert frozen_view.processes[0].cpu_percent is None and frozen_view.processes[0].rss_bytes is None
     text = render(snapshot, width=120)
-    frozen_row = next(line for line in text.splitlines() if "node-frozen" in line and "supernode" in line)
-    assert "stale" in frozen_row and str(frozen["processes"]["supernode"]["pid"]) not in frozen_row
+    lines = text.splitlines()
+    at = next(i for i, line in enumerate(lines) if "node-frozen" in line)
+    frozen_row = lines[at + 1]  # its process, under the service's own row
+    assert "supernode" in frozen_row and "stale" in lines[at] and "stale" in frozen_row
+    assert str(frozen["processes"]["supernode"]["pid"]) not in frozen_row
     assert "no supervisor heartbeat" in text
 
 
@@ -510,3 +513,29 @@ def test_status_imports_no_heavy_module(tmp_path):
     env = dict(os.environ, ZK0_HOME=str(tmp_path / "home"))
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, env=env)
     assert done.stderr.strip().endswith("HEAVY="), done.stderr
+
+
+def test_a_nodes_status_keeps_long_names_and_ids_whole_in_80_columns():
+    """Issue 12: the node's `zk0 status` cut its service and process names at 80 columns."""
+    from zk0cli.services.status.model import NodeHostView, ProcessView, ServiceView
+
+    processes = [
+        ProcessView("supernode", "healthy", 123456, 3725.0, 1, 0, cpu_percent=12.0, rss_bytes=512 * 2**20),
+        ProcessView("clientapp", "healthy", 123457, 3725.0, 0, None, cpu_percent=180.0, rss_bytes=3 * 2**30),
+    ]
+    service = ServiceView("node-so100-stack-kitchen", kind="node", state="healthy", processes=processes)
+    host = NodeHostView(
+        "node-so100-stack-kitchen",
+        server="fl.example.org:9092",
+        connection="connected",
+        dataset="hf:acme-robotics/so100-stack-kitchen-2026",
+        last_round=12,
+        last_round_loss=0.1234,
+    )
+    snapshot = status_mod.Snapshot(
+        taken_at="2026-12-03T08:00:00Z", host="robot-lab-1", role="node", services=[service], node_hosts=[host]
+    )
+    text = render(snapshot, width=80)
+    assert "…" not in text and max(len(line) for line in text.splitlines()) <= 80
+    for whole in ("node-so100-stack-kitchen", "supernode", "clientapp", "123457", "so100-stack-kitchen-2026"):
+        assert whole in text

@@ -108,27 +108,29 @@ def header(snapshot: Snapshot) -> Text:
     return text
 
 
-def services_panel(snapshot: Snapshot) -> Panel:
+def services_panel(snapshot: Snapshot, *, width: int = 120) -> Panel:
+    """One row per service (its name whole, however long), then one per process under it.
+    Below 100 columns the last exit code is left to the notes, which say why a process ended."""
+    exit_column = width >= 100
     table = Table(expand=True, box=None, pad_edge=False, show_edge=False)
     columns: tuple[tuple[str, JustifyMethod], ...] = (
-        ("service", "left"),
-        ("process", "left"),
+        ("service / process", "left"),
         ("pid", "right"),
         ("state", "left"),
         ("up", "right"),
         ("restarts", "right"),
-        ("exit", "right"),
+        *((("exit", "right"),) if exit_column else ()),
         ("CPU", "right"),
         ("RSS", "right"),
     )
     for name, justify in columns:
-        table.add_column(name, justify=justify, no_wrap=name in ("pid", "up", "CPU", "RSS"))
+        table.add_column(name, justify=justify, no_wrap=True)
     if snapshot.gpu:
         table.add_column("GPU", justify="right", no_wrap=True)
         table.add_column("GPU mem", justify="right", no_wrap=True)
     notes = []
     for service in snapshot.services:
-        _service_rows(table, service, snapshot.gpu)
+        _service_rows(table, service, snapshot.gpu, exit_column)
         if service.source.state != OK:
             notes.append(source_line(SourceState(service.service, service.source.state, service.source.reason)))
         elif service.reason and service.state in ("failed", "restarting", "stopped"):
@@ -142,23 +144,21 @@ def services_panel(snapshot: Snapshot) -> Panel:
     return Panel(Group(table, *notes), title="local services", title_align="left")
 
 
-def _service_rows(table: Table, service: ServiceView, gpu: bool) -> None:
-    if not service.processes:
-        state = service.source.state if service.source.state != OK else service.state
-        table.add_row(service.service, "-", "-", styled(state), *["-"] * (5 + 2 * gpu))
-        return
+def _service_rows(table: Table, service: ServiceView, gpu: bool, exit_column: bool) -> None:
+    blank = [""] * (len(table.columns) - 3)
+    state = service.source.state if service.source.state != OK else service.state
+    table.add_row(Text(service.service, style="bold"), "", styled(state), *blank)
     live = service.source.state == OK
-    for index, proc in enumerate(service.processes):
+    for proc in service.processes:
         state = proc.state if live else service.source.state
         label = f"restarting {proc.restarts + 1}" if state == "restarting" else state
         cells: list[str | Text] = [
-            service.service if index == 0 else "",
-            proc.name,
+            f"  {proc.name}",
             str(proc.pid) if proc.pid and live else "-",
             styled(state, label),
             duration(proc.uptime_s),
             str(proc.restarts),
-            "-" if proc.last_exit_code is None else str(proc.last_exit_code),
+            *(("-" if proc.last_exit_code is None else str(proc.last_exit_code),) if exit_column else ()),
             "-" if proc.cpu_percent is None else f"{proc.cpu_percent:.0f}%",
             size(proc.rss_bytes),
         ]
@@ -310,7 +310,7 @@ def _verdict_state(verdict: str) -> str:
 
 def render_status(snapshot: Snapshot, *, width: int) -> RenderableType:
     """Every panel that applies: stacked below WIDE_AT columns, in two columns above."""
-    local: list[RenderableType] = [services_panel(snapshot)]
+    local: list[RenderableType] = [services_panel(snapshot, width=width if width < WIDE_AT else width // 2)]
     local += [node_host_panel(host) for host in snapshot.node_hosts]
     federation: list[RenderableType] = []
     if snapshot.federation is not None:
