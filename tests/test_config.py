@@ -158,6 +158,7 @@ def test_run_defaults_are_set_shown_read_and_unset(cli, zk0_home):
         ("run.run-name", "x", "run.run-name names one run", "zk0 run --set run-name"),
         ("run.resume", "true", "run.resume names one run", "zk0 run --resume"),
         ("hf.endpoint.x", "1", "unknown config key 'hf.endpoint.x'", "zk0 config show"),
+        ("hf.endpoint", "huggingface.co", "is not an http(s) URL", "https://huggingface.co"),
     ],
 )
 def test_bad_run_defaults_are_refused_with_a_hint_and_leave_the_file_alone(cli, zk0_home, key, value, said, hint):

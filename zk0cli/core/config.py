@@ -246,6 +246,11 @@ def validate(config: Config) -> None:
         )
     if config.node.server:
         parse_host_port(config.node.server, origin="node.server")
+    if config.hf.endpoint and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", config.hf.endpoint):
+        raise bad_input(
+            f"hf.endpoint '{config.hf.endpoint}' is not an http(s) URL",
+            hint="for example https://huggingface.co or http://mirror.example:8090",
+        )
 
 
 def _require_known(key: str) -> None:
