@@ -539,3 +539,13 @@ def test_a_nodes_status_keeps_long_names_and_ids_whole_in_80_columns():
     assert "…" not in text and max(len(line) for line in text.splitlines()) <= 80
     for whole in ("node-so100-stack-kitchen", "supernode", "clientapp", "123457", "so100-stack-kitchen-2026"):
         assert whole in text
+
+
+def test_a_running_run_without_server_evaluation_says_so_and_how_to_turn_it_on(paths):
+    record = replay_record(paths.runs_dir, rounds=1, state="running")
+    config = json.loads((record.root / "config.json").read_text())
+    (record.root / "config.json").write_text(json.dumps({**config, "server_eval": False}))
+    text = " ".join(render(status_mod.collect(paths), width=120).split())
+    assert "server eval off (zk0 config set run.eval-datasets URI turns it on)" in text
+    record.write_status("completed", rounds=3)
+    assert "server eval off" not in render(status_mod.collect(paths), width=120)  # said while it runs

@@ -38,6 +38,7 @@ from zk0cli.services.status import (
 )
 from zk0cli.services.status.model import short_status
 
+SERVER_EVAL_OFF = "server eval off (zk0 config set run.eval-datasets URI turns it on)"
 WIDE_AT = 150  # columns from which panels sit side by side
 SPARK_BLOCKS = "▁▂▃▄▅▆▇█"
 STATE_STYLES = {
@@ -222,6 +223,8 @@ def runs_panel(runs: list[RunView], *, width: int) -> Panel:
         ]
         table.add_row(*cells)
         notes += [Text(f"{run.run_id}: {problem}", style="red") for problem in run.problems]
+        if run.running and run.server_eval is False:
+            notes.append(Text(f"{run.run_id}: {SERVER_EVAL_OFF}", style="dim"))
     return Panel(Group(table, *notes), title="runs", title_align="left")
 
 

@@ -49,6 +49,10 @@ class _ClientError(Exception):
         self.reason = reason
 
 
+def _target(request: h11.Request) -> str:
+    return request.target.decode(errors="replace")[:200]
+
+
 class _Upstream:
     """One connection to the SuperLink, reused for the requests of one client connection."""
 
@@ -197,8 +201,9 @@ class FleetProxy:
                 if client.our_state is not h11.SEND_RESPONSE:
                     raise  # part of a response went out already: only closing is left
                 if attempt == 1 and nothing_sent:
+                    log.info("retrying %s on a new SuperLink connection: %s", _target(request), exc)
                     continue
-                log.warning("upstream failed during %s: %s", request.target.decode(errors="replace")[:200], exc)
+                log.warning("upstream failed during %s: %s", _target(request), exc)
                 await self._reply(client, writer, 502, b"zk0: the SuperLink connection failed\n", close=True)
                 return None
             if not upstream.reusable():

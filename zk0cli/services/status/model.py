@@ -83,6 +83,7 @@ class RunView:
     run_id: str  # Flower's run id when the run has one, else the record's name
     flwr_run_id: int | None = None
     mode: str = "federated"  # or "centralized" (`zk0 train`), from the record
+    server_eval: bool | None = None  # False: the server had no held-out data (federated evaluation judged)
     status: str = ""  # Flower's status (running, finished:completed ...) or the record's own
     record: str = ""  # the run record directory, "" when none was found
     started_at: float | None = None  # epoch seconds

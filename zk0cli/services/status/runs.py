@@ -74,6 +74,7 @@ class RunRecordReader:
             view.problems.append(problem)  # written before round 0: missing by now means lost or damaged
         config = config if isinstance(config, dict) else {}
         view.mode = str(config.get("mode", "federated"))
+        view.server_eval = config.get("server_eval") if isinstance(config.get("server_eval"), bool) else None
         run_config = config.get("run_config")
         run_config = run_config if isinstance(run_config, dict) else {}
         total = run_config.get("num-server-rounds", status.get("rounds"))
