@@ -172,6 +172,19 @@ def test_quiet_run_shows_plateau_stall_boost_mu_rules_and_rejections(tmp_path, f
     )
     assert integrity.digest(integrity.to_record(checked.weights)) == rounds[2]["global_sha256"]
 
+    # round 1: both accepted, folded as they arrived -> the global round 2 starts from is their
+    # sample-weighted average, computed here independently from the updates that crossed the wire
+    spec = integrity.spec_of(start, integrity.BF16_DELTA)
+    round1_start = integrity.from_record(tamper.seen[(1, 0)][0])
+    decoded = []
+    for partition in (0, 1):
+        _, sent, digest = tamper.seen[(1, partition)]
+        decoded.append(integrity.check_update(sent, digest, spec, integrity.BF16_DELTA, round1_start).weights)
+    samples = [c["samples"] for c in sorted(rounds[1]["clients"]["each"], key=lambda c: c["node"])]
+    for name, value in start.items():
+        expected = np.average([d[name].astype(np.float64) for d in decoded], axis=0, weights=samples)
+        np.testing.assert_allclose(value, expected.astype(np.float32), rtol=1e-6, atol=1e-8)
+
     # only trainable parameters ever crossed, never the frozen VLM
     assert grid.array_names and not any(name.startswith(VLM_PREFIX) for name in grid.array_names)
     trainable = set(integrity.from_record(tamper.seen[(1, 0)][0]))

@@ -8,9 +8,11 @@ grid waits 3 s between polls. Each round:
 1. ``configure_train``: the :class:`RoundControl` plan gives the round's lr (per client, with
    boosts) and mu; each sampled node gets the global trainable weights, their SHA-256 digest and
    its own train config.
-2. ``aggregate_train``: every reply is checked (digest, names, shapes, dtypes, NaN/Inf, samples);
-   bad ones are rejected with a reason and never aggregated; the rest are averaged weighted by the
-   samples each client actually used this round. The server keeps the fp32 master weights.
+2. ``aggregate_train``: every reply is checked as it arrives (digest, names, shapes, dtypes,
+   NaN/Inf, samples); bad ones are rejected with a reason and never aggregated; the rest are
+   folded into a running mean weighted by the samples each client actually used this round, then
+   dropped (:mod:`zk0cli.fl.aggregate`), so memory does not grow with the number of nodes. The
+   server keeps the fp32 master weights.
 3. ``configure_evaluate`` / ``aggregate_evaluate``: federated evaluation on clients' held-out
    episodes, on evaluation rounds.
 4. ``evaluate_round`` (also at round 0 of a fresh run): server-side evaluation on the held-out
@@ -34,6 +36,7 @@ from flwr.serverapp.strategy.strategy_utils import sample_nodes
 from numpy.typing import NDArray
 
 from zk0cli.fl import integrity
+from zk0cli.fl.aggregate import RunningMean
 from zk0cli.fl.control import RoundControl, judging_loss
 from zk0cli.fl.records import mean_std
 from zk0cli.fl.run_config import RunConfig
@@ -80,6 +83,9 @@ class Zk0FedProx(FedProx):
         self._destinations: dict[str, str] = {}  # message id -> node id, of the messages in flight
         self._round_started = time.monotonic()
         self._sent_bytes = 0  # the weights payload of the messages last sent, per node
+        self._mean = RunningMean()  # this round's accepted updates, folded in as they arrive
+        self._clients: list[dict[str, Any]] = []  # their client entries (metrics, no weights)
+        self._answered: set[str] = set()  # nodes that replied this round, accepted or not
 
     def initial_arrays(self) -> ArrayRecord:
         return integrity.to_record(self.global_weights)
@@ -97,16 +103,20 @@ class Zk0FedProx(FedProx):
         last = self.config.num_server_rounds
         for server_round in range(first_round, last + 1):
             log.info("round %d/%d: training", server_round, last)
-            replies = self._send_and_receive(grid, self.configure_train(server_round, arrays, ConfigRecord(), grid))
-            aggregated, _ = self.aggregate_train(server_round, replies)
+            messages = self.configure_train(server_round, arrays, ConfigRecord(), grid)
+            self._send_and_receive(grid, messages, on_reply=self._fold_train_reply)  # folded as they arrive
+            aggregated, _ = self.aggregate_train(server_round, [])
             if aggregated is not None:
                 arrays = aggregated
             replies = self._send_and_receive(grid, self.configure_evaluate(server_round, arrays, ConfigRecord(), grid))
             self.aggregate_evaluate(server_round, replies)
             self.evaluate_round(server_round, arrays)
 
-    def _send_and_receive(self, grid: Grid, messages: Iterable[Message]) -> list[Message]:
-        """Push ``messages``, collect their replies until all are in or the round timeout passes."""
+    def _send_and_receive(
+        self, grid: Grid, messages: Iterable[Message], on_reply: Callable[[Message], None] | None = None
+    ) -> list[Message]:
+        """Push ``messages``, collect their replies until all are in or the round timeout passes.
+        With ``on_reply`` each reply is handed over as it arrives and not kept (the list is empty)."""
         messages = list(messages)
         if not messages:
             return []
@@ -115,9 +125,12 @@ class Zk0FedProx(FedProx):
         replies: list[Message] = []
         deadline = time.monotonic() + self.config.round_timeout_s
         while waiting:
-            arrived = list(grid.pull_messages(waiting))
-            replies += arrived
-            waiting -= {reply.metadata.reply_to_message_id for reply in arrived}
+            for reply in grid.pull_messages(waiting):
+                waiting.discard(reply.metadata.reply_to_message_id)
+                if on_reply is None:
+                    replies.append(reply)
+                else:
+                    on_reply(reply)
             if not waiting or time.monotonic() >= deadline:
                 break
             time.sleep(REPLY_POLL_S)
@@ -141,6 +154,7 @@ class Zk0FedProx(FedProx):
         plan = self.control.plan(server_round)
         self.proximal_mu = plan.mu
         self.entry = {"round": server_round, "plan": plan.to_dict(), "clients": None, "rejected": [], "failed": []}
+        self._mean, self._clients, self._answered = RunningMean(), [], set()
         wanted = max(int(len(list(grid.get_node_ids())) * self.fraction_train), self.min_train_nodes)
         node_ids, _ = sample_nodes(grid, self.min_available_nodes, wanted)
         digest = integrity.digest(arrays)
@@ -161,40 +175,46 @@ class Zk0FedProx(FedProx):
             messages.append(Message(content=content, message_type=MessageType.TRAIN, dst_node_id=node_id))
         return messages
 
+    def _fold_train_reply(self, reply: Message) -> None:
+        """Check one training reply and fold an accepted update into the round's running mean; a
+        failed or rejected one is recorded with its reason. Nothing of the update is kept."""
+        node = self._sender(reply)
+        self._answered.add(node)
+        if reply.has_error():
+            self.entry["failed"].append({"node": node, "reason": reply.error.reason})
+            return
+        client, weights, reason = self._check_reply(reply)
+        if reason or weights is None:
+            self.entry["rejected"].append(
+                {
+                    "node": node,
+                    "dataset": client.get("dataset", ""),
+                    "reason": reason,
+                    "metrics": client.get("metrics", {}),
+                }
+            )
+            return
+        self._mean.add(weights, float(client["samples"]))
+        self._clients.append(client)
+
     @override
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        accepted: list[tuple[dict[str, NDArray[np.float32]], float]] = []
-        clients = []
-        replies = list(replies)
-        silent = set(self._destinations.values()) - {self._sender(reply) for reply in replies}  # asked, no answer
+        """The round's aggregate: ``replies`` not folded on arrival are folded now (Flower's own
+        loop hands them over at the end), then every node asked but silent is recorded."""
+        for reply in replies:
+            self._fold_train_reply(reply)
+        silent = set(self._destinations.values()) - self._answered
         self.entry["failed"] += [
             {"node": node, "reason": f"no reply within {self.config.round_timeout_s:g} s"} for node in sorted(silent)
         ]
-        for reply in replies:
-            node = self._sender(reply)
-            if reply.has_error():
-                self.entry["failed"].append({"node": node, "reason": reply.error.reason})
-                continue
-            client, weights, reason = self._check_reply(reply)
-            if reason or weights is None:
-                self.entry["rejected"].append(
-                    {
-                        "node": node,
-                        "dataset": client.get("dataset", ""),
-                        "reason": reason,
-                        "metrics": client.get("metrics", {}),
-                    }
-                )
-                continue
-            clients.append(client)
-            accepted.append((weights, client["samples"]))
+        clients = self._clients
         self.entry["clients"] = {"aggregate": _aggregate_clients(clients), "each": clients}
         self.control.observe_clients({c["node"]: c["metrics"]["loss"] for c in clients})
-        if not accepted:
+        if not self._mean.count:
             return None, None
-        self.global_weights = _weighted_average(accepted)
+        self.global_weights = self._mean.result()
         numeric = {k: v for k, v in self.entry["clients"]["aggregate"].items() if v is not None}
         return integrity.to_record(self.global_weights), MetricRecord(numeric)
 
@@ -294,17 +314,6 @@ class Zk0FedProx(FedProx):
         self.entry["seconds"] = round(time.monotonic() - self._round_started, 3)
         self.on_round(self.entry, self.global_weights)
         return MetricRecord(result["composite"]) if result else None
-
-
-def _weighted_average(accepted: list[tuple[dict[str, NDArray[np.float32]], float]]) -> dict[str, NDArray[np.float32]]:
-    total = float(sum(samples for _, samples in accepted))
-    averaged = {}
-    for name, first in accepted[0][0].items():
-        mixed = np.zeros(first.shape, dtype=np.float64)
-        for weights, samples in accepted:
-            mixed += weights[name].astype(np.float64) * (samples / total)
-        averaged[name] = mixed.astype(np.float32)
-    return averaged
 
 
 CLIENT_AVERAGED = ("fedprox_loss", "policy_loss", "grad_norm", "update_norm", "seconds")

@@ -1,0 +1,56 @@
+"""The running, sample-weighted mean the server folds updates into as their replies arrive."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from zk0cli.fl.aggregate import RunningMean
+
+
+def updates(count: int, seed: int = 0) -> list[tuple[dict[str, np.ndarray], float]]:
+    rng = np.random.default_rng(seed)
+    return [
+        (
+            {"expert.w": rng.normal(size=(64, 32)).astype(np.float32), "proj.b": rng.normal(size=7).astype(np.float32)},
+            float(rng.integers(1, 500)),
+        )
+        for _ in range(count)
+    ]
+
+
+@pytest.mark.parametrize("count", [1, 2, 5, 40])
+def test_the_running_mean_is_the_sample_weighted_average(count):
+    folded = RunningMean()
+    given = updates(count)
+    for arrays, samples in given:
+        folded.add(arrays, samples)
+    result = folded.result()
+    for name in given[0][0]:
+        expected = np.average(
+            np.stack([arrays[name].astype(np.float64) for arrays, _ in given]), axis=0, weights=[w for _, w in given]
+        )
+        assert result[name].dtype == np.float32
+        np.testing.assert_allclose(result[name], expected.astype(np.float32), rtol=1e-6, atol=1e-7)
+    assert folded.count == count and folded.total_weight == sum(w for _, w in given)
+
+
+def test_one_update_comes_back_bit_for_bit():
+    ((arrays, samples),) = updates(1, seed=3)
+    folded = RunningMean()
+    folded.add(arrays, samples)
+    assert all(np.array_equal(folded.result()[name], arrays[name]) for name in arrays)
+
+
+def test_it_keeps_no_update_and_refuses_what_cannot_be_averaged():
+    folded = RunningMean()
+    (arrays, samples), (other, _) = updates(2, seed=5)
+    folded.add(arrays, samples)
+    arrays["expert.w"][:] = 1e9  # the caller's arrays may be reused or dropped right after add()
+    assert np.abs(folded.result()["expert.w"]).max() < 1e3
+    with pytest.raises(ValueError, match="positive"):
+        folded.add(other, 0.0)
+    with pytest.raises(ValueError, match="differ"):
+        folded.add({"expert.w": other["expert.w"]}, 1.0)
+    with pytest.raises(ValueError, match="no update"):
+        RunningMean().result()
