@@ -39,7 +39,8 @@ def test_one_update_comes_back_bit_for_bit():
     ((arrays, samples),) = updates(1, seed=3)
     folded = RunningMean()
     folded.add(arrays, samples)
-    assert all(np.array_equal(folded.result()[name], arrays[name]) for name in arrays)
+    result = folded.result()
+    assert all(np.array_equal(result[name], arrays[name]) for name in arrays)
 
 
 def test_it_keeps_no_update_and_refuses_what_cannot_be_averaged():
@@ -47,10 +48,13 @@ def test_it_keeps_no_update_and_refuses_what_cannot_be_averaged():
     (arrays, samples), (other, _) = updates(2, seed=5)
     folded.add(arrays, samples)
     arrays["expert.w"][:] = 1e9  # the caller's arrays may be reused or dropped right after add()
-    assert np.abs(folded.result()["expert.w"]).max() < 1e3
     with pytest.raises(ValueError, match="positive"):
         folded.add(other, 0.0)
     with pytest.raises(ValueError, match="differ"):
         folded.add({"expert.w": other["expert.w"]}, 1.0)
+    assert np.abs(folded.result()["expert.w"]).max() < 1e3
+    for again in (lambda: folded.result(), lambda: folded.add(other, 1.0)):  # a round's mean is taken once
+        with pytest.raises(ValueError, match="taken already"):
+            again()
     with pytest.raises(ValueError, match="no update"):
         RunningMean().result()

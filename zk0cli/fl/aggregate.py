@@ -21,9 +21,11 @@ class RunningMean:
         self._sums: dict[str, NDArray[np.float64]] = {}
         self.total_weight = 0.0
         self.count = 0
+        self._taken = False
 
     def add(self, arrays: Mapping[str, NDArray[np.float32]], weight: float) -> None:
         """Fold one update in; its arrays may be dropped as soon as this returns."""
+        self._check_not_taken()
         if weight <= 0:
             raise ValueError(f"weight must be positive, got {weight}")
         if not self._sums:
@@ -39,13 +41,19 @@ class RunningMean:
         self.count += 1
 
     def result(self) -> dict[str, NDArray[np.float32]]:
-        """The average, once: each float64 sum is released as its float32 average is made, so
-        the peak stays at the sums' size."""
+        """The average, taken once (a round's mean): each float64 sum is released as its float32
+        average is made, so the peak stays at the sums' size."""
+        self._check_not_taken()
         if not self.count:
             raise ValueError("no update was folded in")
+        self._taken = True
         averaged = {}
         for name in list(self._sums):
             total = self._sums.pop(name)
             total /= self.total_weight
             averaged[name] = total.astype(np.float32)
         return averaged
+
+    def _check_not_taken(self) -> None:
+        if self._taken:
+            raise ValueError("this mean was taken already: a new round starts a new RunningMean")
