@@ -7,6 +7,7 @@ import pytest
 
 from zk0cli.core.errors import ExitCode, Zk0Error
 from zk0cli.fl import run_config as rc
+from zk0cli.fl.run_config import RunConfig
 
 APP_PYPROJECT = Path(rc.__file__).parent / "app" / "pyproject.toml"
 
@@ -81,3 +82,13 @@ def test_flower_app_builds_into_a_small_fab_with_flowers_own_builder():
     assert len(fab) < 10 * 2**20 and "pyproject.toml" in names
     assert not [n for n in names if n.endswith(".py")]  # the code comes from the installed zk0cli package
     assert "federations" not in tomllib.loads(APP_PYPROJECT.read_text())["tool"]["flwr"]
+
+
+def test_min_replies_must_be_a_fraction_or_a_whole_count():
+    assert RunConfig.from_mapping({"min-replies": 0.5}).quorum(5) == 3
+    assert RunConfig.from_mapping({"min-replies": 3}).quorum(5) == 3
+    assert RunConfig.from_mapping({"min-replies": 9}).quorum(5) == 5
+    assert RunConfig.from_mapping({}).quorum(5) == 5
+    with pytest.raises(Zk0Error) as refused:
+        RunConfig.from_mapping({"min-replies": 2.5})
+    assert refused.value.code == ExitCode.BAD_INPUT and "min-replies=0.8" in refused.value.hint

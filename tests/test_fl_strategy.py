@@ -8,6 +8,7 @@ the global weights. Runs through the Simulation Engine are in test_fl_sim.py.
 from __future__ import annotations
 
 import copy
+import time
 from pathlib import Path
 
 import numpy as np
@@ -275,3 +276,49 @@ def test_an_error_the_superlink_sends_for_a_node_is_recorded_under_that_node(tmp
     assert alice["name"] == "alice" and summary(round1)["client_losses"].keys() == {"alice"}
     assert alice["bytes_up"] == pytest.approx(alice["bytes_down"] / 2, rel=0.01)
     assert round1["federated_eval"]["each"][0]["bytes_down"] == alice["bytes_down"]
+
+
+class OneNodeStraggles(LoopbackGrid):
+    """Node 1001 trains as fast as the others, but its replies reach the server ``delay_s`` late."""
+
+    delay_s = 30.0
+
+    def push_messages(self, messages):
+        ids = list(super().push_messages(messages))
+        self._due = getattr(self, "_due", {})
+        for message_id, message in zip(ids, messages, strict=True):
+            self._due[message_id] = time.monotonic() + (self.delay_s if message.metadata.dst_node_id == 1001 else 0)
+        return ids
+
+    def pull_messages(self, message_ids):
+        ready = [m for m in message_ids if self._due.get(m, 0) <= time.monotonic()]
+        return super().pull_messages(ready)
+
+
+def test_a_straggler_holds_a_round_only_for_the_grace_after_the_quorum(tmp_path, fl_datasets):
+    """Issue 14: min-replies 1 of 2 and a 1 s grace: each round closes ~1 s after node 1000's reply;
+    node 1001's replies are recorded late and never folded in, not even in a later round."""
+    values = {
+        **SMALL,
+        "num-server-rounds": 2,
+        "datasets": " ".join(f"local:{d}" for d in fl_datasets),
+        "runs-dir": str(tmp_path / "runs"),
+        "run-name": "run",
+        "min-replies": 1,
+        "straggler-grace-s": 1.0,
+        "round-timeout-s": 120.0,
+    }
+    config = RunConfig.from_mapping(values)
+    grid = OneNodeStraggles(
+        zk0_client.app, [{"partition-id": i, "num-partitions": 2} for i in range(2)], config.to_flwr()
+    )
+    record = RunRecord.create(Path(config.runs_dir), config.run_name)
+    started = time.monotonic()
+    run_federation(grid, config, record)
+    assert time.monotonic() - started < grid.delay_s  # never waited for the straggler
+    rounds = {r["round"]: r for r in record.rounds()}
+    for n in (1, 2):
+        assert [c["node"] for c in rounds[n]["clients"]["each"]] == ["1000"]  # round 2: not 1001's round-1 reply
+        assert [late["node"] for late in rounds[n]["late"]] == ["1001"] and rounds[n]["failed"] == []
+        assert "late: not in 1 s after 1 of 2 replied (discarded)" == rounds[n]["late"][0]["reason"]
+        assert summary(rounds[n])["late"] == 1

@@ -224,6 +224,7 @@ def summary(entry: dict[str, Any]) -> dict[str, Any]:
         "client_losses": {node_label(c): c["metrics"].get("loss") for c in clients.get("each", [])},
         "rejected": len(entry.get("rejected", [])),
         "failed": len(entry.get("failed", [])),
+        "late": len(entry.get("late", [])),
         "server_policy_loss": (server.get("composite") or {}).get("policy_loss"),
         "server_action_error": (server.get("composite") or {}).get("action_error"),
         "federated_eval_loss": federated.get("policy_loss"),

@@ -47,6 +47,12 @@ class RunConfig:
     fraction_evaluate: float = _p(1.0, "fraction of nodes doing federated evaluation (0 turns it off)", ge=0, le=1)
     min_available_nodes: int = _p(2, "nodes that must be connected before a round starts", ge=1)
     round_timeout_s: float = _p(3600.0, "seconds the server waits for replies in one round", gt=0)
+    min_replies: float = _p(
+        0.0, "replies after which a round may close early: 0 every sampled node, a fraction (0.8) or a count (3)", ge=0
+    )
+    straggler_grace_s: float = _p(
+        60.0, "once min-replies nodes replied, seconds the round still waits (later replies are discarded)", ge=0
+    )
     seed: int = _p(42, "seed of local training, evaluation noise and sampling", ge=0)
 
     # --- policy (see zk0cli.policy)
@@ -140,6 +146,11 @@ class RunConfig:
             raise bad_input(
                 f"run-config mu-min {self.mu_min} is above mu-max {self.mu_max}", hint="make mu-min <= mu-max"
             )
+        if self.min_replies >= 1 and not float(self.min_replies).is_integer():
+            raise bad_input(
+                f"run-config min-replies {self.min_replies:g} is neither a fraction below 1 nor a whole count",
+                hint="min-replies=0.8 (80% of the sampled nodes) or min-replies=3 (three nodes)",
+            )
         if self.eta_min >= self.lr:
             raise bad_input(
                 f"run-config eta-min {self.eta_min} must be below lr {self.lr}", hint="lower eta-min or raise lr"
@@ -161,6 +172,14 @@ class RunConfig:
         if self.policy == "real-geometry":
             return spec(real_geometry=True)
         return spec(base=self.policy, vlm=self.vlm_model_name or None)
+
+    def quorum(self, sampled: int) -> int:
+        """Replies a round of ``sampled`` nodes needs before its straggler grace starts."""
+        if self.min_replies == 0:
+            return sampled
+        if self.min_replies < 1:
+            return max(1, math.ceil(self.min_replies * sampled))
+        return min(int(self.min_replies), sampled)
 
     def dataset_uris(self) -> list[str]:
         return self.datasets.split()

@@ -86,6 +86,7 @@ class Zk0FedProx(FedProx):
         self._mean = RunningMean()  # this round's accepted updates, folded in as they arrive
         self._clients: list[dict[str, Any]] = []  # their client entries (metrics, no weights)
         self._answered: set[str] = set()  # nodes that replied this round, accepted or not
+        self._cut_at_quorum: tuple[int, int] | None = None  # (replied, asked) when the grace closed the wait
 
     def initial_arrays(self) -> ArrayRecord:
         return integrity.to_record(self.global_weights)
@@ -115,15 +116,19 @@ class Zk0FedProx(FedProx):
     def _send_and_receive(
         self, grid: Grid, messages: Iterable[Message], on_reply: Callable[[Message], None] | None = None
     ) -> list[Message]:
-        """Push ``messages``, collect their replies until all are in or the round timeout passes.
-        With ``on_reply`` each reply is handed over as it arrives and not kept (the list is empty)."""
+        """Push ``messages``, collect their replies until all are in, or the round timeout passes,
+        or the straggler grace passes after the quorum (``min-replies``) replied. With ``on_reply``
+        each reply is handed over as it arrives and not kept (the list is empty). Replies still
+        out when it returns are never pulled: a later round asks only for its own."""
         messages = list(messages)
+        self._cut_at_quorum, self._destinations = None, {}
         if not messages:
             return []
         waiting = set(grid.push_messages(messages))  # every Grid sets each message's id as it pushes it
         self._destinations = {m.metadata.message_id: str(m.metadata.dst_node_id) for m in messages}
         replies: list[Message] = []
-        deadline = time.monotonic() + self.config.round_timeout_s
+        started = time.monotonic()
+        deadline, needed, quorum_at = started + self.config.round_timeout_s, self.config.quorum(len(messages)), None
         while waiting:
             for reply in grid.pull_messages(waiting):
                 waiting.discard(reply.metadata.reply_to_message_id)
@@ -131,10 +136,28 @@ class Zk0FedProx(FedProx):
                     replies.append(reply)
                 else:
                     on_reply(reply)
-            if not waiting or time.monotonic() >= deadline:
+            now = time.monotonic()
+            if quorum_at is None and len(messages) - len(waiting) >= needed:
+                quorum_at = now
+            if not waiting or now >= deadline:
+                break
+            if quorum_at is not None and now - quorum_at >= self.config.straggler_grace_s:
+                self._cut_at_quorum = (len(messages) - len(waiting), len(messages))
                 break
             time.sleep(REPLY_POLL_S)
         return replies
+
+    def _missing(self, answered: set[str]) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+        """(late, failed) entries for the nodes asked that did not answer: late when the round
+        closed at its quorum's grace, failed when it waited out the round timeout."""
+        silent = sorted(set(self._destinations.values()) - answered)
+        if self._cut_at_quorum is None:
+            return [], [
+                {"node": node, "reason": f"no reply within {self.config.round_timeout_s:g} s"} for node in silent
+            ]
+        replied, asked = self._cut_at_quorum
+        reason = f"late: not in {self.config.straggler_grace_s:g} s after {replied} of {asked} replied (discarded)"
+        return [{"node": node, "reason": reason} for node in silent], []
 
     def _sender(self, reply: Message) -> str:
         """The node a reply answers for. An error the SuperLink itself sends on a node's behalf
@@ -205,10 +228,9 @@ class Zk0FedProx(FedProx):
         loop hands them over at the end), then every node asked but silent is recorded."""
         for reply in replies:
             self._fold_train_reply(reply)
-        silent = set(self._destinations.values()) - self._answered
-        self.entry["failed"] += [
-            {"node": node, "reason": f"no reply within {self.config.round_timeout_s:g} s"} for node in sorted(silent)
-        ]
+        late, silent = self._missing(self._answered)
+        self.entry["failed"] += silent
+        self.entry["late"] = late
         clients = self._clients
         self.entry["clients"] = {"aggregate": _aggregate_clients(clients), "each": clients}
         self.control.observe_clients({c["node"]: c["metrics"]["loss"] for c in clients})
@@ -267,7 +289,9 @@ class Zk0FedProx(FedProx):
     @override
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         each: list[dict[str, Any]] = []
-        failed: list[dict[str, str | None]] = []
+        replies = list(replies)
+        late, silent = self._missing({self._sender(reply) for reply in replies})
+        failed: list[dict[str, str | None]] = [dict(entry) for entry in silent]
         for reply in replies:
             node = self._sender(reply)
             if reply.has_error():
@@ -297,7 +321,7 @@ class Zk0FedProx(FedProx):
                 for key in ("policy_loss", "action_error")
             }
             aggregate.update(num_clients=len(usable), samples=total)
-        self.entry["federated_eval"] = {"aggregate": aggregate, "each": each, "failed": failed}
+        self.entry["federated_eval"] = {"aggregate": aggregate, "each": each, "failed": failed, "late": late}
         return MetricRecord(aggregate) if aggregate else None
 
     # ------------------------------------------------------------ server evaluation + record

@@ -156,7 +156,7 @@ def client_rounds(entry: dict[str, Any]) -> list[ClientRound]:
                 bytes_down=_int(client.get("bytes_down", metrics.get("bytes_down"))),
             )
         )
-    for outcome in ("rejected", "failed"):
+    for outcome in ("rejected", "failed", "late"):
         for item in entry.get(outcome) or []:
             rows.append(
                 ClientRound(
