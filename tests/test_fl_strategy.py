@@ -93,6 +93,8 @@ class Tamper:
             values[name][0, 0] = np.nan
         elif kind == "shape":
             values[name] = values[name].T.copy()
+        elif kind == "scale":  # well-formed and correctly hashed, but harmful: the delta x -10
+            values = {n: v * -10.0 for n, v in values.items()}
         for key, array in integrity.pack(values, integrity.bf16_array(integrity.flat(values))).items():
             update[key] = array
         if kind != "digest":
@@ -322,3 +324,23 @@ def test_a_straggler_holds_a_round_only_for_the_grace_after_the_quorum(tmp_path,
         assert [late["node"] for late in rounds[n]["late"]] == ["1001"] and rounds[n]["failed"] == []
         assert "late: not in 1 s after 1 of 2 replied (discarded)" == rounds[n]["late"][0]["reason"]
         assert summary(rounds[n])["late"] == 1
+
+
+def test_a_scaled_sign_flipped_update_is_measured_flagged_and_clipped(tmp_path, fl_datasets):
+    """Issue 14: node 1001 sends its delta x -10 (a consistent digest). The server measures each
+    change, flags the outlier, and with clip-update-norm the round's global moves at most the limit."""
+    tamper = Tamper({(1, 1): "scale"})
+    limit = 1e-4
+    rounds, _, _ = run_loopback(
+        tmp_path, fl_datasets, tampering_app(tamper), **{"num-server-rounds": 2, "clip-update-norm": limit}
+    )
+    each = {c["node"]: c for c in rounds[1]["clients"]["each"]}
+    honest, poisoned = each["1000"], each["1001"]
+    assert poisoned["measured_update_norm"] == pytest.approx(10 * honest["measured_update_norm"], rel=0.05)
+    assert any("update norm" in flag for flag in poisoned["flags"])
+    assert all("clipped" in " ".join(c["flags"]) for c in each.values())  # both above the tiny limit
+    before = integrity.from_record(tamper.seen[(1, 0)][0])
+    after = integrity.from_record(tamper.seen[(2, 0)][0])  # the global round 2 started from
+    moved = np.sqrt(sum(np.sum((after[k].astype(np.float64) - before[k]) ** 2) for k in before))
+    assert moved <= limit * 1.001
+    assert summary(rounds[1])["flagged"].keys() == {"1000", "1001"}

@@ -108,6 +108,11 @@ class RunConfig:
     mu_min: float = _p(0.001, "mu lower bound", ge=0)
     mu_max: float = _p(1.0, "mu upper bound", ge=0)
 
+    # --- what the server does with each update
+    clip_update_norm: float = _p(
+        0.0, "scale each update's change (local - global) to at most this L2 norm before averaging; 0 off", ge=0
+    )
+
     # --- transport
     uplink_bf16_delta: bool = _p(True, "clients send (local - global) in bf16; the server keeps fp32 master weights")
 

@@ -40,6 +40,7 @@ from zk0cli.fl.aggregate import RunningMean
 from zk0cli.fl.control import RoundControl, judging_loss
 from zk0cli.fl.records import mean_std
 from zk0cli.fl.run_config import RunConfig
+from zk0cli.fl.update_checks import change_norm, clip_change, flag_outliers
 
 # keys shared by the server and client apps
 ARRAYS = "arrays"
@@ -217,6 +218,10 @@ class Zk0FedProx(FedProx):
                 }
             )
             return
+        norm = client["measured_update_norm"] = change_norm(weights, self.global_weights)  # measured here
+        factor = clip_change(weights, self.global_weights, norm, self.config.clip_update_norm)
+        if factor < 1.0:
+            client["clipped_by"] = factor
         self._mean.add(weights, float(client["samples"]))
         self._clients.append(client)
 
@@ -232,6 +237,7 @@ class Zk0FedProx(FedProx):
         self.entry["failed"] += silent
         self.entry["late"] = late
         clients = self._clients
+        flag_outliers(clients)
         self.entry["clients"] = {"aggregate": _aggregate_clients(clients), "each": clients}
         self.control.observe_clients({c["node"]: c["metrics"]["loss"] for c in clients})
         if not self._mean.count:

@@ -422,9 +422,20 @@ def _rejections_table(run: RunData) -> Table:
         for entry in run.rounds
         for outcome in ("rejected", "failed", "late")
         for item in entry.get(outcome) or []
+    ] + [
+        [
+            entry["round"],
+            "flagged (aggregated)",
+            node_label(client),
+            client.get("dataset", ""),
+            "; ".join(client["flags"]),
+        ]
+        for entry in run.rounds
+        for client in (entry.get("clients") or {}).get("each") or []
+        if client.get("flags")
     ]
     return Table(
-        "Rejected updates and failures",
+        "Rejected, failed, late and flagged updates",
         ["round", "outcome", "node", "dataset", "reason"],
         rows,
         note="" if rows else "every update was accepted",

@@ -20,6 +20,8 @@ def round_line(summary: dict, rounds: int) -> str:
     if summary.get("rejected") or summary.get("failed") or summary.get("late"):
         late = f", {summary['late']} late" if summary.get("late") else ""
         parts.append(f"[yellow]{summary.get('rejected', 0)} rejected, {summary.get('failed', 0)} failed{late}[/yellow]")
+    for node, flags in (summary.get("flagged") or {}).items():
+        parts.append(escape(f"[{node} flagged: {'; '.join(flags)}]"))
     clients = {name: loss for name, loss in (summary.get("client_losses") or {}).items() if loss is not None}
     if clients:
         parts.append(escape("(" + ", ".join(f"{name} {loss:.4f}" for name, loss in clients.items()) + ")"))

@@ -264,7 +264,7 @@ def _client_cells(client: ClientRound, width: int, traffic: bool) -> list[Render
     outcome = (
         styled("completed", "accepted")
         if client.outcome == "accepted"
-        else Text(f"{client.outcome}: {client.reason}", style="red")
+        else Text(f"{client.outcome}: {client.reason}", style="yellow" if client.outcome == "flagged" else "red")
     )
     cells: list[RenderableType] = [client.node]
     if width >= 100:

@@ -74,8 +74,8 @@ class ClientRound:
     seconds: float | None = None
     bytes_up: int | None = None
     bytes_down: int | None = None
-    outcome: str = "accepted"  # accepted | rejected | failed
-    reason: str = ""  # why it was rejected or failed
+    outcome: str = "accepted"  # accepted | flagged (accepted, far from the others) | rejected | failed | late
+    reason: str = ""  # why it was flagged, rejected or failed
 
 
 @dataclass

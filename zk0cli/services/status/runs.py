@@ -154,6 +154,8 @@ def client_rounds(entry: dict[str, Any]) -> list[ClientRound]:
                 seconds=number(metrics.get("seconds")),
                 bytes_up=_int(client.get("bytes_up", metrics.get("bytes_up"))),
                 bytes_down=_int(client.get("bytes_down", metrics.get("bytes_down"))),
+                outcome="flagged" if client.get("flags") else "accepted",
+                reason="; ".join(client.get("flags") or []),
             )
         )
     for outcome in ("rejected", "failed", "late"):

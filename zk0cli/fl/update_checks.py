@@ -1,0 +1,62 @@
+"""What the server measures of each accepted update before it folds it in: the L2 norm of its
+change to the global weights, clipped to ``clip-update-norm`` when set, and, once the round's
+replies are in, flags for updates or losses far from the others' (scalars only: no update kept).
+
+A flag is reported (round record, stream, status, report); it does not exclude an update.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+NORM_FLAG_RATIO = 3.0  # an update whose change is this many times the others' median norm is flagged
+LOSS_FLAG_SIGMAS = 3.0  # a training loss this many standard deviations above the others' mean
+
+
+def change_norm(weights: Mapping[str, NDArray[np.float32]], global_: Mapping[str, NDArray[np.float32]]) -> float:
+    """L2 norm of (weights - global) over every tensor, in float64."""
+    total = 0.0
+    for name, value in weights.items():
+        delta = np.subtract(value, global_[name], dtype=np.float64)
+        total += float(np.dot(delta.ravel(), delta.ravel()))
+    return math.sqrt(total)
+
+
+def clip_change(
+    weights: dict[str, NDArray[np.float32]], global_: Mapping[str, NDArray[np.float32]], norm: float, limit: float
+) -> float:
+    """Scale ``weights``' change in place so its norm is at most ``limit``; return the factor applied."""
+    if limit <= 0 or norm <= limit:
+        return 1.0
+    factor = limit / norm
+    for name, value in weights.items():
+        value -= global_[name]
+        value *= np.float32(factor)
+        value += global_[name]
+    return factor
+
+
+def flag_outliers(clients: list[dict[str, Any]]) -> None:
+    """Add ``flags`` to each client entry whose update norm or loss is far from the others'."""
+    for index, client in enumerate(clients):
+        others = clients[:index] + clients[index + 1 :]
+        flags = []
+        norms = [o["measured_update_norm"] for o in others if o.get("measured_update_norm")]
+        own = client.get("measured_update_norm") or 0.0
+        if norms and own > NORM_FLAG_RATIO * statistics.median(norms):
+            flags.append(f"update norm {own / statistics.median(norms):.1f}x the others' median")
+        losses = [o["metrics"]["loss"] for o in others]
+        if len(losses) >= 2:
+            mean, spread = statistics.fmean(losses), statistics.stdev(losses)
+            if spread > 0 and client["metrics"]["loss"] > mean + LOSS_FLAG_SIGMAS * spread:
+                flags.append(f"loss {(client['metrics']['loss'] - mean) / spread:.1f} std above the others' mean")
+        if client.get("clipped_by"):
+            flags.append(f"change clipped to the norm limit (x{client['clipped_by']:.3g})")
+        if flags:
+            client["flags"] = flags
