@@ -58,3 +58,24 @@ def test_it_keeps_no_update_and_refuses_what_cannot_be_averaged():
             again()
     with pytest.raises(ValueError, match="no update"):
         RunningMean().result()
+
+
+@pytest.mark.parametrize(("rule", "trim"), [("median", 0.0), ("trimmed-mean", 0.2)])
+def test_robust_rules_spill_every_update_and_aggregate_tensor_by_tensor(tmp_path, rule, trim):
+    from zk0cli.fl.aggregate import SpilledUpdates
+
+    given = updates(5, seed=11)
+    spilled = SpilledUpdates(tmp_path / "spill", rule, trim)
+    for arrays, samples in given:
+        spilled.add(arrays, samples)
+    assert len(list((tmp_path / "spill").iterdir())) == 5  # one file per update, none in memory
+    result = spilled.result()
+    for name in given[0][0]:
+        stacked = np.stack([arrays[name] for arrays, _ in given])
+        if rule == "median":
+            expected = np.median(stacked, axis=0)
+        else:  # cut the lowest and the highest 20% (one of five) per value, average the rest
+            expected = np.sort(stacked, axis=0)[1:-1].mean(axis=0)
+        np.testing.assert_allclose(result[name], expected, rtol=1e-6, atol=1e-7)
+        assert result[name].shape == given[0][0][name].shape and result[name].dtype == np.float32
+    assert not (tmp_path / "spill").exists()  # the spill goes with the round

@@ -344,3 +344,23 @@ def test_a_scaled_sign_flipped_update_is_measured_flagged_and_clipped(tmp_path, 
     moved = np.sqrt(sum(np.sum((after[k].astype(np.float64) - before[k]) ** 2) for k in before))
     assert moved <= limit * 1.001
     assert summary(rounds[1])["flagged"].keys() == {"1000", "1001"}
+
+
+@pytest.mark.parametrize("aggregation", ["mean", "median"])
+def test_a_median_shrugs_off_a_poisoned_update_that_drags_the_mean(tmp_path, fl_datasets, aggregation):
+    """Issue 14: three nodes, node 1001 sends its delta x -10. The mean's global moves several
+    times as far as an honest update; the median's stays within the honest ones' reach."""
+    tamper = Tamper({(1, 1): "scale"})
+    three = [fl_datasets[0], fl_datasets[1], fl_datasets[0]]
+    rounds, _, _ = run_loopback(
+        tmp_path, three, tampering_app(tamper), **{"num-server-rounds": 2, "aggregation": aggregation}
+    )
+    honest = max(c["measured_update_norm"] for c in rounds[1]["clients"]["each"] if c["node"] != "1001")
+    before = integrity.from_record(tamper.seen[(1, 0)][0])
+    after = integrity.from_record(tamper.seen[(2, 0)][0])
+    moved = np.sqrt(sum(np.sum((after[k].astype(np.float64) - before[k]) ** 2) for k in before))
+    if aggregation == "mean":
+        assert moved > 2 * honest
+    else:
+        assert moved <= honest
+    assert not (tmp_path / "runs" / "run" / ".spill" / "round-1").exists()

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from zk0cli.policy.build import PolicySpec
 
 LR_SCHEDULES = ("constant", "cosine", "cosine_warm_restarts", "reduce_on_plateau")
+AGGREGATIONS = ("mean", "trimmed-mean", "median")
 
 
 def _p(
@@ -109,6 +110,12 @@ class RunConfig:
     mu_max: float = _p(1.0, "mu upper bound", ge=0)
 
     # --- what the server does with each update
+    aggregation: str = _p(
+        "mean",
+        "mean (sample-weighted, streamed), or the robust trimmed-mean / median (updates spilled to disk)",
+        choices=AGGREGATIONS,
+    )
+    trim_fraction: float = _p(0.1, "trimmed-mean: fraction of the highest and of the lowest values cut", ge=0, lt=0.5)
     clip_update_norm: float = _p(
         0.0, "scale each update's change (local - global) to at most this L2 norm before averaging; 0 off", ge=0
     )

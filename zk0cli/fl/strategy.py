@@ -26,6 +26,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any, override
 
 import numpy as np
@@ -36,7 +37,7 @@ from flwr.serverapp.strategy.strategy_utils import sample_nodes
 from numpy.typing import NDArray
 
 from zk0cli.fl import integrity
-from zk0cli.fl.aggregate import RunningMean
+from zk0cli.fl.aggregate import RunningMean, SpilledUpdates
 from zk0cli.fl.control import RoundControl, judging_loss
 from zk0cli.fl.records import mean_std
 from zk0cli.fl.run_config import RunConfig
@@ -63,6 +64,7 @@ class Zk0FedProx(FedProx):
         initial_weights: Mapping[str, NDArray[np.float32]],
         server_evaluate: ServerEvaluate,
         on_round: RoundSink,
+        spill_dir: Path | None = None,
     ) -> None:
         super().__init__(
             fraction_train=config.fraction_train,
@@ -80,11 +82,12 @@ class Zk0FedProx(FedProx):
         self.control = RoundControl(config)
         self.server_evaluate = server_evaluate
         self.on_round = on_round
+        self.spill_dir = spill_dir  # where a robust aggregation spills a round's updates (the run's record)
         self.entry: dict[str, Any] = {}
         self._destinations: dict[str, str] = {}  # message id -> node id, of the messages in flight
         self._round_started = time.monotonic()
         self._sent_bytes = 0  # the weights payload of the messages last sent, per node
-        self._mean = RunningMean()  # this round's accepted updates, folded in as they arrive
+        self._mean: RunningMean | SpilledUpdates = RunningMean()  # this round's accepted updates
         self._clients: list[dict[str, Any]] = []  # their client entries (metrics, no weights)
         self._answered: set[str] = set()  # nodes that replied this round, accepted or not
         self._cut_at_quorum: tuple[int, int] | None = None  # (replied, asked) when the grace closed the wait
@@ -178,7 +181,7 @@ class Zk0FedProx(FedProx):
         plan = self.control.plan(server_round)
         self.proximal_mu = plan.mu
         self.entry = {"round": server_round, "plan": plan.to_dict(), "clients": None, "rejected": [], "failed": []}
-        self._mean, self._clients, self._answered = RunningMean(), [], set()
+        self._mean, self._clients, self._answered = self._new_aggregate(server_round), [], set()
         wanted = max(int(len(list(grid.get_node_ids())) * self.fraction_train), self.min_train_nodes)
         node_ids, _ = sample_nodes(grid, self.min_available_nodes, wanted)
         digest = integrity.digest(arrays)
@@ -198,6 +201,14 @@ class Zk0FedProx(FedProx):
             content = RecordDict({ARRAYS: arrays, CONFIG: node_config})
             messages.append(Message(content=content, message_type=MessageType.TRAIN, dst_node_id=node_id))
         return messages
+
+    def _new_aggregate(self, server_round: int) -> RunningMean | SpilledUpdates:
+        c = self.config
+        if c.aggregation == "mean":
+            return RunningMean()
+        if self.spill_dir is None:
+            raise ValueError(f"aggregation {c.aggregation} spills updates to disk: give the strategy a spill_dir")
+        return SpilledUpdates(self.spill_dir / f"round-{server_round}", c.aggregation, c.trim_fraction)
 
     def _fold_train_reply(self, reply: Message) -> None:
         """Check one training reply and fold an accepted update into the round's running mean; a
