@@ -17,6 +17,7 @@ from flwr.app import MessageType
 from flwr.clientapp import ClientApp
 from loopback_grid import LoopbackGrid
 
+from zk0cli.core.errors import ExitCode
 from zk0cli.core.files import atomic_write_json
 from zk0cli.core.paths import Paths
 from zk0cli.fl import client_app as zk0_client
@@ -364,3 +365,24 @@ def test_a_median_shrugs_off_a_poisoned_update_that_drags_the_mean(tmp_path, fl_
     else:
         assert moved <= honest
     assert not (tmp_path / "runs" / "run" / ".spill" / "round-1").exists()
+
+
+def test_a_node_flagged_quarantine_after_times_is_left_out_until_released(tmp_path, fl_datasets, cli):
+    """Issue 14: quarantine-after 1: node 1001's x-10 update in round 1 flags it; rounds 2 and 3
+    sample only the others and say why; `zk0 server nodes release 1001` takes it back."""
+    tamper = Tamper({(1, 1): "scale"})
+    three = [fl_datasets[0], fl_datasets[1], fl_datasets[0]]
+    rounds, _, _ = run_loopback(
+        tmp_path, three, tampering_app(tamper), **{"num-server-rounds": 3, "quarantine-after": 1}
+    )
+    poisoned = next(c for c in rounds[1]["clients"]["each"] if c["node"] == "1001")
+    assert "quarantined from the next round on" in poisoned["flags"]
+    for n in (2, 3):
+        assert sorted(c["node"] for c in rounds[n]["clients"]["each"]) == ["1000", "1002"]
+        (left_out,) = rounds[n]["quarantined"]
+        assert left_out["node"] == "1001" and left_out["round"] == 1 and "update norm" in left_out["reason"]
+        assert summary(rounds[n])["quarantined"] == 1
+    released = cli("server", "nodes", "release", "1001", "--json")
+    assert released.code == 0 and released.json()["released"]["round"] == 1
+    again = cli("server", "nodes", "release", "1001")
+    assert again.code == ExitCode.BAD_INPUT and "is not quarantined" in again.stderr

@@ -177,10 +177,23 @@ def nodes_list(json_: JsonOption = False) -> None:
             table.add_column(column, no_wrap=column != "name")
         for node in nodes:
             since = node["online_at"] if node["status"] == "online" else node["offline_at"] or node["registered_at"]
-            table.add_row(escape(node["name"]) or "-", node["node_id"], node["status"], utc_clock(since)[:16])
+            status = node["status"] + (" (quarantined)" if node.get("quarantined") else "")
+            table.add_row(escape(node["name"]) or "-", node["node_id"], status, utc_clock(since)[:16])
         console.print(table)
 
     out().result({"nodes": nodes}, render)
+
+
+@nodes_app.command("release")
+def nodes_release(
+    node: Annotated[str, typer.Argument(metavar="NODE", help="Its name or node id, from `zk0 server nodes list`.")],
+    json_: JsonOption = False,
+) -> None:
+    """Take a quarantined node back: it is sampled again from the next round on."""
+    from zk0cli.services import server as server_service
+
+    result = server_service.release_node(session().paths, node)
+    out().result(result, lambda c: c.print(f"[green]✓[/green] node {result['node_id']} released", markup=True))
 
 
 @nodes_app.command("remove")

@@ -33,6 +33,11 @@ class Paths:
         return self.data_dir / "runs"
 
     @property
+    def quarantine_file(self) -> Path:
+        """Nodes the server leaves out of sampling (``quarantine-after``), until released."""
+        return self.data_dir / "quarantine.json"
+
+    @property
     def node_names_file(self) -> Path:
         """Registered nodes (Flower node id -> name, public key), kept by ``zk0 server nodes add``."""
         return self.data_dir / "server-nodes.json"

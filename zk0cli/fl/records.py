@@ -225,6 +225,7 @@ def summary(entry: dict[str, Any]) -> dict[str, Any]:
         "rejected": len(entry.get("rejected", [])),
         "failed": len(entry.get("failed", [])),
         "late": len(entry.get("late", [])),
+        "quarantined": len(entry.get("quarantined", [])),
         "flagged": {node_label(c): c["flags"] for c in clients.get("each", []) if c.get("flags")},
         "server_policy_loss": (server.get("composite") or {}).get("policy_loss"),
         "server_action_error": (server.get("composite") or {}).get("action_error"),

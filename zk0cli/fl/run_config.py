@@ -116,6 +116,9 @@ class RunConfig:
         choices=AGGREGATIONS,
     )
     trim_fraction: float = _p(0.1, "trimmed-mean: fraction of the highest and of the lowest values cut", ge=0, lt=0.5)
+    quarantine_after: int = _p(
+        0, "leave a node out of sampling after this many flagged rounds (zk0 server nodes release NODE); 0 off", ge=0
+    )
     clip_update_norm: float = _p(
         0.0, "scale each update's change (local - global) to at most this L2 norm before averaging; 0 off", ge=0
     )

@@ -104,7 +104,14 @@ def run_federation(grid: Grid, config: RunConfig, record: RunRecord, *, flwr_run
         rounds=config.num_server_rounds,
         **({"resumed_from_round": start.round} if config.resume else {}),
     )
-    strategy = Zk0FedProx(config, start.weights, evaluator, outputs, spill_dir=record.root / ".spill")
+    strategy = Zk0FedProx(
+        config,
+        start.weights,
+        evaluator,
+        outputs,
+        spill_dir=record.root / ".spill",
+        quarantine_file=Paths.resolve().quarantine_file,
+    )
     strategy.control.replay(start.history)
     strategy.run(grid, first_round=start.round + 1)
 

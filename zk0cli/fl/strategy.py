@@ -39,6 +39,7 @@ from numpy.typing import NDArray
 from zk0cli.fl import integrity
 from zk0cli.fl.aggregate import RunningMean, SpilledUpdates
 from zk0cli.fl.control import RoundControl, judging_loss
+from zk0cli.fl.quarantine import quarantine, quarantined
 from zk0cli.fl.records import mean_std
 from zk0cli.fl.run_config import RunConfig
 from zk0cli.fl.update_checks import change_norm, clip_change, flag_outliers
@@ -65,6 +66,7 @@ class Zk0FedProx(FedProx):
         server_evaluate: ServerEvaluate,
         on_round: RoundSink,
         spill_dir: Path | None = None,
+        quarantine_file: Path | None = None,
     ) -> None:
         super().__init__(
             fraction_train=config.fraction_train,
@@ -83,6 +85,8 @@ class Zk0FedProx(FedProx):
         self.server_evaluate = server_evaluate
         self.on_round = on_round
         self.spill_dir = spill_dir  # where a robust aggregation spills a round's updates (the run's record)
+        self.quarantine_file = quarantine_file  # the server's quarantined nodes (quarantine-after)
+        self._flag_counts: dict[str, int] = {}  # node -> rounds of this run it was flagged an outlier
         self.entry: dict[str, Any] = {}
         self._destinations: dict[str, str] = {}  # message id -> node id, of the messages in flight
         self._round_started = time.monotonic()
@@ -182,8 +186,7 @@ class Zk0FedProx(FedProx):
         self.proximal_mu = plan.mu
         self.entry = {"round": server_round, "plan": plan.to_dict(), "clients": None, "rejected": [], "failed": []}
         self._mean, self._clients, self._answered = self._new_aggregate(server_round), [], set()
-        wanted = max(int(len(list(grid.get_node_ids())) * self.fraction_train), self.min_train_nodes)
-        node_ids, _ = sample_nodes(grid, self.min_available_nodes, wanted)
+        node_ids = self._sample(grid)
         digest = integrity.digest(arrays)
         self._sent_bytes = integrity.payload_bytes(arrays)
         messages = []
@@ -201,6 +204,35 @@ class Zk0FedProx(FedProx):
             content = RecordDict({ARRAYS: arrays, CONFIG: node_config})
             messages.append(Message(content=content, message_type=MessageType.TRAIN, dst_node_id=node_id))
         return messages
+
+    def _sample(self, grid: Grid) -> list[int]:
+        """Flower's wait for min-available-nodes, then a seeded sample of the nodes not quarantined."""
+        _, connected = sample_nodes(grid, self.min_available_nodes, 0)
+        left_out = quarantined(self.quarantine_file) if self.quarantine_file else {}
+        for node in [n for n in self._flag_counts if n not in left_out and self._flag_counts[n] >= self._limit()]:
+            self._flag_counts[node] = 0  # the admin released it: it starts over
+        self.entry["quarantined"] = [{"node": str(n), **left_out[str(n)]} for n in connected if str(n) in left_out]
+        candidates = [n for n in connected if str(n) not in left_out]
+        wanted = max(int(len(candidates) * self.fraction_train), self.min_train_nodes)
+        return random.sample(candidates, min(wanted, len(candidates)))
+
+    def _limit(self) -> int:
+        return self.config.quarantine_after or 1 << 30
+
+    def _count_flags(self, server_round: int, clients: list[dict[str, Any]]) -> None:
+        """quarantine-after: a node flagged as an outlier in that many rounds is left out from now on."""
+        if not self.config.quarantine_after or self.quarantine_file is None:
+            return
+        for client in clients:
+            if not client.get("outlier"):
+                continue
+            node = client["node"]
+            self._flag_counts[node] = self._flag_counts.get(node, 0) + 1
+            if self._flag_counts[node] == self.config.quarantine_after:
+                reason = f"flagged in {self._flag_counts[node]} rounds: {'; '.join(client['flags'])}"
+                quarantine(self.quarantine_file, node, run=self.config.run_name, round=server_round, reason=reason)
+                client.setdefault("flags", []).append("quarantined from the next round on")
+                log.warning("node %s quarantined after round %d: %s", node, server_round, reason)
 
     def _new_aggregate(self, server_round: int) -> RunningMean | SpilledUpdates:
         c = self.config
@@ -249,6 +281,7 @@ class Zk0FedProx(FedProx):
         self.entry["late"] = late
         clients = self._clients
         flag_outliers(clients)
+        self._count_flags(server_round, clients)
         self.entry["clients"] = {"aggregate": _aggregate_clients(clients), "each": clients}
         self.control.observe_clients({c["node"]: c["metrics"]["loss"] for c in clients})
         if not self._mean.count:

@@ -56,6 +56,8 @@ def flag_outliers(clients: list[dict[str, Any]]) -> None:
             mean, spread = statistics.fmean(losses), statistics.stdev(losses)
             if spread > 0 and client["metrics"]["loss"] > mean + LOSS_FLAG_SIGMAS * spread:
                 flags.append(f"loss {(client['metrics']['loss'] - mean) / spread:.1f} std above the others' mean")
+        if flags:
+            client["outlier"] = True  # what quarantine-after counts; clipping alone is not
         if client.get("clipped_by"):
             flags.append(f"change clipped to the norm limit (x{client['clipped_by']:.3g})")
         if flags:

@@ -420,7 +420,7 @@ def _rejections_table(run: RunData) -> Table:
     rows = [
         [entry["round"], outcome, node_label(item), item.get("dataset", ""), item.get("reason", "")]
         for entry in run.rounds
-        for outcome in ("rejected", "failed", "late")
+        for outcome in ("rejected", "failed", "late", "quarantined")
         for item in entry.get(outcome) or []
     ] + [
         [

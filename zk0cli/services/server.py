@@ -24,6 +24,7 @@ from zk0cli.core import files
 from zk0cli.core.errors import bad_input, env_not_ready, unreachable
 from zk0cli.core.paths import Paths
 from zk0cli.core.timefmt import iso_seconds_or_none
+from zk0cli.fl.quarantine import quarantined, release
 from zk0cli.services import flower, supervisor
 from zk0cli.services.flower_control import LocalControl
 from zk0cli.services.pki import ServerPki, fingerprint
@@ -287,7 +288,7 @@ def list_nodes(paths: Paths) -> list[dict]:
     with LocalControl(paths) as control:
         nodes = control.list_nodes()
     names = _node_names(paths)
-
+    left_out = quarantined(paths.quarantine_file)
     return [
         {
             "node_id": str(node.node_id),
@@ -296,6 +297,7 @@ def list_nodes(paths: Paths) -> list[dict]:
             "registered_at": iso_seconds_or_none(node.registered_at),
             "online_at": iso_seconds_or_none(node.online_at),
             "offline_at": iso_seconds_or_none(node.offline_at),
+            "quarantined": left_out.get(str(node.node_id)),
         }
         for node in sorted(nodes, key=lambda n: n.registered_at or 0.0)
         if node.status != "unregistered"
@@ -314,6 +316,15 @@ def remove_node(paths: Paths, node: str) -> dict:
         removed = names.pop(node_id, {})
         files.atomic_write_json(registry, names)
     return {"node_id": node_id, "name": removed.get("name", "")}
+
+
+def release_node(paths: Paths, node: str) -> dict:
+    """Take a quarantined node back into sampling (from the next round of a running run on)."""
+    node_id = node if node.isdigit() else _node_id_of(paths, node)
+    released = release(paths.quarantine_file, node_id)
+    if released is None:
+        raise bad_input(f"node {node} is not quarantined", hint="`zk0 server nodes list` shows which nodes are")
+    return {"node_id": node_id, "released": released}
 
 
 def _node_id_of(paths: Paths, name: str) -> str:

@@ -17,9 +17,11 @@ def round_line(summary: dict, rounds: int) -> str:
         )
     if summary.get("lr") is not None:
         parts.append(f"lr {summary['lr']:.2e} mu {summary.get('mu') or 0:.2e}")
-    if summary.get("rejected") or summary.get("failed") or summary.get("late"):
-        late = f", {summary['late']} late" if summary.get("late") else ""
-        parts.append(f"[yellow]{summary.get('rejected', 0)} rejected, {summary.get('failed', 0)} failed{late}[/yellow]")
+    if any(summary.get(key) for key in ("rejected", "failed", "late", "quarantined")):
+        extra = "".join(f", {summary[key]} {key}" for key in ("late", "quarantined") if summary.get(key))
+        parts.append(
+            f"[yellow]{summary.get('rejected', 0)} rejected, {summary.get('failed', 0)} failed{extra}[/yellow]"
+        )
     for node, flags in (summary.get("flagged") or {}).items():
         parts.append(escape(f"[{node} flagged: {'; '.join(flags)}]"))
     clients = {name: loss for name, loss in (summary.get("client_losses") or {}).items() if loss is not None}

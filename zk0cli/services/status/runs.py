@@ -158,7 +158,7 @@ def client_rounds(entry: dict[str, Any]) -> list[ClientRound]:
                 reason="; ".join(client.get("flags") or []),
             )
         )
-    for outcome in ("rejected", "failed", "late"):
+    for outcome in ("rejected", "failed", "late", "quarantined"):
         for item in entry.get(outcome) or []:
             rows.append(
                 ClientRound(
