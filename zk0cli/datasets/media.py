@@ -123,8 +123,12 @@ def _episode_ends(frames: Frames) -> dict[int, tuple[float, float]]:
 def check_video_decoding(
     files: DatasetFiles, keys: list[str], tolerance_s: float, progress: Progress | None
 ) -> CheckResult:
+    if progress:  # importing LeRobot's decoder (torch) takes seconds: say what is happening
+        progress("loading LeRobot's video decoder", 0, 1)
     from lerobot.datasets.video_utils import decode_video_frames_pyav
 
+    if progress:
+        progress("loading LeRobot's video decoder", 1, 1)
     name = "media: video decoding"
     if files.frames is None or files.episodes is None:
         return skip(name, "no readable data or episode metadata")
