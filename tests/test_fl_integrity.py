@@ -61,6 +61,24 @@ def test_bf16_delta_halves_the_payload(global_weights):
     assert len(fp32[it.VALUES].data) > raw_fp32  # a numpy header on top
 
 
+@pytest.mark.parametrize("block", [16, 256])
+def test_int8_blocks_round_trip_within_half_a_step_and_take_a_quarter_of_the_bytes(block):
+    rng = np.random.default_rng(2)
+    delta = (rng.normal(0, 1e-3, 1000) * rng.choice([1.0, 100.0], 1000)).astype(np.float32)  # uneven blocks
+    delta[:block] = 0.0  # an all-zero block: scale 0, decodes to exact zeros
+    arrays, decoded = it.encode_delta(delta, it.INT8_DELTA, block)
+    quantized, scales = arrays[it.VALUES].numpy(), arrays[it.SCALES].numpy()
+    assert quantized.dtype == np.int8 and np.abs(quantized).max() == it.INT8_LEVELS
+    assert scales.size == -(-delta.size // block) and scales[0] == 0.0
+    step = np.repeat(scales, block)[: delta.size]
+    assert (np.abs(decoded - delta) <= step / 2 * (1 + 1e-6)).all()  # round to nearest: at most half a step
+    np.testing.assert_array_equal(decoded[:block], 0.0)
+    record = it.pack({"w": delta}, arrays[it.VALUES], arrays[it.SCALES])
+    np.testing.assert_array_equal(it.decode_steps(record, it.INT8_DELTA, block, delta.size)[0], decoded)
+    assert len(arrays[it.VALUES].data) < delta.size * 4 / 4 + 200  # int8 values (+ a numpy header)
+    assert len(arrays[it.SCALES].data) < delta.size * 4 / block + 200
+
+
 def test_bf16_rounding_matches_torch_and_keeps_nan():
     torch = pytest.importorskip("torch")
     values = np.array([1.0, 1.00390625, 1.01171875, -3.3e-5, 65504.0, np.inf, -np.inf, 3e38, np.nan], dtype=np.float32)

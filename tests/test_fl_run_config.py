@@ -46,13 +46,24 @@ def test_kebab_keys_and_ints_for_floats_are_accepted():
         ({"mu-min": 0.5, "mu-max": 0.1}, "mu-min"),
         ({"lr": 1e-6, "eta-min": 1e-5}, "eta-min"),
         ({"no-such-key": 1}, "no-such-key"),
+        ({"wire-encoding": "fp16-delta"}, "wire-encoding"),
+        ({"int8-block-size": 0}, "int8-block-size"),
+        ({"int8-block-size": 100}, "int8-block-size"),
+        ({"wire-encoding": "int8-delta", "keep-globals": 0}, "keep-globals"),
+        ({"uplink-bf16-delta": False}, "uplink-bf16-delta"),
     ],
 )
 def test_bad_values_name_their_key(values, named):
     with pytest.raises(Zk0Error) as info:
         rc.RunConfig.from_mapping(values)
-    assert named in info.value.message
+    assert named in info.value.message and "\n" not in info.value.message
     assert info.value.code == ExitCode.BAD_INPUT
+
+
+def test_the_retired_uplink_key_points_at_its_successor():
+    with pytest.raises(Zk0Error) as info:
+        rc.RunConfig.from_mapping({"uplink-bf16-delta": False})
+    assert "wire-encoding" in info.value.hint
 
 
 def test_parse_overrides_reads_toml_literals():

@@ -74,7 +74,7 @@ def test_run_record_is_complete(sim_run, fl_datasets):
     assert sim_run["result"]["state"] == "completed"
     assert json.loads((run_dir / "status.json").read_text())["state"] == "completed"
     config = sim_run["config"]
-    assert config["run_config"]["num-server-rounds"] == ROUNDS and config["run_config"]["uplink-bf16-delta"] is True
+    assert config["run_config"]["num-server-rounds"] == ROUNDS and config["run_config"]["wire-encoding"] == "bf16-delta"
     assert {"zk0", "flwr", "lerobot", "torch"} <= set(config["versions"])
     assert sorted(config["dataset_fingerprints"]) == sorted(f"local:{d}" for d in fl_datasets)
     assert all(len(fp) == 64 for fp in config["dataset_fingerprints"].values())
@@ -201,7 +201,7 @@ def test_bf16_delta_uplink_matches_fp32_uplink(sim_run, fl_datasets, tmp_path, t
 
     values = {
         **sim_run["config"]["run_config"],
-        "uplink-bf16-delta": False,
+        "wire-encoding": "fp32",
         "runs-dir": str(tmp_path),
         "run-name": "fp32",
     }

@@ -41,6 +41,8 @@ SMALL = {
     "seed": 7,
 }
 
+FULL_DOWN = {"keep-globals": 0}  # full weights down: the global a round ends with is what nodes get next
+
 
 def run_loopback(tmp_path: Path, datasets: list[Path], app: ClientApp | None = None, **overrides):
     values = {
@@ -68,7 +70,7 @@ class Tamper:
 
     def __call__(self, msg, context, call_next):
         reply = call_next(msg, context)
-        if msg.metadata.message_type != MessageType.TRAIN or reply.has_error():
+        if msg.metadata.message_type != MessageType.TRAIN or reply.has_error() or not reply.content.array_records:
             return reply
         key = (int(msg.content["config"]["server-round"]), int(context.node_config["partition-id"]))
         self.seen[key] = (
@@ -96,7 +98,9 @@ class Tamper:
             values[name] = values[name].T.copy()
         elif kind == "scale":  # well-formed and correctly hashed, but harmful: the delta x -10
             values = {n: v * -10.0 for n, v in values.items()}
-        for key, array in integrity.pack(values, integrity.bf16_array(integrity.flat(values))).items():
+        for key, array in integrity.pack(
+            values, integrity.encode_delta(integrity.flat(values), integrity.BF16_DELTA, 256)[0][integrity.VALUES]
+        ).items():
             update[key] = array
         if kind != "digest":
             info["sha256"] = integrity.digest(update)  # a consistent digest: only the content is wrong
@@ -119,6 +123,7 @@ def test_quiet_run_shows_plateau_stall_boost_mu_rules_and_rejections(tmp_path, f
         tampering_app(tamper),
         # lr so small that the weights do not move: the server loss stalls exactly
         **{
+            **FULL_DOWN,
             "lr": 1e-30,
             "eta-min": 0.0,
             "lr-schedule": "reduce_on_plateau",
@@ -278,7 +283,8 @@ def test_an_error_the_superlink_sends_for_a_node_is_recorded_under_that_node(tmp
     alice = round1["clients"]["each"][0]
     assert alice["name"] == "alice" and summary(round1)["client_losses"].keys() == {"alice"}
     assert alice["bytes_up"] == pytest.approx(alice["bytes_down"] / 2, rel=0.01)
-    assert round1["federated_eval"]["each"][0]["bytes_down"] == alice["bytes_down"]
+    # evaluation: alice holds round 1's start already, so only the change down (bf16: half)
+    assert round1["federated_eval"]["each"][0]["bytes_down"] == pytest.approx(alice["bytes_down"] / 2, rel=0.01)
 
 
 class OneNodeStraggles(LoopbackGrid):
@@ -333,7 +339,7 @@ def test_a_scaled_sign_flipped_update_is_measured_flagged_and_clipped(tmp_path, 
     tamper = Tamper({(1, 1): "scale"})
     limit = 1e-4
     rounds, _, _ = run_loopback(
-        tmp_path, fl_datasets, tampering_app(tamper), **{"num-server-rounds": 2, "clip-update-norm": limit}
+        tmp_path, fl_datasets, tampering_app(tamper), **{"num-server-rounds": 2, "clip-update-norm": limit, **FULL_DOWN}
     )
     each = {c["node"]: c for c in rounds[1]["clients"]["each"]}
     honest, poisoned = each["1000"], each["1001"]
@@ -354,7 +360,7 @@ def test_a_median_shrugs_off_a_poisoned_update_that_drags_the_mean(tmp_path, fl_
     tamper = Tamper({(1, 1): "scale"})
     three = [fl_datasets[0], fl_datasets[1], fl_datasets[0]]
     rounds, _, _ = run_loopback(
-        tmp_path, three, tampering_app(tamper), **{"num-server-rounds": 2, "aggregation": aggregation}
+        tmp_path, three, tampering_app(tamper), **{"num-server-rounds": 2, "aggregation": aggregation, **FULL_DOWN}
     )
     honest = max(c["measured_update_norm"] for c in rounds[1]["clients"]["each"] if c["node"] != "1001")
     before = integrity.from_record(tamper.seen[(1, 0)][0])
@@ -386,3 +392,36 @@ def test_a_node_flagged_quarantine_after_times_is_left_out_until_released(tmp_pa
     assert released.code == 0 and released.json()["released"]["round"] == 1
     again = cli("server", "nodes", "release", "1001")
     assert again.code == ExitCode.BAD_INPUT and "is not quarantined" in again.stderr
+
+
+def test_int8_deltas_both_ways_and_a_corrupted_cached_global_recovers_in_the_same_round(tmp_path, fl_datasets):
+    """Issue 16: wire-encoding int8-delta. From round 2 each node gets only the change since the
+    global it holds; node 1000's cached global is damaged before round 2's train message: the
+    digest of what it rebuilds fails, it asks for full weights and trains in that same round."""
+    from zk0cli.fl.wire import node_wire
+
+    def corrupt_before_round_2(msg, context, call_next):
+        is_train = msg.metadata.message_type == MessageType.TRAIN
+        if is_train and int(msg.content["config"]["server-round"]) == 2 and context.node_id == 1000:
+            wire = node_wire(context.node_id)
+            if wire.held is not None and "sent_full" not in corrupted:
+                wire.held[0] += 1.0
+                corrupted.add("sent_full")
+        return call_next(msg, context)
+
+    corrupted: set[str] = set()
+    app = ClientApp(mods=[corrupt_before_round_2])
+    app.train()(zk0_client.train)
+    app.evaluate()(zk0_client.evaluate)
+    rounds, _, _ = run_loopback(tmp_path, fl_datasets, app, **{"wire-encoding": "int8-delta"})
+    assert corrupted
+    first = {c["node"]: c for c in rounds[1]["clients"]["each"]}
+    second = {c["node"]: c for c in rounds[2]["clients"]["each"]}
+    full = first["1000"]["bytes_down"]
+    assert set(second) == {"1000", "1001"}  # both trained in round 2
+    assert [(s["node"], "digest" in s["reason"]) for s in rounds[2]["sent_full"]] == [("1000", True)]
+    assert second["1001"]["bytes_down"] < full / 3  # only the change, int8
+    assert second["1000"]["bytes_down"] > full  # the change that failed, then full weights
+    assert all(c["bytes_down"] < full / 3 for c in rounds[3]["clients"]["each"])  # back on changes
+    assert all(0 < c["bytes_up"] < full / 3 for c in rounds[3]["clients"]["each"])
+    assert all(r["rejected"] == [] and r["failed"] == [] for n, r in rounds.items() if n)

@@ -1,8 +1,10 @@
 """The ClientApp: train and evaluate the global trainable weights on this node's own data.
 
-train: verify the digest of the global weights -> load them into the node's policy -> train
-with zk0's one loop (FedProx mu and lr from the server) -> reply with ONLY the trainable
-parameters (fp32, or their bf16 delta), the reply's digest and the metrics.
+train: verify the digest of what the server sent -> the global weights (sent in full, or rebuilt
+from the changes since the global this node holds: :mod:`zk0cli.fl.wire`) -> load them into the
+node's policy -> train with zk0's one loop (FedProx mu and lr from the server) -> reply with ONLY
+the trainable parameters (fp32, or their change in bf16/int8), the reply's digest and metrics.
+A node that cannot rebuild the global replies ``need-full`` and gets full weights.
 evaluate: verify -> load -> deterministic loss and action error on the held-out episodes.
 query: the dataset's feature names and shapes, for a server without held-out data.
 """
@@ -22,6 +24,7 @@ from zk0cli.fl import integrity
 from zk0cli.fl.node import NodeRuntime, ProgressLog, runtime
 from zk0cli.fl.run_config import RunConfig
 from zk0cli.fl.strategy import ARRAYS, CONFIG, INFO, METRICS, SAMPLES
+from zk0cli.fl.wire import HOLDS, NEED_FULL, NodeWire, RebuildError, node_wire
 
 app = ClientApp()
 
@@ -34,7 +37,11 @@ def train(msg: Message, context: Context) -> Message:
     config = RunConfig.from_mapping(context.run_config)
     node = runtime(context.node_config, config)
     round_config = _round_config(msg)
-    global_weights = load_global(node, _global_arrays(msg), str(round_config["arrays-sha256"]))
+    wire = node_wire(context.node_id)
+    try:
+        global_weights = load_global(node, wire, _global_arrays(msg), round_config, config.int8_block_size)
+    except RebuildError as exc:
+        return need_full_reply(msg, str(exc))
     server_round = int(_number(round_config, "server-round"))
     settings = TrainConfig(
         steps=config.local_steps,
@@ -53,25 +60,29 @@ def train(msg: Message, context: Context) -> Message:
         progress=ProgressLog(server_round, node.dataset_name),
     )
     metrics = result.metrics()
-    return train_reply(msg, node, _local_weights(node), global_weights, str(round_config["uplink"]), metrics)
+    encoding = str(round_config["uplink"])
+    update = wire.encode_update(
+        _local_weights(node),
+        global_weights,
+        encoding,
+        config.int8_block_size,
+        error_feedback=config.error_feedback,
+        run_id=msg.metadata.run_id,
+    )
+    return train_reply(msg, node, wire, update, encoding, metrics)
 
 
 def train_reply(
-    msg: Message,
-    node: NodeRuntime,
-    local: Mapping[str, NDArray[np.float32]],
-    global_weights: Mapping[str, NDArray[np.float32]],
-    encoding: str,
-    metrics: Mapping[str, float | int],
+    msg: Message, node: NodeRuntime, wire: NodeWire, update: ArrayRecord, encoding: str, metrics: Mapping[str, Any]
 ) -> Message:
     """The reply the server checks: update arrays, their digest and encoding, metrics, dataset."""
-    update = integrity.encode_update(local, global_weights, encoding)
     info = ConfigRecord(
         {
             "sha256": integrity.digest(update),
             "uplink": encoding,
             "dataset": node.dataset_name,
             "dataset-fingerprint": node.fingerprint,
+            HOLDS: wire.held_digest,
         }
     )
     return Message(RecordDict({ARRAYS: update, METRICS: MetricRecord(dict(metrics)), INFO: info}), reply_to=msg)
@@ -83,7 +94,11 @@ def evaluate(msg: Message, context: Context) -> Message:
 
     config = RunConfig.from_mapping(context.run_config)
     node = runtime(context.node_config, config)
-    load_global(node, _global_arrays(msg), str(_round_config(msg)["arrays-sha256"]))
+    wire = node_wire(context.node_id)
+    try:
+        load_global(node, wire, _global_arrays(msg), _round_config(msg), config.int8_block_size)
+    except RebuildError as exc:
+        return need_full_reply(msg, str(exc))
     metrics: dict[str, Any] = {SAMPLES: 0, "policy_loss": float("nan"), "action_error": float("nan")}
     if node.heldout_set is not None:
         result = evaluate_policy(
@@ -98,8 +113,13 @@ def evaluate(msg: Message, context: Context) -> Message:
             "policy_loss": float(result["policy_loss"]),
             "action_error": float(result["action_mae"]),
         }
-    info = ConfigRecord({"dataset": node.dataset_name})
+    info = ConfigRecord({"dataset": node.dataset_name, HOLDS: wire.held_digest})
     return Message(RecordDict({METRICS: MetricRecord(metrics), INFO: info}), reply_to=msg)
+
+
+def need_full_reply(msg: Message, reason: str) -> Message:
+    """This node could not rebuild the global from the changes sent: the server sends it in full."""
+    return Message(RecordDict({METRICS: MetricRecord({}), INFO: ConfigRecord({NEED_FULL: reason})}), reply_to=msg)
 
 
 @app.query()
@@ -134,17 +154,20 @@ def _number(round_config: ConfigRecord, key: str) -> float:
     return float(value)
 
 
-def load_global(node: NodeRuntime, arrays: ArrayRecord, claimed: str) -> dict[str, NDArray[np.float32]]:
-    """Check the digest of the server's weights and load them into this node's policy."""
+def load_global(
+    node: NodeRuntime, wire: NodeWire, arrays: ArrayRecord, round_config: ConfigRecord, block: int
+) -> dict[str, NDArray[np.float32]]:
+    """Check the digest of what the server sent, rebuild the global weights and load them into
+    this node's policy. RebuildError when the changes sent do not apply to the global this node holds."""
     from zk0cli.policy.trainable import set_trainable
 
-    actual = integrity.digest(arrays)
+    claimed, actual = str(round_config["arrays-sha256"]), integrity.digest(arrays)
     if actual != claimed:
         raise Zk0Error(
             f"global weights failed their digest check (expected {claimed[:12]}, got {actual[:12]})",
             hint="the message was corrupted or mixed up in transit; the server will retry next round",
         )
-    weights = integrity.from_record(arrays)
+    weights = wire.receive(arrays, round_config, block)
     set_trainable(node.built.policy, _as_tensors(weights))
     return weights
 

@@ -13,12 +13,18 @@ name order): the server puts the digest of the global weights in the train confi
 puts the digest of its update in the reply. The digest catches corruption and mix-ups, not a
 malicious peer (that needs signatures, i.e. TLS plus node authentication).
 
-Uplink encodings (of ``values``):
-- ``fp32``: the client's trainable weights as float32.
-- ``bf16-delta``: (local - global) rounded to bfloat16 (half the bytes); the server adds the
-  decoded delta to its own fp32 master copy, so rounding never accumulates in the global model.
-  numpy has no bfloat16, so these values travel as raw little-endian bytes with
-  ``dtype="bfloat16"`` and ``stype=RAW_STYPE``.
+Wire encodings (run-config ``wire-encoding``, of ``values``), both ways:
+- ``fp32``: full float32 weights (the client's trainable weights up, the global down).
+- ``bf16-delta``: a change (local - global up; new global - the node's last global down,
+  :mod:`zk0cli.fl.wire`) rounded to bfloat16: half the bytes. numpy has no bfloat16, so these
+  values travel as raw little-endian bytes with ``dtype="bfloat16"`` and ``stype=RAW_STYPE``.
+- ``int8-delta``: the change in blocks of ``int8-block-size`` values, each block one float32
+  scale (its largest magnitude / 127) and int8 values rounded to nearest: a quarter of the
+  bytes plus 4 per block, in a third array ``scales``. Rounding is deterministic, not stochastic:
+  error feedback (:mod:`zk0cli.fl.wire`) carries each rounding error into the next change, so
+  an unbiased rounding buys nothing, and a deterministic one lets the server compute bit for
+  bit the global a node rebuilds (its digest is checked).
+The server always keeps fp32 master weights: rounding never accumulates in the global model.
 """
 
 from __future__ import annotations
@@ -36,11 +42,14 @@ from numpy.typing import NDArray
 
 FP32 = "fp32"
 BF16_DELTA = "bf16-delta"
-ENCODINGS = (FP32, BF16_DELTA)
+INT8_DELTA = "int8-delta"
+ENCODINGS = (FP32, BF16_DELTA, INT8_DELTA)
+DELTA_ENCODINGS = (BF16_DELTA, INT8_DELTA)
 RAW_STYPE = "zk0.raw-le"  # raw little-endian element bytes, no header
-LAYOUT, VALUES = "layout", "values"  # the two arrays of a packed record
+LAYOUT, VALUES, SCALES = "layout", "values", "scales"  # the arrays of a packed record (scales: int8 only)
+INT8_LEVELS = 127  # symmetric: -127..127, so a block's scale maps its largest magnitude exactly
 
-WIRE_DTYPE = {FP32: "float32", BF16_DELTA: "bfloat16"}
+WIRE_DTYPE = {FP32: "float32", BF16_DELTA: "bfloat16", INT8_DELTA: "int8"}
 
 ArraySpec = Mapping[str, tuple[tuple[int, ...], str]]  # name -> (shape, dtype) expected on the wire
 
@@ -65,10 +74,14 @@ def payload_bytes(record: ArrayRecord) -> int:
     return sum(len(array.data) for array in record.values())
 
 
-def pack(arrays: Mapping[str, NDArray[np.float32]], values: Array) -> ArrayRecord:
-    """The packed record of ``arrays``' layout and their already encoded, concatenated ``values``."""
+def pack(arrays: Mapping[str, Any], values: Array, scales: Array | None = None) -> ArrayRecord:
+    """The packed record of ``arrays``' layout (names and shapes) and their already encoded,
+    concatenated ``values`` (and int8 block ``scales``)."""
     layout = json.dumps([[name, [int(d) for d in value.shape]] for name, value in arrays.items()]).encode()
-    return ArrayRecord({LAYOUT: Array(np.frombuffer(layout, dtype=np.uint8)), VALUES: values})
+    packed = {LAYOUT: Array(np.frombuffer(layout, dtype=np.uint8)), VALUES: values}
+    if scales is not None:
+        packed[SCALES] = scales
+    return ArrayRecord(packed)
 
 
 def flat(arrays: Mapping[str, NDArray[np.float32]]) -> NDArray[Any]:
@@ -90,7 +103,7 @@ def from_record(record: ArrayRecord) -> dict[str, NDArray[np.float32]]:
 
 
 def read_layout(record: ArrayRecord) -> list[tuple[str, tuple[int, ...]]]:
-    if set(record.keys()) != {LAYOUT, VALUES}:
+    if set(record.keys()) not in ({LAYOUT, VALUES}, {LAYOUT, VALUES, SCALES}):
         raise PackingError(f"expected the arrays '{LAYOUT}' and '{VALUES}', got {_few(sorted(record.keys()))}")
     try:
         entries = json.loads(bytes(record[LAYOUT].numpy().astype(np.uint8)).decode("utf-8"))
@@ -130,11 +143,6 @@ def from_bf16_bits(bits: NDArray[Any]) -> NDArray[Any]:
     return (bits.astype(np.uint32) << 16).view(np.float32)
 
 
-def bf16_array(values: NDArray[Any]) -> Array:
-    bits = to_bf16_bits(values).astype("<u2")
-    return Array(dtype="bfloat16", shape=tuple(int(d) for d in values.shape), stype=RAW_STYPE, data=bits.tobytes())
-
-
 def decode_array(array: Array) -> NDArray[Any]:
     """float32 view of a float32 numpy Array or a raw bfloat16 Array."""
     if array.stype == RAW_STYPE and array.dtype == "bfloat16":
@@ -143,17 +151,98 @@ def decode_array(array: Array) -> NDArray[Any]:
     return np.asarray(array.numpy(), dtype=np.float32)
 
 
+# ---------------------------------------------------------------- int8 blocks
+
+
+def quantize_int8(values: NDArray[Any], block: int) -> tuple[NDArray[np.int8], NDArray[np.float32]]:
+    """Flat float32 -> (int8 values, one float32 scale per ``block`` values; the last block may be short)."""
+    padded = np.zeros(-(-values.size // block) * block, dtype=np.float32)
+    padded[: values.size] = values
+    blocks = padded.reshape(-1, block)
+    scales = (np.abs(blocks).max(axis=1) / INT8_LEVELS).astype(np.float32)
+    safe = np.where(scales > 0, scales, np.float32(1))[:, None]
+    with np.errstate(invalid="ignore"):  # a NaN/Inf change makes its block's scale non-finite: refused there
+        quantized = np.clip(np.nan_to_num(np.rint(blocks / safe)), -INT8_LEVELS, INT8_LEVELS).astype(np.int8)
+    return quantized.ravel()[: values.size], scales
+
+
+def dequantize_int8(quantized: NDArray[np.int8], scales: NDArray[np.float32], block: int) -> NDArray[np.float32]:
+    expanded = np.repeat(scales.astype(np.float32), block)[: quantized.size]
+    with np.errstate(invalid="ignore"):  # a non-finite scale decodes to NaN, refused by the finite check
+        return quantized.astype(np.float32) * expanded
+
+
+# ---------------------------------------------------------------- changes (deltas)
+
+
+def encode_delta(delta: NDArray[Any], encoding: str, block: int) -> tuple[dict[str, Array], NDArray[np.float32]]:
+    """A flat float32 change on the wire: (its arrays, ``values`` and for int8 ``scales``; the
+    change exactly as the receiver decodes it, for error feedback and the server's own copy)."""
+    if encoding == BF16_DELTA:
+        bits = to_bf16_bits(delta)
+        return {VALUES: _raw_bf16(bits)}, from_bf16_bits(bits)
+    if encoding == INT8_DELTA:
+        quantized, scales = quantize_int8(delta, block)
+        return {VALUES: Array(quantized), SCALES: Array(scales)}, dequantize_int8(quantized, scales, block)
+    raise ValueError(f"{encoding!r} is not a delta encoding (one of {', '.join(DELTA_ENCODINGS)})")
+
+
+def decode_steps(record: ArrayRecord, encoding: str, block: int, size: int) -> list[NDArray[np.float32]]:
+    """The changes of a packed delta record, each ``size`` values: several when a node that
+    missed rounds gets the chain of changes since the global it holds. PackingError if malformed."""
+    wire = record[VALUES]
+    if wire.dtype != WIRE_DTYPE[encoding]:
+        raise PackingError(f"wrong dtype for {VALUES}: {wire.dtype}, expected {WIRE_DTYPE[encoding]}")
+    values = decode_array(wire) if encoding == BF16_DELTA else np.asarray(wire.numpy()).ravel()
+    if size == 0 or values.size % size:
+        raise PackingError(f"payload has {values.size} values, not a whole number of changes of {size}")
+    steps = values.reshape(-1, size)
+    if encoding == BF16_DELTA:
+        return list(steps)
+    if SCALES not in record.keys():
+        raise PackingError(f"an {INT8_DELTA} record needs the array '{SCALES}'")
+    scales = np.asarray(record[SCALES].numpy(), dtype=np.float32).ravel()
+    per_step = -(-size // block)
+    if scales.size != per_step * len(steps) or (scales < 0).any():  # NaN/Inf ones: named per tensor later
+        raise PackingError(f"'{SCALES}' needs {per_step * len(steps)} non-negative block scales")
+    return [
+        dequantize_int8(step.astype(np.int8), scales[i * per_step : (i + 1) * per_step], block)
+        for i, step in enumerate(steps)
+    ]
+
+
+def join_steps(encoded: list[dict[str, Array]], encoding: str) -> tuple[Array, Array | None]:
+    """Several encoded changes as one ``values`` (and ``scales``) array, in order."""
+    if encoding == BF16_DELTA:
+        bits = [np.frombuffer(step[VALUES].data, dtype="<u2") for step in encoded]
+        return _raw_bf16(np.concatenate(bits) if bits else np.zeros(0, "<u2")), None
+    values = [step[VALUES].numpy() for step in encoded]
+    scales = [step[SCALES].numpy() for step in encoded]
+    return (
+        Array(np.concatenate(values) if values else np.zeros(0, np.int8)),
+        Array(np.concatenate(scales) if scales else np.zeros(0, np.float32)),
+    )
+
+
+def _raw_bf16(bits: NDArray[Any]) -> Array:
+    data = np.ascontiguousarray(bits, dtype="<u2")
+    return Array(dtype="bfloat16", shape=(int(data.size),), stype=RAW_STYPE, data=data.tobytes())
+
+
 # ---------------------------------------------------------------- updates
 
 
 def encode_update(
-    local: Mapping[str, NDArray[np.float32]], global_: Mapping[str, NDArray[np.float32]], encoding: str
+    local: Mapping[str, NDArray[np.float32]],
+    global_: Mapping[str, NDArray[np.float32]],
+    encoding: str,
+    block: int = 256,
 ) -> ArrayRecord:
+    """A client's update without error feedback (:class:`zk0cli.fl.wire.NodeWire` adds it)."""
     if encoding == FP32:
         return to_record(local)
-    if encoding == BF16_DELTA:
-        return pack(local, bf16_array(flat(local) - flat({name: global_[name] for name in local})))
-    raise ValueError(f"unknown uplink encoding {encoding!r}")
+    arrays, _ = encode_delta(flat(local) - flat({name: global_[name] for name in local}), encoding, block)
+    return pack(local, arrays[VALUES], arrays.get(SCALES))
 
 
 @dataclass(frozen=True)
@@ -163,11 +252,16 @@ class CheckedUpdate:
 
 
 def check_update(
-    record: ArrayRecord, claimed_digest: str, spec: ArraySpec, encoding: str, global_: Mapping[str, NDArray[np.float32]]
+    record: ArrayRecord,
+    claimed_digest: str,
+    spec: ArraySpec,
+    encoding: str,
+    global_: Mapping[str, NDArray[np.float32]],
+    block: int = 256,
 ) -> CheckedUpdate:
     """Verify one client update and turn it into full fp32 weights, or say why it is rejected."""
     if encoding not in ENCODINGS:
-        return CheckedUpdate(None, f"unknown uplink encoding {encoding!r}")
+        return CheckedUpdate(None, f"unknown wire encoding {encoding!r}")
     actual = digest(record)
     if actual != claimed_digest:
         return CheckedUpdate(None, f"digest mismatch (claimed {claimed_digest[:12]}, got {actual[:12]})")
@@ -186,14 +280,21 @@ def check_update(
     if wire.dtype != WIRE_DTYPE[encoding]:
         return CheckedUpdate(None, f"wrong dtype for {VALUES}: {wire.dtype}, expected {WIRE_DTYPE[encoding]}")
     try:
-        values = split(decode_array(wire), layout)
+        if encoding == FP32:
+            flat_values = decode_array(wire)
+        else:
+            steps = decode_steps(record, encoding, block, sum(math.prod(shape) for _, shape in layout))
+            if len(steps) != 1:
+                raise PackingError(f"an update holds one change, this one {len(steps)}")
+            flat_values = steps[0]
+        values = split(flat_values, layout)
     except (ValueError, TypeError) as exc:
         return CheckedUpdate(None, f"undecodable {VALUES}: {exc}")
     weights = {}
     for name, value in values.items():
         if not np.isfinite(value).all():
             return CheckedUpdate(None, f"non-finite values (NaN/Inf) in {name}")
-        weights[name] = value + global_[name] if encoding == BF16_DELTA else value
+        weights[name] = value if encoding == FP32 else value + global_[name]
     return CheckedUpdate(weights, "")
 
 

@@ -8,7 +8,8 @@ Which dataset a node uses:
 
 Each node normalises with its own dataset's statistics (they are in the processors built here
 and never travel). The built policy and datasets stay cached in the process: in the Simulation
-Engine a client process serves many rounds; in a deployment each message gets a fresh process.
+Engine a client process serves many rounds; in a deployment the node's resident ClientApp host
+(:mod:`zk0cli.fl.clientapp_host`) serves them all.
 """
 
 from __future__ import annotations

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
 LR_SCHEDULES = ("constant", "cosine", "cosine_warm_restarts", "reduce_on_plateau")
 AGGREGATIONS = ("mean", "trimmed-mean", "median")
+WIRE_ENCODINGS = ("fp32", "bf16-delta", "int8-delta")  # zk0cli.fl.integrity
+RETIRED = {"uplink-bf16-delta": "it became wire-encoding: bf16-delta (true) or fp32 (false)"}
 
 
 def _p(
@@ -124,7 +126,16 @@ class RunConfig:
     )
 
     # --- transport
-    uplink_bf16_delta: bool = _p(True, "clients send (local - global) in bf16; the server keeps fp32 master weights")
+    wire_encoding: str = _p(
+        "bf16-delta",
+        "weights both ways: fp32 (full), or changes in bf16-delta / int8-delta (server keeps fp32)",
+        choices=WIRE_ENCODINGS,
+    )
+    int8_block_size: int = _p(256, "int8-delta: values sharing one float32 scale (a power of two)", ge=16, le=65536)
+    error_feedback: bool = _p(True, "delta encodings: each side adds its last rounding error to its next change")
+    keep_globals: int = _p(
+        3, "changes of the global the server keeps to send a node only what it lacks; 0 sends full fp32", ge=0, le=64
+    )
 
     # --- evaluation and records
     eval_frequency: int = _p(1, "server evaluation every N rounds (and always at round 0 and the last round)", ge=1)
@@ -148,7 +159,8 @@ class RunConfig:
         for key, value in values.items():
             name = key.replace("-", "_")
             if name not in known:
-                raise bad_input(f"unknown run-config key '{key}'", hint="`zk0 run --list-keys` lists them")
+                hint = RETIRED.get(key.replace("_", "-"), "`zk0 run --list-keys` lists them")
+                raise bad_input(f"unknown run-config key '{key}'", hint=hint)
             kwargs[name] = _typed(key, value, known[name])
         config = cls(**kwargs)
         config.validate()
@@ -165,6 +177,16 @@ class RunConfig:
             raise bad_input(
                 f"run-config min-replies {self.min_replies:g} is neither a fraction below 1 nor a whole count",
                 hint="min-replies=0.8 (80% of the sampled nodes) or min-replies=3 (three nodes)",
+            )
+        if self.int8_block_size & (self.int8_block_size - 1):
+            raise bad_input(
+                f"run-config int8-block-size {self.int8_block_size} is not a power of two",
+                hint="blocks line up with tensor sizes when they are: int8-block-size=256 (the default) or 64",
+            )
+        if self.wire_encoding == "int8-delta" and self.keep_globals == 0:
+            raise bad_input(
+                "run-config wire-encoding int8-delta needs the server to keep earlier globals (keep-globals is 0)",
+                hint="set keep-globals=3 (the default), or wire-encoding=bf16-delta for full fp32 downloads",
             )
         if self.eta_min >= self.lr:
             raise bad_input(

@@ -6,8 +6,9 @@ checkpoint with the true round numbers), and it collects replies every 0.5 s whe
 grid waits 3 s between polls. Each round:
 
 1. ``configure_train``: the :class:`RoundControl` plan gives the round's lr (per client, with
-   boosts) and mu; each sampled node gets the global trainable weights, their SHA-256 digest and
-   its own train config.
+   boosts) and mu; each sampled node gets the global trainable weights (in full, or the changes
+   since the global it holds: :mod:`zk0cli.fl.wire`), their SHA-256 digest and its own train
+   config. A node that cannot rebuild the global gets full weights in the same round.
 2. ``aggregate_train``: every reply is checked as it arrives (digest, names, shapes, dtypes,
    NaN/Inf, samples); bad ones are rejected with a reason and never aggregated; the rest are
    folded into a running mean weighted by the samples each client actually used this round, then
@@ -43,6 +44,7 @@ from zk0cli.fl.quarantine import quarantine, quarantined
 from zk0cli.fl.records import mean_std
 from zk0cli.fl.run_config import RunConfig
 from zk0cli.fl.update_checks import change_norm, clip_change, flag_outliers
+from zk0cli.fl.wire import DOWNLINK, HOLDS, NEED_FULL, Downlink
 
 # keys shared by the server and client apps
 ARRAYS = "arrays"
@@ -78,7 +80,9 @@ class Zk0FedProx(FedProx):
             proximal_mu=config.proximal_mu,
         )
         self.config = config
-        self.encoding = integrity.BF16_DELTA if config.uplink_bf16_delta else integrity.FP32
+        self.encoding, self.block = config.wire_encoding, config.int8_block_size
+        self.downlink = Downlink(self.encoding, self.block, config.keep_globals, config.error_feedback)
+        self._holds: dict[str, str] = {}  # node -> digest of the wire global it said it holds
         self.global_weights = {name: np.asarray(v, dtype=np.float32) for name, v in initial_weights.items()}
         self.spec = integrity.spec_of(self.global_weights, self.encoding)
         self.control = RoundControl(config)
@@ -90,7 +94,8 @@ class Zk0FedProx(FedProx):
         self.entry: dict[str, Any] = {}
         self._destinations: dict[str, str] = {}  # message id -> node id, of the messages in flight
         self._round_started = time.monotonic()
-        self._sent_bytes = 0  # the weights payload of the messages last sent, per node
+        self._sent_bytes: dict[str, int] = {}  # node -> weight bytes sent to it for the current phase
+        self._outbox: dict[str, Message] = {}  # message id -> the message, while its reply is awaited
         self._mean: RunningMean | SpilledUpdates = RunningMean()  # this round's accepted updates
         self._clients: list[dict[str, Any]] = []  # their client entries (metrics, no weights)
         self._answered: set[str] = set()  # nodes that replied this round, accepted or not
@@ -129,17 +134,18 @@ class Zk0FedProx(FedProx):
         each reply is handed over as it arrives and not kept (the list is empty). Replies still
         out when it returns are never pulled: a later round asks only for its own."""
         messages = list(messages)
-        self._cut_at_quorum, self._destinations = None, {}
+        self._cut_at_quorum, self._destinations, self._outbox = None, {}, {}
         if not messages:
             return []
-        waiting = set(grid.push_messages(messages))  # every Grid sets each message's id as it pushes it
-        self._destinations = {m.metadata.message_id: str(m.metadata.dst_node_id) for m in messages}
+        waiting = self._push(grid, messages)
         replies: list[Message] = []
         started = time.monotonic()
         deadline, needed, quorum_at = started + self.config.round_timeout_s, self.config.quorum(len(messages)), None
         while waiting:
             for reply in grid.pull_messages(waiting):
                 waiting.discard(reply.metadata.reply_to_message_id)
+                if self._resend_in_full(grid, reply, waiting):
+                    continue
                 if on_reply is None:
                     replies.append(reply)
                 else:
@@ -154,6 +160,47 @@ class Zk0FedProx(FedProx):
                 break
             time.sleep(REPLY_POLL_S)
         return replies
+
+    def _push(self, grid: Grid, messages: list[Message]) -> set[str]:
+        ids = set(grid.push_messages(messages))  # every Grid sets each message's id as it pushes it
+        for message in messages:
+            node = str(message.metadata.dst_node_id)
+            self._destinations[message.metadata.message_id] = node
+            self._outbox[message.metadata.message_id] = message
+            self._sent_bytes[node] = self._sent_bytes.get(node, 0) + integrity.payload_bytes(
+                message.content.array_records[ARRAYS]
+            )
+        return ids
+
+    def _resend_in_full(self, grid: Grid, reply: Message, waiting: set[str]) -> bool:
+        """Note which global a node now holds; if it could not rebuild the one it was sent, send it
+        full weights at once (True: the reply is handled)."""
+        sent = self._outbox.pop(reply.metadata.reply_to_message_id, None)
+        info = dict(reply.content[INFO]) if not reply.has_error() and INFO in reply.content.config_records else {}
+        node = self._sender(reply)
+        if HOLDS in info:
+            self._holds[node] = str(info[HOLDS])
+        if NEED_FULL not in info or sent is None or sent.content[CONFIG].get(DOWNLINK) == integrity.FP32:
+            return False  # (a node that cannot take even full weights is rejected with its reason)
+        log.info("node %s could not rebuild the global (%s): sending it full weights", node, info[NEED_FULL])
+        self.entry.setdefault("sent_full", []).append({"node": node, "reason": str(info[NEED_FULL])})
+        arrays, keys = self.downlink.full()
+        config = ConfigRecord(
+            {**dict(sent.content.config_records[CONFIG]), **keys, "arrays-sha256": integrity.digest(arrays)}
+        )
+        resend = Message(
+            content=RecordDict({ARRAYS: arrays, CONFIG: config}),
+            message_type=sent.metadata.message_type,
+            dst_node_id=sent.metadata.dst_node_id,
+            group_id=sent.metadata.group_id,
+        )
+        waiting.update(self._push(grid, [resend]))
+        return True
+
+    def _weights_for(self, node_id: int) -> tuple[ArrayRecord, dict[str, str]]:
+        """The global for one node (full, or the changes since the one it holds) and its config keys."""
+        arrays, keys = self.downlink.message_for(self._holds.get(str(node_id)))
+        return arrays, {**keys, "arrays-sha256": integrity.digest(arrays)}
 
     def _missing(self, answered: set[str]) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
         """(late, failed) entries for the nodes asked that did not answer: late when the round
@@ -181,27 +228,28 @@ class Zk0FedProx(FedProx):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        del arrays  # the same global as self.global_weights, which the downlink sends as each node needs
         self._round_started = time.monotonic()
         plan = self.control.plan(server_round)
         self.proximal_mu = plan.mu
         self.entry = {"round": server_round, "plan": plan.to_dict(), "clients": None, "rejected": [], "failed": []}
         self._mean, self._clients, self._answered = self._new_aggregate(server_round), [], set()
         node_ids = self._sample(grid)
-        digest = integrity.digest(arrays)
-        self._sent_bytes = integrity.payload_bytes(arrays)
-        messages = []
+        self.downlink.publish(self.global_weights)
+        self._sent_bytes, messages = {}, []
         for node_id in node_ids:
+            weights, keys = self._weights_for(node_id)
             node_config = ConfigRecord(
                 {
                     **dict(config),
                     "server-round": server_round,
                     "lr": plan.lr_for(str(node_id)),
                     "proximal-mu": plan.mu,
-                    "arrays-sha256": digest,
                     "uplink": self.encoding,
+                    **keys,
                 }
             )
-            content = RecordDict({ARRAYS: arrays, CONFIG: node_config})
+            content = RecordDict({ARRAYS: weights, CONFIG: node_config})
             messages.append(Message(content=content, message_type=MessageType.TRAIN, dst_node_id=node_id))
         return messages
 
@@ -294,6 +342,9 @@ class Zk0FedProx(FedProx):
         """(client entry, full fp32 weights, rejection reason or '')."""
         node = self._sender(reply)
         content = reply.content
+        if INFO in content.config_records and NEED_FULL in content.config_records[INFO]:
+            reason = content.config_records[INFO][NEED_FULL]
+            return {"node": node}, None, f"could not take the global even in full: {reason!s}"
         if (
             len(content.array_records) != 1
             or METRICS not in content.metric_records
@@ -309,7 +360,7 @@ class Zk0FedProx(FedProx):
             "metrics": metrics,
             "samples": metrics.get(SAMPLES, 0),
             "dataset_fingerprint": str(info.get("dataset-fingerprint", "")),
-            "bytes_down": self._sent_bytes,
+            "bytes_down": self._sent_bytes.get(node, 0),
             "bytes_up": integrity.payload_bytes(record),
         }
         samples = metrics.get(SAMPLES)
@@ -321,7 +372,12 @@ class Zk0FedProx(FedProx):
         if info.get("uplink") != self.encoding:
             return client, None, f"uplink encoding {info.get('uplink')!r}, expected {self.encoding!r}"
         checked = integrity.check_update(
-            record, str(info.get("sha256", "")), self.spec, self.encoding, self.global_weights
+            record,
+            str(info.get("sha256", "")),
+            self.spec,
+            self.encoding,
+            self.global_weights,
+            self.config.int8_block_size,
         )
         return client, checked.weights, checked.reason
 
@@ -332,9 +388,13 @@ class Zk0FedProx(FedProx):
     ) -> Iterable[Message]:
         if not self.is_eval_round(server_round):
             return []
-        config["arrays-sha256"] = integrity.digest(arrays)
-        self._sent_bytes = integrity.payload_bytes(arrays)
-        return super().configure_evaluate(server_round, arrays, config, grid)
+        self.downlink.publish(self.global_weights)
+        self._sent_bytes, messages = {}, list(super().configure_evaluate(server_round, arrays, config, grid))
+        for message in messages:  # Flower's sampling, then each node its own weights
+            weights, keys = self._weights_for(message.metadata.dst_node_id)
+            message.content[ARRAYS] = weights
+            message.content[CONFIG] = ConfigRecord({**dict(message.content.config_records[CONFIG]), **keys})
+        return messages
 
     @override
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
@@ -354,7 +414,7 @@ class Zk0FedProx(FedProx):
                     "node": node,
                     "dataset": str(info.get("dataset", "")),
                     "metrics": metrics,
-                    "bytes_down": self._sent_bytes,
+                    "bytes_down": self._sent_bytes.get(node, 0),
                 }
             )
         usable = [

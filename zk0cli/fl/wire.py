@@ -1,0 +1,175 @@
+"""What each side sends: full weights, or only the change since what the other side holds.
+
+Downlink (:class:`Downlink`, the server). With a delta encoding the server keeps, besides its
+fp32 master weights G, the *wire global* W that nodes hold: W starts as G (sent in full, fp32)
+and each time G changes it moves by the encoded change ``encode(G - W)``, exactly as every node
+rebuilds it. What rounding leaves out stays in G - W and goes out with the next change: error
+feedback on the downlink, for the whole federation at once rather than per node. The server
+keeps the last ``keep-globals`` changes; a node that holds an earlier W (it says which, by
+digest, in each reply) gets the chain of changes from there, any other node full weights. With
+``error-feedback`` off the change is G's own step, ``G - G_previous``, and W drifts from G.
+
+Uplink (:class:`NodeWire`, the node). The node sends ``encode(local - W + residual)`` and keeps
+the rounding error as the next residual (per run). The server adds the decoded change to G.
+
+A node that cannot rebuild W (it holds none of the chain, or the result fails the server's
+digest) answers ``need-full`` instead of training, and the server sends it full weights in the
+same round (:meth:`zk0cli.fl.strategy.Zk0FedProx._send_and_receive`).
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord
+from numpy.typing import NDArray
+
+from zk0cli.fl import integrity
+
+# keys of a message's round config that describe its weights
+DOWNLINK = "downlink"  # fp32 (full weights) or the delta encoding of the changes
+CHAIN = "chain-sha256"  # digests of the wire globals the changes go through, from first base to result
+NEED_FULL = "need-full"  # a reply's info key: why the node could not rebuild the global
+HOLDS = "holds"  # a reply's info key: digest of the wire global the node now holds
+
+
+@dataclass
+class Downlink:
+    encoding: str  # integrity.FP32 or a delta encoding
+    block: int
+    keep: int  # changes kept (run-config keep-globals); 0: always full weights
+    error_feedback: bool
+    _layout: dict[str, NDArray[np.float32]] = field(default_factory=dict)  # names and shapes only
+    _wire: NDArray[np.float32] | None = None  # W, flat
+    _wire_digest: str = ""
+    _master_digest: str = ""
+    _previous_master: NDArray[np.float32] | None = None  # error feedback off: G's last value
+    _changes: collections.deque[tuple[str, dict[str, Array]]] = field(default_factory=collections.deque)
+    _full: ArrayRecord | None = None
+
+    @property
+    def deltas(self) -> bool:
+        return self.encoding in integrity.DELTA_ENCODINGS and self.keep > 0
+
+    @property
+    def digest(self) -> str:
+        """Digest of the global every node rebuilds (its full packed fp32 record)."""
+        return self._wire_digest
+
+    def publish(self, master: Mapping[str, NDArray[np.float32]]) -> None:
+        """The global to send from now on is ``master`` (again, or after a round's aggregation)."""
+        master_flat = integrity.flat(master)
+        master_digest = integrity.digest(integrity.to_record(master))
+        if master_digest == self._master_digest:
+            return
+        self._master_digest, self._layout = master_digest, dict(master)
+        if self._wire is None or not self.deltas:
+            self._set_wire(master_flat.copy())
+            self._previous_master = master_flat.copy()
+            return
+        step = master_flat - (self._wire if self.error_feedback else self._previous_master)
+        encoded, decoded = integrity.encode_delta(step, self.encoding, self.block)
+        base = self._wire_digest
+        self._set_wire(self._wire + decoded)
+        self._changes.append((base, encoded))
+        while len(self._changes) > self.keep:
+            self._changes.popleft()
+        self._previous_master = master_flat if not self.error_feedback else None
+
+    def _set_wire(self, wire: NDArray[np.float32]) -> None:
+        self._wire = wire
+        self._full = integrity.to_record(integrity.split(wire, self._layout_entries()))
+        self._wire_digest = integrity.digest(self._full)
+
+    def _layout_entries(self) -> list[tuple[str, tuple[int, ...]]]:
+        return [(name, tuple(value.shape)) for name, value in self._layout.items()]
+
+    def message_for(self, holds: str | None) -> tuple[ArrayRecord, dict[str, str]]:
+        """(the weights for a node that holds the wire global ``holds``, their round-config keys)."""
+        bases = [base for base, _ in self._changes]
+        if not self.deltas or holds is None or (holds not in bases and holds != self._wire_digest):
+            return self.full()
+        start = bases.index(holds) if holds in bases else len(bases)
+        chain = [*bases[start:], self._wire_digest]
+        encoded = [change for _, change in list(self._changes)[start:]]
+        values, scales = integrity.join_steps(encoded, self.encoding)
+        return integrity.pack(self._layout, values, scales), {DOWNLINK: self.encoding, CHAIN: ",".join(chain)}
+
+    def full(self) -> tuple[ArrayRecord, dict[str, str]]:
+        assert self._full is not None, "publish() a global first"
+        return self._full, {DOWNLINK: integrity.FP32, CHAIN: self._wire_digest}
+
+
+class RebuildError(Exception):
+    """This node cannot rebuild the global from the changes it was sent (the message says why)."""
+
+
+@dataclass
+class NodeWire:
+    """A node's side: the last wire global it rebuilt, and its uplink rounding residual."""
+
+    held_digest: str = ""
+    held: NDArray[np.float32] | None = None  # flat
+    residual: NDArray[np.float32] | None = None
+    residual_run: int | None = None
+
+    def receive(self, record: ArrayRecord, round_config: ConfigRecord, block: int) -> dict[str, NDArray[np.float32]]:
+        """The global weights a message carries, full or rebuilt from its changes (digest checked)."""
+        chain = str(round_config.get(CHAIN, "")).split(",")
+        encoding = str(round_config.get(DOWNLINK, integrity.FP32))
+        layout = integrity.read_layout(record)
+        if encoding == integrity.FP32:
+            wire = integrity.decode_array(record[integrity.VALUES]).copy()
+        else:
+            if self.held is None or self.held_digest not in chain:
+                raise RebuildError(
+                    f"holds {self.held_digest[:12] or 'no global'}, the changes start at {chain[0][:12]}"
+                )
+            size = sum(int(np.prod(shape)) for _, shape in layout)
+            steps = integrity.decode_steps(record, encoding, block, size)[chain.index(self.held_digest) :]
+            wire = self.held.copy()
+            for step in steps:
+                wire = wire + step
+        weights = integrity.split(wire, layout)
+        rebuilt = integrity.digest(integrity.to_record(weights))
+        if rebuilt != chain[-1]:
+            raise RebuildError(f"the rebuilt global has digest {rebuilt[:12]}, the server's is {chain[-1][:12]}")
+        self.held, self.held_digest = wire, rebuilt
+        return weights
+
+    def encode_update(
+        self,
+        local: Mapping[str, NDArray[np.float32]],
+        global_weights: Mapping[str, NDArray[np.float32]],
+        encoding: str,
+        block: int,
+        *,
+        error_feedback: bool,
+        run_id: int,
+    ) -> ArrayRecord:
+        if encoding == integrity.FP32:
+            return integrity.to_record(local)
+        change = integrity.flat(local) - integrity.flat({name: global_weights[name] for name in local})
+        if error_feedback and self.residual is not None and self.residual_run == run_id:
+            change = change + self.residual
+        arrays, decoded = integrity.encode_delta(change, encoding, block)
+        self.residual, self.residual_run = (change - decoded, run_id) if error_feedback else (None, None)
+        return integrity.pack(local, arrays[integrity.VALUES], arrays.get(integrity.SCALES))
+
+
+_nodes: collections.OrderedDict[Any, NodeWire] = collections.OrderedDict()
+NODES_KEPT = 4  # a Simulation Engine actor serves many clients; each keeps ~2 x the trainable weights
+
+
+def node_wire(node_id: Any) -> NodeWire:
+    """This process's wire state for one node (a deployment's ClientApp host has just one)."""
+    if node_id not in _nodes:
+        while len(_nodes) >= NODES_KEPT:
+            _nodes.popitem(last=False)
+        _nodes[node_id] = NodeWire()
+    _nodes.move_to_end(node_id)
+    return _nodes[node_id]
