@@ -74,7 +74,7 @@ def by_round(record: RunRecord) -> dict[int, dict]:
 # Bit-identical holds where nothing but the checkpoint carries state: full weights down and no
 # error feedback. The delta encodings' rounding residuals (the server's wire global, each node's
 # uplink residual) are not in checkpoints: a resumed run continues, close but not bit-identical
-# (test_a_run_in_int8_deltas_resumes_with_full_weights_then_deltas_again).
+# (test_a_run_in_deltas_resumes_with_full_weights_then_deltas_again).
 EXACT = {"keep-globals": 0, "error-feedback": False}
 
 
@@ -110,25 +110,27 @@ def test_a_resumed_run_ends_exactly_where_the_uninterrupted_run_ends(tmp_path, f
     assert [p.name for p in record.checkpoints()] == ["round_0002", "round_0004"]
 
 
-def test_a_run_in_int8_deltas_resumes_with_full_weights_then_deltas_again(tmp_path, fl_datasets):
-    int8 = {"wire-encoding": "int8-delta", "fraction-evaluate": 0.0}
-    config, grid, record = federation(tmp_path, fl_datasets, "crashed", CrashingGrid, **int8)
+@pytest.mark.parametrize("encoding", ["bf16-delta", "int8-delta"])
+def test_a_run_in_deltas_resumes_with_full_weights_then_deltas_again(tmp_path, fl_datasets, encoding):
+    wire = {"wire-encoding": encoding, "fraction-evaluate": 0.0}
+    share = 3 if encoding == "int8-delta" else 1.9  # of full fp32 weights: int8 ~1/4, bf16 1/2
+    config, grid, record = federation(tmp_path, fl_datasets, "crashed", CrashingGrid, **wire)
     grid.crash_round = 4
     with pytest.raises(ConnectionError):
         run_federation(grid, config, record, flwr_run_id=21)
     before = by_round(record)
     full = before[1]["clients"]["each"][0]["bytes_down"]  # round 1: every node gets the global in full
-    assert all(c["bytes_down"] < full / 3 for c in before[2]["clients"]["each"] + before[3]["clients"]["each"])
+    assert all(c["bytes_down"] < full / share for c in before[2]["clients"]["each"] + before[3]["clients"]["each"])
 
     resumed = RunConfig.from_mapping({**config.to_flwr(), "resume": True})
-    _, grid, _ = federation(tmp_path, fl_datasets, "crashed", **int8)
+    _, grid, _ = federation(tmp_path, fl_datasets, "crashed", **wire)
     run_federation(grid, resumed, record, flwr_run_id=22)
     rounds = by_round(record)
     assert sorted(rounds) == [0, 1, 2, 3, 4] and all(len(rounds[n]["clients"]["each"]) == 2 for n in (3, 4))
     # the resumed server holds no earlier globals: full weights again, then changes
     assert [c["bytes_down"] for c in rounds[3]["clients"]["each"]] == [full, full]
-    assert all(c["bytes_down"] < full / 3 for c in rounds[4]["clients"]["each"])
-    assert all(0 < c["bytes_up"] < full / 3 for c in rounds[4]["clients"]["each"])  # int8 up: ~1/4 of fp32
+    assert all(c["bytes_down"] < full / share for c in rounds[4]["clients"]["each"])
+    assert all(0 < c["bytes_up"] < full / share for c in rounds[4]["clients"]["each"])
     losses = [rounds[n]["server_eval"]["composite"]["policy_loss"] for n in (2, 4)]
     assert all(map(math.isfinite, losses)) and losses[1] < losses[0] * 1.5
 

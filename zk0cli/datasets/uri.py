@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from zk0cli.core.errors import Zk0Error, bad_input, unreachable
 from zk0cli.core.files import JsonFileError, read_json
+from zk0cli.datasets.lfs import refuse_lfs_pointers
 
 if TYPE_CHECKING:
     from lerobot.datasets.lerobot_dataset import LeRobotDataset, LeRobotDatasetMetadata
@@ -122,7 +123,8 @@ def check_local_dataset(uri: DatasetUri) -> Path:
 
 
 def local_dataset_dir(uri: DatasetUri) -> Path:
-    """The directory of a local URI: it must exist, be a directory and hold something."""
+    """The directory of a local URI: it must exist, be a directory and hold something other than
+    Git LFS pointers."""
     root = uri.path
     assert root is not None
     see = f"make one with `zk0 dataset sample {root}` or point at a LeRobot dataset directory"
@@ -134,6 +136,7 @@ def local_dataset_dir(uri: DatasetUri) -> Path:
         )
     if not any(root.iterdir()):
         raise bad_input(f"{root} is empty", hint=see)
+    refuse_lfs_pointers(root)
     return root
 
 
