@@ -117,11 +117,10 @@ class ServerEvaluator:
     def save_checkpoint(self, directory: Path, weights: Mapping[str, NDArray[np.float32]]) -> None:
         """LeRobot's save_pretrained layout: policy config + weights and both processors (which
         hold the first held-out dataset's statistics, or none when the server has no data)."""
-        built = self.built
-        _load(built, weights)
-        built.policy.save_pretrained(directory)
-        built.preprocessor.save_pretrained(directory)
-        built.postprocessor.save_pretrained(directory)
+        from zk0cli.policy.build import save_checkpoint
+
+        _load(self.built, weights)
+        save_checkpoint(self.built, directory)
 
     def write_video(self, path: Path, weights: Mapping[str, NDArray[np.float32]], server_round: int) -> dict[str, Any]:
         """The first held-out episode of the first eval dataset (the same one every round, so they compare)."""

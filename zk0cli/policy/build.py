@@ -12,6 +12,8 @@ dataset handed in here: each node normalises with its own data's stats, and they
 from __future__ import annotations
 
 import contextlib
+import json
+import shutil
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -195,6 +197,9 @@ def _checkpoint_config(base: str) -> SmolVLAConfig:
     if config.type != "smolvla":
         raise bad_input(f"{base} is a '{config.type}' checkpoint, not SmolVLA", hint="pass a SmolVLA checkpoint")
     config.pretrained_path = source
+    bundled = local / config.vlm_model_name if local.is_dir() else None
+    if bundled is not None and not Path(config.vlm_model_name).is_absolute() and bundled.is_dir():
+        config.vlm_model_name = str(bundled)  # a VLM directory saved inside the checkpoint (save_checkpoint)
     # Features come from each node's own dataset (camera names, state size), not the checkpoint's.
     config.input_features = {}
     config.output_features = {}
@@ -245,3 +250,39 @@ def _hub_errors(*names: str | None) -> Iterator[None]:
             f"cannot fetch {' / '.join(hub_names)} from the Hugging Face Hub (offline or unreachable)",
             hint=OFFLINE_HINT,
         ) from exc
+
+
+BUNDLED_VLM = "vlm"  # a checkpoint's copy of its local VLM directory, named relative to the checkpoint
+PROCESSOR_FILE = "policy_preprocessor.json"
+
+
+def save_checkpoint(built: BuiltPolicy, directory: Path) -> None:
+    """LeRobot's save_pretrained layout (policy config + weights, both processors), made to
+    outlive where it was trained: a VLM read from a local directory (zk0's offline backbones, a
+    demo's folder) is copied in as ``vlm/`` and named relative to the checkpoint, so moving the
+    run or removing that directory later does not break it. zk0 resolves the relative name
+    (:func:`_checkpoint_config`); LeRobot's own loaders resolve it from the checkpoint directory
+    as working directory. A Hub VLM id is left as it is."""
+    built.policy.save_pretrained(directory)
+    built.preprocessor.save_pretrained(directory)
+    built.postprocessor.save_pretrained(directory)
+    vlm = Path(built.policy.config.vlm_model_name)
+    if not vlm.is_dir():
+        return
+    shutil.copytree(vlm, directory / BUNDLED_VLM)
+    _rename_vlm(directory / "config.json", "vlm_model_name", str(vlm))
+    _rename_vlm(directory / PROCESSOR_FILE, "tokenizer_name", str(vlm))
+
+
+def _rename_vlm(path: Path, key: str, old: str) -> None:
+    """Point every ``key`` holding ``old`` in a saved JSON file at the bundled VLM."""
+
+    def renamed(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: BUNDLED_VLM if k == key and v == old else renamed(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [renamed(item) for item in node]
+        return node
+
+    if path.is_file():
+        path.write_text(json.dumps(renamed(json.loads(path.read_text())), indent=4) + "\n")
