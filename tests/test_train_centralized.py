@@ -165,6 +165,44 @@ def test_matched_centralized_run_then_compare_end_to_end(federated, centralized,
 
 
 @pytest.mark.slow
+def test_each_node_dataset_alone_is_a_third_arm_of_the_comparison(
+    federated, centralized, data, capsys_module, tmp_path
+):
+    """Issue 17: `zk0 train --match-run RUN --local-only`: one model per node dataset, its own
+    training episodes only, the steps its accepted updates brought each round, the same evals."""
+    result = capsys_module("train", "--match-run", str(federated), "--local-only", "--json")
+    assert result.code == 0, result.stderr
+    runs = {run["datasets"][0]: run for run in result.json()["runs"]}
+    assert set(runs) == {"pick", "stack"} and all(run["mode"] == "local-only" for run in runs.values())
+    pick, stack = (read(Path(runs[name]["record"]), "config.json") for name in ("pick", "stack"))
+    assert pick["steps_per_round"] == [4, 4] and stack["steps_per_round"] == [2, 2]  # pick had two clients
+    assert [p["episodes"] for p in pick["participants"]] == [[0, 1]] and pick["matched_run"]["run_id"] == "fed"
+    assert pick["run_config"]["eval-datasets"] == data["heldout"] and pick["eval_rounds"] == [0, 1, 2]
+    assert (
+        read(Path(runs["stack"]["record"]), "round_0_server_eval.json")["server_eval"]
+        == read(federated, "round_0_server_eval.json")["server_eval"]
+    )
+
+    arms = [str(federated), str(centralized), runs["pick"]["record"], runs["stack"]["record"]]
+    compared = capsys_module("compare", *arms, "--out", str(tmp_path / "cmp"), "--json")
+    assert compared.code == 0, compared.stderr
+    result = compared.json()
+    assert [arm["mode"] for arm in result["arms"]] == ["federated", "centralized", "local-only", "local-only"]
+    final = {arm["label"]: arm["runs"][0]["final_loss"] for arm in result["arms"]}
+    for name in ("pick", "stack"):
+        local = runs[name]["run_id"]
+        gap = next(g for g in result["gaps"] if g["reference"] == local and g["metric"] == "final_loss")
+        assert gap["arm"] == "fed" and gap["percent"] == pytest.approx(100 * (final["fed"] / final[local] - 1))
+        assert gap["text"].startswith("federated fed is") and f"local-only {local}" in gap["text"]
+
+    refused = capsys_module("train", "--match-run", str(centralized), "--local-only")
+    assert refused.code == ExitCode.BAD_INPUT and "not a federated one" in refused.stderr
+    mismatch = capsys_module("train", "--match-run", str(federated), "--local-only", "--dataset", data["heldout"])
+    assert mismatch.code == ExitCode.BAD_INPUT and "fingerprints differ" in mismatch.stderr
+    assert all(len(r.stderr.strip().splitlines()) <= 3 for r in (refused, mismatch))
+
+
+@pytest.mark.slow
 def test_same_seed_gives_identical_round_records(centralized, capsys_module, env):
     result = capsys_module("train", "--from-record", str(centralized), "--json")
     assert result.code == 0, result.stderr
@@ -240,6 +278,7 @@ def test_bad_inputs_are_one_line_with_a_hint(cli, zk0_home, tmp_path):
         (["train", "--steps", "5", "--match-run", "empty-run"], "--steps and --match-run exclude each other"),
         (["train", "--from-record", str(tmp_path), "--steps", "3"], "only --seed may change it"),
         (["train", "--set", "no-such-key=1", "--steps", "3"], "unknown run-config key 'no-such-key'"),
+        (["train", "--local-only", "--steps", "3"], "--local-only trains each node of a federated run alone"),
     ]
     for args, message in cases:
         result = cli(*args)

@@ -30,6 +30,12 @@ def train(
             help="Federated run to match (Flower id, record name, prefix or dir): its config, data, steps, evals.",
         ),
     ] = None,
+    local_only: Annotated[
+        bool,
+        typer.Option(
+            "--local-only", help="With --match-run: one model per node dataset, each trained on its own data alone."
+        ),
+    ] = False,
     seed: Annotated[
         int | None, typer.Option("--seed", help="Seed of everything random (default: the run config's).")
     ] = None,
@@ -53,6 +59,14 @@ def train(
     from zk0cli.fl.run_config import parse_overrides
     from zk0cli.services import train as centralized_training
 
+    if local_only:
+        if match_run is None or steps is not None or from_record is not None:
+            raise bad_input(
+                "--local-only trains each node of a federated run alone: it needs --match-run RUN",
+                hint="zk0 train --match-run RUN --local-only (RUN: a federated run, see `zk0 runs`)",
+            )
+        _train_local_only(match_run, dataset, seed, parse_overrides(set_ or []))
+        return
     if from_record is not None:
         if dataset or steps is not None or match_run or set_:
             raise bad_input(
@@ -79,5 +93,32 @@ def train(
             f"{data['final_loss']:.4g} (action error {data['final_action_error']:.4g})\n"
             f"  record: {data['record']}\n  next: zk0 report {data['run_id']}"
             + (f"   zk0 compare {data['matched_run']} {data['run_id']}" if data["matched_run"] else "")
+        ),
+    )
+
+
+def _train_local_only(match_run: str, datasets: list[str] | None, seed: int | None, overrides: dict) -> None:
+    from zk0cli.services import train as centralized_training
+
+    plans = centralized_training.plan_local_only(
+        match_run, datasets=datasets, seed=seed, overrides=overrides, progress=out().info
+    )
+    summaries = []
+    for index, plan in enumerate(plans, start=1):
+        out().info(f"node dataset {index}/{len(plans)}: {centralized_training.pooled_name(plan.training)} alone")
+        summaries.append(
+            centralized_training.run_summary(centralized_training.run_centralized(plan, progress=out().info))
+        )
+    matched = summaries[0]["matched_run"] if summaries else match_run
+    out().result(
+        {"runs": summaries, "matched_run": matched},
+        lambda console: console.print(
+            "\n".join(
+                f"[green]✓[/green] local-only {s['datasets'][0]}: {s['run_id']}, final server eval loss "
+                f"{s['final_loss']:.4g}"
+                for s in summaries
+            )
+            + f"\n  next: zk0 compare {matched} {' '.join(s['run_id'] for s in summaries)}",
+            markup=True,
         ),
     )

@@ -30,6 +30,7 @@ from zk0cli.core.errors import bad_input
 from zk0cli.core.files import atomic_write_bytes, atomic_write_json
 from zk0cli.core.paths import Paths
 from zk0cli.services.report import EvalPoint, RunData, load_run
+from zk0cli.services.train import LOCAL_ONLY
 
 METRICS = {  # key: what the table and the gap sentences call it
     "final_loss": "final server eval loss",
@@ -252,6 +253,14 @@ def compare(
         arms.append(Arm(_label(runs), [RunResult.from_run(run) for run in runs]))
     reference = next((arm for arm in arms if arm.mode == "centralized"), arms[0])
     gaps = [arm_gap(arm, reference, metric) for arm in arms if arm is not reference for metric in METRICS]
+    federated = next((arm for arm in arms if arm.mode == "federated"), None)
+    if federated is not None:  # what a node operator asks: the federated model against mine alone
+        gaps += [
+            arm_gap(federated, local, metric)
+            for local in arms
+            if local.mode == LOCAL_ONLY and local is not reference
+            for metric in METRICS
+        ]
     out_dir = (
         Path(out_dir) if out_dir is not None else Paths.resolve().data_dir / "compare" / time.strftime("%Y%m%d-%H%M%S")
     )
@@ -335,7 +344,7 @@ def _completed(root: Path) -> bool:
 
 def rerun_record(run: RunData, seed: int, run_name: str) -> Path:
     """Re-run a record with ``seed`` into the same runs directory under ``run_name``."""
-    if run.mode == "centralized":
+    if run.mode != "federated":  # centralized and local-only records are zk0 train's
         from zk0cli.services.train import train_from_record
 
         return train_from_record(run.root, seed=seed, run_name=run_name, runs_dir=run.root.parent).root

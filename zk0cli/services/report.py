@@ -66,7 +66,7 @@ class RunData:
 
     @property
     def mode(self) -> str:
-        """'federated' or 'centralized' (records written before the mode key are federated)."""
+        """'federated', 'centralized' or 'local-only' (records without the key are federated)."""
         return str(self.config.get("mode", "federated"))
 
     @property
@@ -308,7 +308,7 @@ def round_bytes(entry: dict[str, Any]) -> dict[str, int] | None:
 
 
 def reproduce_command(run: RunData) -> str:
-    command = "train" if run.mode == "centralized" else "sim"
+    command = "sim" if run.mode == "federated" else "train"  # centralized and local-only: zk0 train
     return f"zk0 {command} --from-record {run.root}"
 
 

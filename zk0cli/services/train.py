@@ -19,7 +19,12 @@ What differs, by design:
   failed clients' steps never reached the global model). With ``--steps N`` the N steps are spread
   evenly over ``num-server-rounds`` rounds.
 
-``config.json`` says ``"mode": "centralized"`` and holds the plan (steps per round, evaluation
+Local-only (``zk0 train --match-run RUN --local-only``): one such run per node dataset of the
+federated run, each on that dataset's training episodes alone, equivalent round r training for
+the steps that node's accepted updates brought to federated round r: what each node would have
+got by training alone. Their records say ``"mode": "local-only"`` and name their dataset.
+
+``config.json`` says ``"mode": "centralized"`` (or ``"local-only"``) and holds the plan (steps per round, evaluation
 rounds, datasets with their episodes, frames and fingerprints), so ``zk0 train --from-record``
 re-runs it exactly.
 """
@@ -51,9 +56,15 @@ if TYPE_CHECKING:
     from zk0cli.fl.records import RunRecord
 
 MODE = "centralized"
+LOCAL_ONLY = "local-only"
+MODES = (MODE, LOCAL_ONLY)  # the records this module writes and re-runs
 NODE = "centralized"  # the one "client" of the round records
 MATCHING_RULE = (
     "each equivalent round trains for the sum of the optimizer steps of the clients accepted in "
+    "that federated round; evaluations at the same rounds"
+)
+LOCAL_RULE = (
+    "each equivalent round trains for the optimizer steps this node's accepted updates brought to "
     "that federated round; evaluations at the same rounds"
 )
 # No FedProx anchor in centralized training; mu-min 0 keeps the mu control at 0 too.
@@ -83,16 +94,18 @@ class CentralizedPlan:
     matched_run: dict[str, str] | None = None  # {"run_id", "root"} of the federated run
     # the server's datasets in the record matched or re-run: the same URI must hold the same content
     recorded_fingerprints: dict[str, str] = field(default_factory=dict)
+    mode: str = MODE  # or LOCAL_ONLY: one node's dataset alone
 
     @property
     def total_steps(self) -> int:
         return sum(self.steps_per_round)
 
     def record_extra(self) -> dict[str, Any]:
+        rule = LOCAL_RULE if self.mode == LOCAL_ONLY else MATCHING_RULE
         return {
-            "mode": MODE,
+            "mode": self.mode,
             "matched_run": self.matched_run,
-            "matching_rule": MATCHING_RULE if self.matched_run else "--steps spread evenly over num-server-rounds",
+            "matching_rule": rule if self.matched_run else "--steps spread evenly over num-server-rounds",
             "steps_per_round": self.steps_per_round,
             "optimizer_steps": self.total_steps,
             "eval_rounds": self.eval_rounds,
@@ -172,12 +185,51 @@ def plan_centralized(
     )
 
 
+def plan_local_only(
+    match_run: str | Path,
+    *,
+    datasets: list[str] | None = None,
+    seed: int | None = None,
+    overrides: dict[str, Any] | None = None,
+    progress: Progress | None = None,
+) -> list[CentralizedPlan]:
+    """One local-only plan per dataset the federated run's nodes trained on (by fingerprint)."""
+    from zk0cli.services.report import load_run
+
+    pooled = plan_centralized(datasets=datasets, match_run=match_run, seed=seed, overrides=overrides, progress=progress)
+    rounds = [entry for entry in load_run(match_run).rounds if entry["round"] > 0]
+    plans = []
+    for data in pooled.training:
+        steps = [_node_steps(entry, data.fingerprint) for entry in rounds]
+        if not any(steps):
+            continue  # a dataset no accepted update came from: nothing to match
+        plans.append(dataclasses.replace(pooled, steps_per_round=steps, training=[data], mode=LOCAL_ONLY))
+    if not plans:
+        raise bad_input(
+            f"no update of run {match_run} was accepted: no node trained anything to match alone",
+            hint="match a run whose rounds trained (see `zk0 report` of it)",
+        )
+    return plans
+
+
+def _node_steps(entry: dict[str, Any], fingerprint: str) -> int:
+    """Optimizer steps one dataset's accepted updates brought to a federated round."""
+    clients = (entry.get("clients") or {}).get("each") or []
+    return int(
+        sum(
+            int((client.get("metrics") or {}).get("steps", 0))
+            for client in clients
+            if client.get("dataset_fingerprint") == fingerprint
+        )
+    )
+
+
 def plan_from_record(root: str | Path, *, seed: int | None = None) -> CentralizedPlan:
     """The plan a centralized record was made with (``seed`` replaced if given)."""
     from zk0cli.services.report import load_run
 
     run = load_run(root)
-    if run.mode != MODE:
+    if run.mode not in MODES:
         raise bad_input(
             f"run {run.run_id} is a {run.mode} run", hint=f"re-run it with `zk0 sim --from-record {run.root}`"
         )
@@ -197,6 +249,7 @@ def plan_from_record(root: str | Path, *, seed: int | None = None) -> Centralize
         training,
         matched_run=extra.get("matched_run"),
         recorded_fingerprints=dict(extra.get("dataset_fingerprints") or {}),
+        mode=run.mode,
     )
 
 
@@ -282,8 +335,9 @@ def run_centralized(
         if runs_dir
         else (Path(config.runs_dir).expanduser() if config.runs_dir else Paths.resolve().runs_dir)
     )
-    record = RunRecord.create(runs_dir, run_name or config.run_name or f"{new_run_name()}-{MODE}")
-    record.write_status("starting", mode=MODE)
+    suffix = MODE if plan.mode == MODE else f"local-{pooled_name(plan.training)}"
+    record = RunRecord.create(runs_dir, run_name or config.run_name or f"{new_run_name()}-{suffix}")
+    record.write_status("starting", mode=plan.mode)
     try:
         _train_rounds(plan, record, progress or (lambda _message: None))
     except Zk0Error as error:
@@ -324,6 +378,8 @@ def run_summary(record: RunRecord) -> dict[str, Any]:
         "final_loss": final.policy_loss,
         "final_action_error": final.action_error,
         "matched_run": (run.config.get("matched_run") or {}).get("run_id"),
+        "mode": run.mode,
+        "datasets": [p["name"] for p in run.config.get("participants") or []],
     }
 
 
@@ -356,7 +412,7 @@ def _train_rounds(plan: CentralizedPlan, record: RunRecord, progress: Progress) 
             "trainable_tensors": len(initial),
         },
     )
-    record.write_status("running", mode=MODE, rounds=config.num_server_rounds)
+    record.write_status("running", mode=plan.mode, rounds=config.num_server_rounds)
     outputs = RunOutputs(config, record, evaluator)
     control = RoundControl(config)
     name = pooled_name(plan.training)
@@ -364,14 +420,15 @@ def _train_rounds(plan: CentralizedPlan, record: RunRecord, progress: Progress) 
     started = time.monotonic()
     baseline = evaluator(0, initial)
     outputs(
-        {"round": 0, "mode": MODE, "server_eval": baseline, "seconds": round(time.monotonic() - started, 3)}, initial
+        {"round": 0, "mode": plan.mode, "server_eval": baseline, "seconds": round(time.monotonic() - started, 3)},
+        initial,
     )
     for server_round, steps in enumerate(plan.steps_per_round, start=1):
         started = time.monotonic()
         plan_r = control.plan(server_round)
         entry: dict[str, Any] = {
             "round": server_round,
-            "mode": MODE,
+            "mode": plan.mode,
             "plan": plan_r.to_dict(),
             "clients": None,
             "rejected": [],
