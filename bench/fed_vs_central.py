@@ -1,7 +1,8 @@
-"""Federated against centralized, the same code, data and seeds: what does federation cost?
+"""Federated against centralized and against each node alone, the same code, data and seeds.
 
     .venv/bin/python bench/fed_vs_central.py [--clients 3] [--rounds 3] [--local-steps 20]
-        [--seeds 3] [--policy tiny|real-geometry|lerobot/smolvla_base] [--device auto]
+        [--seeds 3] [--heterogeneity none|task|size|both] [--local-only]
+        [--policy tiny|real-geometry|lerobot/smolvla_base] [--device auto]
         [--dataset URI ...] [--set KEY=VALUE ...] [--out DIR]
 
 For each seed: a federated run on Flower's Simulation Engine (`zk0 sim`: the real ServerApp and
@@ -11,6 +12,14 @@ episodes, the same optimizer steps, the same evaluation rounds). Then `zk0 compa
 arms prints its table: final and best server eval loss and action error, with 95% intervals
 and the relative gap once there are two seeds or more. Last, the wall-clock time of each arm and
 their ratio (federated / centralized), both measured in this run.
+
+``--local-only`` adds, per seed, one run per client dataset trained on that dataset alone
+(`zk0 train --match-run RUN --local-only`): the third arm, what each node gets without the
+federation. ``--heterogeneity`` generates the clients' datasets (instead of --dataset):
+``task``: pick / stack / sort, equal sizes; ``size``: one task (pick), 3 / 6 / 12 episodes;
+``both``: the three tasks and the three sizes; ``none``: one task, one size. Every client holds
+out one episode (client-eval-episodes 1); the server evaluates on those held-out episodes of
+every client's dataset, so a model is judged on every task of the federation.
 
 On a GPU machine, e.g.:
     bench/fed_vs_central.py --policy lerobot/smolvla_base --clients 4 --rounds 30 --local-steps 50 \\
@@ -39,6 +48,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dataset", action="append", default=[], help="dataset URI per client (cycled); repeatable")
     parser.add_argument("--set", action="append", default=[], dest="settings", help="run-config KEY=VALUE; repeatable")
     parser.add_argument("--out", type=Path, default=None, help="where the comparison plot and JSON go")
+    parser.add_argument("--heterogeneity", choices=("none", "task", "size", "both"), default=None)
+    parser.add_argument("--local-only", action="store_true", help="add each client's dataset trained alone")
     return parser.parse_args(argv)
 
 
@@ -83,12 +94,47 @@ def centralized_run(federated: Path) -> Path:
     return train.run_centralized(plan, progress=lambda m: print(f"  {m}", file=sys.stderr)).root
 
 
+HETEROGENEITY = {  # per client: (task, episodes)
+    "none": [("pick", 6)] * 3,
+    "task": [("pick", 6), ("stack", 6), ("sort", 6)],
+    "size": [("pick", 3), ("pick", 6), ("pick", 12)],
+    "both": [("pick", 3), ("stack", 6), ("sort", 12)],
+}
+
+
+def heterogeneous_datasets(kind: str, clients: int) -> list[str]:
+    """The clients' generated datasets for one heterogeneity setting (written once, then reused)."""
+    from zk0cli.core.paths import Paths
+    from zk0cli.datasets.sample import write_sample
+
+    uris = []
+    for client in range(clients):
+        task, episodes = HETEROGENEITY[kind][client % len(HETEROGENEITY[kind])]
+        root = Paths.resolve().data_dir / "bench-samples" / f"{kind}-{client}-{task}-{episodes}ep"
+        if not (root / "meta" / "info.json").is_file():
+            write_sample(root, task=task, episodes=episodes, frames_per_episode=50, seed=client)
+        uris.append(f"local:{root}")
+    return uris
+
+
+def local_only_runs(federated: Path) -> dict[str, Path]:
+    from zk0cli.services import train
+
+    plans = train.plan_local_only(federated, progress=lambda m: print(f"  {m}", file=sys.stderr))
+    return {train.pooled_name(plan.training): train.run_centralized(plan).root for plan in plans}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from zk0cli.cli.app import main as zk0
 
+    if args.heterogeneity:
+        if args.dataset:
+            raise SystemExit("--heterogeneity generates the clients' datasets: leave out --dataset")
+        args.dataset = heterogeneous_datasets(args.heterogeneity, args.clients)
+        args.settings = ["client-eval-episodes=1", *args.settings]
     arms: dict[str, list[Path]] = {"federated": [], "centralized": []}
-    seconds = {"federated": 0.0, "centralized": 0.0}
+    seconds = {"federated": 0.0, "centralized": 0.0, "local-only": 0.0}
     for seed in range(args.seed, args.seed + args.seeds):
         print(f"seed {seed}: federated, {args.clients} clients x {args.rounds} rounds", file=sys.stderr)
         started = time.perf_counter()
@@ -98,7 +144,13 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         arms["centralized"].append(centralized_run(arms["federated"][-1]))
         seconds["centralized"] += time.perf_counter() - started
-    compare_args = ["compare", ",".join(map(str, arms["federated"])), ",".join(map(str, arms["centralized"]))]
+        if args.local_only:
+            print(f"seed {seed}: each client's dataset alone", file=sys.stderr)
+            started = time.perf_counter()
+            for name, root in local_only_runs(arms["federated"][-1]).items():
+                arms.setdefault(f"local {name}", []).append(root)
+            seconds["local-only"] += time.perf_counter() - started
+    compare_args = ["compare", *(",".join(map(str, runs)) for runs in arms.values())]
     if args.out:
         compare_args += ["--out", str(args.out)]
     try:
@@ -110,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"wall clock: federated {seconds['federated']:.1f} s, centralized {seconds['centralized']:.1f} s "
         f"(federated / centralized = {ratio:.2f}) over {args.seeds} seed(s)"
+        + (f"; local-only {seconds['local-only']:.1f} s" if args.local_only else "")
     )
     return 0
 

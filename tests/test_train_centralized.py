@@ -195,6 +195,13 @@ def test_each_node_dataset_alone_is_a_third_arm_of_the_comparison(
         assert gap["arm"] == "fed" and gap["percent"] == pytest.approx(100 * (final["fed"] / final[local] - 1))
         assert gap["text"].startswith("federated fed is") and f"local-only {local}" in gap["text"]
 
+    report = capsys_module("report", str(federated), "--out", str(tmp_path / "report"), "--json")
+    assert report.code == 0, report.stderr
+    text = (tmp_path / "report" / "report.md").read_text().split("## Each node alone", 1)[1].split("## ", 1)[0]
+    for name in ("pick", "stack"):
+        row = next(line for line in text.splitlines() if line.startswith(f"| {name} |"))
+        assert runs[name]["run_id"] in row and ("% lower" in row or "% higher" in row)
+
     refused = capsys_module("train", "--match-run", str(centralized), "--local-only")
     assert refused.code == ExitCode.BAD_INPUT and "not a federated one" in refused.stderr
     mismatch = capsys_module("train", "--match-run", str(federated), "--local-only", "--dataset", data["heldout"])

@@ -295,7 +295,8 @@ def comparability_warnings(arms: list[Arm]) -> list[str]:
             f"the runs were evaluated on different held-out data ({' | '.join(sorted(heldout))}): "
             "their losses do not compare"
         )
-    steps = {arm.label: sorted({run.steps for run in arm.runs}) for arm in arms}
+    # a local-only arm trains only its node's share of the steps, by design
+    steps = {arm.label: sorted({run.steps for run in arm.runs}) for arm in arms if arm.mode != LOCAL_ONLY}
     if len({tuple(s) for s in steps.values()}) > 1:
         warnings.append(
             "the arms trained for different optimizer steps ("

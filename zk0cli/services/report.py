@@ -252,6 +252,7 @@ def report_content(run: RunData, out_dir: Path) -> ReportContent:
     ]
     tables = [
         _participants_table(run),
+        *([_alone_table(run, final)] if run.mode == "federated" else []),
         _rounds_table(run),
         _rejections_table(run),
         Table(
@@ -372,6 +373,36 @@ def _participants_table(run: RunData) -> Table:
         ],
         note="episodes and frames per node are not in this record; the counts are from the round records",
     )
+
+
+def _alone_table(run: RunData, final: EvalPoint | None) -> Table:
+    """Each node's dataset trained alone (`zk0 train --match-run RUN --local-only`) against this
+    federated run, on the same held-out data: what federation pays each node."""
+    rows = []
+    for root in sorted(run.root.parent.iterdir()):
+        config = _local_only_config(root)
+        if not config or (config.get("matched_run") or {}).get("run_id") != run.run_id:
+            continue
+        alone = load_run(root).eval_points()
+        if not alone or final is None:
+            continue
+        gap = 100 * (final.policy_loss / alone[-1].policy_loss - 1)
+        side = "lower" if gap < 0 else "higher"
+        names = ", ".join(p.get("name", "") for p in config.get("participants") or [])
+        rows.append([names, root.name, _num(alone[-1].policy_loss), _num(final.policy_loss), f"{abs(gap):.1f}% {side}"])
+    return Table(
+        "Each node alone",
+        ["dataset", "local-only run", "its final loss", "federated", "federated is"],
+        rows,
+        note="final server eval loss on the same held-out data"
+        if rows
+        else f"no local-only runs yet: `zk0 train --match-run {run.run_id} --local-only` trains each node alone",
+    )
+
+
+def _local_only_config(root: Path) -> dict[str, Any] | None:
+    config = read_json(root / "config.json", default=None)
+    return config if isinstance(config, dict) and config.get("mode") == "local-only" else None
 
 
 def _rounds_table(run: RunData) -> Table:
