@@ -43,7 +43,7 @@ def test_rounds_build_the_summaries_in_round_order(tmp_path):
 def test_checkpoints_keep_last_k_and_final_points_at_the_newest(tmp_path):
     run = records.RunRecord.create(tmp_path, "r")
     for n in (1, 2, 3):
-        run.save_checkpoint(n, lambda d, n=n: (d / "weights.txt").write_text(str(n)), keep_last=2)
+        run.save_checkpoint(n, lambda d, _final, n=n: (d / "weights.txt").write_text(str(n)), keep_last=2)
     assert [p.name for p in run.checkpoints()] == ["round_0002", "round_0003"]
     assert (run.root / "final" / "weights.txt").read_text() == "3"
     assert not list((run.root / "checkpoints").glob(".*"))  # no temporary leftovers
@@ -51,9 +51,9 @@ def test_checkpoints_keep_last_k_and_final_points_at_the_newest(tmp_path):
 
 def test_failed_checkpoint_leaves_the_previous_final(tmp_path):
     run = records.RunRecord.create(tmp_path, "r")
-    run.save_checkpoint(1, lambda d: (d / "w").write_text("1"), keep_last=0)
+    run.save_checkpoint(1, lambda d, _final: (d / "w").write_text("1"), keep_last=0)
 
-    def broken(directory):
+    def broken(directory, _final):
         (directory / "w").write_text("half")
         raise OSError("disk full")
 

@@ -213,7 +213,8 @@ def test_a_local_checkpoint_is_a_base(pick, datasets_root, tmp_path):
 
 def test_a_checkpoint_outlives_its_run_directory_and_the_backbone_it_was_built_on(datasets_root, tmp_path, monkeypatch):
     """Issue 15: a demo's checkpoint named its VLM by the demo's backbone folder; removed, the
-    checkpoint no longer loaded. The VLM directory now travels inside the checkpoint."""
+    checkpoint no longer loaded. The VLM directory now travels inside the checkpoint: LeRobot
+    loads it with the original folder gone, and zk0 after the run was moved too."""
     import shutil
 
     from lerobot.policies.factory import make_pre_post_processors
@@ -223,19 +224,21 @@ def test_a_checkpoint_outlives_its_run_directory_and_the_backbone_it_was_built_o
 
     demo = tmp_path / "demo"
     built = build_policy(tiny_spec(demo / "backbones"), meta_of(datasets_root / "pick"))
-    save_checkpoint(built, tmp_path / "run" / "checkpoint")
-    shutil.move(tmp_path / "run", tmp_path / "moved")
+    checkpoint = tmp_path / "run" / "checkpoint"
+    save_checkpoint(built, checkpoint)
     shutil.rmtree(demo)
-    checkpoint = tmp_path / "moved" / "checkpoint"
 
-    reloaded = build_policy(PolicySpec(base=str(checkpoint), device="cpu"), meta_of(datasets_root / "pick"))
-    assert reloaded.config.vlm_model_name == str(checkpoint / "vlm")
-    for (name, a), (_, b) in zip(built.policy.state_dict().items(), reloaded.policy.state_dict().items()):
-        assert torch.equal(a, b), name
-    monkeypatch.chdir(checkpoint)  # LeRobot's own loaders, as a robot machine would run them
+    monkeypatch.chdir(tmp_path)  # LeRobot's own loaders, as a robot machine would run them
     policy = SmolVLAPolicy.from_pretrained(str(checkpoint))
     preprocessor, _ = make_pre_post_processors(policy.config, pretrained_path=str(checkpoint))
-    assert policy.config.vlm_model_name == "vlm" and preprocessor is not None
+    assert policy.config.vlm_model_name == str(checkpoint.resolve() / "vlm") and preprocessor is not None
+
+    shutil.move(tmp_path / "run", tmp_path / "moved")  # moved: zk0 falls back to the checkpoint's vlm/
+    moved = tmp_path / "moved" / "checkpoint"
+    reloaded = build_policy(PolicySpec(base=str(moved), device="cpu"), meta_of(datasets_root / "pick"))
+    assert reloaded.config.vlm_model_name == str(moved / "vlm")
+    for (name, a), (_, b) in zip(built.policy.state_dict().items(), reloaded.policy.state_dict().items()):
+        assert torch.equal(a, b), name
 
 
 @pytest.mark.slow  # waits out huggingface_hub's retries against an unreachable Hub (~20 s)

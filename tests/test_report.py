@@ -72,7 +72,9 @@ def write_record(
         if with_video and server_round == len(losses) - 1:
             entry["video"] = _video(run.root / "videos" / f"round_{server_round:04d}.mp4", server_round)
         if server_round == len(losses) - 1:
-            run.save_checkpoint(server_round, lambda d: (d / "model.safetensors").write_bytes(b"w"), keep_last=0)
+            run.save_checkpoint(
+                server_round, lambda d, _final: (d / "model.safetensors").write_bytes(b"w"), keep_last=0
+            )
         run.write_round(entry)
     run.write_status("completed", rounds=len(losses) - 1)
     return run.root

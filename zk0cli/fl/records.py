@@ -170,14 +170,15 @@ class RunRecord:
     def checkpoint_dir(self, server_round: int) -> Path:
         return self.root / "checkpoints" / f"round_{server_round:04d}"
 
-    def save_checkpoint(self, server_round: int, save: Callable[[Path], None], keep_last: int) -> Path:
-        """Write a checkpoint via ``save(tmp_dir)``, rename it into place, point final/ at it, prune."""
+    def save_checkpoint(self, server_round: int, save: Callable[[Path, Path], None], keep_last: int) -> Path:
+        """Write a checkpoint via ``save(tmp_dir, final_dir)`` (it will live at ``final_dir``), rename
+        it into place, point final/ at it, prune."""
         target = self.checkpoint_dir(server_round)
         tmp = target.with_name(f".{target.name}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         try:
-            save(tmp)
+            save(tmp, target)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

@@ -181,7 +181,9 @@ class RunOutputs:
             self.evaluations += 1
         if server_round > 0 and (server_round % self.config.checkpoint_interval == 0 or last):
             directory = self.record.save_checkpoint(
-                server_round, lambda d: self.evaluator.save_checkpoint(d, weights), self.config.keep_last_checkpoints
+                server_round,
+                lambda tmp, final: self.evaluator.save_checkpoint(tmp, weights, lives_at=final),
+                self.config.keep_last_checkpoints,
             )
             entry["checkpoint"] = str(directory.relative_to(self.record.root))
         name_nodes(entry, registered_node_names(Paths.resolve()))  # re-read: a node added mid-run gets its name

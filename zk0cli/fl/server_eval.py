@@ -114,13 +114,15 @@ class ServerEvaluator:
         )
         return {"datasets": per_dataset, "composite": composite}
 
-    def save_checkpoint(self, directory: Path, weights: Mapping[str, NDArray[np.float32]]) -> None:
+    def save_checkpoint(
+        self, directory: Path, weights: Mapping[str, NDArray[np.float32]], *, lives_at: Path | None = None
+    ) -> None:
         """LeRobot's save_pretrained layout: policy config + weights and both processors (which
         hold the first held-out dataset's statistics, or none when the server has no data)."""
         from zk0cli.policy.build import save_checkpoint
 
         _load(self.built, weights)
-        save_checkpoint(self.built, directory)
+        save_checkpoint(self.built, directory, lives_at=lives_at)
 
     def write_video(self, path: Path, weights: Mapping[str, NDArray[np.float32]], server_round: int) -> dict[str, Any]:
         """The first held-out episode of the first eval dataset (the same one every round, so they compare)."""

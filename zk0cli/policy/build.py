@@ -197,9 +197,9 @@ def _checkpoint_config(base: str) -> SmolVLAConfig:
     if config.type != "smolvla":
         raise bad_input(f"{base} is a '{config.type}' checkpoint, not SmolVLA", hint="pass a SmolVLA checkpoint")
     config.pretrained_path = source
-    bundled = local / config.vlm_model_name if local.is_dir() else None
-    if bundled is not None and not Path(config.vlm_model_name).is_absolute() and bundled.is_dir():
-        config.vlm_model_name = str(bundled)  # a VLM directory saved inside the checkpoint (save_checkpoint)
+    bundled = local / BUNDLED_VLM
+    if local.is_dir() and bundled.is_dir() and not Path(config.vlm_model_name).is_dir():
+        config.vlm_model_name = str(bundled)  # the checkpoint moved: its own copy of the VLM (save_checkpoint)
     # Features come from each node's own dataset (camera names, state size), not the checkpoint's.
     config.input_features = {}
     config.output_features = {}
@@ -252,17 +252,17 @@ def _hub_errors(*names: str | None) -> Iterator[None]:
         ) from exc
 
 
-BUNDLED_VLM = "vlm"  # a checkpoint's copy of its local VLM directory, named relative to the checkpoint
+BUNDLED_VLM = "vlm"  # a checkpoint's copy of the local VLM directory it was built on
 PROCESSOR_FILE = "policy_preprocessor.json"
 
 
-def save_checkpoint(built: BuiltPolicy, directory: Path) -> None:
-    """LeRobot's save_pretrained layout (policy config + weights, both processors), made to
-    outlive where it was trained: a VLM read from a local directory (zk0's offline backbones, a
-    demo's folder) is copied in as ``vlm/`` and named relative to the checkpoint, so moving the
-    run or removing that directory later does not break it. zk0 resolves the relative name
-    (:func:`_checkpoint_config`); LeRobot's own loaders resolve it from the checkpoint directory
-    as working directory. A Hub VLM id is left as it is."""
+def save_checkpoint(built: BuiltPolicy, directory: Path, *, lives_at: Path | None = None) -> None:
+    """LeRobot's save_pretrained layout (policy config + weights, both processors) in
+    ``directory``, which will live at ``lives_at`` (default: where it is), made to outlive where
+    it was trained: a VLM read from a local directory (zk0's offline backbones, a demo's folder)
+    is copied in as ``vlm/`` and named by its path there, so removing the original directory
+    does not break it, for LeRobot's own loaders too. Moved elsewhere, the checkpoint still loads
+    in zk0, which falls back to its ``vlm/`` (:func:`_checkpoint_config`). A Hub VLM id is kept."""
     built.policy.save_pretrained(directory)
     built.preprocessor.save_pretrained(directory)
     built.postprocessor.save_pretrained(directory)
@@ -270,16 +270,17 @@ def save_checkpoint(built: BuiltPolicy, directory: Path) -> None:
     if not vlm.is_dir():
         return
     shutil.copytree(vlm, directory / BUNDLED_VLM)
-    _rename_vlm(directory / "config.json", "vlm_model_name", str(vlm))
-    _rename_vlm(directory / PROCESSOR_FILE, "tokenizer_name", str(vlm))
+    bundled = str(Path(lives_at or directory).resolve() / BUNDLED_VLM)
+    _rename_vlm(directory / "config.json", "vlm_model_name", str(vlm), bundled)
+    _rename_vlm(directory / PROCESSOR_FILE, "tokenizer_name", str(vlm), bundled)
 
 
-def _rename_vlm(path: Path, key: str, old: str) -> None:
-    """Point every ``key`` holding ``old`` in a saved JSON file at the bundled VLM."""
+def _rename_vlm(path: Path, key: str, old: str, new: str) -> None:
+    """Point every ``key`` holding ``old`` in a saved JSON file at ``new``."""
 
     def renamed(node: Any) -> Any:
         if isinstance(node, dict):
-            return {k: BUNDLED_VLM if k == key and v == old else renamed(v) for k, v in node.items()}
+            return {k: new if k == key and v == old else renamed(v) for k, v in node.items()}
         if isinstance(node, list):
             return [renamed(item) for item in node]
         return node
