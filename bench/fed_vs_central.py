@@ -41,7 +41,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--clients", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--local-steps", type=int, default=20)
-    parser.add_argument("--seeds", type=int, default=1, help="seeds per arm (the first is --seed)")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per arm (the first is --seed); paired by seed")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--policy", default="tiny", help="tiny, real-geometry, or a SmolVLA checkpoint (Hub id or dir)")
     parser.add_argument("--device", default="auto")

@@ -74,7 +74,7 @@ def by_round(record: RunRecord) -> dict[int, dict]:
 # Bit-identical holds where nothing but the checkpoint carries state: full weights down and no
 # error feedback. The delta encodings' rounding residuals (the server's wire global, each node's
 # uplink residual) are not in checkpoints: a resumed run continues, close but not bit-identical
-# (test_a_run_in_deltas_resumes_with_full_weights_then_deltas_again).
+# (test_a_run_resumes_in_every_wire_encoding_full_weights_first_then_changes).
 EXACT = {"keep-globals": 0, "error-feedback": False}
 
 
@@ -110,10 +110,11 @@ def test_a_resumed_run_ends_exactly_where_the_uninterrupted_run_ends(tmp_path, f
     assert [p.name for p in record.checkpoints()] == ["round_0002", "round_0004"]
 
 
-@pytest.mark.parametrize("encoding", ["bf16-delta", "int8-delta"])
-def test_a_run_in_deltas_resumes_with_full_weights_then_deltas_again(tmp_path, fl_datasets, encoding):
+@pytest.mark.parametrize("encoding", ["fp32", "bf16-delta", "int8-delta"])
+def test_a_run_resumes_in_every_wire_encoding_full_weights_first_then_changes(tmp_path, fl_datasets, encoding):
     wire = {"wire-encoding": encoding, "fraction-evaluate": 0.0}
-    share = 3 if encoding == "int8-delta" else 1.9  # of full fp32 weights: int8 ~1/4, bf16 1/2
+    # the bytes of a change, as a share of full fp32 weights: int8 ~1/4, bf16 1/2, fp32 all of them
+    share = {"int8-delta": 3, "bf16-delta": 1.9, "fp32": 0.99}[encoding]
     config, grid, record = federation(tmp_path, fl_datasets, "crashed", CrashingGrid, **wire)
     grid.crash_round = 4
     with pytest.raises(ConnectionError):
