@@ -59,8 +59,9 @@ def _render(console, result: dict[str, Any]) -> None:
         steps = "/".join(str(s) for s in sorted({run["steps"] for run in arm["runs"]}))
         seeds = len(arm["runs"])
         console.print(
-            f"{letters[arm['label']]}  {arm['mode']:<11}  {arm['label']}  {seeds} seed{'s' * (seeds != 1)}, "
-            f"{steps} steps",
+            # the label last: a long record name wraps without pushing the counts off the line
+            f"{letters[arm['label']]}  {arm['mode']:<11}  {seeds} seed{'s' * (seeds != 1)}, {steps:>4} steps  "
+            f"{arm['label']}",
             markup=False,
         )
     table = Table(
