@@ -88,7 +88,8 @@ def test_compare_reads_every_number_from_the_records(cli, zk0_home, tmp_path):
     assert json.loads((tmp_path / "cmp" / "compare.json").read_text())["gaps"] == data["gaps"]
     human = cli("compare", "fed-1", "cen-1", "--out", str(tmp_path / "cmp2"))
     assert human.code == 0 and "A vs B, final loss:" in human.stdout and "(no CI)" in human.stdout
-    assert "A  federated    fed-1  1 seed," in human.stdout and "B  centralized  cen-1  1 seed," in human.stdout
+    assert "A  federated    1 seed,   30 steps  fed-1" in human.stdout
+    assert "B  centralized  1 seed,   30 steps  cen-1" in human.stdout
     assert "dataset's own action units" in human.stdout  # the error's unit is said
     assert all(len(line) <= 80 for line in human.stdout.splitlines() if not line.startswith("plot: "))
     unpaired = compare.compare([["fed-1", "fed-2"], ["cen-2", "cen-3"]], out_dir=tmp_path / "cmp3")  # seeds differ
