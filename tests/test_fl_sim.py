@@ -191,6 +191,30 @@ def test_frozen_vlm_is_bit_identical_and_only_trainables_changed(
     assert changed and changed <= trainable
 
 
+def test_export_holds_the_last_global_and_the_node_stats(sim_run, fl_datasets, sim_env, tmp_path):
+    """The clients kept the last global they loaded; `zk0 export` by Flower run id gives the run's
+    final global (up to the wire's bf16 rounding), and by record directory the checkpoint's exactly."""
+    import torch
+    from safetensors.torch import load_file
+
+    from zk0cli.policy.trainable import VLM_PREFIX
+
+    final = load_file(str(sim_run["dir"] / "final" / "model.safetensors"))
+    node = f"local:{fl_datasets[1]}"
+    for source, name in ((str(sim_run["config"]["flwr_run_id"]), "kept"), (str(sim_run["dir"]), "record")):
+        done = zk0(sim_env, "--json", "export", source, "-o", str(tmp_path / name), "--dataset", node, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        summary = json.loads(done.stdout)
+        assert summary["server_round"] == ROUNDS and summary["normalised_by"]["dataset"] == node
+        exported = load_file(str(tmp_path / name / "model.safetensors"))
+        for key, value in final.items():
+            if name == "record" or key.startswith(VLM_PREFIX):
+                assert torch.equal(exported[key], value), (name, key)
+            else:
+                torch.testing.assert_close(exported[key], value, rtol=1e-2, atol=1e-3)
+        assert summary["cameras"] == ["front"] and summary["run_datasets"]
+
+
 def test_bf16_delta_uplink_matches_fp32_uplink(sim_run, fl_datasets, tmp_path, torch_one_thread):
     """The same run (config and seed) with fp32 uplink, through the in-process grid: final loss within 2%."""
     from loopback_grid import LoopbackGrid

@@ -84,6 +84,7 @@ class Federation:
             "hf:me/my-so101-set": "hf:acme/alice" if machine in ("server", "alice") else "hf:acme/bob",
             "hf:you/your-set": "hf:acme/bob",
             "my-so101-set": machine,
+            "my-policy": str(self.home(machine) / "policy"),
             "--rounds 30": "--rounds 2",
             "status --watch": "status",
             **self.printed,
@@ -194,6 +195,9 @@ def _check_what_was_shown(fed: Federation, outputs: dict[str, str]) -> None:
         assert logged.count("\n") >= 10 and "Traceback" not in logged
         joined = shown(f"{node}: zk0 node join")
         assert f"node {node} connected" in joined
+        exported = json.loads((fed.home(node) / "policy" / "zk0_export.json").read_text())
+        assert exported["from"] == f"run {run_id}" and exported["server_round"] == 2
+        assert exported["normalised_by"]["dataset"] == f"hf:acme/{node}"  # its own stats, not the server's
 
 
 def _alive(pid: int) -> bool:

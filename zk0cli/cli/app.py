@@ -17,6 +17,7 @@ from zk0cli import __version__
 from zk0cli.cli import common, config_cmd, dataset, doctor, init, logs, node, stop
 from zk0cli.cli import compare as compare_cmd
 from zk0cli.cli import demo as demo_cmd
+from zk0cli.cli import export as export_cmd
 from zk0cli.cli import report as report_cmd
 from zk0cli.cli import run as run_cmd
 from zk0cli.cli import server as server_cmd
@@ -51,6 +52,7 @@ app.command("sim")(sim_cmd.sim)
 app.command("compare")(compare_cmd.compare)
 app.command("train")(train_cmd.train)
 app.command("demo")(demo_cmd.demo)
+app.command("export")(export_cmd.export)
 
 
 @app.callback(invoke_without_command=True)

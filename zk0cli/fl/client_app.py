@@ -7,10 +7,12 @@ the trainable parameters (fp32, or their change in bf16/int8), the reply's diges
 A node that cannot rebuild the global replies ``need-full`` and gets full weights.
 evaluate: verify -> load -> deterministic loss and action error on the held-out episodes.
 query: the dataset's feature names and shapes, for a server without held-out data.
+Every global loaded is also kept on the node's disk for ``zk0 export`` (:mod:`zk0cli.fl.received`).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,6 +29,7 @@ from zk0cli.fl.strategy import ARRAYS, CONFIG, INFO, METRICS, SAMPLES
 from zk0cli.fl.wire import HOLDS, NEED_FULL, NodeWire, RebuildError, node_wire
 
 app = ClientApp()
+log = logging.getLogger("zk0.node")
 
 
 @app.train()
@@ -42,6 +45,7 @@ def train(msg: Message, context: Context) -> Message:
         global_weights = load_global(node, wire, _global_arrays(msg), round_config, config.int8_block_size)
     except RebuildError as exc:
         return need_full_reply(msg, str(exc))
+    keep_global(msg, context, node, global_weights)
     server_round = int(_number(round_config, "server-round"))
     settings = TrainConfig(
         steps=config.local_steps,
@@ -96,9 +100,10 @@ def evaluate(msg: Message, context: Context) -> Message:
     node = runtime(context.node_config, config)
     wire = node_wire(context.node_id)
     try:
-        load_global(node, wire, _global_arrays(msg), _round_config(msg), config.int8_block_size)
+        global_weights = load_global(node, wire, _global_arrays(msg), _round_config(msg), config.int8_block_size)
     except RebuildError as exc:
         return need_full_reply(msg, str(exc))
+    keep_global(msg, context, node, global_weights)
     metrics: dict[str, Any] = {SAMPLES: 0, "policy_loss": float("nan"), "action_error": float("nan")}
     if node.heldout_set is not None:
         result = evaluate_policy(
@@ -170,6 +175,28 @@ def load_global(
     weights = wire.receive(arrays, round_config, block)
     set_trainable(node.built.policy, _as_tensors(weights))
     return weights
+
+
+def keep_global(msg: Message, context: Context, node: NodeRuntime, weights: Mapping[str, NDArray[np.float32]]) -> None:
+    """Keep the global just loaded for ``zk0 export`` (:mod:`zk0cli.fl.received`). A disk that
+    refuses it costs the export, not the round: logged, and training goes on."""
+    from zk0cli.core.paths import Paths
+    from zk0cli.fl import received
+    from zk0cli.policy.build import policy_features
+
+    try:
+        received.keep(
+            Paths.resolve(),
+            msg.metadata.run_id,
+            int(_number(_round_config(msg), "server-round")),
+            weights,
+            run_config=dict(context.run_config),
+            dataset_uri=node.assignment.uri,
+            dataset_fingerprint=node.fingerprint,
+            features=policy_features(node.built.config),
+        )
+    except (OSError, Zk0Error) as exc:
+        log.warning("could not keep the global weights for `zk0 export`: %s", exc)
 
 
 def _local_weights(node: NodeRuntime) -> dict[str, NDArray[np.float32]]:

@@ -133,6 +133,40 @@ def build_policy(spec: PolicySpec, dataset_meta: LeRobotDatasetMetadata) -> Buil
     return BuiltPolicy(policy, preprocessor, postprocessor, device, autocast, spec)
 
 
+def policy_features(config: SmolVLAConfig) -> dict[str, list[int]]:
+    """The features a policy was built for, by name: what a dataset it runs on must provide."""
+    return {name: list(feature.shape) for name, feature in {**config.input_features, **config.output_features}.items()}
+
+
+def check_features(trained: dict[str, list[int]], dataset_meta: LeRobotDatasetMetadata, *, what: str) -> None:
+    """bad_input unless the dataset has the cameras, state and action ``trained`` names, with the
+    same state and action sizes (camera frames may differ in size: they are resized)."""
+    from lerobot.utils.feature_utils import dataset_to_policy_features
+
+    offered = {name: list(feature.shape) for name, feature in dataset_to_policy_features(dataset_meta.features).items()}
+    missing = sorted(set(trained) - set(offered))
+    extra = sorted(set(offered) - set(trained))
+    resized = [
+        f"{name} {offered[name]} vs {trained[name]}"
+        for name in sorted(set(trained) & set(offered))
+        if not name.startswith("observation.images.") and offered[name] != trained[name]
+    ]
+    if missing or extra or resized:
+        detail = "; ".join(
+            part
+            for part in (
+                f"missing {', '.join(missing)}" if missing else "",
+                f"not in the policy {', '.join(extra)}" if extra else "",
+                f"sizes differ: {', '.join(resized)}" if resized else "",
+            )
+            if part
+        )
+        raise bad_input(
+            f"the dataset's features do not match {what} ({detail})",
+            hint="use the dataset this policy was trained on, or one recorded with the same cameras and arm",
+        )
+
+
 def check_sources(spec: PolicySpec) -> str:
     """Fetch, or find in the HF cache, what building ``spec`` reads from the Hub (the checkpoint's
     config, its VLM's config), as a build would: the Zk0Error a build would raise, in seconds."""

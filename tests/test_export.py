@@ -1,0 +1,142 @@
+"""`zk0 export`: the node's kept global + its own stats -> a LeRobot policy directory that
+LeRobot's own loaders read and that acts in the node's units. (The same after a real `zk0 sim`
+is in test_fl_sim.)"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from zk0cli.core.paths import Paths
+from zk0cli.fl import received
+from zk0cli.fl.run_config import RunConfig
+
+RUN_ID = 4242424242
+RUN_CONFIG = {"policy": "tiny", "chunk-size": 5, "seed": 7, "device": "cpu"}
+
+
+@pytest.fixture
+def node_dataset(fl_datasets):
+    return f"local:{fl_datasets[1]}"
+
+
+def trained_weights(dataset: str, shift: float = 0.25):
+    """The node's policy as the run builds it, and trainable weights moved away from the
+    initial ones (a global that is not just the seeded start)."""
+    from zk0cli.datasets.uri import open_metadata, parse_uri
+    from zk0cli.policy.build import build_policy, policy_features
+    from zk0cli.policy.trainable import get_trainable
+
+    built = build_policy(RunConfig.from_mapping(RUN_CONFIG).policy_spec(), open_metadata(parse_uri(dataset)))
+    weights = {name: (t + shift).numpy() for name, t in get_trainable(built.policy).items()}
+    return built, weights, policy_features(built.config)
+
+
+def keep(dataset: str, weights, features, *, run_id: int = RUN_ID, server_round: int = 3) -> None:
+    received.keep(
+        Paths.resolve(),
+        run_id,
+        server_round,
+        weights,
+        run_config=RUN_CONFIG,
+        dataset_uri=dataset,
+        dataset_fingerprint="f" * 64,
+        features=features,
+    )
+
+
+def test_export_loads_with_lerobot_and_acts_in_the_node_units(cli, node_dataset, fl_datasets, tmp_path):
+    from lerobot.policies.factory import make_pre_post_processors
+    from lerobot.policies.smolvla import SmolVLAPolicy
+
+    from zk0cli.datasets.uri import open_metadata, parse_uri
+
+    _, weights, features = trained_weights(node_dataset)
+    keep(node_dataset, weights, features)
+    out_dir = tmp_path / "policy"
+    done = cli("--json", "export", str(RUN_ID)[:6], "-o", str(out_dir))
+    assert done.code == 0, done.stderr
+    summary = done.json()
+    assert summary["server_round"] == 3 and summary["normalised_by"]["dataset"] == node_dataset
+    assert "lerobot-rollout" in (out_dir / "README.md").read_text()
+    assert json.loads((out_dir / "zk0_export.json").read_text())["global_sha256"] == summary["global_sha256"]
+
+    policy = SmolVLAPolicy.from_pretrained(out_dir)
+    preprocessor, postprocessor = make_pre_post_processors(policy.config, pretrained_path=str(out_dir))
+    exported = dict(policy.named_parameters())
+    for name, value in weights.items():
+        assert torch.equal(exported[name].detach(), torch.from_numpy(value)), name
+
+    meta = open_metadata(parse_uri(node_dataset))
+    server_meta = open_metadata(parse_uri(f"local:{fl_datasets[0]}"))
+    assert not np.allclose(meta.stats["action"]["mean"], server_meta.stats["action"]["mean"])
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    frame = LeRobotDataset(meta.repo_id, root=meta.root)[0]
+    batch = {key: value.unsqueeze(0) if isinstance(value, torch.Tensor) else [value] for key, value in frame.items()}
+    policy.eval()
+    with torch.no_grad():
+        normalised = policy.select_action(preprocessor(batch))
+    action = postprocessor(normalised)
+    assert action.shape == (1, meta.features["action"]["shape"][0]) and torch.isfinite(action).all()
+    mean = torch.as_tensor(meta.stats["action"]["mean"], dtype=torch.float32)
+    std = torch.as_tensor(meta.stats["action"]["std"], dtype=torch.float32)
+    torch.testing.assert_close(action, normalised.cpu() * std + mean, rtol=1e-4, atol=1e-4)  # the node's units
+
+
+def test_kept_global_is_digest_checked_and_old_runs_are_forgotten(node_dataset):
+    weights = {"a.weight": np.arange(6, dtype=np.float32).reshape(2, 3), "b.bias": np.ones(4, dtype=np.float32)}
+    for run_id in range(1, received.KEEP_RUNS + 2):
+        keep(node_dataset, weights, {}, run_id=run_id)
+    assert received.held_runs(Paths.resolve()) == list(range(2, received.KEEP_RUNS + 2))  # run 1 dropped
+    back = received.read(Paths.resolve(), 2)
+    assert list(back.weights) == ["a.weight", "b.bias"]
+    assert np.array_equal(back.weights["a.weight"], weights["a.weight"])
+    assert not received.keep(  # the same global again (a simulation's other client): not rewritten
+        Paths.resolve(), 2, 3, weights, run_config={}, dataset_uri=node_dataset, dataset_fingerprint="", features={}
+    )
+    path = received.received_dir(Paths.resolve()) / "2" / received.WEIGHTS
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(Exception, match="fails its digest check"):
+        received.read(Paths.resolve(), 2)
+
+
+@pytest.mark.parametrize(
+    ("make", "args", "message"),
+    [
+        ("nothing", ["123"], "holds no global weights of run '123'"),
+        ("kept", [str(RUN_ID), "--round", "2"], "global of round 3, not 2"),
+        ("full-out", [str(RUN_ID)], "exists and is not empty"),
+        ("plain-dir", ["{tmp}"], "neither a checkpoint"),
+        ("record", ["{tmp}"], "has no checkpoint of round 4"),
+    ],
+)
+def test_bad_export_input_is_one_line_and_exit_2(cli, node_dataset, tmp_path, make, args, message):
+    out_dir = tmp_path / "out"
+    if make in ("kept", "full-out"):
+        keep(node_dataset, {"w": np.zeros(2, dtype=np.float32)}, {})
+    if make == "full-out":
+        out_dir.mkdir()
+        (out_dir / "something").write_text("x")
+    if make == "plain-dir":
+        (tmp_path / "plain").mkdir()
+    if make == "record":
+        (tmp_path / "record" / "checkpoints" / "round_0002").mkdir(parents=True)
+    target = {"plain-dir": tmp_path / "plain", "record": tmp_path / "record"}.get(make, tmp_path)
+    extra = ["--round", "4"] if make == "record" else []
+    done = cli("export", *[a.replace("{tmp}", str(target)) for a in args], *extra, "-o", str(out_dir))
+    assert done.code == 2, done.stderr
+    assert message in done.stderr and "hint:" in done.stderr
+
+
+def test_export_refuses_a_dataset_with_other_features(cli, node_dataset, tmp_path):
+    _, weights, features = trained_weights(node_dataset, shift=0.0)
+    keep(node_dataset, weights, {**features, "observation.state": [7]})  # trained on a 7-joint arm
+    done = cli("export", str(RUN_ID), "-o", str(tmp_path / "out"), "--dataset", node_dataset)
+    assert done.code == 2
+    assert "features do not match" in done.stderr and "observation.state [6] vs [7]" in done.stderr
