@@ -79,3 +79,46 @@ def test_robust_rules_spill_every_update_and_aggregate_tensor_by_tensor(tmp_path
         np.testing.assert_allclose(result[name], expected, rtol=1e-6, atol=1e-7)
         assert result[name].shape == given[0][0][name].shape and result[name].dtype == np.float32
     assert not (tmp_path / "spill").exists()  # the spill goes with the round
+
+
+@pytest.mark.parametrize(("rule", "byzantine"), [("krum", 1), ("multi-krum", 1), ("multi-krum", 2)])
+def test_krum_rules_match_flowers_own_krum_on_the_spilled_updates(tmp_path, rule, byzantine):
+    """Distances are summed tensor by tensor from the spill; the choice and the result are what
+    Flower's aggregate_krum gives on whole models (it flattens them all into memory)."""
+    from flwr.server.strategy.aggregate import aggregate_krum
+
+    from zk0cli.fl.aggregate import SpilledUpdates
+
+    given = updates(7, seed=5)
+    given[2][0]["expert.w"] *= -10  # a poisoned update: far from every other
+    spilled = SpilledUpdates(tmp_path / "spill", rule, byzantine_nodes=byzantine)
+    for arrays, samples in given:
+        spilled.add(arrays, samples)
+    result = spilled.result()
+    keep = 0 if rule == "krum" else len(given) - byzantine
+    expected = aggregate_krum([(list(a.values()), int(s)) for a, s in given], byzantine, keep)
+    for (name, value), want in zip(result.items(), expected, strict=True):
+        np.testing.assert_allclose(value, want, rtol=1e-5, atol=1e-6, err_msg=name)
+    assert 2 in spilled.excluded and len(spilled.excluded) == (len(given) - 1 if rule == "krum" else byzantine)
+    assert not (tmp_path / "spill").exists()
+
+
+def test_each_spilled_update_gets_its_cosine_to_the_aggregate(tmp_path):
+    from zk0cli.fl.aggregate import SpilledUpdates
+
+    reference = {"expert.w": np.zeros((64, 32), np.float32), "proj.b": np.full(7, 0.5, np.float32)}
+    given = updates(4, seed=9)
+    given[1] = ({name: 2 * reference[name] - value for name, value in given[0][0].items()}, 1.0)  # 0's change, negated
+    spilled = SpilledUpdates(tmp_path / "spill", "median", reference=reference)
+    for arrays, samples in given:
+        spilled.add(arrays, samples)
+    result = spilled.result()
+
+    def change(arrays):
+        return np.concatenate([(arrays[n] - reference[n]).ravel() for n in reference]).astype(np.float64)
+
+    step = change(result)
+    for (arrays, _), cosine in zip(given, spilled.cosines, strict=True):
+        own = change(arrays)
+        assert cosine == pytest.approx(own @ step / np.linalg.norm(own) / np.linalg.norm(step), rel=1e-6)
+    assert spilled.cosines[1] == pytest.approx(-spilled.cosines[0], rel=1e-6)

@@ -103,3 +103,14 @@ def test_min_replies_must_be_a_fraction_or_a_whole_count():
     with pytest.raises(Zk0Error) as refused:
         RunConfig.from_mapping({"min-replies": 2.5})
     assert refused.value.code == ExitCode.BAD_INPUT and "min-replies=0.8" in refused.value.hint
+
+
+@pytest.mark.parametrize("rule", ["krum", "multi-krum"])
+def test_krum_needs_enough_nodes_for_the_byzantine_count(rule):
+    RunConfig.from_mapping({"aggregation": rule, "byzantine-nodes": 1, "min-available-nodes": 5})
+    with pytest.raises(Zk0Error) as refused:
+        RunConfig.from_mapping({"aggregation": rule, "byzantine-nodes": 2, "min-available-nodes": 5})
+    assert refused.value.code == ExitCode.BAD_INPUT and "needs 7 nodes" in refused.value.message
+    assert "min-available-nodes=7" in refused.value.hint
+    with pytest.raises(Zk0Error, match="byzantine-nodes"):
+        RunConfig.from_mapping({"byzantine-nodes": -1})

@@ -353,14 +353,19 @@ def test_a_scaled_sign_flipped_update_is_measured_flagged_and_clipped(tmp_path, 
     assert summary(rounds[1])["flagged"].keys() == {"1000", "1001"}
 
 
-@pytest.mark.parametrize("aggregation", ["mean", "median"])
-def test_a_median_shrugs_off_a_poisoned_update_that_drags_the_mean(tmp_path, fl_datasets, aggregation):
+@pytest.mark.parametrize("aggregation", ["mean", "median", "krum"])
+def test_robust_rules_shrug_off_a_poisoned_update_that_drags_the_mean(tmp_path, fl_datasets, aggregation):
     """Issue 14: three nodes, node 1001 sends its delta x -10. The mean's global moves several
-    times as far as an honest update; the median's stays within the honest ones' reach."""
+    times as far as an honest update; the median's and krum's stay within the honest ones' reach,
+    each change's cosine to the aggregate's is recorded, and only the poisoned node is flagged."""
     tamper = Tamper({(1, 1): "scale"})
     three = [fl_datasets[0], fl_datasets[1], fl_datasets[0]]
+    krum = {"byzantine-nodes": 0, "min-available-nodes": 3} if aggregation == "krum" else {}
     rounds, _, _ = run_loopback(
-        tmp_path, three, tampering_app(tamper), **{"num-server-rounds": 2, "aggregation": aggregation, **FULL_DOWN}
+        tmp_path,
+        three,
+        tampering_app(tamper),
+        **{"num-server-rounds": 2, "aggregation": aggregation, **krum, **FULL_DOWN},
     )
     honest = max(c["measured_update_norm"] for c in rounds[1]["clients"]["each"] if c["node"] != "1001")
     before = integrity.from_record(tamper.seen[(1, 0)][0])
@@ -370,6 +375,14 @@ def test_a_median_shrugs_off_a_poisoned_update_that_drags_the_mean(tmp_path, fl_
         assert moved > 2 * honest
     else:
         assert moved <= honest
+        each = {c["node"]: c for c in rounds[1]["clients"]["each"]}
+        poisoned = each.pop("1001")
+        assert poisoned["outlier"] and -1 <= poisoned["cosine_to_aggregate"] <= 1
+        for honest_node in each.values():  # a few noisy steps: near-orthogonal changes are not flagged
+            assert -1 <= honest_node["cosine_to_aggregate"] <= 1 and not honest_node.get("outlier")
+            assert "points away" not in " ".join(honest_node.get("flags", []))
+        if aggregation == "krum":
+            assert poisoned["excluded_by"] == "krum" and "left out of the aggregate by krum" in poisoned["flags"]
     assert not (tmp_path / "runs" / "run" / ".spill" / "round-1").exists()
 
 

@@ -1,16 +1,18 @@
 """How a round's accepted updates become the next global weights.
 
 ``mean`` (default, FedProx's sample-weighted average) folds each update into one running sum as
-its reply arrives: server memory does not grow with the number of nodes. ``trimmed-mean`` and
-``median`` need every update: they are spilled to disk and aggregated tensor by tensor.
+its reply arrives: server memory does not grow with the number of nodes. ``trimmed-mean``,
+``median``, ``krum`` and ``multi-krum`` need every update: they are spilled to disk and
+aggregated tensor by tensor, and each update's cosine to the aggregate's change is measured.
 """
 
 from __future__ import annotations
 
 import math
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -63,25 +65,48 @@ class RunningMean:
             raise ValueError("this mean was taken already: a new round starts a new RunningMean")
 
 
-ROBUST_RULES = ("trimmed-mean", "median")
+ROBUST_RULES = ("trimmed-mean", "median", "krum", "multi-krum")
 
 
 class SpilledUpdates:
-    """Order statistics need every update: each accepted one is written to a float32 memmap file
-    in ``spill_dir`` as it arrives, and the aggregate is taken tensor by tensor with Flower's own
-    functions (``aggregate_median``, ``aggregate_trimmed_avg``), so memory holds the nodes' values
-    of one tensor at a time, never the nodes' models. Unweighted, as Flower's rules are."""
+    """Robust rules need every update: each accepted one is written to a float32 memmap file in
+    ``spill_dir`` as it arrives, and the aggregate is taken tensor by tensor, so memory holds the
+    nodes' values of one tensor at a time, never the nodes' models.
 
-    def __init__(self, spill_dir: Path, rule: str, trim_fraction: float = 0.0) -> None:
+    - ``median``, ``trimmed-mean``: Flower's ``aggregate_median`` / ``aggregate_trimmed_avg`` per
+      tensor, unweighted as Flower's are.
+    - ``krum``, ``multi-krum``: Flower's Krum rule (each update scored by the squared distances to
+      its n - f - 2 nearest others; krum keeps the best, multi-krum averages the n - f best by
+      samples, as Flower's ``aggregate_krum``). Flower's function flattens every model into one
+      matrix, so the distance matrix is summed here tensor by tensor instead, with its
+      ``_compute_distances``; the scoring is Flower's, written for that matrix.
+
+    After :meth:`result`, ``cosines[i]`` is update i's change against the aggregate's change and
+    ``excluded`` the updates krum / multi-krum left out."""
+
+    def __init__(
+        self,
+        spill_dir: Path,
+        rule: str,
+        trim_fraction: float = 0.0,
+        *,
+        byzantine_nodes: int = 0,
+        reference: Mapping[str, NDArray[np.float32]] | None = None,
+    ) -> None:
         if rule not in ROBUST_RULES:
             raise ValueError(f"unknown rule {rule!r}")
         self.spill_dir, self.rule, self.trim_fraction = spill_dir, rule, trim_fraction
+        self.byzantine_nodes = byzantine_nodes
+        self.reference = reference  # the round's global: changes are measured from it
         self._layout: list[tuple[str, tuple[int, ...]]] = []
         self._files: list[Path] = []
+        self._weights: list[float] = []
         self.count = 0
+        self.cosines: list[float | None] = []
+        self.excluded: list[int] = []
 
     def add(self, arrays: Mapping[str, NDArray[np.float32]], weight: float) -> None:
-        del weight  # Flower's median and trimmed mean weigh every node alike
+        self._weights.append(weight)  # used by multi-krum only: Flower's median and trimmed mean weigh nodes alike
         if not self._layout:
             self._layout = [(name, tuple(np.shape(value))) for name, value in arrays.items()]
             self.spill_dir.mkdir(parents=True, exist_ok=True)
@@ -100,26 +125,68 @@ class SpilledUpdates:
         self.count += 1
 
     def result(self) -> dict[str, NDArray[np.float32]]:
-        from flwr.server.strategy.aggregate import aggregate_median, aggregate_trimmed_avg
-
         if not self.count:
             raise ValueError("no update was folded in")
         updates = [np.memmap(path, dtype=np.float32, mode="r", shape=(self._size(),)) for path in self._files]
-        averaged, offset = {}, 0
         try:
-            for name, shape in self._layout:
-                size = math.prod(shape)
-                layer = [([np.array(update[offset : offset + size])], 1) for update in updates]
-                if self.rule == "median":
-                    (value,) = aggregate_median(layer)
-                else:
-                    (value,) = aggregate_trimmed_avg(layer, proportiontocut=self.trim_fraction)
-                averaged[name] = np.asarray(value, dtype=np.float32).reshape(shape)
-                offset += size
+            selected = self._krum_selection(updates) if self.rule in ("krum", "multi-krum") else None
+            if selected is not None:
+                self.excluded = [i for i in range(self.count) if i not in selected]
+            averaged = {name: self._aggregate_tensor(layer, selected) for name, layer in self._tensors(updates)}
+            self.cosines = self._cosines_to(averaged, updates)
         finally:
             del updates
             shutil.rmtree(self.spill_dir, ignore_errors=True)
         return averaged
+
+    def _tensors(self, updates: list[np.memmap[Any, Any]]) -> Iterator[tuple[str, list[NDArray[np.float32]]]]:
+        """(name, every update's values of that tensor, shaped), one tensor in memory at a time."""
+        offset = 0
+        for name, shape in self._layout:
+            size = math.prod(shape)
+            yield name, [np.array(update[offset : offset + size]).reshape(shape) for update in updates]
+            offset += size
+
+    def _aggregate_tensor(self, layer: list[NDArray[np.float32]], selected: list[int] | None) -> NDArray[np.float32]:
+        from flwr.server.strategy.aggregate import aggregate, aggregate_median, aggregate_trimmed_avg
+
+        if selected is not None:  # krum: the one best update; multi-krum: Flower's sample-weighted mean of the best
+            (value,) = aggregate([([layer[i]], int(max(1, self._weights[i]))) for i in selected])
+        elif self.rule == "median":
+            (value,) = aggregate_median([([values], 1) for values in layer])
+        else:
+            (value,) = aggregate_trimmed_avg([([values], 1) for values in layer], proportiontocut=self.trim_fraction)
+        return np.asarray(value, dtype=np.float32)
+
+    def _krum_selection(self, updates: list[np.memmap[Any, Any]]) -> list[int]:
+        """Indices Flower's Krum rule keeps: the best one (krum) or the n - f best (multi-krum)."""
+        from flwr.server.strategy.aggregate import _compute_distances
+
+        distances = np.zeros((self.count, self.count))
+        for _, layer in self._tensors(updates):
+            distances += _compute_distances([[values] for values in layer])  # squared L2, summed over tensors
+        num_closest = max(1, self.count - self.byzantine_nodes - 2)
+        scores = [float(np.sum(np.sort(row)[1 : num_closest + 1])) for row in distances]
+        ranked = [int(i) for i in np.argsort(scores, kind="stable")]
+        keep = 1 if self.rule == "krum" else max(1, self.count - self.byzantine_nodes)
+        return sorted(ranked[:keep])
+
+    def _cosines_to(
+        self, averaged: Mapping[str, NDArray[np.float32]], updates: list[np.memmap[Any, Any]]
+    ) -> list[float | None]:
+        """Each update's change (update - reference) against the aggregate's, tensor by tensor."""
+        if self.reference is None:
+            return [None] * self.count
+        dots, norms, aggregate_norm = np.zeros(self.count), np.zeros(self.count), 0.0
+        for name, layer in self._tensors(updates):
+            step = np.subtract(averaged[name], self.reference[name], dtype=np.float64).ravel()
+            aggregate_norm += float(step @ step)
+            for i, values in enumerate(layer):
+                change = np.subtract(values, self.reference[name], dtype=np.float64).ravel()
+                dots[i] += float(change @ step)
+                norms[i] += float(change @ change)
+        scale = np.sqrt(norms * aggregate_norm)
+        return [float(d / s) if s > 0 else None for d, s in zip(dots, scale, strict=True)]
 
     def _size(self) -> int:
         return sum(math.prod(shape) for _, shape in self._layout)

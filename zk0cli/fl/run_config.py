@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from zk0cli.policy.build import PolicySpec
 
 LR_SCHEDULES = ("constant", "cosine", "cosine_warm_restarts", "reduce_on_plateau")
-AGGREGATIONS = ("mean", "trimmed-mean", "median")
+AGGREGATIONS = ("mean", "trimmed-mean", "median", "krum", "multi-krum")
 WIRE_ENCODINGS = ("fp32", "bf16-delta", "int8-delta")  # zk0cli.fl.integrity
 RETIRED = {"uplink-bf16-delta": "it became wire-encoding: bf16-delta (true) or fp32 (false)"}
 
@@ -114,10 +114,13 @@ class RunConfig:
     # --- what the server does with each update
     aggregation: str = _p(
         "mean",
-        "mean (sample-weighted, streamed), or the robust trimmed-mean / median (updates spilled to disk)",
+        "mean (sample-weighted, streamed), or robust: trimmed-mean, median, krum, multi-krum (spilled to disk)",
         choices=AGGREGATIONS,
     )
     trim_fraction: float = _p(0.1, "trimmed-mean: fraction of the highest and of the lowest values cut", ge=0, lt=0.5)
+    byzantine_nodes: int = _p(
+        1, "krum, multi-krum: harmful nodes to tolerate (needs min-available-nodes >= 2 x this + 3)", ge=0
+    )
     quarantine_after: int = _p(
         0, "leave a node out of sampling after this many flagged rounds (zk0 server nodes release NODE); 0 off", ge=0
     )
@@ -177,6 +180,13 @@ class RunConfig:
             raise bad_input(
                 f"run-config min-replies {self.min_replies:g} is neither a fraction below 1 nor a whole count",
                 hint="min-replies=0.8 (80% of the sampled nodes) or min-replies=3 (three nodes)",
+            )
+        krum_needs = 2 * self.byzantine_nodes + 3
+        if self.aggregation in ("krum", "multi-krum") and self.min_available_nodes < krum_needs:
+            raise bad_input(
+                f"run-config aggregation {self.aggregation} with byzantine-nodes {self.byzantine_nodes} needs "
+                f"{krum_needs} nodes, min-available-nodes is {self.min_available_nodes}",
+                hint=f"set min-available-nodes={krum_needs}, lower byzantine-nodes, or use aggregation=median",
             )
         if self.int8_block_size & (self.int8_block_size - 1):
             raise bad_input(

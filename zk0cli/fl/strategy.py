@@ -288,7 +288,13 @@ class Zk0FedProx(FedProx):
             return RunningMean()
         if self.spill_dir is None:
             raise ValueError(f"aggregation {c.aggregation} spills updates to disk: give the strategy a spill_dir")
-        return SpilledUpdates(self.spill_dir / f"round-{server_round}", c.aggregation, c.trim_fraction)
+        return SpilledUpdates(
+            self.spill_dir / f"round-{server_round}",
+            c.aggregation,
+            c.trim_fraction,
+            byzantine_nodes=c.byzantine_nodes,
+            reference=self.global_weights,
+        )
 
     def _fold_train_reply(self, reply: Message) -> None:
         """Check one training reply and fold an accepted update into the round's running mean; a
@@ -328,13 +334,19 @@ class Zk0FedProx(FedProx):
         self.entry["failed"] += silent
         self.entry["late"] = late
         clients = self._clients
+        aggregated = self._mean.result() if self._mean.count else None
+        if isinstance(self._mean, SpilledUpdates):  # what the robust rule saw of each update
+            for index, client in enumerate(clients):
+                client["cosine_to_aggregate"] = self._mean.cosines[index]
+                if index in self._mean.excluded:
+                    client["excluded_by"] = self.config.aggregation
         flag_outliers(clients)
         self._count_flags(server_round, clients)
         self.entry["clients"] = {"aggregate": _aggregate_clients(clients), "each": clients}
         self.control.observe_clients({c["node"]: c["metrics"]["loss"] for c in clients})
-        if not self._mean.count:
+        if aggregated is None:
             return None, None
-        self.global_weights = self._mean.result()
+        self.global_weights = aggregated
         numeric = {k: v for k, v in self.entry["clients"]["aggregate"].items() if v is not None}
         return integrity.to_record(self.global_weights), MetricRecord(numeric)
 

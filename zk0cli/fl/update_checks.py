@@ -1,6 +1,7 @@
 """What the server measures of each accepted update before it folds it in: the L2 norm of its
 change to the global weights, clipped to ``clip-update-norm`` when set, and, once the round's
-replies are in, flags for updates or losses far from the others' (scalars only: no update kept).
+replies are in, flags for updates or losses far from the others' (scalars only: no update kept),
+for changes pointing away from the aggregate's and for updates a Krum rule left out.
 
 A flag is reported (round record, stream, status, report); it does not exclude an update.
 """
@@ -17,6 +18,9 @@ from numpy.typing import NDArray
 
 NORM_FLAG_RATIO = 3.0  # an update whose change is this many times the others' median norm is flagged
 LOSS_FLAG_SIGMAS = 3.0  # a training loss this many standard deviations above the others' mean
+# A change pointing away from the aggregate's (robust rules measure it). Not 0: honest changes
+# of a few noisy steps are near-orthogonal in ~100M dimensions, and land just below 0 often.
+COSINE_FLAG = -0.5
 
 
 def change_norm(weights: Mapping[str, NDArray[np.float32]], global_: Mapping[str, NDArray[np.float32]]) -> float:
@@ -56,8 +60,13 @@ def flag_outliers(clients: list[dict[str, Any]]) -> None:
             mean, spread = statistics.fmean(losses), statistics.stdev(losses)
             if spread > 0 and client["metrics"]["loss"] > mean + LOSS_FLAG_SIGMAS * spread:
                 flags.append(f"loss {(client['metrics']['loss'] - mean) / spread:.1f} std above the others' mean")
+        cosine = client.get("cosine_to_aggregate")
+        if cosine is not None and cosine < COSINE_FLAG:
+            flags.append(f"change points away from the aggregate's (cosine {cosine:.2f})")
         if flags:
-            client["outlier"] = True  # what quarantine-after counts; clipping alone is not
+            client["outlier"] = True  # what quarantine-after counts; clipping or krum's choice alone is not
+        if client.get("excluded_by"):  # krum keeps one update, multi-krum drops f: honest nodes too
+            flags.append(f"left out of the aggregate by {client['excluded_by']}")
         if client.get("clipped_by"):
             flags.append(f"change clipped to the norm limit (x{client['clipped_by']:.3g})")
         if flags:
