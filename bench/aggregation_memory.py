@@ -8,17 +8,21 @@ tracemalloc (numpy reports its buffers to it), peak bytes above the start:
 
   (a) baseline: keep every accepted update, then average them (what zk0 did before);
   (b) zk0's RunningMean: fold each update into a float64 running sum as it arrives, drop it.
+  (c) zk0's SpilledUpdates for each robust rule (median, trimmed-mean, krum, multi-krum): every
+      update is written to a memmap file in a temporary directory and aggregated tensor by tensor.
 
 Measures the aggregation alone, not Flower's message buffers. Targets for (b): peak <= 3x the
 trainable weights in fp32 (the float64 sums and the one update being folded) plus 1 MiB (the
 multiply's fixed-size temporary) at every node count, and the same peak for the most and fewest
-nodes (ratio <= 1.05). Exit code 1 when a target is missed.
+nodes (ratio <= 1.05). For (c): peak at the most nodes <= 1.5x the peak at the fewest (memory
+holds the nodes' values of one tensor, never their models). Exit code 1 when a target is missed.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,11 +31,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from zk0cli.fl.aggregate import RunningMean  # noqa: E402
+from zk0cli.fl.aggregate import ROBUST_RULES, RunningMean, SpilledUpdates  # noqa: E402
 
 TARGET_MODEL_MULTIPLE = 3.0
 TARGET_FIXED_BYTES = 2**20
 TARGET_GROWTH = 1.05
+TARGET_ROBUST_GROWTH = 1.5
 TENSORS = 20  # SmolVLA's trainable part is ~300 tensors; 20 keeps the largest at a realistic share
 
 
@@ -61,6 +66,18 @@ def fold_as_they_arrive(updates: Iterator[tuple[dict[str, np.ndarray], float]]) 
         mean.add(arrays, weight)
         del arrays  # as the strategy's fold returns: the update is gone before the next one is decoded
     return mean.result()
+
+
+def spilled(rule: str) -> Callable[[Iterator], dict]:
+    def aggregate(updates: Iterator[tuple[dict[str, np.ndarray], float]]) -> dict[str, np.ndarray]:
+        with tempfile.TemporaryDirectory(prefix="zk0-bench-spill-") as spill_dir:
+            rounds = SpilledUpdates(Path(spill_dir) / "round", rule, 0.1, byzantine_nodes=1)
+            for arrays, weight in updates:
+                rounds.add(arrays, weight)
+                del arrays
+            return rounds.result()
+
+    return aggregate
 
 
 def peak_bytes(aggregate: Callable[[Iterator], dict], params: int, nodes: int) -> int:
@@ -100,7 +117,17 @@ def main() -> int:
         f"running mean: peak at {max(args.nodes)} nodes / at {min(args.nodes)} nodes = {growth:.3f} "
         f"(target <= {TARGET_GROWTH:g})"
     )
-    return 0 if worst <= limit and growth <= TARGET_GROWTH else 1
+    robust_ok = True
+    for rule in ROBUST_RULES:
+        peaks = {nodes: peak_bytes(spilled(rule), args.params, nodes) for nodes in (min(args.nodes), max(args.nodes))}
+        ratio = peaks[max(args.nodes)] / peaks[min(args.nodes)]
+        robust_ok &= ratio <= TARGET_ROBUST_GROWTH
+        print(
+            f"{rule:>12}: peak {peaks[min(args.nodes)] / 2**20:7.1f} MiB at {min(args.nodes)} nodes, "
+            f"{peaks[max(args.nodes)] / 2**20:7.1f} MiB at {max(args.nodes)}: {ratio:.3f} "
+            f"(target <= {TARGET_ROBUST_GROWTH:g})"
+        )
+    return 0 if worst <= limit and growth <= TARGET_GROWTH and robust_ok else 1
 
 
 if __name__ == "__main__":

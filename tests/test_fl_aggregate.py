@@ -61,8 +61,11 @@ def test_it_keeps_no_update_and_refuses_what_cannot_be_averaged():
 
 
 @pytest.mark.parametrize(("rule", "trim"), [("median", 0.0), ("trimmed-mean", 0.2)])
-def test_robust_rules_spill_every_update_and_aggregate_tensor_by_tensor(tmp_path, rule, trim):
+def test_robust_rules_spill_every_update_and_aggregate_tensor_by_tensor(tmp_path, rule, trim, monkeypatch):
+    from zk0cli.fl import aggregate
     from zk0cli.fl.aggregate import SpilledUpdates
+
+    monkeypatch.setattr(aggregate, "PIECE_ELEMENTS", 5 * 1024)  # expert.w's 2048 values in two pieces
 
     given = updates(5, seed=11)
     spilled = SpilledUpdates(tmp_path / "spill", rule, trim)
@@ -82,12 +85,15 @@ def test_robust_rules_spill_every_update_and_aggregate_tensor_by_tensor(tmp_path
 
 
 @pytest.mark.parametrize(("rule", "byzantine"), [("krum", 1), ("multi-krum", 1), ("multi-krum", 2)])
-def test_krum_rules_match_flowers_own_krum_on_the_spilled_updates(tmp_path, rule, byzantine):
-    """Distances are summed tensor by tensor from the spill; the choice and the result are what
+def test_krum_rules_match_flowers_own_krum_on_the_spilled_updates(tmp_path, rule, byzantine, monkeypatch):
+    """Distances are summed piece by piece from the spill; the choice and the result are what
     Flower's aggregate_krum gives on whole models (it flattens them all into memory)."""
     from flwr.server.strategy.aggregate import aggregate_krum
 
+    from zk0cli.fl import aggregate
     from zk0cli.fl.aggregate import SpilledUpdates
+
+    monkeypatch.setattr(aggregate, "PIECE_ELEMENTS", 7 * 1024)  # expert.w's 2048 values in two pieces
 
     given = updates(7, seed=5)
     given[2][0]["expert.w"] *= -10  # a poisoned update: far from every other
@@ -103,8 +109,11 @@ def test_krum_rules_match_flowers_own_krum_on_the_spilled_updates(tmp_path, rule
     assert not (tmp_path / "spill").exists()
 
 
-def test_each_spilled_update_gets_its_cosine_to_the_aggregate(tmp_path):
+def test_each_spilled_update_gets_its_cosine_to_the_aggregate(tmp_path, monkeypatch):
+    from zk0cli.fl import aggregate
     from zk0cli.fl.aggregate import SpilledUpdates
+
+    monkeypatch.setattr(aggregate, "PIECE_ELEMENTS", 4 * 1024)  # pieces of 1024 values
 
     reference = {"expert.w": np.zeros((64, 32), np.float32), "proj.b": np.full(7, 0.5, np.float32)}
     given = updates(4, seed=9)

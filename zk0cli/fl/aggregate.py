@@ -3,7 +3,7 @@
 ``mean`` (default, FedProx's sample-weighted average) folds each update into one running sum as
 its reply arrives: server memory does not grow with the number of nodes. ``trimmed-mean``,
 ``median``, ``krum`` and ``multi-krum`` need every update: they are spilled to disk and
-aggregated tensor by tensor, and each update's cosine to the aggregate's change is measured.
+aggregated piece by piece, and each update's cosine to the aggregate's change is measured.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 CHUNK = 1 << 16  # elements per multiply: 512 KiB of float64 beside the sums, whatever the tensor's size
+PIECE_ELEMENTS = 1 << 20  # values of all nodes read from the spill at once by a robust rule (4 MiB)
 
 
 class RunningMean:
@@ -70,15 +71,16 @@ ROBUST_RULES = ("trimmed-mean", "median", "krum", "multi-krum")
 
 class SpilledUpdates:
     """Robust rules need every update: each accepted one is written to a float32 memmap file in
-    ``spill_dir`` as it arrives, and the aggregate is taken tensor by tensor, so memory holds the
-    nodes' values of one tensor at a time, never the nodes' models.
+    ``spill_dir`` as it arrives, and the aggregate is taken piece by piece (a slice of one tensor
+    across all nodes, :meth:`_pieces`), so memory holds a fixed number of values, never the
+    nodes' models: beyond the result, it does not grow with the number of nodes.
 
     - ``median``, ``trimmed-mean``: Flower's ``aggregate_median`` / ``aggregate_trimmed_avg`` per
       tensor, unweighted as Flower's are.
     - ``krum``, ``multi-krum``: Flower's Krum rule (each update scored by the squared distances to
       its n - f - 2 nearest others; krum keeps the best, multi-krum averages the n - f best by
       samples, as Flower's ``aggregate_krum``). Flower's function flattens every model into one
-      matrix, so the distance matrix is summed here tensor by tensor instead, with its
+      matrix, so the distance matrix is summed here piece by piece instead, with its
       ``_compute_distances``; the scoring is Flower's, written for that matrix.
 
     After :meth:`result`, ``cosines[i]`` is update i's change against the aggregate's change and
@@ -132,30 +134,37 @@ class SpilledUpdates:
             selected = self._krum_selection(updates) if self.rule in ("krum", "multi-krum") else None
             if selected is not None:
                 self.excluded = [i for i in range(self.count) if i not in selected]
-            averaged = {name: self._aggregate_tensor(layer, selected) for name, layer in self._tensors(updates)}
+            averaged = {name: np.empty(shape, dtype=np.float32) for name, shape in self._layout}
+            for name, lo, hi, piece in self._pieces(updates):
+                averaged[name].reshape(-1)[lo:hi] = self._aggregate_piece(piece, selected)
             self.cosines = self._cosines_to(averaged, updates)
         finally:
             del updates
             shutil.rmtree(self.spill_dir, ignore_errors=True)
         return averaged
 
-    def _tensors(self, updates: list[np.memmap[Any, Any]]) -> Iterator[tuple[str, list[NDArray[np.float32]]]]:
-        """(name, every update's values of that tensor, shaped), one tensor in memory at a time."""
+    def _pieces(self, updates: list[np.memmap[Any, Any]]) -> Iterator[tuple[str, int, int, list[NDArray[np.float32]]]]:
+        """(tensor name, lo, hi, every update's flat values [lo:hi] of it): about
+        PIECE_ELEMENTS values of all nodes together in memory, however many nodes and however
+        large a tensor. Every rule here is per value or a sum over values, so pieces are exact."""
+        step = max(1024, PIECE_ELEMENTS // max(1, self.count))
         offset = 0
         for name, shape in self._layout:
             size = math.prod(shape)
-            yield name, [np.array(update[offset : offset + size]).reshape(shape) for update in updates]
+            for lo in range(0, size, step):
+                hi = min(size, lo + step)
+                yield name, lo, hi, [np.array(update[offset + lo : offset + hi]) for update in updates]
             offset += size
 
-    def _aggregate_tensor(self, layer: list[NDArray[np.float32]], selected: list[int] | None) -> NDArray[np.float32]:
+    def _aggregate_piece(self, piece: list[NDArray[np.float32]], selected: list[int] | None) -> NDArray[np.float32]:
         from flwr.server.strategy.aggregate import aggregate, aggregate_median, aggregate_trimmed_avg
 
         if selected is not None:  # krum: the one best update; multi-krum: Flower's sample-weighted mean of the best
-            (value,) = aggregate([([layer[i]], int(max(1, self._weights[i]))) for i in selected])
+            (value,) = aggregate([([piece[i]], int(max(1, self._weights[i]))) for i in selected])
         elif self.rule == "median":
-            (value,) = aggregate_median([([values], 1) for values in layer])
+            (value,) = aggregate_median([([values], 1) for values in piece])
         else:
-            (value,) = aggregate_trimmed_avg([([values], 1) for values in layer], proportiontocut=self.trim_fraction)
+            (value,) = aggregate_trimmed_avg([([values], 1) for values in piece], proportiontocut=self.trim_fraction)
         return np.asarray(value, dtype=np.float32)
 
     def _krum_selection(self, updates: list[np.memmap[Any, Any]]) -> list[int]:
@@ -163,8 +172,8 @@ class SpilledUpdates:
         from flwr.server.strategy.aggregate import _compute_distances
 
         distances = np.zeros((self.count, self.count))
-        for _, layer in self._tensors(updates):
-            distances += _compute_distances([[values] for values in layer])  # squared L2, summed over tensors
+        for _, _, _, piece in self._pieces(updates):
+            distances += _compute_distances([[values] for values in piece])  # squared L2, summed over pieces
         num_closest = max(1, self.count - self.byzantine_nodes - 2)
         scores = [float(np.sum(np.sort(row)[1 : num_closest + 1])) for row in distances]
         ranked = [int(i) for i in np.argsort(scores, kind="stable")]
@@ -174,15 +183,16 @@ class SpilledUpdates:
     def _cosines_to(
         self, averaged: Mapping[str, NDArray[np.float32]], updates: list[np.memmap[Any, Any]]
     ) -> list[float | None]:
-        """Each update's change (update - reference) against the aggregate's, tensor by tensor."""
+        """Each update's change (update - reference) against the aggregate's, piece by piece."""
         if self.reference is None:
             return [None] * self.count
         dots, norms, aggregate_norm = np.zeros(self.count), np.zeros(self.count), 0.0
-        for name, layer in self._tensors(updates):
-            step = np.subtract(averaged[name], self.reference[name], dtype=np.float64).ravel()
+        for name, lo, hi, piece in self._pieces(updates):
+            reference = np.asarray(self.reference[name]).reshape(-1)[lo:hi]
+            step = np.subtract(averaged[name].reshape(-1)[lo:hi], reference, dtype=np.float64)
             aggregate_norm += float(step @ step)
-            for i, values in enumerate(layer):
-                change = np.subtract(values, self.reference[name], dtype=np.float64).ravel()
+            for i, values in enumerate(piece):
+                change = np.subtract(values, reference, dtype=np.float64)
                 dots[i] += float(change @ step)
                 norms[i] += float(change @ change)
         scale = np.sqrt(norms * aggregate_norm)
