@@ -29,6 +29,12 @@ def sim(
         float, typer.Option("--client-gpus", help="GPU fraction each client gets (e.g. 0.5).")
     ] = 0.0,
     timeout: Annotated[float, typer.Option("--timeout", help="Give up after this many seconds (0: no limit).")] = 0.0,
+    ray_address: Annotated[
+        str,
+        typer.Option(
+            "--ray-address", metavar="HOST:PORT", help="Run the clients on this Ray cluster (`ray start --head`)."
+        ),
+    ] = "",
     from_record: Annotated[
         Path | None,
         typer.Option(
@@ -64,6 +70,7 @@ def sim(
         client_cpus=client_cpus,
         client_gpus=client_gpus,
         timeout_s=timeout,
+        ray_address=ray_address,
     )
     if from_record is not None:
         from zk0cli.services.report import sim_request_from_record

@@ -50,6 +50,7 @@ class SimRequest:
     client_cpus: int = 1  # Ray CPUs per client
     client_gpus: float = 0.0  # fraction of a GPU per client (e.g. 0.5 puts two clients on one GPU)
     timeout_s: float = 0.0  # 0 waits as long as the run takes
+    ray_address: str = ""  # an existing Ray cluster (host:port) for the clients; "" starts a local one
 
 
 @dataclass
@@ -88,12 +89,34 @@ def resolve_config(request: SimRequest, paths: Paths, *, generate: Callable[[str
     if request.datasets:
         values["datasets"] = " ".join(_canonical(uri) for uri in request.datasets)
     config = RunConfig.from_mapping(values)  # validation before anything starts
+    if request.ray_address:
+        check_ray_address(request.ray_address)
     if not config.datasets:
         values.update(datasets=" ".join(sample_datasets(paths, request.clients, progress=generate)))
         values.setdefault("policy", "tiny")  # out of the box: the offline backbone, whatever the default
     values.setdefault("runs-dir", str(paths.runs_dir))
     values.setdefault("run-name", new_run_name() + "-sim")
     return RunConfig.from_mapping(values)
+
+
+def check_ray_address(address: str) -> None:
+    """A Ray cluster's GCS address must answer before Flower is asked to use it: Ray would
+    otherwise fail deep inside the SuperLink's simulation process."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise bad_input(
+            f"--ray-address {address!r} is not host:port",
+            hint="the address `ray start --head` prints, e.g. 10.0.0.5:6379",
+        )
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=3.0).close()
+    except OSError as exc:
+        raise unreachable(
+            f"no Ray cluster answers at {address} ({exc.strerror or exc})",
+            hint="start one with `ray start --head --port 6379` (same Python, zk0 installed on every node)",
+        ) from None
 
 
 def _canonical(text: str) -> str:
@@ -134,7 +157,7 @@ def run(
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous_sigterm = signal.signal(signal.SIGTERM, _interrupt) if in_main_thread else None  # `kill PID` = Ctrl-C
     try:
-        with LocalSuperLink(paths, threads=request.client_cpus) as superlink:
+        with LocalSuperLink(paths, threads=request.client_cpus, ray_address=request.ray_address) as superlink:
             say(f"local SuperLink on 127.0.0.1:{superlink.port} (logs: {superlink.log_file})")
             flwr_run_id = superlink.submit(config, request)
             say(f"Flower run {flwr_run_id}: {request.clients} clients x {request.rounds} rounds -> {run_dir}")
@@ -204,8 +227,9 @@ def _summaries(run_dir: Path) -> list[dict[str, Any]]:
 class LocalSuperLink:
     """A simulation-mode SuperLink zk0 starts, owns and stops (with everything under it)."""
 
-    def __init__(self, paths: Paths, threads: int = 1):
+    def __init__(self, paths: Paths, threads: int = 1, ray_address: str = ""):
         self.threads = threads
+        self.ray_address = ray_address
         self.home = paths.state_dir / "flwr-sim"
         self.log_file = self.home / "superlink.log"
         self.port = free_port()
@@ -254,11 +278,13 @@ class LocalSuperLink:
         self.stop()
 
     def env(self) -> dict[str, str]:
+        extra = {"RAY_ADDRESS": self.ray_address} if self.ray_address else {}  # ray.init() reads it (Flower has no key)
         return child_env(
             self.home,
             FLWR_LOCAL_SUPERLINK_HTTP_API_PORT=str(self.port),
             # the server app and the clients share this machine: no thread oversubscription
             OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", str(self.threads)),
+            **extra,
         )
 
     def alive(self) -> bool:
