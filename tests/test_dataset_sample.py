@@ -84,3 +84,43 @@ def test_writes_into_an_existing_empty_dir_without_leftovers(tmp_path):
     write_sample(tmp_path / "empty", episodes=1, frames_per_episode=10, image_size=16)
     assert (tmp_path / "empty" / "meta" / "info.json").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]  # no staging dir left behind
+
+
+def test_two_camera_video_at_a_given_size_decodes_through_lerobot(cli, tmp_path):
+    """Issue 15: `--cameras front,wrist --image-size HxW --video`, written by LeRobot's own video
+    encoder; the frames come back from its video backend at that size, and no image leftovers."""
+    root = tmp_path / "two-cams"
+    done = cli(
+        "--json", "dataset", "sample", str(root), "--episodes", "2", "--frames-per-episode", "10",
+        "--cameras", "front,wrist", "--image-size", "48x80", "--video",
+    )  # fmt: skip
+    assert done.code == 0, done.stderr
+    assert done.json()["image_size"] == [48, 80] and done.json()["cameras"] == ["front", "wrist"]
+    info = json.loads((root / "meta" / "info.json").read_text())
+    for name in ("front", "wrist"):
+        feature = info["features"][f"observation.images.{name}"]
+        assert feature["dtype"] == "video" and feature["shape"] == [48, 80, 3]
+        assert list((root / "videos" / f"observation.images.{name}").rglob("*.mp4"))
+    assert not (root / "images").exists()
+    dataset = open_dataset(parse_uri(f"local:{root}"))
+    frame = dataset[5]
+    front, wrist = frame["observation.images.front"], frame["observation.images.wrist"]
+    assert front.shape == wrist.shape == (3, 48, 80)
+    assert float((front - wrist).abs().mean()) > 0.02  # the wrist camera sees something else
+    validated = cli("dataset", "validate", f"local:{root}")
+    assert validated.code == 0, validated.stdout + validated.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--image-size", "0x640"], "image height must be at least 16, got 0"),
+        (["--image-size", "480by640"], "is not HEIGHTxWIDTH"),
+        (["--cameras", "front,top"], "unknown top"),
+        (["--cameras", "front,front"], "empty or repeated"),
+    ],
+)
+def test_bad_sample_cameras_or_size_is_one_line_and_exit_2(cli, tmp_path, args, message):
+    done = cli("dataset", "sample", str(tmp_path / "x"), *args)
+    assert done.code == ExitCode.BAD_INPUT, done.stderr
+    assert message in done.stderr and "hint:" in done.stderr

@@ -142,23 +142,32 @@ def sample(
     episodes: Annotated[int, typer.Option("--episodes", help="Number of episodes.")] = 4,
     frames_per_episode: Annotated[int, typer.Option("--frames-per-episode", help="Frames in each episode.")] = 60,
     task: Annotated[str, typer.Option("--task", help="pick, stack or sort: each moves differently.")] = "pick",
-    image_size: Annotated[int, typer.Option("--image-size", help="Camera image side in pixels.")] = 64,
+    image_size: Annotated[
+        str, typer.Option("--image-size", metavar="HxW", help="Camera frame size: 480x640 (height x width) or 64.")
+    ] = "64",
+    cameras: Annotated[
+        str, typer.Option("--cameras", help="Comma-separated cameras: front (the table), wrist (the gripper).")
+    ] = "front",
     seed: Annotated[int, typer.Option("--seed", help="Same seed, same dataset.")] = 0,
-    video: Annotated[bool, typer.Option("--video", help="Store the camera as video instead of images.")] = False,
+    video: Annotated[
+        bool, typer.Option("--video", help="Store the cameras as AV1 video (LeRobot's encoder), not images.")
+    ] = False,
     json_: JsonOption = False,
 ) -> None:
     """Write a synthetic SO-100 dataset (LeRobot v3.0) to train and test on without a robot."""
-    from zk0cli.datasets.sample import write_sample
+    from zk0cli.datasets.sample import parse_cameras, parse_image_size, write_sample
 
+    shape, camera_names = parse_image_size(image_size), parse_cameras(cameras)
     with _progress() as progress:
         root = write_sample(
             directory,
             task=task,
             episodes=episodes,
             frames_per_episode=frames_per_episode,
-            image_size=image_size,
+            image_size=shape,
             seed=seed,
             video=video,
+            cameras=camera_names,
             progress=lambda done, total: progress("writing episodes", done, total),
         )
     data = {
@@ -167,7 +176,8 @@ def sample(
         "task": task,
         "episodes": episodes,
         "frames": episodes * frames_per_episode,
-        "image_size": image_size,
+        "image_size": list(shape),
+        "cameras": list(camera_names),
         "video": video,
         "seed": seed,
     }

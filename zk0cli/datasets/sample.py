@@ -33,6 +33,7 @@ SO100_JOINTS = [
     "gripper.pos",
 ]
 CAMERA_KEY = "observation.images.front"
+CAMERA_VIEWS = {"front": 1.0, "wrist": 2.5}  # camera name -> zoom: front sees the table, wrist the gripper
 ROBOT_TYPE = "so100_follower"
 TASKS = ("pick", "stack", "sort")
 INSTRUCTIONS = {
@@ -72,10 +73,35 @@ class SampleConfig:
     task: str = "pick"  # one of TASKS: each has its own motions and scene
     episodes: int = 4
     frames_per_episode: int = 60
-    image_size: int = 64  # square camera images, pixels per side
+    image_size: int | tuple[int, int] = 64  # pixels per side (square), or (height, width) as 480x640
     seed: int = 0  # same seed, same dataset
-    video: bool = False  # store the camera as AV1 video instead of PNG images in the parquet
+    video: bool = False  # store the cameras as AV1 video instead of PNG images in the parquet
     fps: int = 30
+    cameras: tuple[str, ...] = ("front",)  # names from CAMERA_VIEWS; each is observation.images.<name>
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(height, width) of every camera's frames."""
+        return (self.image_size, self.image_size) if isinstance(self.image_size, int) else self.image_size
+
+
+def parse_image_size(text: str) -> tuple[int, int]:
+    """``480x640`` (height x width) or ``64`` (square) -> (height, width); bad_input otherwise."""
+    parts = text.lower().split("x")
+    if len(parts) not in (1, 2) or not all(part.strip().isdigit() for part in parts):
+        raise bad_input(f"image size {text!r} is not HEIGHTxWIDTH", hint="e.g. --image-size 480x640 or 64")
+    height, width = (int(parts[0]), int(parts[-1]))
+    return height, width
+
+
+def parse_cameras(text: str) -> tuple[str, ...]:
+    """``front,wrist`` -> ("front", "wrist"); unknown or repeated names are bad input."""
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = [name for name in names if name not in CAMERA_VIEWS]
+    if not names or unknown or len(set(names)) != len(names):
+        detail = f"unknown {', '.join(unknown)}" if unknown else "empty or repeated"
+        raise bad_input(f"cameras {text!r}: {detail}", hint=f"a comma-separated list of {', '.join(CAMERA_VIEWS)}")
+    return names
 
 
 def write_sample(
@@ -84,10 +110,11 @@ def write_sample(
     task: str = "pick",
     episodes: int = 4,
     frames_per_episode: int = 60,
-    image_size: int = 64,
+    image_size: int | tuple[int, int] = 64,
     seed: int = 0,
     video: bool = False,
     fps: int = 30,
+    cameras: Sequence[str] = ("front",),
     progress: Callable[[int, int], None] | None = None,
 ) -> Path:
     """Write a LeRobot v3.0 SO-100-shaped dataset to ``root`` and return it.
@@ -97,7 +124,7 @@ def write_sample(
     interrupted run leaves no half dataset behind.
     """
     root = Path(root).expanduser().absolute()
-    config = SampleConfig(task, episodes, frames_per_episode, image_size, seed, video, fps)
+    config = SampleConfig(task, episodes, frames_per_episode, image_size, seed, video, fps, tuple(cameras))
     _check_arguments(root, config)
     root.parent.mkdir(parents=True, exist_ok=True)
     if video:
@@ -117,7 +144,7 @@ def _write(root: Path, config: SampleConfig, progress: Callable[[int, int], None
         dataset = LeRobotDataset.create(
             repo_id=f"zk0/sample-{task}",
             fps=config.fps,
-            features=sample_features(config.image_size, config.video),
+            features=sample_features(config.shape, config.video, config.cameras),
             root=staging / "dataset",  # LeRobot insists on creating the root itself
             robot_type=ROBOT_TYPE,
             use_videos=config.video,
@@ -128,18 +155,19 @@ def _write(root: Path, config: SampleConfig, progress: Callable[[int, int], None
             placement = _placement(task, rng)
             actions, states, phases = _trajectory(placement, frames, rng)
             for t in range(frames):
+                views = {
+                    camera_key(name): render(states[t], placement, int(phases[t]), config.shape, CAMERA_VIEWS[name])
+                    for name in config.cameras
+                }
                 dataset.add_frame(
-                    {
-                        "observation.state": states[t],
-                        "action": actions[t],
-                        CAMERA_KEY: render(states[t], placement, int(phases[t]), config.image_size),
-                        "task": INSTRUCTIONS[task],
-                    }
+                    {"observation.state": states[t], "action": actions[t], **views, "task": INSTRUCTIONS[task]}
                 )
             dataset.save_episode()
             if progress:
                 progress(episode + 1, episodes)
         dataset.finalize()
+        if config.video:  # the frames LeRobot staged as images for the encoder; the videos hold them
+            shutil.rmtree(staging / "dataset" / "images", ignore_errors=True)
         if root.exists():
             root.rmdir()  # known to be empty: checked above
         (staging / "dataset").rename(root)
@@ -161,16 +189,17 @@ def _datasets_progress_bars_off() -> Iterator[None]:
             datasets.enable_progress_bars()
 
 
-def sample_features(image_size: int, video: bool) -> dict:
+def camera_key(name: str) -> str:
+    return f"observation.images.{name}"
+
+
+def sample_features(shape: tuple[int, int], video: bool, cameras: Sequence[str] = ("front",)) -> dict:
     joints = {"dtype": "float32", "shape": (6,), "names": list(SO100_JOINTS)}
+    camera = {"dtype": "video" if video else "image", "shape": (*shape, 3), "names": ["height", "width", "channels"]}
     return {
         "observation.state": dict(joints),
         "action": dict(joints),
-        CAMERA_KEY: {
-            "dtype": "video" if video else "image",
-            "shape": (image_size, image_size, 3),
-            "names": ["height", "width", "channels"],
-        },
+        **{camera_key(name): dict(camera) for name in cameras},
     }
 
 
@@ -182,10 +211,13 @@ def _check_arguments(root: Path, config: SampleConfig) -> None:
         )
     if config.task not in TASKS:
         raise bad_input(f"unknown task {config.task!r}", hint=f"choose one of: {', '.join(TASKS)}")
+    parse_cameras(",".join(config.cameras))
+    height, width = config.shape
     minimums = (
         ("episodes", config.episodes, 1),
         ("frames per episode", config.frames_per_episode, 10),
-        ("image size", config.image_size, 16),
+        ("image height", height, 16),
+        ("image width", width, 16),
         ("fps", config.fps, 1),
     )
     for name, value, minimum in minimums:
@@ -278,14 +310,20 @@ def _forward(state: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     return elbow_reach * direction, tip_reach * direction, tip_height
 
 
-def render(state: np.ndarray, placement: Placement, phase: int, size: int) -> np.ndarray:
-    """Top-down camera image (size x size x 3, uint8) of the scene at this state."""
-    image = Image.new("RGB", (size, size), (205, 200, 190))
+def render(
+    state: np.ndarray, placement: Placement, phase: int, shape: int | tuple[int, int], zoom: float = 1.0
+) -> np.ndarray:
+    """Top-down camera image (height x width x 3, uint8) of the scene at this state. ``zoom`` > 1
+    is a camera riding on the gripper: centred on it, seeing less of the table, larger."""
+    rows, columns = (shape, shape) if isinstance(shape, int) else shape
+    size = int(min(rows, columns) * zoom)  # drawing scale: objects keep their proportions in any aspect
+    image = Image.new("RGB", (columns, rows), (205, 200, 190))
     draw = ImageDraw.Draw(image)
+    view_x, view_y = _forward(state)[1] if zoom > 1 else (0.0, 0.45)  # what the image centre sees
 
     def pixel(point: Sequence[float] | np.ndarray) -> tuple[float, float]:
-        """Table (x, y) to image coordinates; the base sits bottom centre."""
-        return size * (0.5 + 0.7 * point[0]), size * (0.95 - point[1])
+        """Table (x, y) to image coordinates; the (unzoomed) base sits bottom centre."""
+        return columns / 2 + size * 0.7 * (point[0] - view_x), rows / 2 - size * (point[1] - view_y)
 
     def square(
         centre: Sequence[float] | np.ndarray, half: float, colour: tuple[int, int, int], outline: bool = False
