@@ -128,7 +128,10 @@ def write_sample(
     _check_arguments(root, config)
     root.parent.mkdir(parents=True, exist_ok=True)
     if video:
+        import av.logging
+
         os.environ.setdefault("SVT_LOG", "1")  # the AV1 encoder's banner would bury the progress bar
+        av.logging.set_libav_level(av.logging.ERROR)  # and the muxer's "second pass" notes
     with _datasets_progress_bars_off():
         _write(root, config, progress)
     return root
