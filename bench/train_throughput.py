@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/train_throughput.py [--steps 30] [--batch-size 8] [--repeats 3]
                                                [--threads 1] [--real-geometry]
+                                               [--video --image-size 480x640 --cameras front,wrist]
 
 Both loops train the real SmolVLAPolicy (tiny offline backbone by default) on the same generated
 dataset, with the same config (SmolVLA's AdamW preset, grad clip 10) and seed, from identical
@@ -12,6 +13,12 @@ shared CPU hits both alike; the ratio is the median of the pairs' zk0/lerobot ra
 both median rates and that ratio (target >= 0.95; exit 1 if missed), then trainable vs total
 parameter counts (and the SmolVLM2-500M geometry's with --real-geometry, which builds that
 450M-parameter policy on CPU: ~2 GB RAM, no training).
+
+With --video the dataset's cameras are AV1 video written by LeRobot's encoder (at --image-size,
+one stream per camera of --cameras), decoded by LeRobot's pyav backend in both loops: the
+camera-size case. Every run also prints where a step's time goes, measured on its own pass:
+loading (decode + LeRobot's dataset transforms), the preprocessor (normalise, resize and pad to
+SmolVLA's image size, tokenise), and the forward/backward/optimizer step.
 """
 
 from __future__ import annotations
@@ -83,6 +90,37 @@ def lerobot_loop(built, dataset, steps: int, batch_size: int, seed: int) -> floa
     return time.perf_counter() - started
 
 
+def breakdown(built, dataset, steps: int, batch_size: int) -> dict[str, float]:
+    """Seconds per step in loading, preprocessing and the update, each measured over ``steps``."""
+    from itertools import cycle
+
+    import torch
+
+    from zk0cli.policy.train import make_loader
+
+    policy, config = built.policy, built.config
+    optimizer = config.get_optimizer_preset().build(policy.get_optim_params())
+    batches = cycle(make_loader(built, dataset, batch_size, seed=0))
+    spent = {"loading": 0.0, "preprocessor": 0.0, "forward/backward/step": 0.0}
+    policy.train()
+    for _ in range(steps):
+        started = time.perf_counter()
+        batch = next(batches)
+        loaded = time.perf_counter()
+        batch = built.preprocessor(batch)
+        processed = time.perf_counter()
+        with built.autocast():
+            loss, _ = policy.forward(batch)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(policy.parameters(), config.optimizer_grad_clip_norm)
+        optimizer.step()
+        optimizer.zero_grad()
+        spent["loading"] += loaded - started
+        spent["preprocessor"] += processed - loaded
+        spent["forward/backward/step"] += time.perf_counter() - processed
+    return {name: value / steps for name, value in spent.items()}
+
+
 def parameter_counts(policy) -> tuple[int, int]:
     from zk0cli.policy.trainable import get_trainable
 
@@ -106,6 +144,9 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a shared CPU)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--real-geometry", action="store_true", help="also count SmolVLM2-500M-geometry parameters")
+    parser.add_argument("--video", action="store_true", help="cameras as AV1 video (LeRobot's encoder and decoder)")
+    parser.add_argument("--image-size", default="64", help="camera frame size, HxW (e.g. 480x640) or one side")
+    parser.add_argument("--cameras", default="front", help="comma-separated: front, wrist")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as scratch:
@@ -118,12 +159,20 @@ def main() -> int:
         import torch
         from lerobot.datasets.lerobot_dataset import LeRobotDataset, LeRobotDatasetMetadata
 
-        from zk0cli.datasets.sample import write_sample
+        from zk0cli.datasets.sample import parse_cameras, parse_image_size, write_sample
         from zk0cli.policy.build import PolicySpec, build_policy
 
         torch.set_num_threads(args.threads)
+        shape, cameras = parse_image_size(args.image_size), parse_cameras(args.cameras)
         root = write_sample(
-            Path(scratch) / "pick", task="pick", episodes=4, frames_per_episode=60, image_size=64, seed=0
+            Path(scratch) / "pick",
+            task="pick",
+            episodes=4,
+            frames_per_episode=60,
+            image_size=shape,
+            cameras=cameras,
+            video=args.video,
+            seed=0,
         )
         meta = LeRobotDatasetMetadata("local/pick", root=root)
         spec = PolicySpec(tiny=True, chunk_size=CHUNK, device=args.device)
@@ -133,8 +182,9 @@ def main() -> int:
         deltas = built["zk0"].delta_timestamps(meta)
         dataset = LeRobotDataset("local/pick", root=root, delta_timestamps=deltas, video_backend="pyav")
         device = built["zk0"].device
+        media = f"{'video' if args.video else 'image'} {shape[0]}x{shape[1]} x {len(cameras)} camera(s)"
         print(
-            f"device {device}, torch threads {torch.get_num_threads()}, {len(dataset)} frames, "
+            f"device {device}, torch threads {torch.get_num_threads()}, {len(dataset)} frames ({media}), "
             f"batch {args.batch_size}, {args.steps} steps x {args.repeats} pairs of runs"
         )
 
@@ -153,6 +203,12 @@ def main() -> int:
         )
         verdict = "met" if ratio >= TARGET_RATIO else "MISSED"
         print(f"ratio zk0/lerobot (median of pairs): {ratio:.3f} (target >= {TARGET_RATIO}: {verdict})")
+        parts = breakdown(built["zk0"], dataset, args.steps, args.batch_size)
+        total = sum(parts.values())
+        print(
+            "where a step's time goes: "
+            + ", ".join(f"{k} {v * 1e3:.0f} ms ({v / total:.0%})" for k, v in parts.items())
+        )
 
         print_counts("tiny backbone", *parameter_counts(built["zk0"].policy))
         if args.real_geometry:
