@@ -141,6 +141,9 @@ class RunConfig:
     )
 
     # --- evaluation and records
+    wandb_project: str = _p(
+        "", "log every round to this Weights & Biases project (the wandb extra; WANDB_MODE=offline works); '' off"
+    )
     eval_frequency: int = _p(1, "server evaluation every N rounds (and always at round 0 and the last round)", ge=1)
     eval_batches: int = _p(4, "batches per held-out dataset in a server or client evaluation", ge=1)
     video_frequency: int = _p(

@@ -27,6 +27,7 @@ from zk0cli.core.paths import Paths
 from zk0cli.fl import plots
 from zk0cli.fl.records import RUN_LOG, RunLog, RunRecord, name_nodes, new_run_name, registered_node_names, summary
 from zk0cli.fl.run_config import RunConfig
+from zk0cli.fl.tracking import Tracker
 
 log = logging.getLogger("zk0.server")
 
@@ -97,7 +98,8 @@ def run_federation(grid: Grid, config: RunConfig, record: RunRecord, *, flwr_run
         else _fresh(record, evaluator, config, flwr_run_id, features_from=features.datasets if features else [])
     )
     evaluations = sum(1 for entry in start.history if entry.get("server_eval"))
-    outputs = RunOutputs(config, record, evaluator, evaluations=evaluations)
+    tracker = Tracker(config, record)
+    outputs = RunOutputs(config, record, evaluator, tracker, evaluations=evaluations)
     record.write_status(
         "running",
         flwr_run_id=flwr_run_id,
@@ -113,7 +115,8 @@ def run_federation(grid: Grid, config: RunConfig, record: RunRecord, *, flwr_run
         quarantine_file=Paths.resolve().quarantine_file,
     )
     strategy.control.replay(start.history)
-    strategy.run(grid, first_round=start.round + 1)
+    with tracker:
+        strategy.run(grid, first_round=start.round + 1)
 
 
 @dataclass
@@ -163,12 +166,13 @@ def _resume(record: RunRecord, evaluator: Any, config: RunConfig, flwr_run_id: i
 
 
 class RunOutputs:
-    """What the end of each round leaves on disk: record, plots, checkpoint, video."""
+    """What the end of each round leaves on disk: record, plots, checkpoint, video (and W&B)."""
 
-    def __init__(self, config: RunConfig, record: RunRecord, evaluator: Any, *, evaluations: int = 0):
+    def __init__(self, config: RunConfig, record: RunRecord, evaluator: Any, tracker: Tracker, *, evaluations: int = 0):
         self.config = config
         self.record = record
         self.evaluator = evaluator
+        self.tracker = tracker  # W&B, when the run config asks for it
         self.evaluations = evaluations  # server evaluations so far (videos follow their count)
 
     def __call__(self, entry: dict[str, Any], weights: Mapping[str, NDArray[np.float32]]) -> None:
@@ -188,5 +192,6 @@ class RunOutputs:
             entry["checkpoint"] = str(directory.relative_to(self.record.root))
         name_nodes(entry, registered_node_names(Paths.resolve()))  # re-read: a node added mid-run gets its name
         self.record.write_round(entry)
+        self.tracker.log_round(entry)
         plots.write_plots(self.record.root / "plots", [summary(r) for r in self.record.rounds()])
         self.record.write_status("running", round=server_round, rounds=self.config.num_server_rounds)

@@ -42,6 +42,8 @@ def run_preflight(paths: Paths, config: RunConfig, *, no_wait: bool = False) -> 
     results.append(_checked("policy", lambda: _policy(config)))
     results += [_checked(f"held-out {uri}", functools.partial(_dataset, uri)) for uri in config.eval_dataset_uris()]
     results.append(_server_eval(config))
+    if config.wandb_project:
+        results.append(_checked("W&B", lambda: _wandb(config)))
     return results
 
 
@@ -124,6 +126,16 @@ def _policy(config: RunConfig) -> str:
         if error.code is ExitCode.UNREACHABLE:
             raise Zk0Error(error.message, hint=POLICY_HINT, code=error.code) from error
         raise
+
+
+def _wandb(config: RunConfig) -> str:
+    import os
+
+    from zk0cli.fl.tracking import require_wandb
+
+    require_wandb(config)
+    mode = os.environ.get("WANDB_MODE", "online")
+    return f"every round goes to project {config.wandb_project} (WANDB_MODE {mode}, as the server sees it)"
 
 
 def _dataset(text: str) -> str:

@@ -30,6 +30,7 @@ from zk0cli.core.paths import Paths
 from zk0cli.fl.record_follow import FollowedRun, follow_record, read_or_none
 from zk0cli.fl.records import RunRecord, new_run_name, summary
 from zk0cli.fl.run_config import RunConfig
+from zk0cli.fl.tracking import require_wandb
 from zk0cli.services import flower
 from zk0cli.services.flower import free_port
 from zk0cli.services.supervisor import child_env, terminate_processes
@@ -89,6 +90,7 @@ def resolve_config(request: SimRequest, paths: Paths, *, generate: Callable[[str
     if request.datasets:
         values["datasets"] = " ".join(_canonical(uri) for uri in request.datasets)
     config = RunConfig.from_mapping(values)  # validation before anything starts
+    require_wandb(config)
     if request.ray_address:
         check_ray_address(request.ray_address)
     if not config.datasets:

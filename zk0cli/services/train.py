@@ -54,6 +54,7 @@ if TYPE_CHECKING:
 
     from zk0cli.datasets.uri import DatasetUri
     from zk0cli.fl.records import RunRecord
+    from zk0cli.fl.tracking import Tracker
 
 MODE = "centralized"
 LOCAL_ONLY = "local-only"
@@ -328,6 +329,7 @@ def run_centralized(
     """Train, evaluate and record the centralized run; returns its record."""
     from zk0cli.core.errors import Zk0Error
     from zk0cli.fl.records import RunRecord, new_run_name
+    from zk0cli.fl.tracking import Tracker
 
     config = plan.config
     runs_dir = (
@@ -339,7 +341,8 @@ def run_centralized(
     record = RunRecord.create(runs_dir, run_name or config.run_name or f"{new_run_name()}-{suffix}")
     record.write_status("starting", mode=plan.mode)
     try:
-        _train_rounds(plan, record, progress or (lambda _message: None))
+        with Tracker(plan.config, record) as tracker:
+            _train_rounds(plan, record, tracker, progress or (lambda _message: None))
     except Zk0Error as error:
         record.write_status("failed", error=error.message, hint=error.hint)
         raise
@@ -383,7 +386,7 @@ def run_summary(record: RunRecord) -> dict[str, Any]:
     }
 
 
-def _train_rounds(plan: CentralizedPlan, record: RunRecord, progress: Progress) -> None:
+def _train_rounds(plan: CentralizedPlan, record: RunRecord, tracker: Tracker, progress: Progress) -> None:
     from zk0cli.datasets.uri import open_dataset, open_metadata
     from zk0cli.fl.control import RoundControl
     from zk0cli.fl.server_app import RunOutputs
@@ -413,7 +416,7 @@ def _train_rounds(plan: CentralizedPlan, record: RunRecord, progress: Progress) 
         },
     )
     record.write_status("running", mode=plan.mode, rounds=config.num_server_rounds)
-    outputs = RunOutputs(config, record, evaluator)
+    outputs = RunOutputs(config, record, evaluator, tracker)
     control = RoundControl(config)
     name = pooled_name(plan.training)
 
