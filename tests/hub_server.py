@@ -1,5 +1,12 @@
 """A real Hugging Face Hub API on loopback: olah serving git repositories offline (see
-../shared/notes/hub-offline.md). Started by a test, stopped by it, by the process id it started."""
+../shared/notes/hub-offline.md). Started by a test, stopped by it, by the process id it started.
+
+One difference from the real Hub is corrected in front of it: for a file a repository does not
+have, olah answers 401, which huggingface_hub reads as "no such repository", while the Hub
+answers 404 with ``X-Error-Code: EntryNotFound``. transformers probes optional files and folders
+(a VLM's chat templates, processor configs) and only a 404 lets it go on, so ``endpoint`` is a
+small loopback proxy that forwards everything to olah and turns a 401 for a file (``/resolve/``)
+or a folder listing (``/tree/``) into that 404."""
 
 from __future__ import annotations
 
@@ -7,7 +14,9 @@ import os
 import shutil
 import socket
 import subprocess
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -19,9 +28,10 @@ class OlahHub:
     def __init__(self, root: Path):
         self.root = root
         self.mirrors = root / "mirrors"
-        self.port = _free_port()
-        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.port = _free_port()  # olah's own
         self._process: subprocess.Popen | None = None
+        self._front = ThreadingHTTPServer(("127.0.0.1", 0), _front_handler(f"http://127.0.0.1:{self.port}"))
+        self.endpoint = f"http://127.0.0.1:{self._front.server_address[1]}"
 
     def start(self, timeout_s: float = 60.0) -> OlahHub:
         self.mirrors.mkdir(parents=True, exist_ok=True)
@@ -42,7 +52,8 @@ class OlahHub:
             if self._process.poll() is not None:
                 raise RuntimeError(f"olah exited: {(self.root / 'olah.log').read_text()[-2000:]}")
             try:
-                httpx.get(self.endpoint, timeout=1)
+                httpx.get(f"http://127.0.0.1:{self.port}", timeout=1)
+                threading.Thread(target=self._front.serve_forever, daemon=True).start()
                 return self
             except httpx.HTTPError:
                 time.sleep(0.2)
@@ -50,6 +61,8 @@ class OlahHub:
         raise RuntimeError(f"olah did not answer within {timeout_s:g} s")
 
     def stop(self) -> None:
+        self._front.shutdown()
+        self._front.server_close()
         if self._process is not None and self._process.poll() is None:
             self._process.terminate()
             try:
@@ -80,6 +93,46 @@ class OlahHub:
             subprocess.run([*git, *args], check=True, capture_output=True)
         if tag:
             subprocess.run([*git, "tag", tag], check=True, capture_output=True)
+
+
+def _front_handler(upstream: str) -> type[BaseHTTPRequestHandler]:
+    client = httpx.Client(base_url=upstream, timeout=60, follow_redirects=False)
+
+    hop_by_hop = ("content-length", "transfer-encoding", "content-encoding", "connection")
+
+    class Front(BaseHTTPRequestHandler):
+        def forward(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
+            reply = client.request(self.command, self.path, headers=headers, content=self.rfile.read(length))
+            status, body = reply.status_code, reply.content
+            kept = {k: v for k, v in reply.headers.items() if k.lower() not in hop_by_hop}
+            size = reply.headers.get("Content-Length", "0") if self.command == "HEAD" else str(len(body))
+            if status == 401 and ("/resolve/" in self.path or "/tree/" in self.path):
+                status, body = 404, b'{"error": "Entry not found"}'
+                size = str(len(body))
+                kept = {"X-Error-Code": "EntryNotFound", "Content-Type": "application/json"}
+            self.send_response(status)
+            for key, value in kept.items():
+                self.send_header(key, value)
+            self.send_header("Content-Length", size)
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+
+        def do_GET(self) -> None:  # noqa: N802 - http.server's names
+            self.forward()
+
+        def do_HEAD(self) -> None:  # noqa: N802
+            self.forward()
+
+        def do_POST(self) -> None:  # noqa: N802
+            self.forward()
+
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base class's name
+            pass
+
+    return Front
 
 
 def _free_port() -> int:
