@@ -3,6 +3,7 @@
     .venv/bin/python bench/train_throughput.py [--steps 30] [--batch-size 8] [--repeats 3]
                                                [--threads 1] [--real-geometry]
                                                [--video --image-size 480x640 --cameras front,wrist]
+                                               [--policy real-geometry --device cuda --json OUT]
 
 Both loops train the real SmolVLAPolicy (tiny offline backbone by default) on the same generated
 dataset, with the same config (SmolVLA's AdamW preset, grad clip 10) and seed, from identical
@@ -19,11 +20,16 @@ one stream per camera of --cameras), decoded by LeRobot's pyav backend in both l
 camera-size case. Every run also prints where a step's time goes, measured on its own pass:
 loading (decode + LeRobot's dataset transforms), the preprocessor (normalise, resize and pad to
 SmolVLA's image size, tokenise), and the forward/backward/optimizer step.
+
+--policy real-geometry trains SmolVLM2-500M's geometry (450M parameters, random weights) in both
+loops: the GPU check (bench/gpu_check.sh). On CUDA each run's peak memory is measured too
+(torch.cuda.max_memory_allocated), with the target zk0/lerobot <= 1.05. --json writes the result.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -32,6 +38,7 @@ import time
 from pathlib import Path
 
 TARGET_RATIO = 0.95
+TARGET_MEMORY_RATIO = 1.05
 CHUNK = 10  # the tiny setup's action chunk: 60-frame episodes
 
 
@@ -147,6 +154,8 @@ def main() -> int:
     parser.add_argument("--video", action="store_true", help="cameras as AV1 video (LeRobot's encoder and decoder)")
     parser.add_argument("--image-size", default="64", help="camera frame size, HxW (e.g. 480x640) or one side")
     parser.add_argument("--cameras", default="front", help="comma-separated: front, wrist")
+    parser.add_argument("--policy", choices=("tiny", "real-geometry"), default="tiny", help="what both loops train")
+    parser.add_argument("--json", type=Path, help="also write the result here")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as scratch:
@@ -175,7 +184,8 @@ def main() -> int:
             seed=0,
         )
         meta = LeRobotDatasetMetadata("local/pick", root=root)
-        spec = PolicySpec(tiny=True, chunk_size=CHUNK, device=args.device)
+        real = args.policy == "real-geometry"
+        spec = PolicySpec(tiny=not real, real_geometry=real, chunk_size=CHUNK, device=args.device)
         loops = {"zk0": zk0_loop, "lerobot": lerobot_loop}
         # Same init seed: both policies start from identical weights.
         built = {name: build_policy(spec, meta) for name in loops}
@@ -191,10 +201,16 @@ def main() -> int:
         for name, loop in loops.items():  # warm-up: caches, allocator, lazy imports
             loop(built[name], dataset, 3, args.batch_size, seed=0)
         seconds: dict[str, list[float]] = {name: [] for name in loops}
+        peaks: dict[str, list[float]] = {name: [] for name in loops}
+        cuda = device.type == "cuda"
         for repeat in range(args.repeats):
             order = list(loops) if repeat % 2 == 0 else list(reversed(loops))
             for name in order:
+                if cuda:
+                    torch.cuda.reset_peak_memory_stats(device)
                 seconds[name].append(loops[name](built[name], dataset, args.steps, args.batch_size, seed=repeat))
+                if cuda:
+                    peaks[name].append(torch.cuda.max_memory_allocated(device) / 2**20)
         for name, values in seconds.items():
             runs = ", ".join(f"{args.steps / value:.2f}" for value in values)
             print(f"{name:8} median {args.steps / statistics.median(values):7.2f} steps/s  (runs: {runs})")
@@ -203,20 +219,39 @@ def main() -> int:
         )
         verdict = "met" if ratio >= TARGET_RATIO else "MISSED"
         print(f"ratio zk0/lerobot (median of pairs): {ratio:.3f} (target >= {TARGET_RATIO}: {verdict})")
+        result = {
+            "policy": args.policy,
+            "device": str(device),
+            "steps_per_s": {name: args.steps / statistics.median(values) for name, values in seconds.items()},
+            "ratio": ratio,
+            "ratio_met": ratio >= TARGET_RATIO,
+        }
+        memory_ok = True
+        if cuda:
+            memory = statistics.median(peaks["zk0"]) / statistics.median(peaks["lerobot"])
+            memory_ok = memory <= TARGET_MEMORY_RATIO
+            result.update(peak_mib={n: statistics.median(v) for n, v in peaks.items()}, memory_ratio=memory)
+            print(
+                f"peak CUDA memory: zk0 {result['peak_mib']['zk0']:.0f} MiB, lerobot "
+                f"{result['peak_mib']['lerobot']:.0f} MiB, ratio {memory:.3f} (target <= {TARGET_MEMORY_RATIO})"
+            )
         parts = breakdown(built["zk0"], dataset, args.steps, args.batch_size)
+        result["step_breakdown_s"] = parts
         total = sum(parts.values())
         print(
             "where a step's time goes: "
             + ", ".join(f"{k} {v * 1e3:.0f} ms ({v / total:.0%})" for k, v in parts.items())
         )
 
-        print_counts("tiny backbone", *parameter_counts(built["zk0"].policy))
-        if args.real_geometry:
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=2) + "\n")
+        print_counts(args.policy, *parameter_counts(built["zk0"].policy))
+        if args.real_geometry and not real:
             started = time.perf_counter()
             real = build_policy(PolicySpec(real_geometry=True, device="cpu"), meta)
             print_counts("SmolVLM2-500M geometry", *parameter_counts(real.policy))
             print(f"(real-geometry policy built on CPU in {time.perf_counter() - started:.0f} s)")
-    return 0 if ratio >= TARGET_RATIO else 1
+    return 0 if ratio >= TARGET_RATIO and memory_ok else 1
 
 
 if __name__ == "__main__":

@@ -96,11 +96,13 @@ class TrainResult:
     lr_first: float
     lr_last: float
     update_norm: float  # ||w_end - w_start|| over the trainable parameters
+    gpu_memory_mib: float | None = None  # CUDA only: memory torch holds after the round (a leak grows it)
+    gpu_peak_mib: float | None = None  # CUDA only: the round's peak allocation
 
     def metrics(self) -> dict[str, float | int]:
         """As a client reports it, federated or centralized: the round's first lr is ``lr``."""
         reported = dataclasses.asdict(self)
-        return {("lr" if name == "lr_first" else name): value for name, value in reported.items()}
+        return {("lr" if name == "lr_first" else name): v for name, v in reported.items() if v is not None}
 
 
 def train(
@@ -133,6 +135,9 @@ def train(
     samples = 0
     lrs = [config.lr_at(step, total) for step in range(total)]
 
+    cuda = built.device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(built.device)
     policy.train()
     with _seeded(config.seed, built.device):
         # Not strict: the loader's passes end before ``total`` only when epochs bound the run.
@@ -170,6 +175,8 @@ def train(
         lr_first=lrs[0],
         lr_last=lrs[-1],
         update_norm=_distance(params, start),
+        gpu_memory_mib=torch.cuda.memory_allocated(built.device) / 2**20 if cuda else None,
+        gpu_peak_mib=torch.cuda.max_memory_allocated(built.device) / 2**20 if cuda else None,
     )
 
 
