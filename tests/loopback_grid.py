@@ -25,6 +25,15 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from zk0cli.fl import integrity
 
+TINY_RUN = {  # the smallest real run: the tiny policy, a few CPU steps and batches per round
+    "policy": "tiny",
+    "local-steps": 2,
+    "batch-size": 2,
+    "chunk-size": 10,
+    "eval-batches": 1,
+    "device": "cpu",
+}
+
 
 def serialise(message: Message) -> dict[str, bytes]:
     """The unique objects Flower pushes for ``message`` (identical chunks travel once)."""

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from loopback_grid import LoopbackGrid
+from loopback_grid import TINY_RUN, LoopbackGrid
 
 from zk0cli.core.errors import ExitCode, Zk0Error
 from zk0cli.fl import client_app as zk0_client
@@ -18,13 +18,8 @@ from zk0cli.fl.server_app import run_federation
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("torch_one_thread")]
 
 SETTINGS = {
-    "policy": "tiny",
+    **TINY_RUN,
     "num-server-rounds": 2,
-    "local-steps": 2,
-    "batch-size": 2,
-    "chunk-size": 10,
-    "eval-batches": 1,
-    "device": "cpu",
     "checkpoint-interval": 1,
     "seed": 5,
     "lr-schedule": "reduce_on_plateau",

@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 
 import pytest
-from loopback_grid import LoopbackGrid
+from loopback_grid import TINY_RUN, LoopbackGrid
 
 from zk0cli.core.errors import Zk0Error
 from zk0cli.fl import client_app as zk0_client
@@ -23,13 +23,8 @@ from zk0cli.fl.server_app import run_federation
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("torch_one_thread")]
 
 SETTINGS = {
-    "policy": "tiny",
+    **TINY_RUN,
     "num-server-rounds": 4,
-    "local-steps": 2,
-    "batch-size": 2,
-    "chunk-size": 10,
-    "eval-batches": 1,
-    "device": "cpu",
     "video-frequency": 100,
     "checkpoint-interval": 2,
     "seed": 3,

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from flwr.app import MessageType
 from flwr.clientapp import ClientApp
-from loopback_grid import LoopbackGrid
+from loopback_grid import TINY_RUN, LoopbackGrid
 
 from zk0cli.core.errors import ExitCode
 from zk0cli.core.files import atomic_write_json
@@ -29,13 +29,8 @@ from zk0cli.fl.server_app import run_federation
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("torch_one_thread")]
 
 SMALL = {
-    "policy": "tiny",
+    **TINY_RUN,
     "num-server-rounds": 3,
-    "local-steps": 2,
-    "batch-size": 2,
-    "chunk-size": 10,
-    "eval-batches": 1,
-    "device": "cpu",
     "video-frequency": 100,
     "checkpoint-interval": 100,
     "seed": 7,

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from loopback_grid import LoopbackGrid
+from loopback_grid import TINY_RUN, LoopbackGrid
 from wandb_offline import history
 
 from zk0cli.core.errors import ExitCode, Zk0Error
@@ -19,13 +19,8 @@ from zk0cli.fl.server_app import run_federation
 from zk0cli.fl.tracking import require_wandb
 
 SMALL = {
-    "policy": "tiny",
+    **TINY_RUN,
     "num-server-rounds": 2,
-    "local-steps": 2,
-    "batch-size": 2,
-    "chunk-size": 10,
-    "eval-batches": 1,
-    "device": "cpu",
     "video-frequency": 100,
     "checkpoint-interval": 100,
     "seed": 7,
