@@ -140,3 +140,38 @@ def test_export_refuses_a_dataset_with_other_features(cli, node_dataset, tmp_pat
     done = cli("export", str(RUN_ID), "-o", str(tmp_path / "out"), "--dataset", node_dataset)
     assert done.code == 2
     assert "features do not match" in done.stderr and "observation.state [6] vs [7]" in done.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("torch_one_thread")
+def test_without_federated_evaluation_the_kept_global_is_the_last_one_a_node_got(tmp_path, fl_datasets):
+    """fraction-evaluate 0: round 2's result never reaches a node, so what it holds is round 1's
+    (carried by round 2's train message), labelled round 1 and equal to round 1's checkpoint."""
+    from loopback_grid import TINY_RUN, LoopbackGrid
+    from safetensors.numpy import load_file
+
+    from zk0cli.fl import client_app as zk0_client
+    from zk0cli.fl.records import RunRecord
+    from zk0cli.fl.server_app import run_federation
+
+    values = {
+        **TINY_RUN,
+        "num-server-rounds": 2,
+        "fraction-evaluate": 0.0,
+        "checkpoint-interval": 1,
+        "keep-last-checkpoints": 2,
+        "keep-globals": 0,  # full fp32 down: the node holds the server's global exactly
+        "datasets": " ".join(f"local:{d}" for d in fl_datasets),
+        "runs-dir": str(tmp_path / "runs"),
+        "run-name": "no-fed-eval",
+    }
+    config = RunConfig.from_mapping(values)
+    nodes = [{"partition-id": i, "num-partitions": len(fl_datasets)} for i in range(len(fl_datasets))]
+    record = RunRecord.create(tmp_path / "runs", config.run_name)
+    run_federation(LoopbackGrid(zk0_client.app, nodes, config.to_flwr()), config, record)
+    (run_id,) = received.held_runs(Paths.resolve())
+    kept = received.read(Paths.resolve(), run_id)
+    assert kept.server_round == 1
+    checkpoint = load_file(str(record.checkpoint_dir(1) / "model.safetensors"))
+    for name, value in kept.weights.items():
+        assert np.array_equal(value, checkpoint[name]), name
