@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from zk0cli.core.paths import Paths
-from zk0cli.fl import received
+from zk0cli.fl import integrity, received
 from zk0cli.fl.run_config import RunConfig
 
 RUN_ID = 4242424242
@@ -41,6 +41,7 @@ def keep(dataset: str, weights, features, *, run_id: int = RUN_ID, server_round:
         run_id,
         server_round,
         weights,
+        sha256=integrity.digest(integrity.to_record(weights)),
         run_config=RUN_CONFIG,
         dataset_uri=dataset,
         dataset_fingerprint="f" * 64,
@@ -96,7 +97,15 @@ def test_kept_global_is_digest_checked_and_old_runs_are_forgotten(node_dataset):
     assert list(back.weights) == ["a.weight", "b.bias"]
     assert np.array_equal(back.weights["a.weight"], weights["a.weight"])
     assert not received.keep(  # the same global again (a simulation's other client): not rewritten
-        Paths.resolve(), 2, 3, weights, run_config={}, dataset_uri=node_dataset, dataset_fingerprint="", features={}
+        Paths.resolve(),
+        2,
+        3,
+        weights,
+        sha256=integrity.digest(integrity.to_record(weights)),
+        run_config={},
+        dataset_uri=node_dataset,
+        dataset_fingerprint="",
+        features={},
     )
     path = received.received_dir(Paths.resolve()) / "2" / received.WEIGHTS
     data = bytearray(path.read_bytes())

@@ -7,12 +7,11 @@ the run record it leaves.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from zk0_process import BIN, process_env, zk0
 
 from zk0cli.fl.run_config import RunConfig
 
@@ -36,23 +35,8 @@ SIM_CONFIG = {
 @pytest.fixture(scope="module")
 def sim_env(tmp_path_factory) -> dict[str, str]:
     home = tmp_path_factory.mktemp("sim")
-    env = dict(os.environ)
-    for name in [n for n in env if n.startswith("ZK0_")]:
-        del env[name]
-    env.update(
-        ZK0_HOME=str(home / "zk0home"),
-        HF_HUB_OFFLINE="1",
-        HF_HOME=str(home / "hf"),
-        HF_LEROBOT_HOME=str(home / "hf" / "lerobot"),
-        OMP_NUM_THREADS="1",
-        NO_COLOR="1",
-    )
-    return env
-
-
-def zk0(env: dict[str, str], *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
-    command = [str(Path(sys.executable).parent / "zk0"), *args]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+    hub = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(home / "hf"), "HF_LEROBOT_HOME": str(home / "hf" / "lerobot")}
+    return process_env(home / "zk0home", **hub)
 
 
 @pytest.fixture(scope="module")
@@ -287,7 +271,7 @@ def test_interrupted_sim_stops_everything_it_started(sim_env, fl_datasets, tmp_p
     import psutil
 
     env = {**sim_env, "ZK0_HOME": str(tmp_path / "zk0home")}
-    args = [str(Path(sys.executable).parent / "zk0"), "--json", "sim", "--rounds", "50"]
+    args = [str(BIN / "zk0"), "--json", "sim", "--rounds", "50"]
     args += [item for uri in fl_datasets for item in ("--dataset", f"local:{uri}")]
     args += [item for key, value in SIM_CONFIG.items() for item in ("-c", f"{key}={json.dumps(value)}")]
     proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

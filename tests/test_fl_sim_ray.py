@@ -7,18 +7,16 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import psutil
 import pytest
+from zk0_process import BIN, process_env, zk0
 
 from zk0cli.core.errors import ExitCode
 from zk0cli.services.flower import free_port
-
-BIN = Path(sys.executable).parent
 
 
 def _ephemeral_port() -> int:
@@ -60,8 +58,8 @@ def _stop(head: subprocess.Popen, temp: Path) -> None:
 @pytest.mark.slow
 def test_sim_runs_its_clients_on_an_existing_ray_cluster(tmp_path):
     temp = Path(tempfile.mkdtemp(prefix="zk0ray", dir="/tmp"))  # Ray's socket paths must stay short
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ZK0_", "RAY_"))}
-    env.update(ZK0_HOME=str(tmp_path / "home"), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", NO_COLOR="1")
+    without_ray = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env = process_env(tmp_path / "home", without_ray, HF_HUB_OFFLINE="1")
     port, log = _ephemeral_port(), tmp_path / "ray.log"
     head_args = ["--head", "--block", "--port", str(port), "--node-ip-address", "127.0.0.1", "--num-cpus", "2"]
     head_args += ["--include-dashboard=false", "--disable-usage-stats", "--temp-dir", str(temp / "ray")]
@@ -75,7 +73,7 @@ def test_sim_runs_its_clients_on_an_existing_ray_cluster(tmp_path):
         _wait_listening(port, head, log)
         args = ["sim", "--clients", "2", "--rounds", "1", "--ray-address", f"127.0.0.1:{port}", "--timeout", "500"]
         args += ["-c", "local-steps=2", "-c", "batch-size=2", "-c", "eval-batches=1"]
-        done = subprocess.run([str(BIN / "zk0"), *args], env=env, capture_output=True, text=True, timeout=560)
+        done = zk0(env, *args, timeout=560)
         assert done.returncode == 0, done.stderr[-3000:]
         assert "completed" in done.stdout
         workers = list((temp / "ray").glob("session_*/logs/worker-*.err"))

@@ -6,13 +6,11 @@ evaluation video drawn from the held-out episode's real decoded camera frames.""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from zk0_process import process_env, zk0
 
 from zk0cli.datasets.sample import write_sample
 
@@ -33,15 +31,12 @@ def test_a_federation_trains_and_renders_from_camera_size_video(tmp_path):
         )
         for index, task in enumerate(("pick", "stack"))
     ]  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ZK0_")}
-    env.update(ZK0_HOME=str(tmp_path / "home"), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", NO_COLOR="1")
+    env = process_env(tmp_path / "home", HF_HUB_OFFLINE="1")
     args = ["--json", "sim", "--clients", "2", "--rounds", "1", "--timeout", "700"]
     args += [item for root in roots for item in ("--dataset", f"local:{root}")]
     for setting in ("policy=tiny", "local-steps=2", "batch-size=2", "eval-batches=1", "client-eval-episodes=1"):
         args += ["-c", setting]
-    done = subprocess.run(
-        [str(Path(sys.executable).parent / "zk0"), *args], env=env, capture_output=True, text=True, timeout=800
-    )
+    done = zk0(env, *args, timeout=800)
     assert done.returncode == 0, done.stderr[-3000:]
     run_dir = Path(json.loads(done.stdout)["run_dir"])
     last = json.loads((run_dir / "round_1_server_eval.json").read_text())

@@ -5,11 +5,10 @@ node of a `zk0 sim` federation."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from zk0_process import process_env, zk0
 
 pytestmark = pytest.mark.slow
 
@@ -34,15 +33,12 @@ def hub_policy(olah_hub, fl_datasets, tmp_path_factory):
 
 
 def test_a_federation_loads_its_policy_from_a_hub(hub_policy, fl_datasets, tmp_path):
-    env = {k: v for k, v in hub_policy.client_env(tmp_path / "hf").items() if not k.startswith("ZK0_")}
-    env.update(ZK0_HOME=str(tmp_path / "home"), OMP_NUM_THREADS="1", NO_COLOR="1")
+    env = process_env(tmp_path / "home", hub_policy.client_env(tmp_path / "hf"))
     args = ["--json", "sim", "--clients", "2", "--rounds", "1", "--timeout", "500"]
     args += [item for root in fl_datasets for item in ("--dataset", f"local:{root}")]
     for setting in (f"policy={POLICY}", "chunk-size=10", "local-steps=2", "batch-size=2", "eval-batches=1"):
         args += ["-c", setting]
-    done = subprocess.run(
-        [str(Path(sys.executable).parent / "zk0"), *args], env=env, capture_output=True, text=True, timeout=560
-    )
+    done = zk0(env, *args, timeout=560)
     assert done.returncode == 0, done.stderr[-3000:]
     run_dir = Path(json.loads(done.stdout)["run_dir"])
     assert json.loads((run_dir / "config.json").read_text())["run_config"]["policy"] == POLICY

@@ -45,7 +45,7 @@ def train(msg: Message, context: Context) -> Message:
         global_weights = load_global(node, wire, _global_arrays(msg), round_config, config.int8_block_size)
     except RebuildError as exc:
         return need_full_reply(msg, str(exc))
-    keep_global(msg, context, node, global_weights, after_round=int(_number(round_config, "server-round")) - 1)
+    keep_global(msg, context, node, global_weights, wire, after_round=int(_number(round_config, "server-round")) - 1)
     server_round = int(_number(round_config, "server-round"))
     settings = TrainConfig(
         steps=config.local_steps,
@@ -103,7 +103,7 @@ def evaluate(msg: Message, context: Context) -> Message:
         global_weights = load_global(node, wire, _global_arrays(msg), _round_config(msg), config.int8_block_size)
     except RebuildError as exc:
         return need_full_reply(msg, str(exc))
-    keep_global(msg, context, node, global_weights, after_round=int(_number(_round_config(msg), "server-round")))
+    keep_global(msg, context, node, global_weights, wire, after_round=int(_number(_round_config(msg), "server-round")))
     metrics: dict[str, Any] = {SAMPLES: 0, "policy_loss": float("nan"), "action_error": float("nan")}
     if node.heldout_set is not None:
         result = evaluate_policy(
@@ -178,7 +178,13 @@ def load_global(
 
 
 def keep_global(
-    msg: Message, context: Context, node: NodeRuntime, weights: Mapping[str, NDArray[np.float32]], *, after_round: int
+    msg: Message,
+    context: Context,
+    node: NodeRuntime,
+    weights: Mapping[str, NDArray[np.float32]],
+    wire: NodeWire,
+    *,
+    after_round: int,
 ) -> None:
     """Keep the global just loaded for ``zk0 export`` (:mod:`zk0cli.fl.received`), as the global
     after round ``after_round``: round N's train message carries round N-1's result, its evaluate
@@ -194,6 +200,7 @@ def keep_global(
             msg.metadata.run_id,
             after_round,
             weights,
+            sha256=wire.held_digest,  # rebuilding checked it: no second pass over the weights
             run_config=dict(context.run_config),
             dataset_uri=node.assignment.uri,
             dataset_fingerprint=node.fingerprint,

@@ -59,17 +59,18 @@ def keep(
     server_round: int,
     weights: Mapping[str, NDArray[np.float32]],
     *,
+    sha256: str,
     run_config: Mapping[str, Any],
     dataset_uri: str,
     dataset_fingerprint: str,
     features: Mapping[str, list[int]],
 ) -> bool:
-    """Keep ``weights`` as run ``run_id``'s global unless this exact global is kept already
-    (a simulation's clients all load the same one). True when it was written."""
+    """Keep ``weights`` (whose packed-record digest is ``sha256``: the node's wire has it
+    already) as run ``run_id``'s global unless this exact global is kept already (a simulation's
+    clients all load the same one). True when it was written."""
     from safetensors.numpy import save
 
     directory = received_dir(paths) / str(run_id)
-    sha256 = integrity.digest(integrity.to_record(weights))
     held = read_json(directory / INFO, None)
     if isinstance(held, dict) and held.get("sha256") == sha256:
         return False

@@ -203,7 +203,7 @@ def _provenance(source: Source, dataset: str, fingerprint: str, cameras: list[st
         "normalised_by": {"dataset": dataset, "fingerprint": fingerprint},
         "cameras": cameras,
         "run_datasets": source.run_datasets,
-        "versions": package_versions(("zk0", "lerobot", "flwr", "torch")),
+        "versions": package_versions(("lerobot", "flwr", "torch")),  # zk0's own comes first
     }
 
 
