@@ -14,7 +14,7 @@ from zk0cli.core.errors import Zk0Error, bad_input
 from zk0cli.core.paths import Paths
 from zk0cli.core.timefmt import epoch_from_iso, iso_seconds_or_none
 from zk0cli.services import flower, preflight
-from zk0cli.services.flower_control import FlowerRun, LocalControl
+from zk0cli.services.flower_control import ControlRefusedError, FlowerRun, LocalControl
 from zk0cli.services.server import require_running
 
 if TYPE_CHECKING:
@@ -118,7 +118,8 @@ def _settle_earlier_runs(paths: Paths, flwr_run_ids: list[int]) -> list[str]:
 
     One that started before the SuperLink's last (re)start lost its ServerApp with that restart
     (the supervisor leaves no orphan), but Flower keeps calling it running until its heartbeat
-    expires: it is stopped here. Any other live one is refused.
+    expires: it is stopped here (unless Flower finishes it first, between the two calls). Any other
+    live one is refused.
     """
     superlink_started = epoch_from_iso(require_running(paths)["processes"]["superlink"].get("started_at"))
     notes = []
@@ -132,7 +133,13 @@ def _settle_earlier_runs(paths: Paths, flwr_run_ids: list[int]) -> list[str]:
                     f"run {flwr_run_id} is still {run.status} on the SuperLink",
                     hint=f"stop it first (zk0 run stop {flwr_run_id}), then resume it",
                 )
-            control.stop_run(flwr_run_id)
+            try:
+                control.stop_run(flwr_run_id)
+            except ControlRefusedError:
+                settled = control.run(flwr_run_id)
+                if settled is None or settled.finished:
+                    continue  # its heartbeat expired in between: Flower finished it itself
+                raise
             notes.append(
                 f"stopped run {flwr_run_id}: Flower still listed it as {run.status}, but its ServerApp ended "
                 f"when the SuperLink restarted"
