@@ -16,6 +16,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from serve_args import insecure_loopback_serve
 
 from zk0cli.core.errors import ExitCode, Zk0Error
 from zk0cli.core.paths import Paths
@@ -355,5 +356,5 @@ def test_an_unwritable_log_directory_is_a_machine_not_ready(paths, cli):
         sup.run_foreground(paths, fake_spec("nolog", port=free_port()), lambda _level, _message: None)
     assert refused.value.code == ExitCode.ENV_NOT_READY
     assert str(paths.log_dir) in refused.value.message and "ZK0_HOME" in refused.value.hint
-    result = cli("server", "serve", "--insecure", "--no-require-node-auth", "--port", str(free_port()))
+    result = cli(*insecure_loopback_serve(free_port()))
     assert result.code == ExitCode.ENV_NOT_READY and "cannot write" in result.stderr and "hint:" in result.stderr
