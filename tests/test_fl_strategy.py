@@ -25,6 +25,7 @@ from zk0cli.fl import integrity
 from zk0cli.fl.records import RunRecord, summary
 from zk0cli.fl.run_config import RunConfig
 from zk0cli.fl.server_app import run_federation
+from zk0cli.services.status.runs import client_rounds
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("torch_one_thread")]
 
@@ -317,6 +318,7 @@ def test_a_straggler_holds_a_round_only_for_the_grace_after_the_quorum(tmp_path,
         zk0_client.app, [{"partition-id": i, "num-partitions": 2} for i in range(2)], config.to_flwr()
     )
     record = RunRecord.create(Path(config.runs_dir), config.run_name)
+    atomic_write_json(Paths.resolve().node_names_file, {"1001": {"name": "bob", "public_key": "k2"}})
     started = time.monotonic()
     run_federation(grid, config, record)
     assert time.monotonic() - started < grid.delay_s  # never waited for the straggler
@@ -326,6 +328,10 @@ def test_a_straggler_holds_a_round_only_for_the_grace_after_the_quorum(tmp_path,
         assert [late["node"] for late in rounds[n]["late"]] == ["1001"] and rounds[n]["failed"] == []
         assert "late: not in 1 s after 1 of 2 replied (discarded)" == rounds[n]["late"][0]["reason"]
         assert summary(rounds[n])["late"] == 1
+        # the admin's name on the late rows of training and evaluation, as status and the report show them
+        assert [late.get("name") for late in rounds[n]["late"]] == ["bob"]
+        assert [late.get("name") for late in rounds[n]["federated_eval"]["late"]] == ["bob"]
+        assert ("bob", "late") in {(row.node, row.outcome) for row in client_rounds(rounds[n])}
 
 
 def test_a_scaled_sign_flipped_update_is_measured_flagged_and_clipped(tmp_path, fl_datasets):

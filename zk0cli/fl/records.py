@@ -257,8 +257,11 @@ def name_nodes(entry: dict[str, Any], names: dict[str, str]) -> None:
         clients.get("each"),
         entry.get("rejected"),
         entry.get("failed"),
+        entry.get("late"),
+        entry.get("quarantined"),
         federated.get("each"),
         federated.get("failed"),
+        federated.get("late"),
     )
     for group in groups:
         for item in group or []:
