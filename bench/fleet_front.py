@@ -13,6 +13,9 @@ reached directly, in the same run, alternating:
    Target: <= 1.10.
 2. ``--nodes`` nodes doing that at once: aggregate MB/s through the front / direct. Target >= 0.9.
 3. The front's peak RSS over all of it. Target < 100 MB.
+   Beside it, the CPU seconds per GiB of the client, the stand-in and the front: the front
+   decrypts and re-encrypts every byte, the TLS work of both ends together, so while all three
+   share the cores the time ratio of (1) is about 1 + front / (client + stand-in).
 4. ``--flood-s`` seconds of Control-API calls from outside (each refused with 403): requests/s
    refused, and the bytes of log they wrote (the refusal summary, one line per interval).
 
@@ -112,6 +115,11 @@ def move(base_url: str, ca: Path, key: ec.EllipticCurvePrivateKey, mib: int) -> 
     return time.perf_counter() - started
 
 
+def cpu_seconds(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
+
+
 def flood(base_url: str, ca: Path, seconds: float) -> int:
     """Refused Control-API calls sent from outside in ``seconds`` (each on a fresh connection: the
     front closes after a refusal)."""
@@ -199,12 +207,18 @@ def main() -> int:
             via_front, direct = f"https://127.0.0.1:{front_port}", f"https://127.0.0.1:{upstream_port}"
             move(via_front, pki.ca_cert, keys[0], 10)  # warm both paths (TLS, imports)
             move(direct, pki.ca_cert, keys[0], 10)
-            front_cpu_before = sum(psutil.Process(front.pid).cpu_times()[:2])
-            timings = [
-                (move(via_front, pki.ca_cert, keys[0], args.mib), move(direct, pki.ca_cert, keys[0], args.mib))
-                for _ in range(args.rounds)
-            ]
-            front_cpu_s = sum(psutil.Process(front.pid).cpu_times()[:2]) - front_cpu_before
+            processes = {"client": psutil.Process(), "stand-in": psutil.Process(upstream.pid)}
+            processes["front"] = psutil.Process(front.pid)
+            cpu = {path: dict.fromkeys(processes, 0.0) for path in ("front", "direct")}
+
+            def timed_move(path: str, base_url: str) -> float:
+                before = {name: cpu_seconds(process) for name, process in processes.items()}
+                seconds = move(base_url, pki.ca_cert, keys[0], args.mib)
+                for name, process in processes.items():
+                    cpu[path][name] += cpu_seconds(process) - before[name]
+                return seconds
+
+            timings = [(timed_move("front", via_front), timed_move("direct", direct)) for _ in range(args.rounds)]
             front_s = statistics.median(f for f, _ in timings)
             direct_s = statistics.median(d for _, d in timings)
 
@@ -237,10 +251,15 @@ def main() -> int:
         f"ratio {throughput_ratio:.3f} (target >= {TARGET_THROUGHPUT_RATIO})"
     )
     relayed_gib = args.rounds * moved / 1024
+    per_gib = {path: {name: seconds / relayed_gib for name, seconds in each.items()} for path, each in cpu.items()}
+    ends = per_gib["direct"]["client"] + per_gib["direct"]["stand-in"]
+    added = per_gib["front"]["front"] / ends
     print(
-        f"front CPU {front_cpu_s / relayed_gib:.1f} s per GiB relayed (TLS in and out; on {os.cpu_count()} cores "
-        f"shared with the client and the stand-in); peak RSS {rss_mb:.0f} MB (target < {TARGET_FRONT_RSS_MB} MB)"
+        f"CPU s per GiB moved: client {per_gib['direct']['client']:.1f}, stand-in "
+        f"{per_gib['direct']['stand-in']:.1f}; the front adds {per_gib['front']['front']:.1f} ({added:.2f}x what "
+        f"both ends spend). With all three busy on {os.cpu_count()} cores the time ratio is about {1 + added:.2f}."
     )
+    print(f"front peak RSS {rss_mb:.0f} MB (target < {TARGET_FRONT_RSS_MB} MB)")
     print(
         f"flood: {refused / args.flood_s:.0f} refused control calls/s for {args.flood_s:g} s "
         f"({refused} in all) wrote {log_bytes} bytes of log ({log_bytes / max(refused, 1):.2f} bytes per refusal)"
