@@ -147,6 +147,35 @@ def test_run_defaults_are_set_shown_read_and_unset(cli, zk0_home):
     assert again.code == 0 and again.json()["removed"] is False
     unset = cli("--json", "config", "get", "run.local-steps")
     assert unset.code == 2 and "zk0 run --list-keys" in unset.json()["hint"]
+    assert "is not set" in unset.json()["error"]
+
+
+@pytest.mark.parametrize("command", ["get", "unset"])
+@pytest.mark.parametrize(
+    ("key", "said", "hint"),
+    [
+        ("run.local-stepz", "unknown run-config key 'local-stepz'", "did you mean run.local-steps?"),
+        ("no.such.key", "unknown config key 'no.such.key'", "zk0 config show"),
+    ],
+)
+def test_get_and_unset_of_an_unknown_key_say_so_and_leave_the_file_alone(cli, zk0_home, command, key, said, hint):
+    """A typo is not a key that is merely not set: one line, a hint, exit 2, config.toml untouched."""
+    file = zk0_home / "config" / "config.toml"
+    assert cli("config", "set", "run.local-steps", "5").code == 0
+    before = file.read_text()
+    refused = cli("--json", "config", command, key)
+    assert refused.code == 2, refused.stderr
+    assert refused.json()["error"] == said and hint in refused.json()["hint"]
+    assert file.read_text() == before
+
+
+def test_a_retired_run_key_left_in_the_file_can_still_be_unset(cli, zk0_home):
+    file = zk0_home / "config" / "config.toml"
+    file.parent.mkdir(parents=True, exist_ok=True)
+    file.write_text("[run]\nuplink-bf16-delta = true\nlocal-steps = 5\n")  # written before the key was retired
+    removed = cli("config", "unset", "run.uplink-bf16-delta", "--json")
+    assert removed.code == 0 and removed.json()["removed"] is True
+    assert "uplink" not in file.read_text() and "local-steps = 5" in file.read_text()
 
 
 @pytest.mark.parametrize(
@@ -159,11 +188,17 @@ def test_run_defaults_are_set_shown_read_and_unset(cli, zk0_home):
         ("run.resume", "true", "run.resume names one run", "zk0 run --resume"),
         ("hf.endpoint.x", "1", "unknown config key 'hf.endpoint.x'", "zk0 config show"),
         ("hf.endpoint", "huggingface.co", "is not an http(s) URL", "https://huggingface.co"),
+        ("hf.home", "hf-cache", "hf.home 'hf-cache' is a relative path", "~/hf-cache"),
+        ("hf.home", "~/a-file", "is a file, not a directory", "the Hugging Face cache's directory"),
     ],
 )
-def test_bad_run_defaults_are_refused_with_a_hint_and_leave_the_file_alone(cli, zk0_home, key, value, said, hint):
+def test_bad_run_defaults_are_refused_with_a_hint_and_leave_the_file_alone(
+    cli, zk0_home, monkeypatch, tmp_path, key, value, said, hint
+):
     file = zk0_home / "config" / "config.toml"
     assert cli("config", "set", "run.batch-size", "2").code == 0
+    monkeypatch.setenv("HOME", str(tmp_path))  # ~ expands here
+    (tmp_path / "a-file").write_text("not a directory")
     before = file.read_text()
     refused = cli("--json", "config", "set", key, value)
     assert refused.code == 2, refused.stderr

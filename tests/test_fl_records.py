@@ -245,6 +245,9 @@ def test_the_run_log_is_written_in_the_service_log_format_and_read_with_the_same
     assert any(line.endswith("] failed") for line in recent)
     none = cli("--json", "logs", "run", "nope")
     assert none.code == 2 and "zk0 runs" in none.json()["hint"]
+    endless = cli("logs", "run", "777000", "--follow", "--json")  # one JSON document cannot keep growing
+    assert endless.code == 2 and endless.json()["error"] == "--follow and --json do not go together"
+    assert "--tail or --since" in endless.json()["hint"]
 
 
 def test_loss_plot_ticks_whole_rounds_and_keeps_its_legend_off_the_curves():

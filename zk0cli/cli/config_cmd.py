@@ -59,7 +59,7 @@ def show(json_: JsonOption = False) -> None:
 @app.command("get")
 def get(key: Annotated[str, typer.Argument(help="Dotted key, e.g. server.port.")], json_: JsonOption = False) -> None:
     """Print the effective value of one key."""
-    value = config_mod.get_value(session().load_config().config, key)
+    value = config_mod.get_value(session().load_config().config, key, run_keys=_run_keys())
     out().result({"key": key, "value": value}, lambda c: c.print(str(value), markup=False))
 
 
@@ -83,6 +83,13 @@ def unset(
 ) -> None:
     """Remove one key from the config file, so its default applies again."""
     s = session()
-    removed = config_mod.unset_value(s.config_file, key)
+    removed = config_mod.unset_value(s.config_file, key, run_keys=_run_keys())
     message = f"{key} removed from {s.config_file}" if removed else f"{key} was not set in {s.config_file}"
     out().result({"key": key, "removed": removed, "file": str(s.config_file)}, lambda c: c.print(message, markup=False))
+
+
+def _run_keys() -> list[str]:
+    """The run-config's key names, for telling a run.* typo from a key that is not set."""
+    from zk0cli.fl.run_config import documentation
+
+    return [name for name, _, _ in documentation()]

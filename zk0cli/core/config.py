@@ -11,10 +11,11 @@ writes the table passes its check (``check_run``); this module only keeps it TOM
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import re
 import tomllib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -150,11 +151,15 @@ def set_value(path: Path, key: str, raw: str, *, check_run: RunCheck | None = No
     return value
 
 
-def unset_value(path: Path, key: str) -> bool:
-    """Remove one key from the file (its default applies again); False when the file did not set it."""
+def unset_value(path: Path, key: str, *, run_keys: Collection[str]) -> bool:
+    """Remove one key from the file (its default applies again); False when the file did not set it.
+    ``run_keys`` are the run-config's key names: a run key the file holds is removed even when the
+    schema no longer knows it (that is how a retired key leaves the file)."""
+    flat = _flatten(read_file(path))
     if not is_run_key(key):
         _require_known(key)
-    flat = _flatten(read_file(path))
+    elif key not in flat:
+        _require_run_key(key, run_keys)
     if flat.pop(key, None) is None:
         return False
     write_file(path, flat)
@@ -198,10 +203,14 @@ def write_file(path: Path, flat: Mapping[str, Any]) -> None:
     atomic_write_text(path, tomli_w.dumps(nested))
 
 
-def get_value(config: Config, key: str) -> Any:
+def get_value(config: Config, key: str, *, run_keys: Collection[str] | None = None) -> Any:
+    """The key's effective value. ``run_keys`` (the run-config's key names) tells a ``run.*`` key
+    that is merely not set from a typo; without them every unset run key reads as not set."""
     if is_run_key(key):
         name = key.partition(".")[2]
         if name not in config.run:
+            if run_keys is not None:
+                _require_run_key(key, run_keys)
             raise bad_input(
                 f"{key} is not set: runs take the run-config default", hint="`zk0 run --list-keys` shows the defaults"
             )
@@ -251,6 +260,21 @@ def validate(config: Config) -> None:
             f"hf.endpoint '{config.hf.endpoint}' is not an http(s) URL",
             hint="for example https://huggingface.co or http://mirror.example:8090",
         )
+    if config.hf.home:
+        _check_hf_home(config.hf.home)
+
+
+def _check_hf_home(value: str) -> None:
+    home = Path(value).expanduser()
+    if not home.is_absolute():  # each process zk0 starts has its own working directory
+        raise bad_input(
+            f"hf.home '{value}' is a relative path", hint="give an absolute one, e.g. ~/hf-cache or /data/hf"
+        )
+    if home.exists() and not home.is_dir():
+        raise bad_input(
+            f"hf.home {home} is a file, not a directory",
+            hint="give the Hugging Face cache's directory (zk0 creates it when missing)",
+        )
 
 
 def _require_known(key: str) -> None:
@@ -258,6 +282,16 @@ def _require_known(key: str) -> None:
         raise bad_input(
             f"unknown config key '{key}'",
             hint="see `zk0 config show` for the keys; run-config defaults are run.KEY (`zk0 run --list-keys`)",
+        )
+
+
+def _require_run_key(key: str, run_keys: Collection[str]) -> None:
+    name = key.partition(".")[2]
+    if name not in run_keys:
+        close = difflib.get_close_matches(name, run_keys, n=1)
+        raise bad_input(
+            f"unknown run-config key '{name}'",
+            hint=(f"did you mean {RUN_TABLE}.{close[0]}? " if close else "") + "`zk0 run --list-keys` lists them",
         )
 
 
