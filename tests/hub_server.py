@@ -76,9 +76,28 @@ class OlahHub:
         self._add_repo(self.mirrors / "datasets" / repo_id, source, tag)
         return f"hf:{repo_id}"
 
-    def add_model(self, repo_id: str, source: Path) -> str:
-        self._add_repo(self.mirrors / "models" / repo_id, source, None)
+    def add_model(self, repo_id: str, source: Path, *, tag: str | None = None) -> str:
+        self._add_repo(self.mirrors / "models" / repo_id, source, tag)
         return repo_id
+
+    def commit_model(self, repo_id: str, source: Path, *, tag: str | None = None) -> str:
+        """A new commit on model ``repo_id``'s main branch with ``source``'s files (replacing the
+        files of the same names); returns its commit id."""
+        repo = self.mirrors / "models" / repo_id
+        shutil.copytree(source, repo, dirs_exist_ok=True)
+        for args in (["add", "-A"], ["commit", "-q", "-m", "update"], *([["tag", tag]] if tag else [])):
+            subprocess.run([*_git(repo), *args], check=True, capture_output=True)
+        return self.commit_of(repo_id, "HEAD")
+
+    def commit_of(self, repo_id: str, revision: str) -> str:
+        """The commit id a branch or tag of model ``repo_id`` names."""
+        done = subprocess.run(
+            [*_git(self.mirrors / "models" / repo_id), "rev-parse", f"{revision}^{{commit}}"],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        return done.stdout.strip()
 
     def client_env(self, hf_home: Path) -> dict[str, str]:
         """What a process that downloads needs: this Hub, its own cache, not offline."""
@@ -88,11 +107,14 @@ class OlahHub:
     @staticmethod
     def _add_repo(repo: Path, source: Path, tag: str | None) -> None:
         shutil.copytree(source, repo)
-        git = ["git", "-c", "user.name=zk0-test", "-c", "user.email=test@zk0.invalid", "-C", str(repo)]
         for args in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-q", "-m", "dataset"]):
-            subprocess.run([*git, *args], check=True, capture_output=True)
+            subprocess.run([*_git(repo), *args], check=True, capture_output=True)
         if tag:
-            subprocess.run([*git, "tag", tag], check=True, capture_output=True)
+            subprocess.run([*_git(repo), "tag", tag], check=True, capture_output=True)
+
+
+def _git(repo: Path) -> list[str]:
+    return ["git", "-c", "user.name=zk0-test", "-c", "user.email=test@zk0.invalid", "-C", str(repo)]
 
 
 def _front_handler(upstream: str) -> type[BaseHTTPRequestHandler]:

@@ -61,9 +61,12 @@ class RunConfig:
     # --- policy (see zk0cli.policy)
     policy: str = _p(
         "lerobot/smolvla_base",
-        "'tiny' (offline test backbone), 'real-geometry' (random weights), or a SmolVLA checkpoint (Hub id or dir)",
+        "'tiny' (offline test backbone), 'real-geometry' (random weights), or a SmolVLA checkpoint "
+        "(<org>/<name>[@revision] on the Hub, or a directory)",
     )
-    vlm_model_name: str = _p("", "local VLM directory used instead of the checkpoint's Hub VLM (offline use)")
+    vlm_model_name: str = _p(
+        "", "VLM used instead of the checkpoint's: a local directory (offline use) or <org>/<name>[@revision]"
+    )
     device: str = _p("auto", "'auto' (cuda, then mps, then cpu), 'cuda', 'mps' or 'cpu'")
     chunk_size: int = _p(0, "actions predicted per inference; 0 keeps the policy's own (SmolVLA: 50)", ge=0)
 
@@ -205,6 +208,7 @@ class RunConfig:
             raise bad_input(
                 f"run-config eta-min {self.eta_min} must be below lr {self.lr}", hint="lower eta-min or raise lr"
             )
+        self.policy_spec()  # a malformed policy or vlm-model-name (<org>/<name>@<revision>) stops here
 
     def to_flwr(self) -> dict[str, Any]:
         """Flower run-config form: ``{"local-steps": 20, ...}``."""
@@ -212,7 +216,7 @@ class RunConfig:
 
     def policy_spec(self) -> PolicySpec:
         """What every node and the server build: the same policy from the same seed."""
-        from zk0cli.policy.build import PolicySpec
+        from zk0cli.policy.build import PolicySpec, parse_hub_ref
 
         spec = functools.partial(
             PolicySpec, device=self.device, chunk_size=self.chunk_size or None, init_seed=self.seed
@@ -221,7 +225,9 @@ class RunConfig:
             return spec(tiny=True)
         if self.policy == "real-geometry":
             return spec(real_geometry=True)
-        return spec(base=self.policy, vlm=self.vlm_model_name or None)
+        base, revision = parse_hub_ref(self.policy, key="policy")
+        vlm, vlm_revision = parse_hub_ref(self.vlm_model_name, key="vlm-model-name")
+        return spec(base=base, revision=revision, vlm=vlm or None, vlm_revision=vlm_revision)
 
     def quorum(self, sampled: int) -> int:
         """Replies a round of ``sampled`` nodes needs before its straggler grace starts."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import shutil
 import sys
 from collections.abc import Iterator
@@ -32,6 +33,25 @@ DEFAULT_BASE = "lerobot/smolvla_base"
 DEFAULT_VLM = "HuggingFaceTB/SmolVLM2-500M-Video-Instruct"
 DEVICES = ("auto", "cuda", "mps", "cpu")
 OFFLINE_HINT = "pass a local checkpoint dir as base and a local VLM dir as vlm, or use the tiny backbone (tiny=true)"
+_HUB_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]*"
+_HUB_REF = re.compile(rf"^(?P<repo>{_HUB_NAME}/{_HUB_NAME})@(?P<rev>[^\s@]+)$")
+# A VLM pinned to a revision is fetched without its weights: they come from the base checkpoint.
+VLM_WEIGHT_FILES = ["*.safetensors", "*.bin", "*.pt", "*.pth", "*.ckpt", "*.h5", "*.msgpack", "*.onnx", "*.gguf"]
+
+
+def parse_hub_ref(text: str, *, key: str) -> tuple[str, str | None]:
+    """``org/name@rev`` -> (``org/name``, ``rev``); anything without ``@`` (a Hub id, a
+    directory) -> (text, None). An existing directory is taken as it is, ``@`` in its name or
+    not. bad_input naming run-config ``key`` for a malformed ``...@...``."""
+    if "@" not in text or Path(text).expanduser().is_dir():
+        return text, None
+    found = _HUB_REF.match(text)
+    if not found:
+        raise bad_input(
+            f"run-config {key} '{text}' is neither <org>/<name>@<revision> nor an existing directory",
+            hint=f"for example {key}=lerobot/smolvla_base@main (a branch, tag or commit); a directory takes no @",
+        )
+    return found["repo"], found["rev"]
 
 
 @dataclass
@@ -39,7 +59,9 @@ class PolicySpec:
     """What to build. Every field has the SmolVLA default unless said otherwise."""
 
     base: str | None = DEFAULT_BASE  # SmolVLA checkpoint: Hub id or local dir; None = fresh action expert
+    revision: str | None = None  # the base's Hub revision (branch, tag or commit); None = main
     vlm: str | None = None  # VLM dir or Hub id; None = the base's own (SmolVLM2-500M for smolvla_base)
+    vlm_revision: str | None = None  # the VLM's Hub revision; None = main
     tiny: bool = False  # tiny offline backbone + fresh expert (ignores base and vlm): CPU in seconds
     real_geometry: bool = False  # SmolVLM2-500M sizes, random weights, no download (ignores base and vlm)
     backbone_dir: Path | None = None  # where tiny/real_geometry backbones live; None = <data dir>/backbones
@@ -59,6 +81,12 @@ class PolicySpec:
             value = getattr(self, key)
             if value is not None and value < 1:
                 raise bad_input(f"policy {key} must be >= 1, got {value}", hint=f"fix {key}")
+        for name, revision in ((self.base, self.revision), (self.vlm, self.vlm_revision)):
+            if revision is not None and not _is_hub_id(name):
+                raise bad_input(
+                    f"revision '{revision}' given for {name or 'nothing'}, which is not a Hub id",
+                    hint="a revision (@branch, @tag or @commit) goes with an <org>/<name> on the Hub, not a directory",
+                )
 
 
 @dataclass
@@ -122,7 +150,7 @@ def build_policy(spec: PolicySpec, dataset_meta: LeRobotDatasetMetadata) -> Buil
     device = resolve_device(spec.device)
     config = _policy_config(spec, device)
     # lerobot and SmolVLA print progress to stdout; keep stdout clean for `--json` output.
-    hub_errors = _hub_errors(config.pretrained_path, config.vlm_model_name)
+    hub_errors = _hub_errors(_ref(config.pretrained_path, config.pretrained_revision), config.vlm_model_name)
     with contextlib.redirect_stdout(sys.stderr), _seeded(spec.init_seed), hub_errors:
         policy = make_policy(config, ds_meta=dataset_meta)
         preprocessor, postprocessor = make_pre_post_processors(config, dataset_stats=dataset_meta.stats)
@@ -178,7 +206,8 @@ def check_sources(spec: PolicySpec) -> str:
     config = _policy_config(spec, torch.device("cpu"))
     with _hub_errors(config.vlm_model_name), contextlib.redirect_stdout(sys.stderr):
         AutoConfig.from_pretrained(config.vlm_model_name)
-    return f"{spec.base or 'a fresh SmolVLA'} with VLM {config.vlm_model_name}: available"
+    base = _ref(spec.base, spec.revision) if spec.base else "a fresh SmolVLA"
+    return f"{base} with VLM {_ref(spec.vlm, spec.vlm_revision) if spec.vlm else config.vlm_model_name}: available"
 
 
 def _policy_config(spec: PolicySpec, device: torch.device) -> SmolVLAConfig:
@@ -192,12 +221,12 @@ def _policy_config(spec: PolicySpec, device: torch.device) -> SmolVLAConfig:
         config = SmolVLAConfig(vlm_model_name=str(write(directory)), device=device_name)
         image_size = image_size or geometry.image_size
     elif spec.base is None:
-        config = SmolVLAConfig(vlm_model_name=spec.vlm or DEFAULT_VLM, device=device_name)
+        config = SmolVLAConfig(vlm_model_name=_vlm_source(spec) or DEFAULT_VLM, device=device_name)
     else:
-        config = _checkpoint_config(spec.base)
+        config = _checkpoint_config(spec.base, spec.revision)
         config.device = device_name
         if spec.vlm:
-            config.vlm_model_name = spec.vlm
+            config.vlm_model_name = _vlm_source(spec)
     # VLM weights come from the base checkpoint (or start random): never a second download.
     config.load_vlm_weights = False
     if image_size is not None:
@@ -213,8 +242,21 @@ def _policy_config(spec: PolicySpec, device: torch.device) -> SmolVLAConfig:
     return config
 
 
-def _checkpoint_config(base: str) -> SmolVLAConfig:
-    """The base checkpoint's config, set up so make_policy loads its weights from ``base``."""
+def _vlm_source(spec: PolicySpec) -> str | None:
+    """What ``vlm_model_name`` is set to: the spec's VLM as given, or, pinned to a revision, that
+    revision's files (config, processor, tokenizer: no weights) in the HF cache, because SmolVLA
+    reads its VLM through ``from_pretrained`` calls that take no revision."""
+    if not spec.vlm or spec.vlm_revision is None:
+        return spec.vlm
+    from huggingface_hub import snapshot_download
+
+    with _hub_errors(_ref(spec.vlm, spec.vlm_revision)), contextlib.redirect_stdout(sys.stderr):
+        return snapshot_download(spec.vlm, revision=spec.vlm_revision, ignore_patterns=VLM_WEIGHT_FILES)
+
+
+def _checkpoint_config(base: str, revision: str | None = None) -> SmolVLAConfig:
+    """The base checkpoint's config (at ``revision`` on the Hub), set up so make_policy loads its
+    weights from ``base`` at that same revision."""
     from lerobot.configs.policies import PreTrainedConfig
 
     local = Path(base).expanduser()
@@ -226,11 +268,12 @@ def _checkpoint_config(base: str) -> SmolVLAConfig:
     if local.is_dir() and not (local / "config.json").is_file():
         raise bad_input(f"{base} is not a LeRobot checkpoint (no config.json)", hint="pass a SmolVLA checkpoint dir")
     source = str(local) if local.is_dir() else base
-    with _hub_errors(source):
-        config = PreTrainedConfig.from_pretrained(source)
+    with _hub_errors(_ref(source, revision)):
+        config = PreTrainedConfig.from_pretrained(source, revision=revision)
     if config.type != "smolvla":
         raise bad_input(f"{base} is a '{config.type}' checkpoint, not SmolVLA", hint="pass a SmolVLA checkpoint")
     config.pretrained_path = source
+    config.pretrained_revision = revision  # make_policy passes it to from_pretrained for the weights
     bundled = local / BUNDLED_VLM
     if local.is_dir() and bundled.is_dir() and not Path(config.vlm_model_name).is_dir():
         config.vlm_model_name = str(bundled)  # the checkpoint moved: its own copy of the VLM (save_checkpoint)
@@ -248,7 +291,12 @@ def _looks_like_path(name: str) -> bool:
 def _is_hub_id(name: str | None) -> bool:
     if not name:
         return False
-    return not Path(name).expanduser().exists() and not _looks_like_path(name)
+    return not Path(name).expanduser().exists() and not _looks_like_path(name.split("@")[0])
+
+
+def _ref(name: str | None, revision: str | None) -> str | None:
+    """``org/name@rev`` as people write it (the name alone without a revision)."""
+    return f"{name}@{revision}" if name and revision else name
 
 
 @contextlib.contextmanager
@@ -263,27 +311,60 @@ def _seeded(seed: int) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _hub_errors(*names: str | None) -> Iterator[None]:
-    """Turn a failed Hugging Face Hub fetch of one of ``names`` into one clear Zk0Error
-    (exit 3 when offline or unreachable, 2 when the repository does not exist)."""
-    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+    """Turn a failed Hugging Face Hub fetch of one of ``names`` (``org/name[@rev]``) into one
+    clear Zk0Error: exit 2 when the repository, the revision or the file is not there (LeRobot
+    wraps the Hub's error in its own, so the causes are looked through), 3 when offline or
+    unreachable."""
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        RemoteEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     hub_names = [str(name) for name in names if _is_hub_id(str(name) if name else None)]
     try:
         yield
-    except (RepositoryNotFoundError, GatedRepoError) as exc:
+    except OSError as exc:  # the Hub's errors, offline mode, no network, DNS failure, missing cached file
         if not hub_names:
             raise
-        raise bad_input(
-            f"{' / '.join(hub_names)} is not an accessible repository on the Hugging Face Hub",
-            hint="check the name, or log in with `huggingface-cli login` for a gated/private repo",
-        ) from exc
-    except OSError as exc:  # offline mode, no network, DNS failure, missing cached file
-        if not hub_names:
-            raise
+        shown = " / ".join(hub_names)
+        cause = _cause(exc, (RevisionNotFoundError, RepositoryNotFoundError, GatedRepoError, RemoteEntryNotFoundError))
+        if isinstance(cause, RevisionNotFoundError):
+            raise bad_input(
+                f"{shown}: no such revision on the Hugging Face Hub",
+                hint="give a branch, tag or commit the repository has, or drop @revision for its main branch",
+            ) from exc
+        if isinstance(cause, RepositoryNotFoundError | GatedRepoError):
+            raise bad_input(
+                f"{shown} is not an accessible repository on the Hugging Face Hub",
+                hint="check the name, or log in with `huggingface-cli login` for a gated/private repo",
+            ) from exc
+        if isinstance(cause, RemoteEntryNotFoundError):
+            raise bad_input(
+                f"{shown}: a file it needs is not in that repository at that revision ({_entry(cause)})",
+                hint="check the name and the revision (a branch, tag or commit that holds the checkpoint or VLM)",
+            ) from exc
         raise unreachable(
             f"cannot fetch {' / '.join(hub_names)} from the Hugging Face Hub (offline or unreachable)",
             hint=OFFLINE_HINT,
         ) from exc
+
+
+def _cause(exc: BaseException, kinds: tuple[type[BaseException], ...]) -> BaseException | None:
+    """``exc`` or the first exception it was raised from (or during) that is one of ``kinds``."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, kinds):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _entry(error: BaseException) -> str:
+    """The file a "not found" answer was about, from its URL."""
+    url = str(getattr(getattr(error, "response", None), "url", "") or "")
+    return url.rsplit("/", 1)[-1] or "a file"
 
 
 BUNDLED_VLM = "vlm"  # a checkpoint's copy of the local VLM directory it was built on
