@@ -146,3 +146,63 @@ def test_resume_refuses_without_a_checkpoint_or_when_nothing_is_left(tmp_path, f
         done.resume_point(2)
     assert "--rounds 3" in finished.value.hint
     assert done.resume_point(3).round == 2  # more rounds: it continues
+
+
+class DiesMidRound(LoopbackGrid):
+    """Loses the server (a kill, an OOM) in round ``crash_round`` after its first reply was taken in:
+    a robust rule has spilled that update to the record's ``.spill`` by then."""
+
+    crash_round = 0
+    _round = 0
+    _taken = False
+
+    def push_messages(self, messages):
+        messages = list(messages)
+        configs = [m.content["config"] for m in messages if "config" in m.content.config_records]
+        self._round = max((int(c.get("server-round", 0)) for c in configs), default=self._round)
+        return super().push_messages(messages)
+
+    def pull_messages(self, message_ids):
+        replies = list(super().pull_messages(message_ids))
+        if self._round != self.crash_round:
+            return replies
+        if self._taken:
+            raise ConnectionError("the SuperLink went away")
+        self._taken = True
+        return replies[:1]  # the others are dropped with the server
+
+
+class NotesSpill(LoopbackGrid):
+    """Notes, as each batch of messages goes out, whether the record's ``.spill`` exists."""
+
+    spill: Path
+    seen: list[bool]
+
+    def push_messages(self, messages):
+        self.seen.append(self.spill.exists())
+        return super().push_messages(messages)
+
+
+def test_spilled_updates_never_outlive_a_crashed_round_nor_a_resume(tmp_path, fl_datasets):
+    """Issue 14: a robust rule's spill of a round that raised is removed as the ServerApp fails; one
+    a killed ServerApp left behind is removed when the run resumes, before any message goes out."""
+    robust = {"aggregation": "median", "num-server-rounds": 2, "checkpoint-interval": 1}
+    config, grid, record = federation(tmp_path, fl_datasets, "killed", DiesMidRound, **robust)
+    grid.crash_round = 2
+    with pytest.raises(ConnectionError):
+        run_federation(grid, config, record, flwr_run_id=31)
+    assert sorted(by_round(record)) == [0, 1] and grid._taken  # round 2 spilled one update, then died
+    spill = record.root / ".spill"
+    assert not spill.exists()
+
+    leftover = spill / "round-2" / "update-0.f32"  # what a SIGKILL in that round leaves
+    leftover.parent.mkdir(parents=True)
+    leftover.write_bytes(bytes(4096))
+    resumed = RunConfig.from_mapping({**config.to_flwr(), "resume": True})
+    _, grid, _ = federation(tmp_path, fl_datasets, "killed", NotesSpill, **robust)
+    grid.spill, grid.seen = spill, []
+    run_federation(grid, resumed, record, flwr_run_id=32)
+    assert grid.seen and not any(grid.seen)  # gone before round 2's train messages went out
+    rounds = by_round(record)
+    assert sorted(rounds) == [0, 1, 2] and len(rounds[2]["clients"]["each"]) == 2
+    assert not spill.exists()

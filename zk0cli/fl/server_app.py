@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,6 +81,8 @@ def run_federation(grid: Grid, config: RunConfig, record: RunRecord, *, flwr_run
     from zk0cli.fl.server_eval import ServerEvaluator
     from zk0cli.fl.strategy import Zk0FedProx
 
+    spill = record.root / ".spill"  # a robust rule's memmaps of a round's updates (fl/aggregate.py)
+    shutil.rmtree(spill, ignore_errors=True)  # a ServerApp killed mid-round left them: a resume starts clean
     features = None
     if not config.server_evaluates():
         from zk0cli.fl.node_features import ask_nodes
@@ -111,12 +114,15 @@ def run_federation(grid: Grid, config: RunConfig, record: RunRecord, *, flwr_run
         start.weights,
         evaluator,
         outputs,
-        spill_dir=record.root / ".spill",
+        spill_dir=spill,
         quarantine_file=Paths.resolve().quarantine_file,
     )
     strategy.control.replay(start.history)
-    with tracker:
-        strategy.run(grid, first_round=start.round + 1)
+    try:
+        with tracker:
+            strategy.run(grid, first_round=start.round + 1)
+    finally:  # a round that raised keeps its spill (up to a model per node): a failed run is not always resumed
+        shutil.rmtree(spill, ignore_errors=True)
 
 
 @dataclass
