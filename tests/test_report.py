@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import shutil
 import subprocess
@@ -121,11 +122,15 @@ def test_report_holds_the_record(cli, run_dir):
         assert str(run_dir / "checkpoints" / "round_0002") in text
         assert f"zk0 sim --from-record {run_dir}" in text
         assert "pick-p2" in text and "0.0001" in text  # participants, lr
-        assert "in dataset action units" in text  # the error has a unit
+        # the action error has its unit in the facts, the Rounds table and the video captions
+        shown = html.unescape(text).replace("\\|", "|")  # as a reader sees it: HTML escapes, markdown cell pipes
+        assert "12 (mean |action - recorded action| in the dataset's own action units)" in shown
+        assert "action error (action units)" in shown and "action error 0.5 action units" in shown
         assert "4s over 2 rounds (2s per round)" in text  # 1.5 s + 3.0 s, one duration format
     assert "![losses](plots/losses.png)" in markdown and (run_dir / "report" / "plots" / "losses.png").is_file()
     rounds_table = markdown.split("## Rounds")[1].split("##")[0]
     assert "| 2 | 3 | 1 | 0 | 1.2 ± 0.05 | 1.2 | 12 |" in rounds_table and "| 30 |" in rounds_table  # steps
+    assert "| time |" in rounds_table and "| 30 | 3s |" in rounds_table  # round 2's 3.0 s, as every duration
 
 
 def test_report_out_dir_and_centralized_reproduce_line(cli, zk0_home, tmp_path):

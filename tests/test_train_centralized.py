@@ -7,11 +7,13 @@ ClientApp on the in-process loopback Grid; everything runs on CPU with the tiny 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
 from zk0cli.core.errors import ExitCode
+from zk0cli.core.paths import Paths
 
 torch = pytest.importorskip("torch")
 
@@ -222,9 +224,14 @@ def test_same_seed_gives_identical_round_records(centralized, capsys_module, env
         centralized / "final" / "model.safetensors"
     ).read_bytes()
 
-    other = capsys_module("train", "--from-record", str(centralized), "--seed", "7", "--json")
+    other = capsys_module("train", "--from-record", str(centralized), "--seed", "7")  # what a person reads
     assert other.code == 0, other.stderr
-    changed = Path(other.json()["record"])
+    line = " ".join(other.stdout.split())  # rich wraps at 80 columns
+    found = re.search(
+        r"centralized run (\S+): 12 steps, final server eval loss \S+ \(action error \S+ action units\)", line
+    )
+    assert found, other.stdout
+    changed = Paths.resolve().runs_dir / found.group(1)  # a reproduced run goes to this ZK0_HOME's runs
     assert read(changed, "config.json")["run_config"]["seed"] == 7
     assert (
         read(changed, "round_2_server_eval.json")["server_eval"]

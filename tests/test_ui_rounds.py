@@ -30,3 +30,27 @@ def test_round_line_shows_what_the_round_record_says():
 
 def test_round_line_leaves_out_what_a_round_did_not_measure():
     assert round_line({"round": 0}, 5) == "round 0/5"
+
+
+def test_sim_and_demo_say_their_time_in_the_one_duration_format(tmp_path):
+    """Issue 12: one run's elapsed time was 1m58s in one place and 118 s in another."""
+    import io
+
+    from rich.console import Console
+
+    from zk0cli.cli import demo, sim
+    from zk0cli.fl.run_config import RunConfig
+    from zk0cli.services.demo import DemoResult
+    from zk0cli.services.simulation import SimResult
+
+    def shown(render, result) -> str:
+        console = Console(file=io.StringIO(), width=80)
+        render(console, result)
+        return " ".join(console.file.getvalue().split())
+
+    run_dir = tmp_path / "runs" / "20261203-052817-6422"
+    simulated = SimResult(run_dir, "7", "completed", [], 118.4, RunConfig.from_mapping({}))
+    assert "completed in 1m58s; run record:" in shown(sim._render, simulated)
+    stages = {"setup": 12.2, "training": 76.0}
+    demoed = DemoResult(tmp_path, False, "r", run_dir, "completed", [], 118.4, stages, [], [], [])
+    assert "completed in 1m58s (setup 12s, training 1m16s); every demo process stopped" in shown(demo._render, demoed)

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from zk0cli.cli.common import JsonOption, out
+from zk0cli.core.units import ACTION_ERROR_MEANING
 
 
 def compare(
@@ -87,10 +88,7 @@ def _render(console, result: dict[str, Any]) -> None:
     console.print(f"plot: {result['plot']}", markup=False, soft_wrap=True)
 
 
-CAPTION = (
-    "mean ± half the 95% interval over seeds (t-distribution); error: mean |action -\n"
-    "recorded action| in the dataset's own action units"
-)
+CAPTION = f"mean ± half the 95% interval over seeds (t-distribution); error:\n{ACTION_ERROR_MEANING}"
 
 
 def _short(title: str) -> str:

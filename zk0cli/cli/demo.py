@@ -9,6 +9,7 @@ from rich.markup import escape
 
 from zk0cli.cli.common import JsonOption, RoundsOption, SetOption, out, session
 from zk0cli.cli.run import print_round
+from zk0cli.core.units import duration
 
 
 def demo(
@@ -60,8 +61,9 @@ def _render(console, result) -> None:
             _num(line.get("mu"), ".3g"),
         )
     console.print(table)
-    stages = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in result.stage_seconds.items())
-    console.print(f"[green]✓[/green] {result.state} in {result.seconds:.0f} s ({stages}); every demo process stopped")
+    stages = ", ".join(f"{name} {duration(seconds)}" for name, seconds in result.stage_seconds.items())
+    finished = f"{result.state} in {duration(result.seconds)} ({stages})"
+    console.print(f"[green]✓[/green] {finished}; every demo process stopped")
     console.print(f"  run record   {escape(str(result.run_dir))}")
     for label, paths in (("plots", result.plots), ("checkpoints", result.checkpoints), ("videos", result.videos)):
         for path in paths:

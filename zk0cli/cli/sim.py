@@ -10,6 +10,7 @@ import typer
 
 from zk0cli.cli.common import JsonOption, ListKeysOption, RoundsOption, SetOption, out, print_run_config_keys, session
 from zk0cli.core.errors import bad_input
+from zk0cli.core.units import duration
 from zk0cli.ui.rounds import round_line
 
 
@@ -111,7 +112,7 @@ def _render(console, result) -> None:
             str(line["rejected"] + line["failed"] or "-"),
         )
     console.print(table)
-    console.print(f"[green]✓[/green] {result.state} in {result.seconds:.0f} s; run record: {result.run_dir}")
+    console.print(f"[green]✓[/green] {result.state} in {duration(result.seconds)}; run record: {result.run_dir}")
     console.print(f"  next: zk0 report {result.run_dir.name}")
 
 

@@ -9,6 +9,7 @@ import typer
 
 from zk0cli.cli.common import JsonOption, SetOption, out
 from zk0cli.core.errors import bad_input
+from zk0cli.core.units import action_error
 
 
 def train(
@@ -90,7 +91,7 @@ def train(
         lambda console: console.print(
             f"[green]✓[/green] centralized run {data['run_id']}: {data['optimizer_steps']} steps, "
             "final server eval loss "
-            f"{data['final_loss']:.4g} (action error {data['final_action_error']:.4g})\n"
+            f"{data['final_loss']:.4g} (action error {action_error(data['final_action_error'])})\n"
             f"  record: {data['record']}\n  next: zk0 report {data['run_id']}"
             + (f"   zk0 compare {data['matched_run']} {data['run_id']}" if data["matched_run"] else "")
         ),

@@ -29,3 +29,14 @@ def size(n_bytes: float | None) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     return f"{value:.1f} GiB"
+
+
+# The action error is the mean |predicted - recorded action| over an action's dimensions, in the
+# dataset's own units (a joint's degrees, a gripper's range): no unit zk0 could convert to.
+ACTION_UNIT = "action units"
+ACTION_ERROR_MEANING = f"mean |action - recorded action| in the dataset's own {ACTION_UNIT}"
+
+
+def action_error(value: float | None) -> str:
+    """``21.42 action units``; "-" when unknown."""
+    return "-" if value is None else f"{value:.4g} {ACTION_UNIT}"

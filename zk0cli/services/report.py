@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from zk0cli.core.errors import bad_input
 from zk0cli.core.files import JsonFileError, atomic_write_text, read_json
 from zk0cli.core.paths import Paths
-from zk0cli.core.units import duration, size
+from zk0cli.core.units import ACTION_ERROR_MEANING, ACTION_UNIT, action_error, duration, size
 from zk0cli.fl.record_follow import STATUS_FILE, round_files
 from zk0cli.fl.records import FINAL_LINK, find_record, node_label, record_flower_ids, summary
 
@@ -237,7 +237,7 @@ def report_content(run: RunData, out_dir: Path) -> ReportContent:
         ("optimizer steps", run.cumulative_steps()[run.rounds[-1]["round"]]),
         *([("server eval", SERVER_EVAL_OFF)] if run.config.get("server_eval") is False else []),
         ("final server eval loss", f"{_num(final.policy_loss)} (round {final.round})" if final else "-"),
-        ("final action error", f"{_num(final.action_error)} {ACTION_UNITS}" if final else "-"),
+        ("final action error", f"{_num(final.action_error)} ({ACTION_ERROR_MEANING})" if final else "-"),
         ("best server eval loss", f"{_num(best.policy_loss)} (round {best.round})" if best else "-"),
         ("elapsed", duration(_elapsed_s(run))),  # as zk0 status and zk0 runs show it
         (
@@ -267,9 +267,6 @@ def report_content(run: RunData, out_dir: Path) -> ReportContent:
     ]
     drawn = plots.write_plots(out_dir / "plots", run.summaries())
     return ReportContent(f"zk0 run {run.run_id}", facts, tables, drawn, _copy_videos(run, out_dir))
-
-
-ACTION_UNITS = "(mean |action - recorded| in dataset action units)"
 
 
 def _run_names(run: RunData) -> str:
@@ -422,7 +419,7 @@ def _rounds_table(run: RunData) -> Table:
                 _num(line["lr"]),
                 _num(line["mu"]),
                 steps[line["round"]],
-                _num(entry.get("seconds")),
+                duration(entry.get("seconds")),
                 _bytes_text(round_bytes(entry), missing="-"),
             ]
         )
@@ -435,12 +432,12 @@ def _rounds_table(run: RunData) -> Table:
             "failed",
             "train loss",
             "server loss",
-            "action error",
+            f"action error ({ACTION_UNIT})",
             "fed. eval loss",
             "lr",
             "mu",
             "steps (total)",
-            "seconds",
+            "time",
             "bytes down / up",
         ],
         rows,
@@ -582,7 +579,7 @@ def render_html(content: ReportContent, embedded: list[dict[str, Any]]) -> str:
         )
         parts.append(
             f"<p>round {esc(str(video.get('round')))}, {esc(str(video.get('dataset')))} episode "
-            f"{esc(str(video.get('episode')))}: action error {_num(video.get('action_error'))}</p>"
+            f"{esc(str(video.get('episode')))}: action error {esc(action_error(video.get('action_error')))}</p>"
             f"<video controls preload='metadata' src='{esc(source)}'></video>"
         )
     parts.append("</body></html>\n")
@@ -618,7 +615,7 @@ def render_markdown(content: ReportContent, out_dir: Path) -> str:
         lines += ["## Evaluation videos", ""]
         lines += [
             f"- round {v.get('round')}, {v.get('dataset')} episode {v.get('episode')}: action error "
-            f"{_num(v.get('action_error'))} ([{v['file'].name}]({v['file'].relative_to(out_dir).as_posix()}))"
+            f"{action_error(v.get('action_error'))} ([{v['file'].name}]({v['file'].relative_to(out_dir).as_posix()}))"
             for v in content.videos
         ]
         lines.append("")
