@@ -256,6 +256,63 @@ def test_bad_sim_input_is_one_line_and_exit_2(cli, args, message):
     assert message in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("args", "message", "hint"),
+    [
+        (["-c", "trim-fraction=0.5"], "run-config trim-fraction must be < 0.5, got 0.5", "trimmed-mean"),
+        (["-c", "clip-update-norm=-1"], "run-config clip-update-norm must be >= 0, got -1.0", "L2 norm"),
+        (["-c", "straggler-grace-s=-1"], "run-config straggler-grace-s must be >= 0, got -1.0", "min-replies"),
+        (["-n", "3", "-c", "aggregation='krum'"], "needs 5 nodes a round; min-available-nodes 3", "--clients 5"),
+        (
+            ["-n", "6", "-c", "fraction-train=0.5", "-c", "aggregation='multi-krum'"],
+            "needs 5 nodes a round; min-available-nodes 6 x fraction-train 0.5 samples 3",
+            "--clients 10",
+        ),
+        (["-n", "3", "-c", "min-replies=4"], "min-replies 4 is above the 3 node(s) a round samples", "min-replies=3"),
+        (
+            ["-n", "4", "-c", "fraction-train=0.5", "-c", "min-replies=3"],
+            "min-replies 3 is above the 2 node(s) a round samples (4 clients x fraction-train 0.5)",
+            "min-replies=2 or fewer",
+        ),
+    ],
+)
+def test_bad_robust_aggregation_input_is_one_line_a_hint_and_exit_2_before_anything_starts(
+    cli, monkeypatch, args, message, hint
+):
+    """Issue 14's bad input: refused while the run config is resolved, before a SuperLink, a
+    sample dataset or round 1."""
+    from zk0cli.services import simulation
+
+    def never(*_args, **_kwargs):
+        raise AssertionError("the simulation started")
+
+    monkeypatch.setattr(simulation, "sample_datasets", never)
+    result = cli("--json", "sim", *args)
+    assert result.code == 2, result.stderr
+    refused = result.json()
+    assert message in refused["error"] and "\n" not in refused["error"]
+    assert hint in refused["hint"] and "Traceback" not in result.stderr
+
+
+def test_sim_warns_once_that_a_trimmed_mean_that_cuts_nobody_is_the_plain_mean(zk0_home):
+    from zk0cli.core.paths import Paths
+    from zk0cli.services import simulation
+
+    said: list[str] = []
+    request = simulation.SimRequest(
+        clients=3, rounds=1, run_config={"aggregation": "trimmed-mean", "datasets": "local:/data/a"}
+    )
+    simulation.resolve_config(request, Paths.resolve(), say=said.append)
+    assert said == [
+        "aggregation: trimmed-mean with trim-fraction 0.1 cuts no node of the 3 a round samples "
+        "(3 clients x fraction-train 1): it is the plain mean; trim-fraction=0.34 cuts one node from each end"
+    ]
+    said.clear()
+    request.run_config["trim-fraction"] = 0.34
+    simulation.resolve_config(request, Paths.resolve(), say=said.append)
+    assert said == []
+
+
 @pytest.mark.parametrize("command", ["sim", "run"])
 def test_list_keys_names_every_run_config_key(cli, command):
     result = cli("--json", command, "--list-keys")

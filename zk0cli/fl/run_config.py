@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import math
 import operator
 from collections.abc import Mapping
@@ -122,7 +123,7 @@ class RunConfig:
     )
     trim_fraction: float = _p(0.1, "trimmed-mean: fraction of the highest and of the lowest values cut", ge=0, lt=0.5)
     byzantine_nodes: int = _p(
-        1, "krum, multi-krum: harmful nodes to tolerate (needs min-available-nodes >= 2 x this + 3)", ge=0
+        1, "krum, multi-krum: harmful nodes to tolerate (a round must sample at least 2 x this + 3)", ge=0
     )
     quarantine_after: int = _p(
         0, "leave a node out of sampling after this many flagged rounds (zk0 server nodes release NODE); 0 off", ge=0
@@ -188,11 +189,15 @@ class RunConfig:
                 hint="min-replies=0.8 (80% of the sampled nodes) or min-replies=3 (three nodes)",
             )
         krum_needs = 2 * self.byzantine_nodes + 3
-        if self.aggregation in ("krum", "multi-krum") and self.min_available_nodes < krum_needs:
+        fewest = self.sampled(self.min_available_nodes)  # a round starts with at least min-available-nodes
+        if self.aggregation in ("krum", "multi-krum") and fewest < krum_needs:
+            enough = next(n for n in itertools.count(krum_needs) if self.sampled(n) >= krum_needs)
             raise bad_input(
                 f"run-config aggregation {self.aggregation} with byzantine-nodes {self.byzantine_nodes} needs "
-                f"{krum_needs} nodes, min-available-nodes is {self.min_available_nodes}",
-                hint=f"set min-available-nodes={krum_needs}, lower byzantine-nodes, or use aggregation=median",
+                f"{krum_needs} nodes a round; min-available-nodes {self.min_available_nodes} x fraction-train "
+                f"{self.fraction_train:g} samples {fewest}",
+                hint=f"set min-available-nodes={enough} (zk0 sim: --clients {enough}), lower byzantine-nodes, "
+                "or use aggregation=median",
             )
         if self.int8_block_size & (self.int8_block_size - 1):
             raise bad_input(
@@ -229,13 +234,49 @@ class RunConfig:
         vlm, vlm_revision = parse_hub_ref(self.vlm_model_name, key="vlm-model-name")
         return spec(base=base, revision=revision, vlm=vlm or None, vlm_revision=vlm_revision)
 
+    def sampled(self, nodes: int) -> int:
+        """Nodes a round samples for training when ``nodes`` may be sampled: Flower's rule, as
+        ``Zk0FedProx._sample`` applies it (at least one)."""
+        return min(nodes, max(int(nodes * self.fraction_train), 1))
+
     def quorum(self, sampled: int) -> int:
-        """Replies a round of ``sampled`` nodes needs before its straggler grace starts."""
+        """Replies a round of ``sampled`` nodes needs before its straggler grace starts. A count
+        above ``sampled`` was refused before round 1 (:meth:`check_sampling`); capping it here is
+        for rounds that quarantine leaves smaller."""
         if self.min_replies == 0:
             return sampled
         if self.min_replies < 1:
             return max(1, math.ceil(self.min_replies * sampled))
         return min(int(self.min_replies), sampled)
+
+    def round_sample(self, nodes: int, what: str) -> tuple[int, str]:
+        """(nodes round 1 samples, how that count comes about) when ``nodes`` ``what`` are known
+        before it (3, "online nodes"): it samples from them, or from the min-available-nodes it waits for."""
+        if nodes >= self.min_available_nodes:
+            counted = f"{nodes} {what}"
+        else:
+            nodes, counted = self.min_available_nodes, f"min-available-nodes {self.min_available_nodes}"
+        return self.sampled(nodes), f"{counted} x fraction-train {self.fraction_train:g}"
+
+    def check_sampling(self, nodes: int, what: str) -> tuple[str, str] | None:
+        """Before round 1 (see :meth:`round_sample`): refuse a min-replies count the round cannot
+        reach; (warning, hint) when the trimmed mean would cut no node, so it is the plain mean."""
+        sampled, how = self.round_sample(nodes, what)
+        if self.min_replies >= 1 and int(self.min_replies) > sampled:
+            raise bad_input(
+                f"run-config min-replies {int(self.min_replies)} is above the {sampled} node(s) a round samples "
+                f"({how})",
+                hint=f"min-replies={sampled} or fewer, or a fraction: min-replies=0.8 waits for 80% of the sampled",
+            )
+        if self.aggregation != "trimmed-mean" or int(self.trim_fraction * sampled) > 0:
+            return None  # Flower's trimmed mean cuts int(trim-fraction x n) from each end
+        warning = (
+            f"trimmed-mean with trim-fraction {self.trim_fraction:g} cuts no node of the {sampled} a round "
+            f"samples ({how}): it is the plain mean"
+        )
+        if sampled < 3:
+            return warning, f"with {sampled} node(s) nothing can be cut: aggregation=median, or more nodes"
+        return warning, f"trim-fraction={math.ceil(100 / sampled) / 100:g} cuts one node from each end"
 
     def dataset_uris(self) -> list[str]:
         return self.datasets.split()

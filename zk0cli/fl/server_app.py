@@ -83,6 +83,7 @@ def run_federation(grid: Grid, config: RunConfig, record: RunRecord, *, flwr_run
 
     spill = record.root / ".spill"  # a robust rule's memmaps of a round's updates (fl/aggregate.py)
     shutil.rmtree(spill, ignore_errors=True)  # a ServerApp killed mid-round left them: a resume starts clean
+    _check_sampling(grid, config)
     features = None
     if not config.server_evaluates():
         from zk0cli.fl.node_features import ask_nodes
@@ -123,6 +124,13 @@ def run_federation(grid: Grid, config: RunConfig, record: RunRecord, *, flwr_run
             strategy.run(grid, first_round=start.round + 1)
     finally:  # a round that raised keeps its spill (up to a model per node): a failed run is not always resumed
         shutil.rmtree(spill, ignore_errors=True)
+
+
+def _check_sampling(grid: Grid, config: RunConfig) -> None:
+    """Before any work: what round 1 samples, from the nodes connected now (a simulation's are all
+    connected from the start) or the min-available-nodes it waits for."""
+    if (warning := config.check_sampling(len(list(grid.get_node_ids())), "connected nodes")) is not None:
+        log.warning("%s; %s", *warning)
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """The checks before a run is submitted: seconds here instead of a run that fails on the server.
 
 Each check answers one question a failed run would otherwise answer late: is the run config
-valid, is the server up, are enough nodes online, can the policy be built from what this
+valid, is the server up, are enough nodes online, does what a round samples from them meet
+min-replies (and does trimmed-mean cut any), can the policy be built from what this
 machine can fetch (the ServerApp fetches it the same way, with the environment zk0 gives it),
 and is every held-out dataset readable. ``zk0 run --dry-run`` prints them alone.
 """
@@ -25,6 +26,7 @@ EVAL_ON_HINT = (
     "to evaluate on held-out data: zk0 config set run.eval-datasets hf:ORG/HELDOUT (or --set eval-datasets=URI "
     "for one run)"
 )
+SAMPLEABLE = "online nodes out of quarantine"
 POLICY_HINT = (
     "use a local checkpoint (zk0 config set run.policy /path/to/checkpoint, with run.vlm-model-name "
     "/path/to/vlm), or --set policy=tiny for a test run"
@@ -34,11 +36,20 @@ POLICY_HINT = (
 def run_preflight(paths: Paths, config: RunConfig, *, no_wait: bool = False) -> list[CheckResult]:
     """Every check, in order; a check that cannot pass leaves the ones after it unasked where they
     depend on it (no node count without a server)."""
+    from zk0cli.services.doctor.hub import serverapp_environment
+
     results = [ok("run config", _config_text(config))]
     server = _checked("server", lambda: _server(paths))
     results.append(server)
+    sampleable = 0  # online nodes not quarantined: what round 1 samples from
     if server.status is Status.OK:
-        results.append(_checked("nodes", lambda: _nodes(paths, config, no_wait=no_wait)))
+        # the policy and held-out checks below fetch with this shell's Hub settings; the ServerApp
+        # fetches with the running SuperLink's, so say when those differ
+        results.append(serverapp_environment(paths))
+        nodes = _checked("nodes", lambda: _nodes(paths, config, no_wait=no_wait))
+        results.append(nodes)
+        sampleable = nodes.data.get("sampleable", 0)
+    results.append(_checked("sampling", lambda: _sampling(config, sampleable)))
     results.append(_checked("policy", lambda: _policy(config)))
     results += [_checked(f"held-out {uri}", functools.partial(_dataset, uri)) for uri in config.eval_dataset_uris()]
     results.append(_server_eval(config))
@@ -95,9 +106,11 @@ def _nodes(paths: Paths, config: RunConfig, *, no_wait: bool) -> CheckResult:
     nodes = list_nodes(paths)
     online = [n["name"] or n["node_id"] for n in nodes if n["status"] == "online"]
     needed = config.min_available_nodes
+    sampleable = sum(1 for n in nodes if n["status"] == "online" and not n["quarantined"])
+    counts = {"online": len(online), "needed": needed, "sampleable": sampleable}
     found = f"{len(online)} of {len(nodes)} registered node(s) online" + (f": {', '.join(online)}" if online else "")
     if len(online) >= needed:
-        return ok("nodes", found, online=len(online), needed=needed)
+        return ok("nodes", found, **counts)
     missing = f"{found}; min-available-nodes is {needed}"
     if no_wait:
         return fail(
@@ -105,16 +118,21 @@ def _nodes(paths: Paths, config: RunConfig, *, no_wait: bool) -> CheckResult:
             missing,
             "wait for the nodes to join (zk0 server nodes list), or --set min-available-nodes=N",
             exit_code=int(ExitCode.UNREACHABLE),
-            online=len(online),
-            needed=needed,
+            **counts,
         )
     return warn(
         "nodes",
         f"{missing}: round 1 waits for {needed - len(online)} more",
         "`zk0 run --no-wait` exits instead of waiting; --set min-available-nodes=N starts with fewer",
-        online=len(online),
-        needed=needed,
+        **counts,
     )
+
+
+def _sampling(config: RunConfig, sampleable: int) -> CheckResult:
+    if (found := config.check_sampling(sampleable, SAMPLEABLE)) is not None:
+        return warn("sampling", *found)
+    sampled, how = config.round_sample(sampleable, SAMPLEABLE)
+    return ok("sampling", f"{sampled} node(s) a round ({how}); aggregation {config.aggregation}", sampled=sampled)
 
 
 def _policy(config: RunConfig) -> str:

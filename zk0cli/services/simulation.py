@@ -80,8 +80,9 @@ class SimResult:
         }
 
 
-def resolve_config(request: SimRequest, paths: Paths, *, generate: Callable[[str], None] | None = None) -> RunConfig:
-    """The run config the simulation submits, validated here so a bad value never starts Flower."""
+def resolve_config(request: SimRequest, paths: Paths, *, say: Callable[[str], None] | None = None) -> RunConfig:
+    """The run config the simulation submits, validated here so a bad value never starts Flower;
+    ``say`` hears the warnings and the samples being generated."""
     if request.clients < 1:
         raise bad_input(f"--clients must be at least 1, got {request.clients}", hint="e.g. zk0 sim --clients 2")
     if request.rounds < 1:
@@ -90,11 +91,14 @@ def resolve_config(request: SimRequest, paths: Paths, *, generate: Callable[[str
     if request.datasets:
         values["datasets"] = " ".join(_canonical(uri) for uri in request.datasets)
     config = RunConfig.from_mapping(values)  # validation before anything starts
+    warning = config.check_sampling(request.clients, "clients")
+    if warning and say:
+        say(f"aggregation: {warning[0]}; {warning[1]}")
     require_wandb(config)
     if request.ray_address:
         check_ray_address(request.ray_address)
     if not config.datasets:
-        values.update(datasets=" ".join(sample_datasets(paths, request.clients, progress=generate)))
+        values.update(datasets=" ".join(sample_datasets(paths, request.clients, progress=say)))
         values.setdefault("policy", "tiny")  # out of the box: the offline backbone, whatever the default
     values.setdefault("runs-dir", str(paths.runs_dir))
     values.setdefault("run-name", new_run_name() + "-sim")
@@ -153,7 +157,7 @@ def run(
     on_message: Callable[[str], None] | None = None,
 ) -> SimResult:
     say = on_message or (lambda _: None)
-    config = resolve_config(request, paths, generate=say)
+    config = resolve_config(request, paths, say=say)
     run_dir = Path(config.runs_dir) / config.run_name
     started = time.monotonic()
     in_main_thread = threading.current_thread() is threading.main_thread()
