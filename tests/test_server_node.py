@@ -486,6 +486,29 @@ def test_doctor_says_which_hub_settings_the_running_servers_serverapps_see(feder
     assert changed.status is Status.WARN and "HF_HOME differ" in changed.detail and "zk0 stop server" in changed.fix
 
 
+def test_a_runs_preflight_says_when_its_serverapp_would_see_other_hub_settings(federation, tmp_path):
+    """Issue 12: `zk0 run` checks the policy and held-out data with its own shell's Hub settings;
+    the ServerApp fetches with the running SuperLink's, so the preflight says when they differ."""
+    settings = federation.run_settings(heldout=False)
+    same = zk0(federation.server, "run", "--dry-run", "--json", *settings)
+    assert same.returncode == 0, same.stderr
+    seen = {c["name"]: c for c in json.loads(same.stdout)["checks"]}["serverapp env"]
+    assert seen["status"] == "ok" and f"HF_HOME={federation.server / 'hf'}" in seen["detail"]
+    elsewhere = {**zk0_env(federation.server), "HF_HOME": str(tmp_path / "hf")}  # another shell
+    other = subprocess.run(
+        [sys.executable, "-m", "zk0cli", "run", "--dry-run", "--json", *settings],
+        env=elsewhere,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert other.returncode == 0, other.stderr  # a warning: the run may still be what was meant
+    differs = {c["name"]: c for c in json.loads(other.stdout)["checks"]}["serverapp env"]
+    assert differs["status"] == "warn" and "HF_HOME differ" in differs["detail"]
+    assert differs["data"]["running"]["HF_HOME"] == str(federation.server / "hf")
+    assert "zk0 stop server" in differs["fix"]
+
+
 def test_nodes_run_only_the_installed_zk0_clientapp(federation):
     """A run of another app reaches the nodes but its ClientApp code never runs there."""
     server_paths = Paths.resolve(federation.server)

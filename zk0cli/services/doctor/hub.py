@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from zk0cli.core.checks import CheckResult, ok, skip, warn
+from zk0cli.core.paths import Paths
 from zk0cli.services.doctor.context import DoctorContext
 from zk0cli.services.doctor.system import GIB, free_bytes, writable
 
@@ -95,14 +96,19 @@ HUB_VARIABLES = ("HF_ENDPOINT", "HF_HOME", "HF_HUB_OFFLINE")
 
 
 def check_serverapp_environment(ctx: DoctorContext) -> CheckResult:
+    return serverapp_environment(ctx.paths)
+
+
+def serverapp_environment(paths: Paths) -> CheckResult:
     """The Hub settings a run's ServerApp gets: the running SuperLink's environment, which every
-    ServerApp it starts inherits; compared with what zk0 would give a SuperLink started now."""
+    ServerApp it starts inherits; compared with what zk0 would give a SuperLink started now
+    (`zk0 doctor` on a server, and a run's preflight)."""
     import psutil
 
     from zk0cli.services import server, supervisor
 
     wanted = {name: os.environ.get(name, "") for name in HUB_VARIABLES}  # the config's hf.* already applied
-    state = supervisor.read_state(ctx.paths, server.SERVICE) or {}
+    state = supervisor.read_state(paths, server.SERVICE) or {}
     pid = ((state.get("processes") or {}).get("superlink") or {}).get("pid") if state.get("supervisor_alive") else None
     if not pid:
         return ok("serverapp env", "the server is not running; it will start with " + _hub_text(wanted), **wanted)
