@@ -123,6 +123,7 @@ def test_kept_global_is_digest_checked_and_old_runs_are_forgotten(node_dataset):
         ("full-out", [str(RUN_ID)], "exists and is not empty"),
         ("plain-dir", ["{tmp}"], "neither a checkpoint"),
         ("record", ["{tmp}"], "has no checkpoint of round 4"),
+        ("record-here", ["20261203-0800"], "run record 20261203-080000-0001-run has no checkpoint of round 4"),
     ],
 )
 def test_bad_export_input_is_one_line_and_exit_2(cli, node_dataset, tmp_path, make, args, message):
@@ -136,8 +137,10 @@ def test_bad_export_input_is_one_line_and_exit_2(cli, node_dataset, tmp_path, ma
         (tmp_path / "plain").mkdir()
     if make == "record":
         (tmp_path / "record" / "checkpoints" / "round_0002").mkdir(parents=True)
+    if make == "record-here":  # a server's record, named as `zk0 runs` shows it (a unique prefix)
+        (Paths.resolve().runs_dir / "20261203-080000-0001-run" / "checkpoints" / "round_0002").mkdir(parents=True)
     target = {"plain-dir": tmp_path / "plain", "record": tmp_path / "record"}.get(make, tmp_path)
-    extra = ["--round", "4"] if make == "record" else []
+    extra = ["--round", "4"] if make.startswith("record") else []
     done = cli("export", *[a.replace("{tmp}", str(target)) for a in args], *extra, "-o", str(out_dir))
     assert done.code == 2, done.stderr
     assert message in done.stderr and "hint:" in done.stderr

@@ -463,6 +463,37 @@ def test_dry_run_counts_the_online_nodes_and_no_wait_refuses_too_few(federation)
     assert "min-available-nodes is 3" in error["error"] and "wait for the nodes" in error["hint"]
 
 
+def test_nodes_list_keeps_ids_whole_in_80_columns_and_says_which_node_is_quarantined(federation):
+    """Issue 12: `nodes list` cut the 20-digit ids an admin copies into `nodes remove|release`."""
+    from zk0cli.fl.quarantine import quarantine
+
+    for name, task in (("alice", "pick"), ("bob", "stack")):
+        if not (federation.root / name / "state").exists():
+            federation.join(name, task)
+    wait_for(lambda: _online(federation) == 2, 60, "both nodes online")
+    nodes = {
+        n["name"]: n for n in json.loads(zk0(federation.server, "server", "nodes", "list", "--json").stdout)["nodes"]
+    }
+    paths = Paths.resolve(federation.server)
+    quarantine(paths.quarantine_file, nodes["bob"]["node_id"], round=1, reason="update norm 10x the median")
+    try:
+        listed = subprocess.run(
+            [sys.executable, "-m", "zk0cli", "server", "nodes", "list"],
+            env={**zk0_env(federation.server), "COLUMNS": "80"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        assert zk0(federation.server, "server", "nodes", "release", "bob").returncode == 0  # later tests sample bob
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert all(len(line) <= 80 for line in lines), listed.stdout
+    rows = {line.split()[0]: line.split() for line in lines if line.split()[:1] in (["alice"], ["bob"])}
+    assert rows["alice"][1:3] == [nodes["alice"]["node_id"], "online"]
+    assert rows["bob"][1:4] == [nodes["bob"]["node_id"], "online", "(quarantined)"]
+
+
 def _online(federation) -> int:
     listed = zk0(federation.server, "server", "nodes", "list", "--json")
     return (

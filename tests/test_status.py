@@ -239,6 +239,25 @@ def test_finished_run_record_shows_rounds_losses_and_clients(paths):
     assert all(len(line) <= 80 for line in text.splitlines())
 
 
+def test_the_round_panel_shows_each_clients_bytes_up_and_down_under_its_registered_name(paths):
+    """Issue 12: a round record carries each client's weight bytes both ways and the admin's node
+    names (a late node's too); the round panel shows them in 80 columns."""
+    record = replay_record(paths.runs_dir, rounds=3)
+    entry = json.loads((record.root / "round_3_server_eval.json").read_text())
+    for client, (name, down) in zip(entry["clients"]["each"], (("alice", 3 * 2**20), ("bob", 6 * 2**20)), strict=True):
+        client.update(name=name, bytes_down=down, bytes_up=down // 2)
+    entry["late"] = [{"node": "13705448887388137106", "name": "carol", "reason": "late: not in 1 s (discarded)"}]
+    record.write_round(entry)
+    text = render(status_mod.collect(paths))
+    assert all(len(line) <= 80 for line in text.splitlines())
+    cells = [line.strip("│ ").split() for line in text.splitlines()]
+    assert ["node", "loss", "fedprox", "steps", "s", "up", "down", "outcome"] in cells
+    rows = {row[0]: row for row in cells if row[:1] in (["alice"], ["bob"], ["carol"])}
+    assert rows["alice"][-5:] == ["1.5", "MiB", "3.0", "MiB", "accepted"]
+    assert rows["bob"][-5:] == ["3.0", "MiB", "6.0", "MiB", "accepted"]
+    assert "late:" in rows["carol"] and "13705448887388137106" not in text  # the late node by its name
+
+
 def test_a_resumed_record_belongs_to_the_flower_run_that_resumed_it(paths):
     record = replay_record(paths.runs_dir, rounds=2, state="running")
     config = json.loads((record.root / "config.json").read_text())

@@ -14,7 +14,8 @@ def export(
     run: Annotated[
         str,
         typer.Argument(
-            help="Flower run id (or prefix) this node took part in, or a checkpoint / run record directory."
+            help="Flower run id (or prefix) this node took part in, the name of a run record on this machine, "
+            "or a checkpoint / run record directory."
         ),
     ],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Directory to write the policy to.", file_okay=False)],

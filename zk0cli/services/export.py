@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from zk0cli.core.errors import bad_input
+from zk0cli.core.errors import Zk0Error, bad_input
 from zk0cli.core.files import JsonFileError, atomic_write_json, atomic_write_text, read_json
 from zk0cli.core.paths import Paths
 
@@ -97,8 +97,17 @@ def _resolve_source(paths: Paths, request: ExportRequest) -> Source:
     if directory.is_dir():
         return _from_directory(directory, request.server_round)
     from zk0cli.fl import received
+    from zk0cli.fl.records import find_record
 
-    held = received.read(paths, received.find(paths, request.run))
+    try:
+        run_id = received.find(paths, request.run)
+    except Zk0Error as not_held:
+        try:  # a run record on this machine: the server's own, or one copied to its runs dir
+            record = find_record(paths.runs_dir, request.run)
+        except Zk0Error:
+            raise not_held from None  # its hint is the one for a node
+        return _from_directory(record, request.server_round)
+    held = received.read(paths, run_id)
     if request.server_round is not None and request.server_round != held.server_round:
         raise bad_input(
             f"this node holds run {held.run_id}'s global of round {held.server_round}, not {request.server_round}",
