@@ -14,7 +14,8 @@ import typer
 from zk0cli.core import config as config_mod
 from zk0cli.core.errors import Zk0Error
 from zk0cli.core.paths import Paths
-from zk0cli.ui import output
+from zk0cli.datasets import hub_progress
+from zk0cli.ui import downloads, output
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -41,6 +42,7 @@ def start_session(config_file: Path | None) -> Session:
     paths = Paths.resolve()
     _session = Session(paths=paths, config_file=config_file or paths.config_file)
     _apply_hub_environment(_session)
+    hub_progress.set_watcher(downloads.show)  # zk0's own download progress, on a terminal only
     return _session
 
 
@@ -48,7 +50,8 @@ def _apply_hub_environment(s: Session) -> None:
     """hf.endpoint / hf.home replace HF_ENDPOINT / HF_HOME for this process, so for every process
     it starts too (before anything imports huggingface_hub, which reads them once). The Hub's
     progress bars are off unless HF_HUB_DISABLE_PROGRESS_BARS says otherwise."""
-    # zk0 shows its own progress; the Hub's tqdm bars would tangle with it (and fill service logs)
+    # zk0 shows its own download progress (ui/downloads.py); the Hub's tqdm bars, where LeRobot
+    # downloads on its own, would tangle with it (and fill service logs)
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
         hub = s.load_config().config.hf

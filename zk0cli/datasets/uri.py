@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from zk0cli.core.errors import Zk0Error, bad_input, unreachable
 from zk0cli.core.files import JsonFileError, read_json
+from zk0cli.datasets.hub_progress import counting
 from zk0cli.datasets.lfs import refuse_lfs_pointers
 
 if TYPE_CHECKING:
@@ -151,7 +152,7 @@ def dataset_root(uri: DatasetUri, *, meta_only: bool = False, folders: tuple[str
     from huggingface_hub import snapshot_download
 
     wanted = ("meta",) if meta_only else folders
-    with lerobot_errors(uri):
+    with lerobot_errors(uri), counting(str(uri)) as bars:
         return Path(
             snapshot_download(
                 uri.repo_id,
@@ -159,6 +160,7 @@ def dataset_root(uri: DatasetUri, *, meta_only: bool = False, folders: tuple[str
                 revision=uri.revision,
                 cache_dir=lerobot_hub_cache(),
                 allow_patterns=[f"{folder}/*" for folder in wanted] if wanted else None,
+                tqdm_class=bars,  # files and bytes to whoever shows them (hub_progress), HF's own bars never
             )
         )
 

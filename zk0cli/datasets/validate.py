@@ -90,12 +90,7 @@ def validate_dataset(
     directory, no or malformed meta/info.json, Hub unreachable); everything else is a finding.
     """
     federation = load_spec(spec)
-    fetching = f"fetching {uri} from the Hub"
-    if progress and uri.kind == "hf":
-        progress(fetching, 0, 1)
-    root = dataset_root(uri)
-    if progress and uri.kind == "hf":
-        progress(fetching, 1, 1)
+    root = dataset_root(uri)  # a Hub download shows its own files and bytes (hub_progress)
     info = read_info(root)
     report = ValidationReport(str(uri), str(root), federation.name, tolerance_s, deep, checks=[])
     report.size_bytes = disk_size(root)
