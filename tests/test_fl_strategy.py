@@ -8,7 +8,11 @@ the global weights. Runs through the Simulation Engine are in test_fl_sim.py.
 from __future__ import annotations
 
 import copy
+import functools
+import io
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,16 +20,22 @@ import pytest
 from flwr.app import MessageType
 from flwr.clientapp import ClientApp
 from loopback_grid import TINY_RUN, LoopbackGrid
+from rich.console import Console
 
 from zk0cli.core.errors import ExitCode
 from zk0cli.core.files import atomic_write_json
 from zk0cli.core.paths import Paths
 from zk0cli.fl import client_app as zk0_client
 from zk0cli.fl import integrity
+from zk0cli.fl.quarantine import quarantined
 from zk0cli.fl.records import RunRecord, summary
 from zk0cli.fl.run_config import RunConfig
 from zk0cli.fl.server_app import run_federation
+from zk0cli.services.report import _rejections_table, load_run
+from zk0cli.services.status.model import RunView
 from zk0cli.services.status.runs import client_rounds
+from zk0cli.ui.rounds import round_line
+from zk0cli.ui.status import round_panel
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("torch_one_thread")]
 
@@ -40,7 +50,9 @@ SMALL = {
 FULL_DOWN = {"keep-globals": 0}  # full weights down: the global a round ends with is what nodes get next
 
 
-def run_loopback(tmp_path: Path, datasets: list[Path], app: ClientApp | None = None, **overrides):
+def run_loopback(
+    tmp_path: Path, datasets: list[Path], app: ClientApp | None = None, grid_class=LoopbackGrid, **overrides
+):
     values = {
         **SMALL,
         "datasets": " ".join(f"local:{d}" for d in datasets),
@@ -50,10 +62,34 @@ def run_loopback(tmp_path: Path, datasets: list[Path], app: ClientApp | None = N
     }
     config = RunConfig.from_mapping(values)
     nodes = [{"partition-id": i, "num-partitions": len(datasets)} for i in range(len(datasets))]
-    grid = LoopbackGrid(app or zk0_client.app, nodes, config.to_flwr())
+    grid = grid_class(app or zk0_client.app, nodes, config.to_flwr())
     record = RunRecord.create(Path(config.runs_dir), config.run_name)
     run_federation(grid, config, record)
     return {r["round"]: r for r in record.rounds()}, grid, config
+
+
+def assert_shown(root: Path, round_number: int, node: str, outcome: str, says: str) -> None:
+    """Round ``round_number``'s ``outcome`` for ``node`` (flagged, late, quarantined), read back from
+    the record on disk, as people see it: the stream's round line, `zk0 status`'s client rows
+    and round panel, the report's table of rejected, failed, late and flagged updates; each
+    with ``says`` (for the stream, a count where it shows only counts)."""
+    run = load_run(root)
+    entry = run.rounds[round_number]
+    line = round_line(summary(entry), run.run_config["num-server-rounds"])
+    if outcome == "flagged":
+        assert f"[{node} flagged: " in line and says in line, line
+    else:
+        assert f"{len(entry[outcome])} {outcome}" in line, line
+    rows = [row for row in client_rounds(entry) if row.node == node and row.outcome == outcome]
+    assert len(rows) == 1 and says in rows[0].reason, client_rounds(entry)
+    console = Console(file=io.StringIO(), width=240)
+    console.print(
+        round_panel(RunView(run_id=root.name, clients=client_rounds(entry), clients_round=round_number), width=240)
+    )
+    assert f"{outcome}: " in console.file.getvalue() and says in " ".join(console.file.getvalue().split())
+    table = _rejections_table(run)
+    label = "flagged (aggregated)" if outcome == "flagged" else outcome
+    assert any(r[:3] == [round_number, label, node] and says in r[4] for r in table.rows), table.rows
 
 
 class Tamper:
@@ -332,6 +368,7 @@ def test_a_straggler_holds_a_round_only_for_the_grace_after_the_quorum(tmp_path,
         assert [late.get("name") for late in rounds[n]["late"]] == ["bob"]
         assert [late.get("name") for late in rounds[n]["federated_eval"]["late"]] == ["bob"]
         assert ("bob", "late") in {(row.node, row.outcome) for row in client_rounds(rounds[n])}
+        assert_shown(record.root, n, "bob", "late", "late: not in 1 s after 1 of 2 replied")
 
 
 def test_a_scaled_sign_flipped_update_is_measured_flagged_and_clipped(tmp_path, fl_datasets):
@@ -352,6 +389,10 @@ def test_a_scaled_sign_flipped_update_is_measured_flagged_and_clipped(tmp_path, 
     moved = np.sqrt(sum(np.sum((after[k].astype(np.float64) - before[k]) ** 2) for k in before))
     assert moved <= limit * 1.001
     assert summary(rounds[1])["flagged"].keys() == {"1000", "1001"}
+    root = tmp_path / "runs" / "run"
+    assert_shown(root, 1, "1001", "flagged", "update norm 10.0x the others' median")
+    assert_shown(root, 1, "1001", "flagged", "change clipped to the norm limit")
+    assert_shown(root, 1, "1000", "flagged", "change clipped to the norm limit")
 
 
 @pytest.mark.parametrize("aggregation", ["mean", "median", "krum"])
@@ -387,25 +428,53 @@ def test_robust_rules_shrug_off_a_poisoned_update_that_drags_the_mean(tmp_path, 
     assert not (tmp_path / "runs" / "run" / ".spill" / "round-1").exists()
 
 
+@dataclass
+class ReleasesDuring(LoopbackGrid):
+    """Calls ``release`` as round ``at_round``'s train messages go out: between that round's sampling
+    and the next's, where an admin's `zk0 server nodes release` lands."""
+
+    at_round: int = 0
+    release: Callable[[], None] | None = None
+
+    def push_messages(self, messages):
+        messages = list(messages)
+        train = [m for m in messages if m.metadata.message_type == MessageType.TRAIN]
+        rounds = {int(m.content["config"]["server-round"]) for m in train}
+        if self.release is not None and self.at_round in rounds:
+            self.release()
+            self.release = None
+        return super().push_messages(messages)
+
+
 def test_a_node_flagged_quarantine_after_times_is_left_out_until_released(tmp_path, fl_datasets, cli):
-    """Issue 14: quarantine-after 1: node 1001's x-10 update in round 1 flags it; rounds 2 and 3
-    sample only the others and say why; `zk0 server nodes release 1001` takes it back."""
+    """Issue 14: quarantine-after 1: node 1001's x-10 update in round 1 flags it; round 2 samples
+    only the others and says why; `zk0 server nodes release 1001`, run while round 2 trains, takes
+    it back: round 3 samples it again. The stream, status and report show the quarantine."""
     tamper = Tamper({(1, 1): "scale"})
     three = [fl_datasets[0], fl_datasets[1], fl_datasets[0]]
+    released = []
+    grid = functools.partial(
+        ReleasesDuring, at_round=2, release=lambda: released.append(cli("server", "nodes", "release", "1001", "--json"))
+    )
     rounds, _, _ = run_loopback(
-        tmp_path, three, tampering_app(tamper), **{"num-server-rounds": 3, "quarantine-after": 1}
+        tmp_path, three, tampering_app(tamper), grid, **{"num-server-rounds": 3, "quarantine-after": 1}
     )
     poisoned = next(c for c in rounds[1]["clients"]["each"] if c["node"] == "1001")
     assert "quarantined from the next round on" in poisoned["flags"]
-    for n in (2, 3):
-        assert sorted(c["node"] for c in rounds[n]["clients"]["each"]) == ["1000", "1002"]
-        (left_out,) = rounds[n]["quarantined"]
-        assert left_out["node"] == "1001" and left_out["round"] == 1 and "update norm" in left_out["reason"]
-        assert summary(rounds[n])["quarantined"] == 1
-    released = cli("server", "nodes", "release", "1001", "--json")
-    assert released.code == 0 and released.json()["released"]["round"] == 1
+    assert sorted(c["node"] for c in rounds[2]["clients"]["each"]) == ["1000", "1002"]
+    (left_out,) = rounds[2]["quarantined"]
+    assert left_out["node"] == "1001" and left_out["round"] == 1 and "update norm" in left_out["reason"]
+    assert summary(rounds[2])["quarantined"] == 1
+    (release,) = released
+    assert release.code == 0 and release.json()["released"]["round"] == 1
+    assert sorted(c["node"] for c in rounds[3]["clients"]["each"]) == ["1000", "1001", "1002"]  # sampled again
+    assert rounds[3]["quarantined"] == [] and (1, 1) in tamper.seen and (3, 1) in tamper.seen
+    assert "1001" not in quarantined(Paths.resolve().quarantine_file)
     again = cli("server", "nodes", "release", "1001")
     assert again.code == ExitCode.BAD_INPUT and "is not quarantined" in again.stderr
+    root = tmp_path / "runs" / "run"
+    assert_shown(root, 1, "1001", "flagged", "quarantined from the next round on")
+    assert_shown(root, 2, "1001", "quarantined", "update norm")
 
 
 def test_int8_deltas_both_ways_and_a_corrupted_cached_global_recovers_in_the_same_round(tmp_path, fl_datasets):
