@@ -17,7 +17,12 @@ import numpy as np
 from numpy.typing import NDArray
 
 NORM_FLAG_RATIO = 3.0  # an update whose change is this many times the others' median norm is flagged
-LOSS_FLAG_SIGMAS = 3.0  # a training loss this many standard deviations above the others' mean
+# A training loss this many spreads above the others' median. The spread is the others' MAD
+# (scaled to a standard deviation), but never less than LOSS_SPREAD_FLOOR of their median: two or
+# three honest losses can agree to the third decimal, and a spread measured from them would flag
+# any node a hair above (it did, and quarantine-after then left honest nodes out).
+LOSS_FLAG_SPREADS = 3.0
+LOSS_SPREAD_FLOOR = 0.1
 # A change pointing away from the aggregate's (robust rules measure it). Not 0: honest changes
 # of a few noisy steps are near-orthogonal in ~100M dimensions, and land just below 0 often.
 COSINE_FLAG = -0.5
@@ -46,6 +51,17 @@ def clip_change(
     return factor
 
 
+def _loss_flag(loss: float, others: list[float]) -> str | None:
+    if len(others) < 2:
+        return None
+    median = statistics.median(others)
+    mad = statistics.median(abs(other - median) for other in others)
+    spread = max(1.4826 * mad, LOSS_SPREAD_FLOOR * abs(median))
+    if spread > 0 and loss > median + LOSS_FLAG_SPREADS * spread:
+        return f"loss {(loss - median) / spread:.1f} spreads above the others' median"
+    return None
+
+
 def flag_outliers(clients: list[dict[str, Any]]) -> None:
     """Add ``flags`` to each client entry whose update norm or loss is far from the others'."""
     for index, client in enumerate(clients):
@@ -55,11 +71,8 @@ def flag_outliers(clients: list[dict[str, Any]]) -> None:
         own = client.get("measured_update_norm") or 0.0
         if norms and own > NORM_FLAG_RATIO * statistics.median(norms):
             flags.append(f"update norm {own / statistics.median(norms):.1f}x the others' median")
-        losses = [o["metrics"]["loss"] for o in others]
-        if len(losses) >= 2:
-            mean, spread = statistics.fmean(losses), statistics.stdev(losses)
-            if spread > 0 and client["metrics"]["loss"] > mean + LOSS_FLAG_SIGMAS * spread:
-                flags.append(f"loss {(client['metrics']['loss'] - mean) / spread:.1f} std above the others' mean")
+        if (loss_flag := _loss_flag(client["metrics"]["loss"], [o["metrics"]["loss"] for o in others])) is not None:
+            flags.append(loss_flag)
         cosine = client.get("cosine_to_aggregate")
         if cosine is not None and cosine < COSINE_FLAG:
             flags.append(f"change points away from the aggregate's (cosine {cosine:.2f})")
