@@ -4,12 +4,17 @@ in-process grid logs every round, and what W&B holds is what the round records s
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import socket
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from loopback_grid import TINY_RUN, LoopbackGrid
 from wandb_offline import history
+from zk0_process import process_env, zk0
 
 from zk0cli.core.errors import ExitCode, Zk0Error
 from zk0cli.fl import client_app as zk0_client
@@ -43,6 +48,11 @@ def test_every_round_goes_to_wandb_as_its_record_says(tmp_path, fl_datasets, mon
     nodes = [{"partition-id": i, "num-partitions": len(fl_datasets)} for i in range(len(fl_datasets))]
     record = RunRecord.create(Path(config.runs_dir), config.run_name)
     run_federation(LoopbackGrid(zk0_client.app, nodes, config.to_flwr()), config, record)
+    import wandb
+
+    # run.finish() can return before wandb's service wrote the last rounds to the run file; a
+    # ServerApp's process exit waits for it, here teardown does (it stops the service).
+    wandb.teardown()
 
     logged = {row["_step"]: row for row in history(record.root)}
     rounds = record.rounds()
@@ -73,10 +83,111 @@ def test_wandb_on_without_the_extra_is_one_line_exit_4(monkeypatch):
     with pytest.raises(Zk0Error) as refused:
         require_wandb(RunConfig.from_mapping({"wandb-project": "robots"}))
     assert refused.value.code == ExitCode.ENV_NOT_READY
-    assert "wandb is not installed" in refused.value.message and "zk0[wandb]" in refused.value.hint
+    assert "wandb is not installed" in refused.value.message
+    checkout = Path(__file__).resolve().parents[1]
+    # zk0 is installed from its checkout: the hint is the command that adds the extra there
+    assert f"{sys.executable} -m pip install -c {checkout / 'requirements.lock'} -e '{checkout}[wandb]'" in (
+        refused.value.hint
+    )
 
 
 def test_sim_refuses_wandb_without_the_extra_before_flower_starts(cli, monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", None)
     done = cli("sim", "--clients", "1", "--rounds", "1", "-c", "wandb-project=robots")
-    assert done.code == ExitCode.ENV_NOT_READY and "zk0[wandb]" in done.stderr
+    assert done.code == ExitCode.ENV_NOT_READY and "-e '" in done.stderr and "[wandb]'" in done.stderr
+
+
+# The W&B runs below start in a process of their own, as in a ServerApp: wandb keeps its settings
+# (read from the environment once) for the life of a process.
+TRACK = """
+import json, logging, sys
+from pathlib import Path
+from zk0cli.core.errors import Zk0Error
+from zk0cli.fl.records import RunRecord
+from zk0cli.fl.run_config import RunConfig
+from zk0cli.fl.tracking import Tracker
+
+logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+record = RunRecord.create(Path(sys.argv[1]), "tracked")
+try:
+    with Tracker(RunConfig.from_mapping({"wandb-project": "zk0-test"}), record) as tracker:
+        for entry in json.loads(sys.argv[2]):
+            tracker.log_round(entry)
+    print(json.dumps({"done": True}))
+except Zk0Error as error:
+    print(json.dumps({"code": int(error.code), "error": error.message, "hint": error.hint}))
+"""
+
+
+def track(tmp_path: Path, rounds: list[dict], **env: str) -> tuple[dict, str]:
+    """Tracker in its own process over ``rounds``: its outcome (as JSON) and its log."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    base.update(HOME=str(tmp_path / "home"), WANDB_SILENT="true", **env)  # no ~/.netrc: not logged in
+    done = subprocess.run(
+        [sys.executable, "-c", TRACK, str(tmp_path / "runs"), json.dumps(rounds)],
+        env=base,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.splitlines()[-1]), done.stderr
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    ("env", "said"),
+    [
+        ({}, "No API key configured"),  # online, never logged in
+        (  # logged in, but the W&B server cannot be reached
+            {
+                "WANDB_API_KEY": "0" * 40,
+                "WANDB_BASE_URL": f"http://127.0.0.1:{_closed_port()}",
+                "WANDB_INIT_TIMEOUT": "3",
+            },
+            "",
+        ),
+    ],
+)
+def test_a_wandb_run_that_cannot_start_is_one_line_exit_4(tmp_path, env, said):
+    outcome, _ = track(tmp_path, [], **env)
+    assert outcome.get("code") == ExitCode.ENV_NOT_READY, outcome
+    assert outcome["error"].startswith("Weights & Biases could not start a run in project 'zk0-test'")
+    assert said in outcome["error"] and "\n" not in outcome["error"]
+    assert "wandb login" in outcome["hint"] and "WANDB_MODE=offline" in outcome["hint"]
+
+
+def test_a_round_w_and_b_cannot_log_ends_the_logging_not_the_run(tmp_path):
+    rounds = [{"round": 0}, {"round": 1, "video": {"video": "missing.mp4"}}, {"round": 2}]
+    outcome, log = track(tmp_path, rounds, WANDB_MODE="offline")
+    assert outcome == {"done": True}
+    assert "W&B logging stopped at round 1" in log and "the run goes on" in log
+    assert [row["_step"] for row in history(tmp_path / "runs" / "tracked")] == [0]  # nothing after the failure
+
+
+@pytest.mark.slow
+def test_sim_with_wandb_not_logged_in_stops_before_round_1_with_exit_4(tmp_path, fl_datasets):
+    env = process_env(tmp_path / "zk0home", HOME=str(tmp_path / "home"), WANDB_SILENT="true")
+    env = {k: v for k, v in env.items() if k not in ("WANDB_MODE", "WANDB_API_KEY")}
+    args = ["sim", "--clients", "2", "--rounds", "2", "--timeout", "300"]
+    args += [item for root in fl_datasets for item in ("--dataset", f"local:{root}")]
+    for setting in (
+        "policy=tiny",
+        "chunk-size=5",
+        "local-steps=1",
+        "batch-size=2",
+        "wandb-project=robots",
+        "run-name=no-login",
+    ):
+        args += ["-c", setting]
+    done = zk0(env, *args, timeout=400)
+    assert done.returncode == ExitCode.ENV_NOT_READY, done.stderr[-3000:]
+    assert "Weights & Biases could not start a run" in done.stderr and "wandb login" in done.stderr
+    assert "Traceback" not in done.stderr
+    (record,) = (tmp_path / "zk0home").rglob("no-login")
+    assert not list(record.glob("round_1_*"))  # stopped before round 1

@@ -6,12 +6,17 @@ per server round. Everything logged is read from the round record zk0 writes any
 never disagree: server evaluation, the nodes' mean and per-node training metrics (by the names
 the record gives them), lr and mu, weight bytes down and up, flags, and the evaluation video.
 W&B's own settings apply: ``WANDB_MODE=offline`` logs to files with no network.
+
+W&B never stops a run part-way: a W&B run that cannot start (not logged in, no network in
+online mode) stops the zk0 run before round 1 (exit 4, with what to do); a round that cannot be
+logged later is a warning, W&B logging ends there and the run goes on (its record has every round).
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +26,10 @@ from zk0cli.fl.run_config import RunConfig
 
 log = logging.getLogger("zk0.server")
 
-WANDB_HINT = "install it where the server runs: pip install 'zk0[wandb]' (or set wandb-project to '' to turn it off)"
+OFF_HINT = "or set wandb-project to '' to turn it off"
+START_HINT = (
+    f"log in where the server runs (`wandb login`), or set WANDB_MODE=offline to log without a network, {OFF_HINT}"
+)
 SUMMARY_KEYS = {  # record summary key -> W&B key
     "server_policy_loss": "server/policy_loss",
     "server_action_error": "server/action_error",
@@ -39,6 +47,16 @@ SUMMARY_KEYS = {  # record summary key -> W&B key
 }
 
 
+def install_hint() -> str:
+    """The command that adds the wandb extra to the zk0 this process runs: zk0 is installed from
+    its checkout (install.sh), with the versions of its requirements.lock."""
+    checkout = Path(__file__).resolve().parents[2]
+    return (
+        f"install the extra where the server runs: {sys.executable} -m pip install "
+        f"-c {checkout / 'requirements.lock'} -e '{checkout}[wandb]' ({OFF_HINT})"
+    )
+
+
 def require_wandb(config: RunConfig) -> None:
     """env_not_ready when W&B logging is asked for and wandb cannot be imported here."""
     if not config.wandb_project:
@@ -47,7 +65,7 @@ def require_wandb(config: RunConfig) -> None:
         import wandb  # noqa: F401
     except ImportError:
         raise env_not_ready(
-            f"run-config wandb-project is '{config.wandb_project}' but wandb is not installed", hint=WANDB_HINT
+            f"run-config wandb-project is '{config.wandb_project}' but wandb is not installed", hint=install_hint()
         ) from None
 
 
@@ -80,15 +98,21 @@ class Tracker:
         require_wandb(config)
         import wandb
 
-        self.run = wandb.init(
-            project=config.wandb_project,
-            name=record.root.name,
-            id=re.sub(r"[^A-Za-z0-9_-]", "-", record.root.name),  # resumed runs continue the same W&B run
-            resume="allow",
-            dir=record.root,
-            config=config.to_flwr(),
-            job_type="federated",
-        )
+        try:
+            self.run = wandb.init(
+                project=config.wandb_project,
+                name=record.root.name,
+                id=re.sub(r"[^A-Za-z0-9_-]", "-", record.root.name),  # resumed runs continue the same W&B run
+                resume="allow",
+                dir=record.root,
+                config=config.to_flwr(),
+                job_type="federated",
+            )
+        except Exception as exc:  # noqa: BLE001 - wandb raises UsageError, CommError, ValueError...
+            raise env_not_ready(
+                f"Weights & Biases could not start a run in project '{config.wandb_project}': {_first_line(exc)}",
+                hint=START_HINT,
+            ) from exc
         log.info("logging to Weights & Biases project %s (run %s)", config.wandb_project, record.root.name)
 
     def log_round(self, entry: dict[str, Any]) -> None:
@@ -96,17 +120,36 @@ class Tracker:
             return
         import wandb
 
-        metrics: dict[str, Any] = dict(round_metrics(entry))
-        video = (entry.get("video") or {}).get("video")
-        if video:
-            metrics["server/video"] = wandb.Video(str(Path(self.record.root) / "videos" / video), format="mp4")
-        self.run.log(metrics, step=int(entry["round"]))
+        try:
+            metrics: dict[str, Any] = dict(round_metrics(entry))
+            video = (entry.get("video") or {}).get("video")
+            if video:
+                metrics["server/video"] = wandb.Video(str(Path(self.record.root) / "videos" / video), format="mp4")
+            self.run.log(metrics, step=int(entry["round"]))
+        except Exception as exc:  # noqa: BLE001 - W&B is a copy of the record: it must not end the run
+            log.warning(
+                "W&B logging stopped at round %s (%s); the run goes on and its record keeps every round",
+                entry.get("round"),
+                _first_line(exc),
+            )
+            self._finish(exit_code=1)
 
     def __enter__(self) -> Tracker:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
         """The W&B run ends with the zk0 run: failed (exit code 1) when it raised."""
-        if self.run is not None:
-            self.run.finish(exit_code=1 if exc_type else 0)
-            self.run = None
+        self._finish(exit_code=1 if exc_type else 0)
+
+    def _finish(self, exit_code: int) -> None:
+        run, self.run = self.run, None
+        if run is None:
+            return
+        try:
+            run.finish(exit_code=exit_code)
+        except Exception as exc:  # noqa: BLE001 - the zk0 run's outcome is what matters here
+            log.warning("W&B could not finish its run (%s)", _first_line(exc))
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
