@@ -5,6 +5,7 @@ is in test_fl_sim.)"""
 from __future__ import annotations
 
 import json
+from importlib.metadata import version
 
 import numpy as np
 import pytest
@@ -35,14 +36,14 @@ def trained_weights(dataset: str, shift: float = 0.25):
     return built, weights, policy_features(built.config)
 
 
-def keep(dataset: str, weights, features, *, run_id: int = RUN_ID, server_round: int = 3) -> None:
+def keep(dataset: str, weights, features, *, run_id: int = RUN_ID, server_round: int = 3, **run_config) -> None:
     received.keep(
         Paths.resolve(),
         run_id,
         server_round,
         weights,
         sha256=integrity.digest(integrity.to_record(weights)),
-        run_config=RUN_CONFIG,
+        run_config={**RUN_CONFIG, **run_config},
         dataset_uri=dataset,
         dataset_fingerprint="f" * 64,
         features=features,
@@ -62,8 +63,17 @@ def test_export_loads_with_lerobot_and_acts_in_the_node_units(cli, node_dataset,
     assert done.code == 0, done.stderr
     summary = done.json()
     assert summary["server_round"] == 3 and summary["normalised_by"]["dataset"] == node_dataset
-    assert "lerobot-rollout" in (out_dir / "README.md").read_text()
+    assert summary["older_than_run"] is None and "not the run's last round" not in done.stderr
     assert json.loads((out_dir / "zk0_export.json").read_text())["global_sha256"] == summary["global_sha256"]
+    card = (out_dir / "README.md").read_text()
+    assert f"Global weights of run {RUN_ID}, round 3, exported by zk0 on the node that\nowns `{node_dataset}`" in card
+    assert f"| {node_dataset} | `{'f' * 16}` |" in card  # the run's datasets this node knows, by fingerprint
+    fingerprint = summary["normalised_by"]["fingerprint"]
+    assert len(fingerprint) == 64 and f"(fingerprint\n`{fingerprint[:16]}`)" in card
+    assert f"`{summary['global_sha256'][:16]}`" in card and "Not the run's last round" not in card
+    versions = {name: version(dist) for name, dist in (("zk0", "zk0"), ("lerobot", "lerobot"), ("flwr", "flwr"))}
+    assert all(f"{name} {number}" in card for name, number in versions.items()), card
+    assert f"--policy.path={out_dir}" in card and "lerobot-rollout" in card
 
     policy = SmolVLAPolicy.from_pretrained(out_dir)
     preprocessor, postprocessor = make_pre_post_processors(policy.config, pretrained_path=str(out_dir))
@@ -86,6 +96,19 @@ def test_export_loads_with_lerobot_and_acts_in_the_node_units(cli, node_dataset,
     mean = torch.as_tensor(meta.stats["action"]["mean"], dtype=torch.float32)
     std = torch.as_tensor(meta.stats["action"]["std"], dtype=torch.float32)
     torch.testing.assert_close(action, normalised.cpu() * std + mean, rtol=1e-4, atol=1e-4)  # the node's units
+
+
+def test_a_global_older_than_the_run_says_so_in_the_output_and_the_card(cli, node_dataset, tmp_path):
+    _, weights, features = trained_weights(node_dataset)
+    keep(node_dataset, weights, features, server_round=4, **{"num-server-rounds": 5, "fraction-evaluate": 0.0})
+    done = cli("--json", "export", str(RUN_ID), "-o", str(tmp_path / "policy"))
+    assert done.code == 0, done.stderr
+    older = done.json()["older_than_run"]
+    assert older.startswith("round 4 is the last global this node received, but the run was set for 5 rounds")
+    assert "fraction-evaluate 0" in older and "final/" in older
+    assert f"not the run's last round: {older}" in " ".join(done.stderr.split())  # as rich wraps it
+    card = (tmp_path / "policy" / "README.md").read_text()
+    assert f"run {RUN_ID}, round 4 of 5," in card and f"> **Not the run's last round.** {older}." in card
 
 
 def test_kept_global_is_digest_checked_and_old_runs_are_forgotten(node_dataset):
@@ -156,9 +179,11 @@ def test_export_refuses_a_dataset_with_other_features(cli, node_dataset, tmp_pat
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("torch_one_thread")
-def test_without_federated_evaluation_the_kept_global_is_the_last_one_a_node_got(tmp_path, fl_datasets):
+def test_without_federated_evaluation_the_kept_global_is_the_last_one_a_node_got(cli, tmp_path, fl_datasets):
     """fraction-evaluate 0: round 2's result never reaches a node, so what it holds is round 1's
-    (carried by round 2's train message), labelled round 1 and equal to round 1's checkpoint."""
+    (carried by round 2's train message), labelled round 1 and equal to round 1's checkpoint; its
+    export says it is not the run's last round. The server's run record exports any kept round
+    (--round N) or its final one."""
     from loopback_grid import TINY_RUN, LoopbackGrid
     from safetensors.numpy import load_file
 
@@ -187,3 +212,28 @@ def test_without_federated_evaluation_the_kept_global_is_the_last_one_a_node_got
     checkpoint = load_file(str(record.checkpoint_dir(1) / "model.safetensors"))
     for name, value in kept.weights.items():
         assert np.array_equal(value, checkpoint[name]), name
+
+    done = cli("--json", "export", str(run_id), "-o", str(tmp_path / "kept"))
+    assert done.code == 0, done.stderr
+    assert done.json()["server_round"] == 1 and "fraction-evaluate 0" in done.json()["older_than_run"]
+    assert "Not the run's last round" in (tmp_path / "kept" / "README.md").read_text()
+
+    node_dataset = f"local:{fl_datasets[1]}"
+    fingerprints = json.loads((record.root / "config.json").read_text())["dataset_fingerprints"]
+    for server_round in (1, None):  # a kept round of the server's record, then its final one
+        out_dir = tmp_path / f"record-{server_round}"
+        chosen = ["--round", str(server_round)] if server_round else []
+        done = cli("--json", "export", str(record.root), *chosen, "--dataset", node_dataset, "-o", str(out_dir))
+        assert done.code == 0, done.stderr
+        exported, expected = server_round or 2, record.checkpoint_dir(server_round or 2)
+        assert done.json()["server_round"] == exported and done.json()["older_than_run"] is None
+        assert done.json()["from"] == str(expected.resolve())
+        weights = load_file(str(out_dir / "model.safetensors"))
+        for name, value in load_file(str(expected / "model.safetensors")).items():
+            assert np.array_equal(weights[name], value), name
+        card = (out_dir / "README.md").read_text()
+        assert f"round {exported} of 2," in card and "Not the run's last round" not in card
+        assert len(fingerprints) == 2 and all(f"| {uri} | `{fp[:16]}` |" in card for uri, fp in fingerprints.items())
+
+    done = cli("export", str(record.checkpoint_dir(1)), "--round", "2", "-o", str(tmp_path / "wrong"))
+    assert done.code == 2 and "is the checkpoint of round 1, not 2" in done.stderr

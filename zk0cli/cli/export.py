@@ -41,6 +41,8 @@ def export(
     request = ExportRequest(run=run, out_dir=out_dir, dataset=dataset, server_round=server_round, force=force)
     with out().messages.status(f"exporting {escape(run)} ..."):
         data = export_policy(session().paths, request)
+    if data["older_than_run"]:
+        out().warning(f"not the run's last round: {escape(data['older_than_run'])}")
     out().result(
         data,
         lambda console: console.print(

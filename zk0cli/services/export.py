@@ -9,8 +9,12 @@ runs on the node and combines three things:
 - the pre/post-processors built from this node's dataset, so actions come out in its units.
 
 The result loads with LeRobot's own ``SmolVLAPolicy.from_pretrained(DIR)`` and
-``make_pre_post_processors(config, pretrained_path=DIR)``, as ``lerobot-record --policy.path=DIR``
+``make_pre_post_processors(config, pretrained_path=DIR)``, as ``lerobot-rollout --policy.path=DIR``
 does. It is written to a temporary directory beside ``DIR`` and renamed: nothing half-written.
+
+A global older than the run's last round (a node gets round N's result only through federated
+evaluation, off with ``fraction-evaluate=0``, or a later round; a run record that stopped early)
+is exported as what it is, and the output and the model card say so (``older_than_run``).
 """
 
 from __future__ import annotations
@@ -67,6 +71,7 @@ def export_policy(paths: Paths, request: ExportRequest) -> dict[str, Any]:
             hint="pass --dataset with this node's dataset URI (its stats set the action units)",
         )
     built, fingerprint, cameras = _build(source, dataset)
+    older = None if request.server_round is not None else older_than_run(source)
     parent = request.out_dir.absolute().parent
     parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{request.out_dir.name}.", suffix=".tmp"))
@@ -74,7 +79,7 @@ def export_policy(paths: Paths, request: ExportRequest) -> dict[str, Any]:
         from zk0cli.policy.build import save_checkpoint
 
         save_checkpoint(built, tmp, lives_at=request.out_dir.absolute())
-        provenance = _provenance(source, dataset, fingerprint, cameras)
+        provenance = _provenance(source, dataset, fingerprint, cameras, older)
         atomic_write_json(tmp / PROVENANCE, provenance)
         atomic_write_text(tmp / CARD, model_card(provenance, request.out_dir.absolute()))
         if request.out_dir.exists():
@@ -200,13 +205,38 @@ def _build(source: Source, dataset: str) -> tuple[Any, str, list[str]]:
     return built, dataset_fingerprint(uri), cameras
 
 
-def _provenance(source: Source, dataset: str, fingerprint: str, cameras: list[str]) -> dict[str, Any]:
+def older_than_run(source: Source) -> str | None:
+    """Why the round exported is not the run's last, when it is not (None otherwise or unknown)."""
+    planned = source.run_config.get("num-server-rounds")
+    held = source.server_round
+    if not isinstance(planned, int) or held is None or held >= planned:
+        return None
+    if source.kind == "checkpoint":
+        return (
+            f"round {held} is this record's last checkpoint, but the run was set for {planned} rounds (it ended early)"
+        )
+    why = (
+        "with fraction-evaluate 0 a node never receives the last round's result"
+        if source.run_config.get("fraction-evaluate") == 0
+        else "this node did not receive the later globals (not sampled, offline, or the run is not over)"
+    )
+    return (
+        f"round {held} is the last global this node received, but the run was set for {planned} rounds: {why}; "
+        f"for round {planned}, copy the server's run record (or its final/ checkpoint) here and export that"
+    )
+
+
+def _provenance(
+    source: Source, dataset: str, fingerprint: str, cameras: list[str], older: str | None
+) -> dict[str, Any]:
     from zk0cli.core.versions import package_versions
 
     return {
         "source": source.kind,
         "from": source.label,
         "server_round": source.server_round,
+        "run_rounds": source.run_config.get("num-server-rounds"),
+        "older_than_run": older,
         "global_sha256": source.sha256 or None,
         "base_policy": source.base or source.run_config.get("policy"),
         "normalised_by": {"dataset": dataset, "fingerprint": fingerprint},
@@ -222,6 +252,11 @@ def model_card(provenance: dict[str, Any], out_dir: Path) -> str:
     versions = ", ".join(f"{name} {version or '-'}" for name, version in provenance["versions"].items())
     datasets = "\n".join(f"| {uri} | `{fp[:16]}` |" for uri, fp in provenance["run_datasets"].items())
     round_text = provenance["server_round"] if provenance["server_round"] is not None else "unknown"
+    if provenance["run_rounds"] is not None:
+        round_text = f"{round_text} of {provenance['run_rounds']}"
+    older = (
+        f"\n> **Not the run's last round.** {provenance['older_than_run']}.\n" if provenance["older_than_run"] else ""
+    )
     camera = "{type: opencv, index_or_path: %d, width: 640, height: 480, fps: 30}"
     cameras = ", ".join(f"{name}: {camera % index}" for index, name in enumerate(provenance["cameras"]))
     return f"""---
@@ -235,7 +270,7 @@ tags: [smolvla, lerobot, robotics, federated-learning, zk0]
 Global weights of {provenance["from"]}, round {round_text}, exported by zk0 on the node that
 owns `{norm["dataset"]}`. Its normalisation statistics are that dataset's (fingerprint
 `{norm["fingerprint"][:16]}`): actions come out in that arm's units. They never left the node.
-
+{older}
 | source | {provenance["source"]} |
 |---|---|
 | global weights sha256 | `{(provenance["global_sha256"] or "the checkpoint's own")[:16]}` |
