@@ -150,3 +150,31 @@ def test_a_record_that_is_not_packed_is_rejected_as_malformed(global_weights):
     record = ArrayRecord({name: Array(value) for name, value in global_weights.items()})  # one array per tensor
     checked = it.check_update(record, it.digest(record), it.spec_of(global_weights, it.FP32), it.FP32, global_weights)
     assert checked.weights is None and "malformed update: expected the arrays 'layout' and 'values'" in checked.reason
+
+
+@pytest.mark.parametrize("encoding", it.ENCODINGS)
+def test_a_checked_update_carries_the_norm_of_its_change(global_weights, encoding):
+    """Measured from the decoded change in the same pass as the NaN/Inf check: what the strategy
+    records and clips by, equal to the norm of weights - global to float tolerance."""
+    from zk0cli.fl.update_checks import change_norm
+
+    rng = np.random.default_rng(4)
+    local = {
+        name: value + rng.normal(0, 1e-2, value.shape).astype(np.float32) for name, value in global_weights.items()
+    }
+    record = it.encode_update(local, global_weights, encoding)
+    checked = it.check_update(record, it.digest(record), it.spec_of(global_weights, encoding), encoding, global_weights)
+    assert checked.change_norm == pytest.approx(change_norm(checked.weights, global_weights), rel=1e-5)
+
+
+def test_bf16_decodes_in_one_float32_buffer():
+    """No uint32 temporaries beside the result: a SmolVLA change is 400 MB decoded."""
+    import tracemalloc
+
+    bits = it.to_bf16_bits(np.random.default_rng(5).normal(size=1_000_000).astype(np.float32))
+    tracemalloc.start()
+    decoded = it.from_bf16_bits(bits)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < decoded.nbytes + 2**16
+    np.testing.assert_array_equal(decoded.view(np.uint32), bits.astype(np.uint32) << 16)

@@ -40,6 +40,8 @@ import numpy as np
 from flwr.app import Array, ArrayRecord
 from numpy.typing import NDArray
 
+from zk0cli.fl.update_checks import change_norm
+
 FP32 = "fp32"
 BF16_DELTA = "bf16-delta"
 INT8_DELTA = "int8-delta"
@@ -132,15 +134,31 @@ def spec_of(arrays: Mapping[str, NDArray[np.float32]], encoding: str) -> dict[st
 # ---------------------------------------------------------------- bfloat16 by hand
 
 
+BF16_CHUNK = 1 << 16  # values rounded at once: the temporaries stay this small beside the result
+
+
 def to_bf16_bits(values: NDArray[Any]) -> NDArray[Any]:
-    """float32 -> bfloat16 bit patterns (uint16), round to nearest even, NaN kept NaN."""
-    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32).astype(np.uint64)
-    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
-    return np.where(np.isnan(values), np.uint16(0x7FC0), rounded)
+    """float32 -> bfloat16 bit patterns (uint16), round to nearest even, NaN kept NaN. In chunks:
+    whole-array temporaries were ~3 GB for SmolVLA's 100M values (the server rounds every change)."""
+    flat_values = np.ascontiguousarray(values, dtype=np.float32).reshape(-1)
+    rounded = np.empty(flat_values.size, dtype=np.uint16)
+    for start in range(0, flat_values.size, BF16_CHUNK):
+        chunk = flat_values[start : start + BF16_CHUNK]
+        bits = chunk.view(np.uint32)
+        # uint32 wraps only for NaN bit patterns, which are replaced
+        nearest_even = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+        rounded[start : start + BF16_CHUNK] = np.where(np.isnan(chunk), 0x7FC0, nearest_even)
+    return rounded.reshape(np.shape(values))
 
 
 def from_bf16_bits(bits: NDArray[Any]) -> NDArray[Any]:
-    return (bits.astype(np.uint32) << 16).view(np.float32)
+    """bfloat16 bit patterns -> float32, built in the one float32 buffer it returns: widening and
+    shifting in place leaves no full-size uint32 temporaries (a SmolVLA update: 400 MB each)."""
+    values = np.empty(np.shape(bits), dtype=np.float32)
+    widened = values.view(np.uint32)
+    widened[...] = bits  # uint16 -> uint32 element by element, through numpy's small cast buffer
+    widened <<= 16
+    return values
 
 
 def decode_array(array: Array) -> NDArray[Any]:
@@ -167,9 +185,15 @@ def quantize_int8(values: NDArray[Any], block: int) -> tuple[NDArray[np.int8], N
 
 
 def dequantize_int8(quantized: NDArray[np.int8], scales: NDArray[np.float32], block: int) -> NDArray[np.float32]:
-    expanded = np.repeat(scales.astype(np.float32), block)[: quantized.size]
+    """int8 values times their block's scale, in the one float32 buffer returned (no repeated scales)."""
+    values = quantized.astype(np.float32)
+    scales = scales.astype(np.float32, copy=False)  # a float64 scale would round the products differently
+    whole = values.size - values.size % block  # values in full blocks; the rest is the short last block
+    blocks = values[:whole].reshape(-1, block)  # a view: multiplied in place
     with np.errstate(invalid="ignore"):  # a non-finite scale decodes to NaN, refused by the finite check
-        return quantized.astype(np.float32) * expanded
+        blocks *= scales[: whole // block, None]
+        values[whole:] *= scales[whole // block :]
+    return values
 
 
 # ---------------------------------------------------------------- changes (deltas)
@@ -180,7 +204,7 @@ def encode_delta(delta: NDArray[Any], encoding: str, block: int) -> tuple[dict[s
     change exactly as the receiver decodes it, for error feedback and the server's own copy)."""
     if encoding == BF16_DELTA:
         bits = to_bf16_bits(delta)
-        return {VALUES: _raw_bf16(bits)}, from_bf16_bits(bits)
+        return {VALUES: raw_bf16(bits)}, from_bf16_bits(bits)
     if encoding == INT8_DELTA:
         quantized, scales = quantize_int8(delta, block)
         return {VALUES: Array(quantized), SCALES: Array(scales)}, dequantize_int8(quantized, scales, block)
@@ -215,7 +239,7 @@ def join_steps(encoded: list[dict[str, Array]], encoding: str) -> tuple[Array, A
     """Several encoded changes as one ``values`` (and ``scales``) array, in order."""
     if encoding == BF16_DELTA:
         bits = [np.frombuffer(step[VALUES].data, dtype="<u2") for step in encoded]
-        return _raw_bf16(np.concatenate(bits) if bits else np.zeros(0, "<u2")), None
+        return raw_bf16(np.concatenate(bits) if bits else np.zeros(0, "<u2")), None
     values = [step[VALUES].numpy() for step in encoded]
     scales = [step[SCALES].numpy() for step in encoded]
     return (
@@ -224,7 +248,8 @@ def join_steps(encoded: list[dict[str, Array]], encoding: str) -> tuple[Array, A
     )
 
 
-def _raw_bf16(bits: NDArray[Any]) -> Array:
+def raw_bf16(bits: NDArray[Any]) -> Array:
+    """bfloat16 bit patterns as the raw little-endian Array the wire carries."""
     data = np.ascontiguousarray(bits, dtype="<u2")
     return Array(dtype="bfloat16", shape=(int(data.size),), stype=RAW_STYPE, data=data.tobytes())
 
@@ -249,6 +274,7 @@ def encode_update(
 class CheckedUpdate:
     weights: dict[str, NDArray[np.float32]] | None  # full fp32 trainable weights when accepted
     reason: str  # why it was rejected; "" when accepted
+    change_norm: float = 0.0  # L2 norm of the update's change to the global (float64), when accepted
 
 
 def check_update(
@@ -290,12 +316,24 @@ def check_update(
         values = split(flat_values, layout)
     except (ValueError, TypeError) as exc:
         return CheckedUpdate(None, f"undecodable {VALUES}: {exc}")
-    weights = {}
+    weights, squares = {}, 0.0
     for name, value in values.items():
-        if not np.isfinite(value).all():
+        square = sum_of_squares(value)  # one pass for the finite check and, of a change, its norm
+        if not math.isfinite(square):
             return CheckedUpdate(None, f"non-finite values (NaN/Inf) in {name}")
-        weights[name] = value if encoding == FP32 else value + global_[name]
-    return CheckedUpdate(weights, "")
+        if encoding != FP32:
+            value += global_[name]  # the decoded change becomes the weights in its own buffer: no copy
+            squares += square
+        weights[name] = value
+    norm = change_norm(weights, global_) if encoding == FP32 else math.sqrt(squares)
+    return CheckedUpdate(weights, "", norm)
+
+
+def sum_of_squares(values: NDArray[Any]) -> float:
+    """In float64, without a float64 copy; NaN or Inf anywhere makes it non-finite (a finite float32
+    squared stays far below float64's range)."""
+    flat_values = values.reshape(-1)
+    return float(np.einsum("i,i->", flat_values, flat_values, dtype=np.float64))
 
 
 def _few(names: list[str], limit: int = 3) -> str:
