@@ -131,3 +131,22 @@ def test_each_spilled_update_gets_its_cosine_to_the_aggregate(tmp_path, monkeypa
         own = change(arrays)
         assert cosine == pytest.approx(own @ step / np.linalg.norm(own) / np.linalg.norm(step), rel=1e-6)
     assert spilled.cosines[1] == pytest.approx(-spilled.cosines[0], rel=1e-6)
+
+
+def test_a_spill_the_disk_cannot_hold_fails_at_the_first_update_and_leaves_nothing(tmp_path, monkeypatch):
+    """Room for every update the round expects is checked before the first is written: a full
+    disk fails the round with what is needed, not part-way through (or with a SIGBUS)."""
+    import shutil
+    from types import SimpleNamespace
+
+    from zk0cli.core.errors import ExitCode, Zk0Error
+    from zk0cli.fl.aggregate import SpilledUpdates
+
+    given = updates(3, seed=12)
+    update_bytes = sum(value.nbytes for value in given[0][0].values())
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: SimpleNamespace(free=2 * update_bytes))
+    spilled = SpilledUpdates(tmp_path / "spill", "median", expected=3)
+    with pytest.raises(Zk0Error, match="needed for 3 more") as failed:
+        spilled.add(*given[0])
+    assert failed.value.code == ExitCode.ENV_NOT_READY and "aggregation=mean" in failed.value.hint
+    assert not (tmp_path / "spill").exists()

@@ -4,21 +4,26 @@
 its reply arrives: server memory does not grow with the number of nodes. ``trimmed-mean``,
 ``median``, ``krum`` and ``multi-krum`` need every update: they are spilled to disk and
 aggregated piece by piece, and each update's cosine to the aggregate's change is measured.
+The spill is written and read with plain file I/O, never mapped: mapped file pages count in the
+server's resident memory, N updates of 400 MB each at SmolVLA's size.
 """
 
 from __future__ import annotations
 
+import io
 import math
 import shutil
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
+from zk0cli.core.errors import env_not_ready
+
 CHUNK = 1 << 16  # elements per multiply: 512 KiB of float64 beside the sums, whatever the tensor's size
 PIECE_ELEMENTS = 1 << 20  # values of all nodes read from the spill at once by a robust rule (4 MiB)
+VALUE_BYTES = 4  # the spill is float32
 
 
 class RunningMean:
@@ -29,6 +34,7 @@ class RunningMean:
         self.total_weight = 0.0
         self.count = 0
         self._taken = False
+        self._scaled = np.empty(CHUNK, dtype=np.float64)  # one weighted chunk, reused: no allocation per chunk
 
     def add(self, arrays: Mapping[str, NDArray[np.float32]], weight: float) -> None:
         """Fold one update in; its arrays may be dropped as soon as this returns."""
@@ -41,9 +47,11 @@ class RunningMean:
             raise ValueError("an update's tensors differ from the first update's")
         for name, value in arrays.items():
             total, values = self._sums[name].reshape(-1), np.asarray(value).reshape(-1)
-            for start in range(0, values.size, CHUNK):  # a float64 temporary of CHUNK elements at most
-                end = start + CHUNK
-                total[start:end] += np.multiply(values[start:end], weight, dtype=np.float64)
+            for start in range(0, values.size, CHUNK):
+                end = min(start + CHUNK, values.size)
+                scaled = self._scaled[: end - start]
+                np.multiply(values[start:end], weight, out=scaled, dtype=np.float64)
+                total[start:end] += scaled
         self.total_weight += weight
         self.count += 1
 
@@ -70,10 +78,12 @@ ROBUST_RULES = ("trimmed-mean", "median", "krum", "multi-krum")
 
 
 class SpilledUpdates:
-    """Robust rules need every update: each accepted one is written to a float32 memmap file in
+    """Robust rules need every update: each accepted one is written to a float32 file in
     ``spill_dir`` as it arrives, and the aggregate is taken piece by piece (a slice of one tensor
-    across all nodes, :meth:`_pieces`), so memory holds a fixed number of values, never the
-    nodes' models: beyond the result, it does not grow with the number of nodes.
+    across all nodes, :meth:`_pieces`, read into one reused buffer), so memory holds a fixed
+    number of values, never the nodes' models: beyond the result, it does not grow with the
+    number of nodes. Before an update is written, the disk must have room for it and for every
+    update still ``expected`` this round; otherwise the round fails with what is needed.
 
     - ``median``, ``trimmed-mean``: Flower's ``aggregate_median`` / ``aggregate_trimmed_avg`` per
       tensor, unweighted as Flower's are.
@@ -94,12 +104,14 @@ class SpilledUpdates:
         *,
         byzantine_nodes: int = 0,
         reference: Mapping[str, NDArray[np.float32]] | None = None,
+        expected: int = 1,
     ) -> None:
         if rule not in ROBUST_RULES:
             raise ValueError(f"unknown rule {rule!r}")
         self.spill_dir, self.rule, self.trim_fraction = spill_dir, rule, trim_fraction
         self.byzantine_nodes = byzantine_nodes
         self.reference = reference  # the round's global: changes are measured from it
+        self.expected = expected  # updates this round may spill (the nodes sampled)
         self._layout: list[tuple[str, tuple[int, ...]]] = []
         self._files: list[Path] = []
         self._weights: list[float] = []
@@ -114,22 +126,31 @@ class SpilledUpdates:
             self.spill_dir.mkdir(parents=True, exist_ok=True)
         elif [name for name, _ in self._layout] != list(arrays):
             raise ValueError("an update's tensors differ from the first update's")
+        self._check_room()
         path = self.spill_dir / f"update-{self.count}.f32"
-        spilled = np.memmap(path, dtype=np.float32, mode="w+", shape=(self._size(),))
-        offset = 0
-        for name, shape in self._layout:
-            size = math.prod(shape)
-            spilled[offset : offset + size] = np.asarray(arrays[name], dtype=np.float32).ravel()
-            offset += size
-        spilled.flush()
-        del spilled
+        with path.open("wb") as spilled:
+            for name, _ in self._layout:
+                np.ascontiguousarray(arrays[name], dtype=np.float32).tofile(spilled)
         self._files.append(path)
         self.count += 1
+
+    def _check_room(self) -> None:
+        """Room on disk for this update and the ones still expected, or the round fails here: a
+        full disk mid-write would fail it later, having filled the disk for nothing."""
+        needed = max(1, self.expected - self.count) * self._size() * VALUE_BYTES
+        free = shutil.disk_usage(self.spill_dir).free
+        if free < needed:
+            shutil.rmtree(self.spill_dir, ignore_errors=True)
+            raise env_not_ready(
+                f"aggregation {self.rule} spills each update to {self.spill_dir}: {needed / 2**30:.1f} GiB "
+                f"needed for {max(1, self.expected - self.count)} more, {free / 2**30:.1f} GiB free",
+                hint="free disk space on the server, or use aggregation=mean (it spills nothing)",
+            )
 
     def result(self) -> dict[str, NDArray[np.float32]]:
         if not self.count:
             raise ValueError("no update was folded in")
-        updates = [np.memmap(path, dtype=np.float32, mode="r", shape=(self._size(),)) for path in self._files]
+        updates = [path.open("rb", buffering=0) for path in self._files]
         try:
             selected = self._krum_selection(updates) if self.rule in ("krum", "multi-krum") else None
             if selected is not None:
@@ -139,21 +160,27 @@ class SpilledUpdates:
                 averaged[name].reshape(-1)[lo:hi] = self._aggregate_piece(piece, selected)
             self.cosines = self._cosines_to(averaged, updates)
         finally:
-            del updates
+            for update in updates:
+                update.close()
             shutil.rmtree(self.spill_dir, ignore_errors=True)
         return averaged
 
-    def _pieces(self, updates: list[np.memmap[Any, Any]]) -> Iterator[tuple[str, int, int, list[NDArray[np.float32]]]]:
+    def _pieces(self, updates: list[io.FileIO]) -> Iterator[tuple[str, int, int, list[NDArray[np.float32]]]]:
         """(tensor name, lo, hi, every update's flat values [lo:hi] of it): about
         PIECE_ELEMENTS values of all nodes together in memory, however many nodes and however
-        large a tensor. Every rule here is per value or a sum over values, so pieces are exact."""
+        large a tensor. Every rule here is per value or a sum over values, so pieces are exact.
+        Each piece is read into the same buffer: it is valid until the next one is asked for."""
         step = max(1024, PIECE_ELEMENTS // max(1, self.count))
+        buffer = np.empty((self.count, step), dtype=np.float32)
         offset = 0
         for name, shape in self._layout:
             size = math.prod(shape)
             for lo in range(0, size, step):
                 hi = min(size, lo + step)
-                yield name, lo, hi, [np.array(update[offset + lo : offset + hi]) for update in updates]
+                piece = [row[: hi - lo] for row in buffer]
+                for update, values in zip(updates, piece, strict=True):
+                    _read_at(update, (offset + lo) * VALUE_BYTES, values)
+                yield name, lo, hi, piece
             offset += size
 
     def _aggregate_piece(self, piece: list[NDArray[np.float32]], selected: list[int] | None) -> NDArray[np.float32]:
@@ -167,7 +194,7 @@ class SpilledUpdates:
             (value,) = aggregate_trimmed_avg([([values], 1) for values in piece], proportiontocut=self.trim_fraction)
         return np.asarray(value, dtype=np.float32)
 
-    def _krum_selection(self, updates: list[np.memmap[Any, Any]]) -> list[int]:
+    def _krum_selection(self, updates: list[io.FileIO]) -> list[int]:
         """Indices Flower's Krum rule keeps: the best one (krum) or the n - f best (multi-krum)."""
         from flwr.server.strategy.aggregate import _compute_distances
 
@@ -180,9 +207,7 @@ class SpilledUpdates:
         keep = 1 if self.rule == "krum" else max(1, self.count - self.byzantine_nodes)
         return sorted(ranked[:keep])
 
-    def _cosines_to(
-        self, averaged: Mapping[str, NDArray[np.float32]], updates: list[np.memmap[Any, Any]]
-    ) -> list[float | None]:
+    def _cosines_to(self, averaged: Mapping[str, NDArray[np.float32]], updates: list[io.FileIO]) -> list[float | None]:
         """Each update's change (update - reference) against the aggregate's, piece by piece."""
         if self.reference is None:
             return [None] * self.count
@@ -200,3 +225,10 @@ class SpilledUpdates:
 
     def _size(self) -> int:
         return sum(math.prod(shape) for _, shape in self._layout)
+
+
+def _read_at(spilled: io.FileIO, position: int, values: NDArray[np.float32]) -> None:
+    """Fill ``values`` from the file at byte ``position`` (the spill is always long enough)."""
+    spilled.seek(position)
+    if spilled.readinto(values) != values.nbytes:
+        raise OSError(f"{spilled.name}: the spilled update ends early")
