@@ -126,3 +126,23 @@ def test_uplink_error_feedback_loses_nothing_over_rounds():
     node.encode_update(local, global_weights, integrity.INT8_DELTA, BLOCK, error_feedback=True, run_id=8)
     # a new run starts without the old run's residual: its first residual is its own rounding only
     assert np.abs(node.residual).max() <= np.abs(integrity.flat(local) - integrity.flat(global_weights)).max() / 127
+
+
+def test_nodes_holding_the_same_global_share_one_message_made_once():
+    """A steady round sends every node the same change: one record (and one digest) for all of
+    them, not one ~200 MB copy per node kept until its reply."""
+    from zk0cli.fl.wire import DIGEST
+
+    downlink = Downlink(integrity.BF16_DELTA, BLOCK, keep=2, error_feedback=True)
+    masters = trajectory(2)
+    downlink.publish(masters[0])
+    held = downlink.digest
+    downlink.publish(masters[1])
+    first, keys = downlink.message_for(held)
+    again, _ = downlink.message_for(held)
+    assert again is first and keys[DIGEST] == integrity.digest(first)
+    full, full_keys = downlink.full()
+    assert full_keys[DIGEST] == integrity.digest(full)
+    downlink.publish(masters[2])  # a new global: the node that held masters[0] now gets two changes
+    later, later_keys = downlink.message_for(held)
+    assert later is not first and len(later_keys["chain-sha256"].split(",")) == 3

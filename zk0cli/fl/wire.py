@@ -20,6 +20,8 @@ same round (:meth:`zk0cli.fl.strategy.Zk0FedProx._send_and_receive`).
 from __future__ import annotations
 
 import collections
+import hashlib
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +37,7 @@ DOWNLINK = "downlink"  # fp32 (full weights) or the delta encoding of the change
 CHAIN = "chain-sha256"  # digests of the wire globals the changes go through, from first base to result
 NEED_FULL = "need-full"  # a reply's info key: why the node could not rebuild the global
 HOLDS = "holds"  # a reply's info key: digest of the wire global the node now holds
+DIGEST = "arrays-sha256"  # of the message's weights record (integrity.digest), checked on arrival
 
 
 @dataclass
@@ -50,6 +53,9 @@ class Downlink:
     _previous_master: NDArray[np.float32] | None = None  # error feedback off: G's last value
     _changes: collections.deque[tuple[str, dict[str, Array]]] = field(default_factory=collections.deque)
     _full: ArrayRecord | None = None
+    # chain start -> the message of the changes from there, built and hashed once per publish and
+    # shared by every node holding that global (a SmolVLA change is ~200 MB in bf16)
+    _messages: dict[int, tuple[ArrayRecord, dict[str, str]]] = field(default_factory=dict)
 
     @property
     def deltas(self) -> bool:
@@ -63,45 +69,63 @@ class Downlink:
     def publish(self, master: Mapping[str, NDArray[np.float32]]) -> None:
         """The global to send from now on is ``master`` (again, or after a round's aggregation)."""
         master_flat = integrity.flat(master)
-        master_digest = integrity.digest(integrity.to_record(master))
+        master_digest = _fingerprint(master, master_flat)
         if master_digest == self._master_digest:
             return
         self._master_digest, self._layout = master_digest, dict(master)
+        self._messages.clear()
         if self._wire is None or not self.deltas:
             self._set_wire(master_flat.copy())
             self._previous_master = master_flat.copy()
             return
         step = master_flat - (self._wire if self.error_feedback else self._previous_master)
         encoded, decoded = integrity.encode_delta(step, self.encoding, self.block)
+        del step  # each of these is 400 MB at SmolVLA's size: gone before the new record is packed
         base = self._wire_digest
-        self._set_wire(self._wire + decoded)
+        self._wire += decoded  # in place: W moves exactly as every node rebuilds it
+        del decoded
+        self._set_wire(self._wire)
         self._changes.append((base, encoded))
         while len(self._changes) > self.keep:
             self._changes.popleft()
         self._previous_master = master_flat if not self.error_feedback else None
 
     def _set_wire(self, wire: NDArray[np.float32]) -> None:
-        self._wire = wire
-        self._full = integrity.to_record(integrity.split(wire, self._layout_entries()))
+        self._wire, self._full = wire, None  # the old record goes before the new one is packed
+        self._full = integrity.pack(self._layout, Array(wire))  # wire is already the flat values
         self._wire_digest = integrity.digest(self._full)
 
-    def _layout_entries(self) -> list[tuple[str, tuple[int, ...]]]:
-        return [(name, tuple(value.shape)) for name, value in self._layout.items()]
-
     def message_for(self, holds: str | None) -> tuple[ArrayRecord, dict[str, str]]:
-        """(the weights for a node that holds the wire global ``holds``, their round-config keys)."""
+        """(the weights for a node that holds the wire global ``holds``, their round-config keys).
+        Nodes holding the same global get the same record object: memory does not grow with them."""
         bases = [base for base, _ in self._changes]
         if not self.deltas or holds is None or (holds not in bases and holds != self._wire_digest):
             return self.full()
         start = bases.index(holds) if holds in bases else len(bases)
-        chain = [*bases[start:], self._wire_digest]
-        encoded = [change for _, change in list(self._changes)[start:]]
-        values, scales = integrity.join_steps(encoded, self.encoding)
-        return integrity.pack(self._layout, values, scales), {DOWNLINK: self.encoding, CHAIN: ",".join(chain)}
+        if start not in self._messages:
+            self._messages[start] = self._changes_since(start)
+        return self._messages[start]
+
+    def _changes_since(self, start: int) -> tuple[ArrayRecord, dict[str, str]]:
+        """The changes from the chain's ``start`` to the current wire global, packed, and their keys."""
+        changes = list(self._changes)[start:]
+        chain = [*(base for base, _ in changes), self._wire_digest]
+        values, scales = integrity.join_steps([change for _, change in changes], self.encoding)
+        record = integrity.pack(self._layout, values, scales)
+        return record, {DOWNLINK: self.encoding, CHAIN: ",".join(chain), DIGEST: integrity.digest(record)}
 
     def full(self) -> tuple[ArrayRecord, dict[str, str]]:
         assert self._full is not None, "publish() a global first"
-        return self._full, {DOWNLINK: integrity.FP32, CHAIN: self._wire_digest}
+        return self._full, {DOWNLINK: integrity.FP32, CHAIN: self._wire_digest, DIGEST: self._wire_digest}
+
+
+def _fingerprint(master: Mapping[str, NDArray[np.float32]], master_flat: NDArray[np.float32]) -> str:
+    """SHA-256 of a master's names, shapes and values: whether it changed, without packing it
+    into a record (a SmolVLA record is 400 MB more, twice over while Flower serialises it)."""
+    layout = json.dumps([[name, list(value.shape)] for name, value in master.items()]).encode()
+    fingerprint = hashlib.sha256(layout)
+    fingerprint.update(master_flat)
+    return fingerprint.hexdigest()
 
 
 class RebuildError(Exception):
