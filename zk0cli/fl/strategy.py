@@ -15,7 +15,7 @@ grid waits 3 s between polls. Each round:
    dropped (:mod:`zk0cli.fl.aggregate`), so memory does not grow with the number of nodes. The
    server keeps the fp32 master weights.
 3. ``configure_evaluate`` / ``aggregate_evaluate``: federated evaluation on clients' held-out
-   episodes, on evaluation rounds.
+   episodes, on evaluation rounds (quarantined nodes left out, as from training).
 4. ``evaluate_round`` (also at round 0 of a fresh run): server-side evaluation on the held-out
    datasets, feeding the schedules, then the round record goes to ``on_round``.
 """
@@ -43,7 +43,7 @@ from zk0cli.fl.control import RoundControl, judging_loss
 from zk0cli.fl.quarantine import quarantine, quarantined
 from zk0cli.fl.records import mean_std
 from zk0cli.fl.run_config import RunConfig
-from zk0cli.fl.update_checks import change_norm, clip_change, flag_outliers
+from zk0cli.fl.update_checks import clip_change, flag_outliers
 from zk0cli.fl.wire import DOWNLINK, HOLDS, NEED_FULL, Downlink
 
 # keys shared by the server and client apps
@@ -53,6 +53,9 @@ METRICS = "metrics"
 INFO = "info"  # ConfigRecord of a reply: digest, uplink encoding, dataset name and fingerprint
 SAMPLES = "samples"  # metric: training samples the client actually used this round
 REPLY_POLL_S = 0.5  # between checks for replies while a round waits (Flower's own grid: 3 s)
+# Message ids per pull: Flower inflates every reply a pull returns before returning any, and a
+# SmolVLA reply is ~200 MB (bf16), so replies that arrive together are taken a few at a time.
+PULL_AT_ONCE = 2
 
 log = logging.getLogger("zk0.server")
 
@@ -142,14 +145,9 @@ class Zk0FedProx(FedProx):
         started = time.monotonic()
         deadline, needed, quorum_at = started + self.config.round_timeout_s, self.config.quorum(len(messages)), None
         while waiting:
-            for reply in grid.pull_messages(waiting):
-                waiting.discard(reply.metadata.reply_to_message_id)
-                if self._resend_in_full(grid, reply, waiting):
-                    continue
-                if on_reply is None:
-                    replies.append(reply)
-                else:
-                    on_reply(reply)
+            asked = sorted(waiting)
+            for start in range(0, len(asked), PULL_AT_ONCE):
+                self._pull(grid, asked[start : start + PULL_AT_ONCE], waiting, on_reply or replies.append)
             now = time.monotonic()
             if quorum_at is None and len(messages) - len(waiting) >= needed:
                 quorum_at = now
@@ -160,6 +158,14 @@ class Zk0FedProx(FedProx):
                 break
             time.sleep(REPLY_POLL_S)
         return replies
+
+    def _pull(self, grid: Grid, ids: list[str], waiting: set[str], take: Callable[[Message], None]) -> None:
+        """Pull the replies to ``ids`` that are in and hand each to ``take``; none outlives this call
+        unless ``take`` keeps it."""
+        for reply in grid.pull_messages(ids):
+            waiting.discard(reply.metadata.reply_to_message_id)
+            if not self._resend_in_full(grid, reply, waiting):
+                take(reply)
 
     def _push(self, grid: Grid, messages: list[Message]) -> set[str]:
         ids = set(grid.push_messages(messages))  # every Grid sets each message's id as it pushes it
@@ -185,9 +191,7 @@ class Zk0FedProx(FedProx):
         log.info("node %s could not rebuild the global (%s): sending it full weights", node, info[NEED_FULL])
         self.entry.setdefault("sent_full", []).append({"node": node, "reason": str(info[NEED_FULL])})
         arrays, keys = self.downlink.full()
-        config = ConfigRecord(
-            {**dict(sent.content.config_records[CONFIG]), **keys, "arrays-sha256": integrity.digest(arrays)}
-        )
+        config = ConfigRecord({**dict(sent.content.config_records[CONFIG]), **keys})
         resend = Message(
             content=RecordDict({ARRAYS: arrays, CONFIG: config}),
             message_type=sent.metadata.message_type,
@@ -199,8 +203,7 @@ class Zk0FedProx(FedProx):
 
     def _weights_for(self, node_id: int) -> tuple[ArrayRecord, dict[str, str]]:
         """The global for one node (full, or the changes since the one it holds) and its config keys."""
-        arrays, keys = self.downlink.message_for(self._holds.get(str(node_id)))
-        return arrays, {**keys, "arrays-sha256": integrity.digest(arrays)}
+        return self.downlink.message_for(self._holds.get(str(node_id)))
 
     def _missing(self, answered: set[str]) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
         """(late, failed) entries for the nodes asked that did not answer: late when the round
@@ -233,8 +236,8 @@ class Zk0FedProx(FedProx):
         plan = self.control.plan(server_round)
         self.proximal_mu = plan.mu
         self.entry = {"round": server_round, "plan": plan.to_dict(), "clients": None, "rejected": [], "failed": []}
-        self._mean, self._clients, self._answered = self._new_aggregate(server_round), [], set()
         node_ids = self._sample(grid)
+        self._mean, self._clients, self._answered = self._new_aggregate(server_round, len(node_ids)), [], set()
         self.downlink.publish(self.global_weights)
         self._sent_bytes, messages = {}, []
         for node_id in node_ids:
@@ -254,15 +257,25 @@ class Zk0FedProx(FedProx):
         return messages
 
     def _sample(self, grid: Grid) -> list[int]:
-        """Flower's wait for min-available-nodes, then a seeded sample of the nodes not quarantined."""
-        _, connected = sample_nodes(grid, self.min_available_nodes, 0)
-        left_out = quarantined(self.quarantine_file) if self.quarantine_file else {}
+        """The nodes to train this round; the quarantined ones left out are named in the round record."""
+        connected, left_out = self._available(grid)
         for node in [n for n in self._flag_counts if n not in left_out and self._flag_counts[n] >= self._limit()]:
             self._flag_counts[node] = 0  # the admin released it: it starts over
         self.entry["quarantined"] = [{"node": str(n), **left_out[str(n)]} for n in connected if str(n) in left_out]
+        return _seeded_sample(
+            [n for n in connected if str(n) not in left_out], self.fraction_train, self.min_train_nodes
+        )
+
+    def _sample_evaluate(self, grid: Grid) -> list[int]:
+        """The nodes to evaluate this round: a quarantined node's results are no more wanted than its updates."""
+        connected, left_out = self._available(grid)
         candidates = [n for n in connected if str(n) not in left_out]
-        wanted = max(int(len(candidates) * self.fraction_train), self.min_train_nodes)
-        return random.sample(candidates, min(wanted, len(candidates)))
+        return _seeded_sample(candidates, self.fraction_evaluate, self.min_evaluate_nodes)
+
+    def _available(self, grid: Grid) -> tuple[list[int], dict[str, dict[str, Any]]]:
+        """Flower's wait for min-available-nodes; (the connected nodes, the quarantined ones)."""
+        _, connected = sample_nodes(grid, self.min_available_nodes, 0)
+        return connected, quarantined(self.quarantine_file) if self.quarantine_file else {}
 
     def _limit(self) -> int:
         return self.config.quarantine_after or 1 << 30
@@ -282,7 +295,7 @@ class Zk0FedProx(FedProx):
                 client.setdefault("flags", []).append("quarantined from the next round on")
                 log.warning("node %s quarantined after round %d: %s", node, server_round, reason)
 
-    def _new_aggregate(self, server_round: int) -> RunningMean | SpilledUpdates:
+    def _new_aggregate(self, server_round: int, sampled: int) -> RunningMean | SpilledUpdates:
         c = self.config
         if c.aggregation == "mean":
             return RunningMean()
@@ -294,6 +307,7 @@ class Zk0FedProx(FedProx):
             c.trim_fraction,
             byzantine_nodes=c.byzantine_nodes,
             reference=self.global_weights,
+            expected=sampled,
         )
 
     def _fold_train_reply(self, reply: Message) -> None:
@@ -304,18 +318,19 @@ class Zk0FedProx(FedProx):
         if reply.has_error():
             self.entry["failed"].append({"node": node, "reason": reply.error.reason})
             return
-        client, weights, reason = self._check_reply(reply)
-        if reason or weights is None:
+        client, checked = self._check_reply(reply)
+        weights = checked.weights
+        if checked.reason or weights is None:
             self.entry["rejected"].append(
                 {
                     "node": node,
                     "dataset": client.get("dataset", ""),
-                    "reason": reason,
+                    "reason": checked.reason,
                     "metrics": client.get("metrics", {}),
                 }
             )
             return
-        norm = client["measured_update_norm"] = change_norm(weights, self.global_weights)  # measured here
+        norm = client["measured_update_norm"] = checked.change_norm  # measured here, not the node's word
         factor = clip_change(weights, self.global_weights, norm, self.config.clip_update_norm)
         if factor < 1.0:
             client["clipped_by"] = factor
@@ -350,19 +365,19 @@ class Zk0FedProx(FedProx):
         numeric = {k: v for k, v in self.entry["clients"]["aggregate"].items() if v is not None}
         return integrity.to_record(self.global_weights), MetricRecord(numeric)
 
-    def _check_reply(self, reply: Message) -> tuple[dict[str, Any], dict[str, NDArray[np.float32]] | None, str]:
-        """(client entry, full fp32 weights, rejection reason or '')."""
+    def _check_reply(self, reply: Message) -> tuple[dict[str, Any], integrity.CheckedUpdate]:
+        """(client entry, the update checked: full fp32 weights or the rejection reason)."""
         node = self._sender(reply)
         content = reply.content
         if INFO in content.config_records and NEED_FULL in content.config_records[INFO]:
             reason = content.config_records[INFO][NEED_FULL]
-            return {"node": node}, None, f"could not take the global even in full: {reason!s}"
+            return {"node": node}, _rejected(f"could not take the global even in full: {reason!s}")
         if (
             len(content.array_records) != 1
             or METRICS not in content.metric_records
             or INFO not in content.config_records
         ):
-            return {"node": node}, None, "malformed reply (needs one ArrayRecord, 'metrics' and 'info')"
+            return {"node": node}, _rejected("malformed reply (needs one ArrayRecord, 'metrics' and 'info')")
         metrics = dict(content[METRICS])
         info = dict(content[INFO])
         record = next(iter(content.array_records.values()))
@@ -377,12 +392,12 @@ class Zk0FedProx(FedProx):
         }
         samples = metrics.get(SAMPLES)
         if not isinstance(samples, (int, float)) or not math.isfinite(samples) or samples <= 0:
-            return client, None, f"no training samples reported ({samples!r})"
+            return client, _rejected(f"no training samples reported ({samples!r})")
         loss = metrics.get("loss")
         if not isinstance(loss, (int, float)) or not math.isfinite(loss):
-            return client, None, f"non-finite training loss ({loss!r})"
+            return client, _rejected(f"non-finite training loss ({loss!r})")
         if info.get("uplink") != self.encoding:
-            return client, None, f"uplink encoding {info.get('uplink')!r}, expected {self.encoding!r}"
+            return client, _rejected(f"uplink encoding {info.get('uplink')!r}, expected {self.encoding!r}")
         checked = integrity.check_update(
             record,
             str(info.get("sha256", "")),
@@ -391,21 +406,24 @@ class Zk0FedProx(FedProx):
             self.global_weights,
             self.config.int8_block_size,
         )
-        return client, checked.weights, checked.reason
+        return client, checked
 
     # ------------------------------------------------------------ federated evaluation
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        if not self.is_eval_round(server_round):
+        del arrays  # as in training: each node gets the global as it needs it
+        if not self.is_eval_round(server_round) or self.fraction_evaluate == 0:
             return []
         self.downlink.publish(self.global_weights)
-        self._sent_bytes, messages = {}, list(super().configure_evaluate(server_round, arrays, config, grid))
-        for message in messages:  # Flower's sampling, then each node its own weights
-            weights, keys = self._weights_for(message.metadata.dst_node_id)
-            message.content[ARRAYS] = weights
-            message.content[CONFIG] = ConfigRecord({**dict(message.content.config_records[CONFIG]), **keys})
+        self._sent_bytes, messages = {}, []
+        for node_id in self._sample_evaluate(grid):
+            weights, keys = self._weights_for(node_id)
+            content = RecordDict(
+                {ARRAYS: weights, CONFIG: ConfigRecord({**dict(config), "server-round": server_round, **keys})}
+            )
+            messages.append(Message(content=content, message_type=MessageType.EVALUATE, dst_node_id=node_id))
         return messages
 
     @override
@@ -460,6 +478,17 @@ class Zk0FedProx(FedProx):
         self.entry["seconds"] = round(time.monotonic() - self._round_started, 3)
         self.on_round(self.entry, self.global_weights)
         return MetricRecord(result["composite"]) if result else None
+
+
+def _seeded_sample(candidates: list[int], fraction: float, minimum: int) -> list[int]:
+    """Flower's sample size (the fraction of the candidates, at least ``minimum``), drawn with the
+    global ``random`` that :meth:`Zk0FedProx.run` seeds."""
+    wanted = max(int(len(candidates) * fraction), minimum)
+    return random.sample(candidates, min(wanted, len(candidates)))
+
+
+def _rejected(reason: str) -> integrity.CheckedUpdate:
+    return integrity.CheckedUpdate(None, reason)
 
 
 CLIENT_AVERAGED = ("fedprox_loss", "policy_loss", "grad_norm", "update_norm", "seconds")
