@@ -55,12 +55,24 @@ def test_deterministic_given_the_seed(tmp_path):
 
 
 def test_tasks_move_differently(tmp_path):
-    means = {}
+    means = {}  # task -> the mean trajectory (frame x joint) over its episodes
     for task in ("pick", "stack", "sort"):
         frames = _frames(write_sample(tmp_path / task, task=task, episodes=2, frames_per_episode=20, image_size=16))
-        means[task] = np.stack(frames["action"].to_numpy()).mean(axis=0)
+        means[task] = np.stack(frames["action"].to_numpy()).reshape(2, 20, -1).mean(axis=0)
     assert np.abs(means["pick"] - means["stack"]).max() > 5
     assert np.abs(means["pick"] - means["sort"]).max() > 5
+
+
+def test_sort_alternates_colours_so_every_pair_of_episodes_shows_both_bins(tmp_path):
+    """A held-out sort episode (the last) is never of a colour no training episode had: the arm
+    pans left (red bin) in even episodes and right (green bin) in odd ones."""
+    frames = _frames(write_sample(tmp_path / "sort", task="sort", episodes=4, frames_per_episode=40, image_size=16))
+    place_pan = [  # shoulder_pan while the cube is lowered into its bin (~80% of the episode)
+        float(np.stack(episode["action"].to_numpy())[int(0.8 * len(episode)), 0])
+        for _, episode in frames.groupby("episode_index")
+    ]
+    assert [pan < -20 for pan in place_pan] == [True, False, True, False]
+    assert [pan > 20 for pan in place_pan] == [False, True, False, True]
 
 
 def test_refuses_non_empty_dir_and_bad_counts(tmp_path):

@@ -5,7 +5,10 @@ from the object's position (a small planar inverse kinematics), the follower's s
 commanded action like a real servo, and the camera image is drawn from the current state (a
 top-down view of the arm, the gripper and the objects). Images therefore carry the information
 a policy needs (where the object is, its colour for `sort`), and each task moves differently,
-so samples of different tasks make non-IID federated clients.
+so samples of different tasks make non-IID federated clients. `sort` alternates the cube's
+colour episode by episode (red to the left bin, green to the right), as an operator recording a
+sorting set would: any two consecutive episodes show both bins, so a held-out episode is never
+of a colour no training episode had.
 """
 
 from __future__ import annotations
@@ -50,6 +53,9 @@ GRIPPER_OPEN = 38.0  # gripper.pos when open (the real SO-101 recording spans ab
 GRIPPER_CLOSED = 4.0
 SERVO_RESPONSE = 0.45  # fraction of the remaining error a servo closes each frame
 RED, GREEN, BLUE = (210, 40, 40), (40, 170, 60), (50, 80, 220)
+# Bump when the same write_sample arguments write different data (2: `sort` alternates colours),
+# so callers that cache samples by their arguments can tell an old sample from a current one.
+SAMPLE_FORMAT = 2
 ON_TABLE, CARRIED, PLACED = 0, 1, 2  # where the cube is: at the pick point, in the gripper, at the place point
 
 
@@ -155,7 +161,7 @@ def _write(root: Path, config: SampleConfig, progress: Callable[[int, int], None
         )
         rng = np.random.default_rng(config.seed)
         for episode in range(episodes):
-            placement = _placement(task, rng)
+            placement = _placement(task, rng, episode)
             actions, states, phases = _trajectory(placement, frames, rng)
             for t in range(frames):
                 views = {
@@ -231,7 +237,7 @@ def _check_arguments(root: Path, config: SampleConfig) -> None:
 # --- scripted motion --------------------------------------------------------------------------
 
 
-def _placement(task: str, rng: np.random.Generator) -> Placement:
+def _placement(task: str, rng: np.random.Generator, episode: int = 0) -> Placement:
     yaw = float(rng.uniform(-40, 40))
     if task == "pick":
         pick = (float(rng.uniform(-0.55, -0.1)), float(rng.uniform(0.45, 0.8)))
@@ -241,7 +247,7 @@ def _placement(task: str, rng: np.random.Generator) -> Placement:
         pick = (float(rng.uniform(-0.5, 0.5)), float(rng.uniform(0.4, 0.55)))
         base = (float(rng.uniform(-0.5, 0.5)), float(rng.uniform(0.7, 0.85)))
         return Placement(pick, base, 0.14, RED, yaw, extra_objects=((base, BLUE),))
-    colour_is_red = bool(rng.integers(0, 2))
+    colour_is_red = episode % 2 == 0  # alternating: both bins in every pair of episodes
     pick = (float(rng.uniform(-0.2, 0.2)), float(rng.uniform(0.55, 0.85)))
     left, right = (-0.5, 0.35), (0.5, 0.35)
     place = left if colour_is_red else right
