@@ -1,6 +1,6 @@
 """Camera-size video data end to end: two 480x640 two-camera datasets written as AV1 video by
 LeRobot's encoder, a `zk0 sim` of 2 clients x 1 round on them (frames decoded by LeRobot's video
-backend, resized and padded by SmolVLA's preprocessor, trained and evaluated), and the server's
+backend, resized and padded in SmolVLAPolicy.prepare_images, trained and evaluated), and the server's
 evaluation video drawn from the held-out episode's real decoded camera frames."""
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ def test_a_federation_trains_and_renders_from_camera_size_video(tmp_path):
     source = roots[["pick", "stack"].index(shown["dataset"].removesuffix("-heldout"))]
     dataset = open_dataset(parse_uri(f"local:{source}"))
     start = int(dataset.meta.episodes["dataset_from_index"][shown["episode"]])
-    camera = dataset[start]["observation.images.front"].permute(1, 2, 0).numpy() * 255
+    frame = dataset[start]["observation.images.front"]  # uint8 (C, H, W), as LeRobot's training reads it
+    camera = frame.permute(1, 2, 0).numpy().astype(np.float32)
     difference = np.abs(first[:, : SHAPE[1]].astype(np.float32) - camera).mean()  # H.264: ~1; other frames 3+
     assert difference < 2.0, f"the video's camera panel is not the episode's first decoded frame ({difference:.1f})"
