@@ -96,7 +96,8 @@ class TrainResult:
     lr_first: float
     lr_last: float
     update_norm: float  # ||w_end - w_start|| over the trainable parameters
-    gpu_memory_mib: float | None = None  # CUDA only: memory torch holds after the round (a leak grows it)
+    gpu_memory_mib: float | None = None  # CUDA only: memory allocated to tensors after the round (a leak grows it)
+    gpu_reserved_mib: float | None = None  # CUDA only: what torch's caching allocator holds from the driver then
     gpu_peak_mib: float | None = None  # CUDA only: the round's peak allocation
 
     def metrics(self) -> dict[str, float | int]:
@@ -176,6 +177,7 @@ def train(
         lr_last=lrs[-1],
         update_norm=_distance(params, start),
         gpu_memory_mib=torch.cuda.memory_allocated(built.device) / 2**20 if cuda else None,
+        gpu_reserved_mib=torch.cuda.memory_reserved(built.device) / 2**20 if cuda else None,
         gpu_peak_mib=torch.cuda.max_memory_allocated(built.device) / 2**20 if cuda else None,
     )
 
