@@ -22,7 +22,7 @@ round 1's downlink and the encoded change are made, so it is the round's peak pl
 process holds before the round (printed as its start);
 RssAnon / RssFile are their largest values seen after each reply and after the aggregate. Each
 fold is timed against only hashing and decoding the same reply (``integrity.digest`` and
-``integrity.decode_array``) right after it.
+``integrity.decode_array``) right before it.
 
 Rules: ``mean`` (streamed); ``trimmed-mean``, ``median``, ``krum``, ``multi-krum`` (each update
 spilled to ``--spill-dir``: N x 400 MB of disk at full size, removed after the round; krum needs
@@ -169,7 +169,8 @@ class KeepEveryUpdate:
 
 
 class TimedFolds:
-    """``on_reply`` for the round: the strategy's fold, timed, then the same reply only hashed and decoded."""
+    """``on_reply`` for the round: the reply only hashed and decoded, then the strategy's fold of it
+    (which releases its arrays), each timed."""
 
     def __init__(self, fold: Callable[[Message], None]) -> None:
         self.fold, self.fold_s, self.read_s = fold, 0.0, 0.0
@@ -177,13 +178,14 @@ class TimedFolds:
 
     def __call__(self, reply: Message) -> None:
         started = time.perf_counter()
+        values = reply.content[strategy_module.ARRAYS]
+        integrity.digest(values)
+        integrity.decode_array(values[integrity.VALUES])
+        del values
+        read = time.perf_counter()
         self.fold(reply)
-        folded = time.perf_counter()
-        record = reply.content[strategy_module.ARRAYS]
-        integrity.digest(record)
-        integrity.decode_array(record[integrity.VALUES])
-        self.fold_s += folded - started
-        self.read_s += time.perf_counter() - folded
+        self.read_s += read - started
+        self.fold_s += time.perf_counter() - read
         self.note_memory()
 
     def note_memory(self) -> None:
