@@ -246,7 +246,7 @@ def test_the_round_panel_shows_each_clients_bytes_up_and_down_under_its_register
     entry = json.loads((record.root / "round_3_server_eval.json").read_text())
     for client, (name, down) in zip(entry["clients"]["each"], (("alice", 3 * 2**20), ("bob", 6 * 2**20)), strict=True):
         client.update(name=name, bytes_down=down, bytes_up=down // 2)
-    entry["late"] = [{"node": "13705448887388137106", "name": "carol", "reason": "late: not in 1 s (discarded)"}]
+    entry["late"] = [{"node": "13705448887388137106", "name": "carol", "reason": "not in 1 s (discarded)"}]
     record.write_round(entry)
     text = render(status_mod.collect(paths))
     assert all(len(line) <= 80 for line in text.splitlines())

@@ -214,7 +214,7 @@ class Zk0FedProx(FedProx):
                 {"node": node, "reason": f"no reply within {self.config.round_timeout_s:g} s"} for node in silent
             ]
         replied, asked = self._cut_at_quorum
-        reason = f"late: not in {self.config.straggler_grace_s:g} s after {replied} of {asked} replied (discarded)"
+        reason = f"not in {self.config.straggler_grace_s:g} s after {replied} of {asked} replied (discarded)"
         return [{"node": node, "reason": reason} for node in silent], []
 
     def _sender(self, reply: Message) -> str:
