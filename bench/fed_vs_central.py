@@ -1,6 +1,6 @@
 """Federated against centralized and against each node alone, the same code, data and seeds.
 
-    .venv/bin/python bench/fed_vs_central.py [--clients 3] [--rounds 3] [--local-steps 20]
+    .venv/bin/python bench/fed_vs_central.py [--clients 3] [--rounds 15] [--local-steps 20]
         [--seeds 3] [--heterogeneity none|task|size|both] [--local-only]
         [--policy tiny|real-geometry|lerobot/smolvla_base] [--device auto]
         [--dataset URI ...] [--set KEY=VALUE ...] [--out DIR]
@@ -19,7 +19,18 @@ federation. ``--heterogeneity`` generates the clients' datasets (instead of --da
 ``task``: pick / stack / sort, equal sizes; ``size``: one task (pick), 3 / 6 / 12 episodes;
 ``both``: the three tasks and the three sizes; ``none``: one task, one size. Every client holds
 out one episode (client-eval-episodes 1); the server evaluates on those held-out episodes of
-every client's dataset, so a model is judged on every task of the federation.
+every client's dataset, so a model is judged on every task of the federation. A last table gives
+each arm's final loss on each held-out dataset and the federated arm's paired gap to every other
+arm on each: a node alone is expected to win on its own task and to pay on the others'.
+
+The tiny policy's defaults (lr 3e-3, 15 rounds of 20 steps, eval-batches 8 every 5 rounds) are a
+setting in which it learns: its expert starts from random weights, and at SmolVLA's fine-tuning
+lr (1e-4) or after ~100 steps per node every arm is still near the loss of predicting zero
+velocity (~2.0), where federated, centralized and each node alone tie and say nothing about
+federation. Here each node alone fits its own task and pays on the others (3 seeds, --heterogeneity
+task --local-only: bench/results/fed_vs_central_task_local_only_15x20_lr3e-3.txt). On a machine
+shared with other jobs set OMP_NUM_THREADS=1: with two threads per process on two busy cores a
+training step of the centralized and local-only arms ran 8x slower (the Ray clients use one).
 
 On a GPU machine, e.g.:
     bench/fed_vs_central.py --policy lerobot/smolvla_base --clients 4 --rounds 30 --local-steps 50 \\
@@ -39,7 +50,7 @@ from pathlib import Path
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=3)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--local-steps", type=int, default=20)
     parser.add_argument("--seeds", type=int, default=3, help="seeds per arm (the first is --seed); paired by seed")
     parser.add_argument("--seed", type=int, default=42)
@@ -56,7 +67,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def run_config(args: argparse.Namespace, seed: int) -> dict:
     from zk0cli.fl.run_config import parse_overrides
 
-    tiny = {"chunk-size": 10, "batch-size": 4, "eval-batches": 2} if args.policy == "tiny" else {}
+    # The tiny expert trains from random weights: a from-scratch lr, and more held-out frames per evaluation.
+    tiny = (
+        {"chunk-size": 10, "batch-size": 4, "lr": 3e-3, "eval-batches": 8, "eval-frequency": 5}
+        if args.policy == "tiny"
+        else {}
+    )
     return {
         **tiny,
         "policy": args.policy,
@@ -105,12 +121,13 @@ HETEROGENEITY = {  # per client: (task, episodes)
 def heterogeneous_datasets(kind: str, clients: int) -> list[str]:
     """The clients' generated datasets for one heterogeneity setting (written once, then reused)."""
     from zk0cli.core.paths import Paths
-    from zk0cli.datasets.sample import write_sample
+    from zk0cli.datasets.sample import SAMPLE_FORMAT, write_sample
 
     uris = []
     for client in range(clients):
         task, episodes = HETEROGENEITY[kind][client % len(HETEROGENEITY[kind])]
-        root = Paths.resolve().data_dir / "bench-samples" / f"{kind}-{client}-{task}-{episodes}ep"
+        folder = Paths.resolve().data_dir / "bench-samples" / f"format-{SAMPLE_FORMAT}"  # an older sample is not reused
+        root = folder / f"{kind}-{client}-{task}-{episodes}ep"
         if not (root / "meta" / "info.json").is_file():
             write_sample(root, task=task, episodes=episodes, frames_per_episode=50, seed=client)
         uris.append(f"local:{root}")
@@ -122,6 +139,43 @@ def local_only_runs(federated: Path) -> dict[str, Path]:
 
     plans = train.plan_local_only(federated, progress=lambda m: print(f"  {m}", file=sys.stderr))
     return {train.pooled_name(plan.training): train.run_centralized(plan).root for plan in plans}
+
+
+def per_task(arms: dict[str, list[Path]]) -> list[str]:
+    """Final server eval loss on each held-out dataset, per arm (mean over seeds, +- half the 95%
+    interval), and the federated arm's paired gap to each other arm on each of them: where a node
+    alone wins (its own task) and where it pays (the others)."""
+    from zk0cli.services.compare import mean_ci, relative_gap
+    from zk0cli.services.report import load_run
+
+    def finals(root: Path) -> tuple[int | None, dict[str, float]]:
+        run = load_run(root)
+        last = [entry for entry in run.rounds if entry.get("server_eval")][-1]
+        return run.seed, {name: m["policy_loss"] for name, m in last["server_eval"]["datasets"].items()}
+
+    losses = {arm: dict(sorted(finals(root) for root in roots)) for arm, roots in arms.items()}  # arm -> seed -> ds
+    datasets = sorted(next(iter(next(iter(losses.values())).values())))
+    short = {name: name.removesuffix("-heldout") for name in datasets}
+    lines = ["final server eval loss per held-out dataset (mean +- half the 95% interval over seeds)"]
+    lines.append(f"{'arm':<24}" + "".join(f"{short[name]:>26}" for name in datasets))
+    for arm, by_seed in losses.items():
+        cells = []
+        for name in datasets:
+            estimate = mean_ci([values[name] for values in by_seed.values()])
+            half = "" if estimate.high is None else f" +-{estimate.high - estimate.mean:.3f}"
+            cells.append(f"{estimate.mean:.3f}{half}")
+        lines.append(f"{arm:<24}" + "".join(f"{cell:>26}" for cell in cells))
+    federated = losses.get("federated", {})
+    for arm, by_seed in losses.items():
+        if arm == "federated" or sorted(by_seed) != sorted(federated):
+            continue
+        for name in datasets:
+            gap, low, high = relative_gap(
+                [federated[s][name] for s in sorted(by_seed)], [by_seed[s][name] for s in sorted(by_seed)], paired=True
+            )
+            interval = "one seed: no CI" if low is None else f"CI {low:+.1f}%..{high:+.1f}%, paired by seed"
+            lines.append(f"federated vs {arm} on {short[name]}: {gap:+.1f}% ({interval})")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -158,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:
         if exc.code:
             return int(exc.code)
+    print("\n".join(per_task(arms)))
     ratio = seconds["federated"] / seconds["centralized"]
     print(
         f"wall clock: federated {seconds['federated']:.1f} s, centralized {seconds['centralized']:.1f} s "
