@@ -27,8 +27,9 @@ The tiny policy's defaults (lr 3e-3, 15 rounds of 20 steps, eval-batches 8 every
 setting in which it learns: its expert starts from random weights, and at SmolVLA's fine-tuning
 lr (1e-4) or after ~100 steps per node every arm is still near the loss of predicting zero
 velocity (~2.0), where federated, centralized and each node alone tie and say nothing about
-federation. Here each node alone fits its own task and pays on the others (3 seeds, --heterogeneity
-task --local-only: bench/results/fed_vs_central_task_local_only_15x20_lr3e-3.txt). On a machine
+federation. Here each node alone fits its own task and pays on the others (--heterogeneity task
+--local-only: bench/results/fed_vs_central_task_local_only_15x20_lr3e-3*.txt; 3 seeds leave two
+of the three intervals reaching zero, 5 seeds do not). On a machine
 shared with other jobs set OMP_NUM_THREADS=1: with two threads per process on two busy cores a
 training step of the centralized and local-only arms ran 8x slower (the Ray clients use one).
 
