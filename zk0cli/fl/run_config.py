@@ -235,8 +235,8 @@ class RunConfig:
         return spec(base=base, revision=revision, vlm=vlm or None, vlm_revision=vlm_revision)
 
     def sampled(self, nodes: int) -> int:
-        """Nodes a round samples for training when ``nodes`` may be sampled: Flower's rule, as
-        ``Zk0FedProx._sample`` applies it (at least one)."""
+        """Nodes a round samples for training when ``nodes`` may be sampled: Flower's rule (the
+        fraction, at least one); ``Zk0FedProx._sample`` draws this many."""
         return min(nodes, max(int(nodes * self.fraction_train), 1))
 
     def quorum(self, sampled: int) -> int:

@@ -81,7 +81,7 @@ def run_federation(grid: Grid, config: RunConfig, record: RunRecord, *, flwr_run
     from zk0cli.fl.server_eval import ServerEvaluator
     from zk0cli.fl.strategy import Zk0FedProx
 
-    spill = record.root / ".spill"  # a robust rule's memmaps of a round's updates (fl/aggregate.py)
+    spill = record.root / ".spill"  # a robust rule's spill files of a round's updates (fl/aggregate.py)
     shutil.rmtree(spill, ignore_errors=True)  # a ServerApp killed mid-round left them: a resume starts clean
     _check_sampling(grid, config)
     features = None

@@ -262,15 +262,15 @@ class Zk0FedProx(FedProx):
         for node in [n for n in self._flag_counts if n not in left_out and self._flag_counts[n] >= self._limit()]:
             self._flag_counts[node] = 0  # the admin released it: it starts over
         self.entry["quarantined"] = [{"node": str(n), **left_out[str(n)]} for n in connected if str(n) in left_out]
-        return _seeded_sample(
-            [n for n in connected if str(n) not in left_out], self.fraction_train, self.min_train_nodes
-        )
+        candidates = [n for n in connected if str(n) not in left_out]
+        return _seeded_sample(candidates, self.config.sampled(len(candidates)))
 
     def _sample_evaluate(self, grid: Grid) -> list[int]:
         """The nodes to evaluate this round: a quarantined node's results are no more wanted than its updates."""
         connected, left_out = self._available(grid)
         candidates = [n for n in connected if str(n) not in left_out]
-        return _seeded_sample(candidates, self.fraction_evaluate, self.min_evaluate_nodes)
+        wanted = max(int(len(candidates) * self.fraction_evaluate), self.min_evaluate_nodes)
+        return _seeded_sample(candidates, min(wanted, len(candidates)))
 
     def _available(self, grid: Grid) -> tuple[list[int], dict[str, dict[str, Any]]]:
         """Flower's wait for min-available-nodes; (the connected nodes, the quarantined ones)."""
@@ -481,11 +481,9 @@ class Zk0FedProx(FedProx):
         return MetricRecord(result["composite"]) if result else None
 
 
-def _seeded_sample(candidates: list[int], fraction: float, minimum: int) -> list[int]:
-    """Flower's sample size (the fraction of the candidates, at least ``minimum``), drawn with the
-    global ``random`` that :meth:`Zk0FedProx.run` seeds."""
-    wanted = max(int(len(candidates) * fraction), minimum)
-    return random.sample(candidates, min(wanted, len(candidates)))
+def _seeded_sample(candidates: list[int], count: int) -> list[int]:
+    """``count`` of the candidates, drawn with the global ``random`` that :meth:`Zk0FedProx.run` seeds."""
+    return random.sample(candidates, count)
 
 
 def _release_arrays(reply: Message) -> None:
