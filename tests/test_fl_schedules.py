@@ -148,6 +148,12 @@ def test_trend_exactly_one_percent_is_improvement():
     assert decision.value == 1e-4 and "improving" in decision.reason
 
 
+def test_trend_slightly_worse_is_a_stall_not_divergence():
+    # eval noise (here 0.001% worse) must not raise lr as if the run diverged
+    decision = s.adjust_lr_from_trend(1e-4, [1.0, 1.0, 1.00001], 5, **TREND)
+    assert decision.value == pytest.approx(0.95e-4) and "stall (0.00% worse" in decision.reason
+
+
 def test_trend_divergence_raises_lr():
     decision = s.adjust_lr_from_trend(1e-4, [1.0, 1.02, 1.1], 5, **TREND)
     assert decision.value == pytest.approx(1.05e-4) and "divergence" in decision.reason

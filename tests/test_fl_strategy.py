@@ -157,7 +157,7 @@ def test_quiet_run_shows_plateau_stall_boost_mu_rules_and_rejections(tmp_path, f
         tmp_path,
         fl_datasets,
         tampering_app(tamper),
-        # lr so small that the weights do not move: the server loss stalls exactly
+        # lr so small that the weights barely move: the server loss stays within 1% (a stall)
         **{
             **FULL_DOWN,
             "lr": 1e-30,

@@ -103,8 +103,8 @@ class RunConfig:
     spike_threshold: float = _p(0.5, "relative rise within 3 rounds that counts as a spike (lr held)", gt=0)
     max_adjust_factor: float = _p(1.05, "largest single trend adjustment during early rounds", ge=1)
     early_rounds: int = _p(10, "rounds during which max-adjust-factor caps the trend adjustment", ge=0)
-    lr_stall_factor: float = _p(0.95, "lr multiplier when the loss stalls (< 1% better)", gt=0, lt=1)
-    lr_divergence_factor: float = _p(1.05, "lr multiplier when the loss gets worse over the window", gt=1)
+    lr_stall_factor: float = _p(0.95, "lr multiplier when the loss stalls (within 1% either way)", gt=0, lt=1)
+    lr_divergence_factor: float = _p(1.05, "lr multiplier when the loss gets 1% or more worse over the window", gt=1)
 
     # --- FedProx mu
     proximal_mu: float = _p(0.01, "FedProx mu of round 1", ge=0)

@@ -136,7 +136,7 @@ def adjust_mu_for_spread(
 
 # ---------------------------------------------------------------- LR from the server loss trend
 
-STALL_IMPROVEMENT = 0.01  # less than 1% better over the window counts as a stall
+STALL_IMPROVEMENT = 0.01  # a change under 1% over the window, either way, counts as a stall
 SPIKE_LOOKBACK = 3  # rounds a spike is measured over
 
 
@@ -167,9 +167,10 @@ def adjust_lr_from_trend(
 ) -> Decision:
     """Nudge lr from the server eval loss over the last ``adjustment_window`` evaluations.
 
-    Stall (< 1% better) -> lr x stall_factor; divergence (worse) -> lr x divergence_factor; held
-    while a spike is detected; a single change is capped at ``max_adjust_factor`` either way during
-    the first ``early_rounds`` rounds; the result never goes below eta_min.
+    Stall (within 1% either way) -> lr x stall_factor; divergence (1% or more worse) -> lr x
+    divergence_factor; held while a spike is detected; a single change is capped at
+    ``max_adjust_factor`` either way during the first ``early_rounds`` rounds; the result never
+    goes below eta_min.
     """
     if len(server_losses) < adjustment_window:
         return Decision(lr, f"too little history ({len(server_losses)}/{adjustment_window} evals)")
@@ -179,10 +180,12 @@ def adjust_lr_from_trend(
     window = server_losses[-adjustment_window:]
     first, last = window[0], window[-1]
     improvement = (first - last) / first if first > 0 else 0.0
-    if improvement < 0:
+    if improvement <= -STALL_IMPROVEMENT:
         factor, why = divergence_factor, f"divergence ({100 * -improvement:.1f}% worse over {adjustment_window} evals)"
     elif improvement < STALL_IMPROVEMENT:
-        factor, why = stall_factor, f"stall ({100 * improvement:.2f}% better over {adjustment_window} evals)"
+        # a loss within 1% either way is a stall: eval noise must not read as divergence
+        direction = "better" if improvement >= 0 else "worse"
+        factor, why = stall_factor, f"stall ({100 * abs(improvement):.2f}% {direction} over {adjustment_window} evals)"
     else:
         return Decision(lr, f"improving ({100 * improvement:.1f}% over {adjustment_window} evals)")
     if server_round <= early_rounds:
