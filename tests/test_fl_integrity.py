@@ -46,10 +46,11 @@ def test_valid_update_is_accepted_and_decoded(global_weights, encoding):
     record = it.encode_update(local, global_weights, encoding)
     spec = it.spec_of(global_weights, encoding)
     checked = it.check_update(record, it.digest(record), spec, encoding, global_weights)
-    assert checked.reason == ""
+    assert checked.reason == "" and checked.change is not None
     tolerance = 0 if encoding == it.FP32 else 1e-4  # bf16 keeps ~3 significant digits of the 1e-2 delta
+    weights = checked.change.weights()
     for name in local:
-        np.testing.assert_allclose(checked.weights[name], local[name], atol=tolerance, rtol=0)
+        np.testing.assert_allclose(weights[name], local[name], atol=tolerance, rtol=0)
 
 
 def test_bf16_delta_halves_the_payload(global_weights):
@@ -73,7 +74,7 @@ def test_int8_blocks_round_trip_within_half_a_step_and_take_a_quarter_of_the_byt
     step = np.repeat(scales, block)[: delta.size]
     assert (np.abs(decoded - delta) <= step / 2 * (1 + 1e-6)).all()  # round to nearest: at most half a step
     np.testing.assert_array_equal(decoded[:block], 0.0)
-    record = it.pack({"w": delta}, arrays[it.VALUES], arrays[it.SCALES])
+    record = it.pack([("w", delta.shape)], arrays[it.VALUES], arrays[it.SCALES])
     np.testing.assert_array_equal(it.decode_steps(record, it.INT8_DELTA, block, delta.size)[0], decoded)
     assert len(arrays[it.VALUES].data) < delta.size * 4 / 4 + 200  # int8 values (+ a numpy header)
     assert len(arrays[it.SCALES].data) < delta.size * 4 / block + 200
@@ -95,7 +96,7 @@ def test_tampered_digest_is_rejected(global_weights):
     claimed = it.digest(record)
     record[it.VALUES] = Array(np.zeros(15, dtype=np.float32))  # changed in transit
     checked = it.check_update(record, claimed, it.spec_of(global_weights, it.FP32), it.FP32, global_weights)
-    assert checked.weights is None and "digest mismatch" in checked.reason
+    assert checked.change is None and "digest mismatch" in checked.reason
 
 
 @pytest.mark.parametrize("encoding", it.ENCODINGS)
@@ -107,7 +108,7 @@ def test_nan_or_inf_is_rejected(global_weights, encoding):
         checked = it.check_update(
             record, it.digest(record), it.spec_of(global_weights, encoding), encoding, global_weights
         )
-        assert checked.weights is None and "non-finite" in checked.reason and "expert.w" in checked.reason
+        assert checked.change is None and "non-finite" in checked.reason and "expert.w" in checked.reason
 
 
 def test_wrong_shape_is_rejected(global_weights):
@@ -115,11 +116,11 @@ def test_wrong_shape_is_rejected(global_weights):
     local["expert.w"] = local["expert.w"].T.copy()
     record = it.to_record(local)
     checked = it.check_update(record, it.digest(record), it.spec_of(global_weights, it.FP32), it.FP32, global_weights)
-    assert checked.weights is None and "wrong shape for expert.w" in checked.reason
+    assert checked.change is None and "wrong shape for expert.w" in checked.reason
 
 
 def test_wrong_dtype_and_encoding_mismatch_are_rejected(global_weights):
-    record = it.pack(global_weights, Array(it.flat(global_weights).astype(np.float64)))
+    record = it.pack(it.layout_of(global_weights), Array(it.flat(global_weights).astype(np.float64)))
     checked = it.check_update(record, it.digest(record), it.spec_of(global_weights, it.FP32), it.FP32, global_weights)
     assert "wrong dtype" in checked.reason and "float64" in checked.reason
     bf16 = it.encode_update(local_from(global_weights), global_weights, it.BF16_DELTA)
@@ -143,28 +144,63 @@ def test_truncated_raw_payload_is_rejected(global_weights):
     checked = it.check_update(
         record, it.digest(record), it.spec_of(global_weights, it.BF16_DELTA), it.BF16_DELTA, global_weights
     )
-    assert checked.weights is None and "undecodable values" in checked.reason
+    assert checked.change is None and "undecodable values" in checked.reason
 
 
 def test_a_record_that_is_not_packed_is_rejected_as_malformed(global_weights):
     record = ArrayRecord({name: Array(value) for name, value in global_weights.items()})  # one array per tensor
     checked = it.check_update(record, it.digest(record), it.spec_of(global_weights, it.FP32), it.FP32, global_weights)
-    assert checked.weights is None and "malformed update: expected the arrays 'layout' and 'values'" in checked.reason
+    assert checked.change is None and "malformed update: expected the arrays 'layout' and 'values'" in checked.reason
 
 
 @pytest.mark.parametrize("encoding", it.ENCODINGS)
 def test_a_checked_update_carries_the_norm_of_its_change(global_weights, encoding):
     """Measured from the decoded change in the same pass as the NaN/Inf check: what the strategy
     records and clips by, equal to the norm of weights - global to float tolerance."""
-    from zk0cli.fl.update_checks import change_norm
-
     rng = np.random.default_rng(4)
     local = {
         name: value + rng.normal(0, 1e-2, value.shape).astype(np.float32) for name, value in global_weights.items()
     }
     record = it.encode_update(local, global_weights, encoding)
     checked = it.check_update(record, it.digest(record), it.spec_of(global_weights, encoding), encoding, global_weights)
-    assert checked.change_norm == pytest.approx(change_norm(checked.weights, global_weights), rel=1e-5)
+    weights = checked.change.weights()
+    expected = np.sqrt(sum(np.sum((weights[n].astype(np.float64) - global_weights[n]) ** 2) for n in weights))
+    assert checked.change_norm == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("encoding", it.ENCODINGS)
+def test_a_change_is_read_in_pieces_that_follow_the_tensors_and_scale_with_clipping(
+    global_weights, encoding, monkeypatch
+):
+    """The fold reads a change a piece at a time; pieces never cross a tensor, cover every value
+    once, and are exactly the full decode's values (times the clipping factor)."""
+    monkeypatch.setattr(it, "PIECE", 5)  # expert.w (12 values) in pieces of 5, 5 and 2
+    record = it.encode_update(local_from(global_weights), global_weights, encoding)
+    checked = it.check_update(record, it.digest(record), it.spec_of(global_weights, encoding), encoding, global_weights)
+    weights = checked.change.weights()
+    if encoding == it.FP32:
+        whole = it.flat(weights) - it.flat(global_weights)
+    else:  # a delta's weights are the global plus the change decoded as a whole
+        whole = it.decode_steps(record, encoding, 256, it.flat(global_weights).size)[0]
+        np.testing.assert_array_equal(it.flat(weights), it.flat(global_weights) + whole)
+    full = {name: value.reshape(-1) for name, value in it.split(whole, it.read_layout(record)).items()}
+    for change, factor in ((checked.change, 1.0), (checked.change.scaled(0.5).scaled(0.5), 0.25)):
+        seen = {name: np.zeros(value.size, bool) for name, value in full.items()}
+        for name, lo, hi, piece in change.pieces():
+            assert hi - lo == piece.size <= 5 and not seen[name][lo:hi].any()
+            seen[name][lo:hi] = True
+            np.testing.assert_array_equal(piece, full[name][lo:hi] * np.float32(factor))
+        assert all(covered.all() for covered in seen.values())
+
+
+def test_a_huge_but_finite_change_is_not_taken_for_inf(global_weights):
+    """Squares summed in float32 overflow at ~1.8e19 per value: the check sums again in float64
+    before it calls a change non-finite."""
+    local = {name: value + np.float32(3e19) for name, value in global_weights.items()}
+    record = it.encode_update(local, global_weights, it.BF16_DELTA)
+    spec = it.spec_of(global_weights, it.BF16_DELTA)
+    checked = it.check_update(record, it.digest(record), spec, it.BF16_DELTA, global_weights)
+    assert checked.reason == "" and checked.change_norm == pytest.approx(3e19 * np.sqrt(15), rel=1e-2)
 
 
 def test_bf16_decodes_in_one_float32_buffer():

@@ -135,7 +135,8 @@ class Tamper:
             rng = np.random.default_rng(0)
             values = {n: (rng.standard_normal(v.shape) * 10 * v.std()).astype(np.float32) for n, v in values.items()}
         for key, array in integrity.pack(
-            values, integrity.encode_delta(integrity.flat(values), integrity.BF16_DELTA, 256)[0][integrity.VALUES]
+            integrity.layout_of(values),
+            integrity.encode_delta(integrity.flat(values), integrity.BF16_DELTA, 256)[0][integrity.VALUES],
         ).items():
             update[key] = array
         if kind != "digest":
@@ -215,7 +216,7 @@ def test_quiet_run_shows_plateau_stall_boost_mu_rules_and_rejections(tmp_path, f
     checked = integrity.check_update(
         update, claimed, integrity.spec_of(start, integrity.BF16_DELTA), integrity.BF16_DELTA, start
     )
-    assert integrity.digest(integrity.to_record(checked.weights)) == rounds[2]["global_sha256"]
+    assert integrity.digest(integrity.to_record(checked.change.weights())) == rounds[2]["global_sha256"]
 
     # round 1: both accepted, folded as they arrived -> the global round 2 starts from is their
     # sample-weighted average, computed here independently from the updates that crossed the wire
@@ -224,7 +225,7 @@ def test_quiet_run_shows_plateau_stall_boost_mu_rules_and_rejections(tmp_path, f
     decoded = []
     for partition in (0, 1):
         _, sent, digest = tamper.seen[(1, partition)]
-        decoded.append(integrity.check_update(sent, digest, spec, integrity.BF16_DELTA, round1_start).weights)
+        decoded.append(integrity.check_update(sent, digest, spec, integrity.BF16_DELTA, round1_start).change.weights())
     samples = [c["samples"] for c in sorted(rounds[1]["clients"]["each"], key=lambda c: c["node"])]
     for name, value in start.items():
         expected = np.average([d[name].astype(np.float64) for d in decoded], axis=0, weights=samples)

@@ -54,6 +54,31 @@ def test_a_node_rebuilds_the_wire_global_bit_for_bit_and_error_feedback_keeps_it
     assert all(s < full * per_value / 4 + 600 for s in sizes[1:])  # then only changes (+ headers, layout)
 
 
+@pytest.mark.parametrize("encoding", integrity.DELTA_ENCODINGS)
+@pytest.mark.parametrize("feedback", [True, False])
+def test_a_global_published_in_pieces_is_the_global_encoded_whole(encoding, feedback, monkeypatch):
+    """The server encodes each step a piece at a time (pieces crossing tensors, a short last
+    one); every change and wire global is bit for bit the whole-array encoding's."""
+    from zk0cli.fl import wire
+
+    masters = trajectory(3, seed=2)
+    published = {}
+    for piece in (wire.PUBLISH_PIECE, 3 * BLOCK + 5):  # whole (one piece), then 3 blocks a piece
+        monkeypatch.setattr(wire, "PUBLISH_PIECE", piece)
+        downlink = Downlink(encoding, BLOCK, keep=3, error_feedback=feedback)
+        for master in masters:
+            downlink.publish(master)
+        published[piece] = (downlink.digest, integrity.digest(downlink.message_for(downlink._changes[0][0])[0]))
+    (whole, pieces) = published.values()
+    assert whole == pieces
+    # and whole is what encode_delta gives on the flat step, as a node rebuilds it
+    downlink, node = Downlink(encoding, BLOCK, keep=3, error_feedback=feedback), NodeWire()
+    for master in masters:
+        downlink.publish(master)
+        send(downlink, node, node.held_digest or None)
+    assert node.held_digest == whole[0]
+
+
 def test_without_error_feedback_the_wire_global_drifts_from_the_master():
     masters = trajectory(30, seed=1)
     gaps = {}
@@ -120,7 +145,7 @@ def test_uplink_error_feedback_loses_nothing_over_rounds():
             record, integrity.digest(record), spec, integrity.INT8_DELTA, global_weights, BLOCK
         )
         true_total += integrity.flat(local) - integrity.flat(global_weights)
-        decoded_total += integrity.flat(checked.weights) - integrity.flat(global_weights)
+        decoded_total += integrity.flat(checked.change.weights()) - integrity.flat(global_weights)
     np.testing.assert_allclose(decoded_total + node.residual, true_total, atol=1e-6)
     assert np.abs(node.residual).max() < 1e-4  # one step's rounding, not ten
     node.encode_update(local, global_weights, integrity.INT8_DELTA, BLOCK, error_feedback=True, run_id=8)

@@ -32,15 +32,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord
 from numpy.typing import NDArray
-
-from zk0cli.fl.update_checks import change_norm
 
 FP32 = "fp32"
 BF16_DELTA = "bf16-delta"
@@ -54,6 +52,7 @@ INT8_LEVELS = 127  # symmetric: -127..127, so a block's scale maps its largest m
 WIRE_DTYPE = {FP32: "float32", BF16_DELTA: "bfloat16", INT8_DELTA: "int8"}
 
 ArraySpec = Mapping[str, tuple[tuple[int, ...], str]]  # name -> (shape, dtype) expected on the wire
+Layout = list[tuple[str, tuple[int, ...]]]  # the packed tensors' names and shapes, in order
 
 
 class PackingError(ValueError):
@@ -76,11 +75,15 @@ def payload_bytes(record: ArrayRecord) -> int:
     return sum(len(array.data) for array in record.values())
 
 
-def pack(arrays: Mapping[str, Any], values: Array, scales: Array | None = None) -> ArrayRecord:
-    """The packed record of ``arrays``' layout (names and shapes) and their already encoded,
+def layout_of(arrays: Mapping[str, Any]) -> Layout:
+    return [(name, tuple(int(d) for d in np.shape(value))) for name, value in arrays.items()]
+
+
+def pack(layout: Layout, values: Array, scales: Array | None = None) -> ArrayRecord:
+    """The packed record of a ``layout`` (names and shapes) and its tensors' already encoded,
     concatenated ``values`` (and int8 block ``scales``)."""
-    layout = json.dumps([[name, [int(d) for d in value.shape]] for name, value in arrays.items()]).encode()
-    packed = {LAYOUT: Array(np.frombuffer(layout, dtype=np.uint8)), VALUES: values}
+    text = json.dumps([[name, list(shape)] for name, shape in layout]).encode()
+    packed = {LAYOUT: Array(np.frombuffer(text, dtype=np.uint8)), VALUES: values}
     if scales is not None:
         packed[SCALES] = scales
     return ArrayRecord(packed)
@@ -95,7 +98,7 @@ def flat(arrays: Mapping[str, NDArray[np.float32]]) -> NDArray[Any]:
 
 def to_record(arrays: Mapping[str, NDArray[np.float32]]) -> ArrayRecord:
     """float32 arrays into a packed ArrayRecord (insertion order kept)."""
-    return pack(arrays, Array(flat(arrays)))
+    return pack(layout_of(arrays), Array(flat(arrays)))
 
 
 def from_record(record: ArrayRecord) -> dict[str, NDArray[np.float32]]:
@@ -104,7 +107,7 @@ def from_record(record: ArrayRecord) -> dict[str, NDArray[np.float32]]:
     return split(decode_array(record[VALUES]), layout)
 
 
-def read_layout(record: ArrayRecord) -> list[tuple[str, tuple[int, ...]]]:
+def read_layout(record: ArrayRecord) -> Layout:
     if set(record.keys()) not in ({LAYOUT, VALUES}, {LAYOUT, VALUES, SCALES}):
         raise PackingError(f"expected the arrays '{LAYOUT}' and '{VALUES}', got {_few(sorted(record.keys()))}")
     try:
@@ -114,7 +117,7 @@ def read_layout(record: ArrayRecord) -> list[tuple[str, tuple[int, ...]]]:
         raise PackingError(f"unreadable layout ({exc})") from None
 
 
-def split(values: NDArray[Any], layout: list[tuple[str, tuple[int, ...]]]) -> dict[str, NDArray[np.float32]]:
+def split(values: NDArray[Any], layout: Layout) -> dict[str, NDArray[np.float32]]:
     """Cut a flat vector into the layout's arrays (views, no copy)."""
     needed = sum(math.prod(shape) for _, shape in layout)
     if values.ndim != 1 or values.size != needed:
@@ -151,10 +154,11 @@ def to_bf16_bits(values: NDArray[Any]) -> NDArray[Any]:
     return rounded.reshape(np.shape(values))
 
 
-def from_bf16_bits(bits: NDArray[Any]) -> NDArray[Any]:
-    """bfloat16 bit patterns -> float32, built in the one float32 buffer it returns: widening and
-    shifting in place leaves no full-size uint32 temporaries (a SmolVLA update: 400 MB each)."""
-    values = np.empty(np.shape(bits), dtype=np.float32)
+def from_bf16_bits(bits: NDArray[Any], out: NDArray[np.float32] | None = None) -> NDArray[Any]:
+    """bfloat16 bit patterns -> float32, built in the one float32 buffer it returns (``out`` when
+    given): widening and shifting in place leaves no full-size uint32 temporaries (a SmolVLA
+    update: 400 MB each)."""
+    values = np.empty(np.shape(bits), dtype=np.float32) if out is None else out
     widened = values.view(np.uint32)
     widened[...] = bits  # uint16 -> uint32 element by element, through numpy's small cast buffer
     widened <<= 16
@@ -202,13 +206,42 @@ def dequantize_int8(quantized: NDArray[np.int8], scales: NDArray[np.float32], bl
 def encode_delta(delta: NDArray[Any], encoding: str, block: int) -> tuple[dict[str, Array], NDArray[np.float32]]:
     """A flat float32 change on the wire: (its arrays, ``values`` and for int8 ``scales``; the
     change exactly as the receiver decodes it, for error feedback and the server's own copy)."""
-    if encoding == BF16_DELTA:
-        bits = to_bf16_bits(delta)
-        return {VALUES: raw_bf16(bits)}, from_bf16_bits(bits)
-    if encoding == INT8_DELTA:
-        quantized, scales = quantize_int8(delta, block)
-        return {VALUES: Array(quantized), SCALES: Array(scales)}, dequantize_int8(quantized, scales, block)
-    raise ValueError(f"{encoding!r} is not a delta encoding (one of {', '.join(DELTA_ENCODINGS)})")
+    encoder = DeltaEncoder(delta.size, encoding, block)
+    decoded = encoder.encode(0, np.ravel(delta))
+    return encoder.arrays(), decoded
+
+
+class DeltaEncoder:
+    """One change encoded into its wire arrays a piece at a time, in order, every piece but the
+    last a whole number of int8 blocks: the same arrays as encoding it whole, without the whole
+    change and its decoded copy in float32 (800 MB at SmolVLA's size, each time the server
+    publishes a global)."""
+
+    def __init__(self, size: int, encoding: str, block: int) -> None:
+        if encoding not in DELTA_ENCODINGS:
+            raise ValueError(f"{encoding!r} is not a delta encoding (one of {', '.join(DELTA_ENCODINGS)})")
+        self.encoding, self.block = encoding, block
+        self._values = np.empty(size, dtype="<u2" if encoding == BF16_DELTA else np.int8)
+        self._scales = np.empty(-(-size // block), dtype=np.float32)  # int8 only
+
+    def encode(self, start: int, piece: NDArray[Any]) -> NDArray[np.float32]:
+        """Encode the change's values from ``start``; return them as the receiver decodes them."""
+        end = start + piece.size
+        if self.encoding == BF16_DELTA:
+            bits = to_bf16_bits(piece)
+            self._values[start:end] = bits
+            return from_bf16_bits(bits)
+        if start % self.block:
+            raise ValueError(f"an int8 piece must start on a block boundary, not at {start}")
+        quantized, scales = quantize_int8(piece, self.block)
+        self._values[start:end] = quantized
+        self._scales[start // self.block : start // self.block + scales.size] = scales
+        return dequantize_int8(quantized, scales, self.block)
+
+    def arrays(self) -> dict[str, Array]:
+        if self.encoding == BF16_DELTA:
+            return {VALUES: raw_bf16(self._values)}
+        return {VALUES: Array(self._values), SCALES: Array(self._scales)}
 
 
 def decode_steps(record: ArrayRecord, encoding: str, block: int, size: int) -> list[NDArray[np.float32]]:
@@ -267,14 +300,72 @@ def encode_update(
     if encoding == FP32:
         return to_record(local)
     arrays, _ = encode_delta(flat(local) - flat({name: global_[name] for name in local}), encoding, block)
-    return pack(local, arrays[VALUES], arrays.get(SCALES))
+    return pack(layout_of(local), arrays[VALUES], arrays.get(SCALES))
+
+
+PIECE = 1 << 18  # values of a change decoded at once: one reused 1 MiB float32 buffer, cache-sized
+
+
+@dataclass(frozen=True)
+class WireChange:
+    """An update's change to the global weights, read from its wire values a piece at a time: the
+    server never makes a full-size float32 copy of a reply (400 MB at SmolVLA's size), and each
+    pass over it (the check, then the fold) stays in the CPU's cache."""
+
+    layout: Layout
+    encoding: str
+    values: NDArray[Any]  # flat, as on the wire: bf16 bits (uint16), int8, or fp32 weights
+    global_: Mapping[str, NDArray[np.float32]]  # what an fp32 update's change is measured from
+    scales: NDArray[np.float32] | None = None  # int8 block scales
+    block: int = 256
+    factor: float = 1.0  # clipping scales the change
+
+    def pieces(self) -> Iterator[tuple[str, int, int, NDArray[np.float32]]]:
+        """(tensor name, lo, hi, the change in that tensor's flat values [lo:hi]), in layout
+        order. Every piece is the same buffer, the caller's to change, valid until the next."""
+        buffer = np.empty(PIECE, dtype=np.float32)
+        offset = 0
+        for name, shape in self.layout:
+            size = math.prod(shape)
+            for lo in range(0, size, PIECE):
+                hi = min(size, lo + PIECE)
+                piece = buffer[: hi - lo]
+                self._decode(offset + lo, offset + hi, piece)
+                if self.encoding == FP32:
+                    piece -= self.global_[name].reshape(-1)[lo:hi]
+                if self.factor != 1.0:
+                    piece *= np.float32(self.factor)
+                yield name, lo, hi, piece
+            offset += size
+
+    def scaled(self, factor: float) -> WireChange:
+        return replace(self, factor=self.factor * factor)
+
+    def weights(self) -> dict[str, NDArray[np.float32]]:
+        """global + change, full size: the weights the node sent (the server's fold never makes them)."""
+        if self.encoding == FP32 and self.factor == 1.0:
+            return split(self.values.astype(np.float32), self.layout)  # exactly what was sent
+        weights = {name: np.array(self.global_[name], dtype=np.float32) for name, _ in self.layout}
+        for name, lo, hi, piece in self.pieces():
+            weights[name].reshape(-1)[lo:hi] += piece
+        return weights
+
+    def _decode(self, start: int, end: int, out: NDArray[np.float32]) -> None:
+        if self.encoding == BF16_DELTA:
+            from_bf16_bits(self.values[start:end], out)
+        elif self.encoding == INT8_DELTA:
+            assert self.scales is not None
+            with np.errstate(invalid="ignore"):  # a non-finite scale decodes to NaN, refused by the check
+                np.multiply(self.values[start:end], self.scales[np.arange(start, end) // self.block], out=out)
+        else:
+            out[...] = self.values[start:end]
 
 
 @dataclass(frozen=True)
 class CheckedUpdate:
-    weights: dict[str, NDArray[np.float32]] | None  # full fp32 trainable weights when accepted
+    change: WireChange | None  # the update's change to the global, when accepted
     reason: str  # why it was rejected; "" when accepted
-    change_norm: float = 0.0  # L2 norm of the update's change to the global (float64), when accepted
+    change_norm: float = 0.0  # L2 norm of that change, when accepted
 
 
 def check_update(
@@ -285,7 +376,8 @@ def check_update(
     global_: Mapping[str, NDArray[np.float32]],
     block: int = 256,
 ) -> CheckedUpdate:
-    """Verify one client update and turn it into full fp32 weights, or say why it is rejected."""
+    """Verify one client update, or say why it is rejected: digest, names, shapes, dtype, then one
+    pass over its decoded change for NaN/Inf (named per tensor) and the change's norm."""
     if encoding not in ENCODINGS:
         return CheckedUpdate(None, f"unknown wire encoding {encoding!r}")
     actual = digest(record)
@@ -306,34 +398,50 @@ def check_update(
     if wire.dtype != WIRE_DTYPE[encoding]:
         return CheckedUpdate(None, f"wrong dtype for {VALUES}: {wire.dtype}, expected {WIRE_DTYPE[encoding]}")
     try:
-        if encoding == FP32:
-            flat_values = decode_array(wire)
-        else:
-            steps = decode_steps(record, encoding, block, sum(math.prod(shape) for _, shape in layout))
-            if len(steps) != 1:
-                raise PackingError(f"an update holds one change, this one {len(steps)}")
-            flat_values = steps[0]
-        values = split(flat_values, layout)
+        change = _wire_change(record, layout, encoding, global_, block)
     except (ValueError, TypeError) as exc:
         return CheckedUpdate(None, f"undecodable {VALUES}: {exc}")
-    weights, squares = {}, 0.0
-    for name, value in values.items():
-        square = sum_of_squares(value)  # one pass for the finite check and, of a change, its norm
+    squares = 0.0
+    for name, _, _, piece in change.pieces():
+        square = sum_of_squares(piece)
         if not math.isfinite(square):
             return CheckedUpdate(None, f"non-finite values (NaN/Inf) in {name}")
-        if encoding != FP32:
-            value += global_[name]  # the decoded change becomes the weights in its own buffer: no copy
-            squares += square
-        weights[name] = value
-    norm = change_norm(weights, global_) if encoding == FP32 else math.sqrt(squares)
-    return CheckedUpdate(weights, "", norm)
+        squares += square
+    return CheckedUpdate(change, "", math.sqrt(squares))
 
 
-def sum_of_squares(values: NDArray[Any]) -> float:
-    """In float64, without a float64 copy; NaN or Inf anywhere makes it non-finite (a finite float32
-    squared stays far below float64's range)."""
+def _wire_change(
+    record: ArrayRecord, layout: Layout, encoding: str, global_: Mapping[str, NDArray[np.float32]], block: int
+) -> WireChange:
+    """The record's values as one change of the layout's size (PackingError if they are not)."""
+    wire = record[VALUES]
+    if encoding == BF16_DELTA:
+        if wire.stype != RAW_STYPE:
+            raise PackingError(f"bfloat16 values must be raw ({RAW_STYPE}), got {wire.stype!r}")
+        values = np.frombuffer(wire.data, dtype="<u2")
+    else:
+        values = np.asarray(wire.numpy()).reshape(-1)
+    size = sum(math.prod(shape) for _, shape in layout)
+    if values.size != size:
+        raise PackingError(f"payload has {values.size} values, the layout needs {size}")
+    if encoding != INT8_DELTA:
+        return WireChange(layout, encoding, values, global_)
+    if SCALES not in record.keys():
+        raise PackingError(f"an {INT8_DELTA} record needs the array '{SCALES}'")
+    scales = np.asarray(record[SCALES].numpy(), dtype=np.float32).reshape(-1)
+    if scales.size != -(-size // block) or (scales < 0).any():  # NaN/Inf ones: named per tensor by the check
+        raise PackingError(f"'{SCALES}' needs {-(-size // block)} non-negative block scales")
+    return WireChange(layout, encoding, values, global_, scales, block)
+
+
+def sum_of_squares(values: NDArray[np.float32]) -> float:
+    """Of a float32 piece, NaN or Inf anywhere making it non-finite: float32 BLAS (4x faster than
+    a float64 sum), again in float64 when that overflows, so a finite change is never refused."""
     flat_values = values.reshape(-1)
-    return float(np.einsum("i,i->", flat_values, flat_values, dtype=np.float64))
+    square = float(np.dot(flat_values, flat_values))
+    if not math.isfinite(square):
+        square = float(np.einsum("i,i->", flat_values, flat_values, dtype=np.float64))
+    return square
 
 
 def _few(names: list[str], limit: int = 3) -> str:

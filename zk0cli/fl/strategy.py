@@ -43,7 +43,7 @@ from zk0cli.fl.control import RoundControl, judging_loss
 from zk0cli.fl.quarantine import quarantine, quarantined
 from zk0cli.fl.records import mean_std
 from zk0cli.fl.run_config import RunConfig
-from zk0cli.fl.update_checks import clip_change, flag_outliers
+from zk0cli.fl.update_checks import clip_factor, flag_outliers
 from zk0cli.fl.wire import DOWNLINK, HOLDS, NEED_FULL, Downlink
 
 # keys shared by the server and client apps
@@ -99,7 +99,7 @@ class Zk0FedProx(FedProx):
         self._round_started = time.monotonic()
         self._sent_bytes: dict[str, int] = {}  # node -> weight bytes sent to it for the current phase
         self._outbox: dict[str, Message] = {}  # message id -> the message, while its reply is awaited
-        self._mean: RunningMean | SpilledUpdates = RunningMean()  # this round's accepted updates
+        self._mean: RunningMean | SpilledUpdates = RunningMean([])  # this round's accepted updates
         self._clients: list[dict[str, Any]] = []  # their client entries (metrics, no weights)
         self._answered: set[str] = set()  # nodes that replied this round, accepted or not
         self._cut_at_quorum: tuple[int, int] | None = None  # (replied, asked) when the grace closed the wait
@@ -237,8 +237,9 @@ class Zk0FedProx(FedProx):
         self.proximal_mu = plan.mu
         self.entry = {"round": server_round, "plan": plan.to_dict(), "clients": None, "rejected": [], "failed": []}
         node_ids = self._sample(grid)
-        self._mean, self._clients, self._answered = self._new_aggregate(server_round, len(node_ids)), [], set()
         self.downlink.publish(self.global_weights)
+        # after publishing: the aggregate's buffers must not add to the publish's peak
+        self._mean, self._clients, self._answered = self._new_aggregate(server_round, len(node_ids)), [], set()
         self._sent_bytes, messages = {}, []
         for node_id in node_ids:
             weights, keys = self._weights_for(node_id)
@@ -298,7 +299,7 @@ class Zk0FedProx(FedProx):
     def _new_aggregate(self, server_round: int, sampled: int) -> RunningMean | SpilledUpdates:
         c = self.config
         if c.aggregation == "mean":
-            return RunningMean()
+            return RunningMean(integrity.layout_of(self.global_weights))
         if self.spill_dir is None:
             raise ValueError(f"aggregation {c.aggregation} spills updates to disk: give the strategy a spill_dir")
         return SpilledUpdates(
@@ -306,7 +307,6 @@ class Zk0FedProx(FedProx):
             c.aggregation,
             c.trim_fraction,
             byzantine_nodes=c.byzantine_nodes,
-            reference=self.global_weights,
             expected=sampled,
         )
 
@@ -319,9 +319,9 @@ class Zk0FedProx(FedProx):
             self.entry["failed"].append({"node": node, "reason": reply.error.reason})
             return
         client, checked = self._check_reply(reply)
-        _release_arrays(reply)  # checked: the weights are decoded into their own buffer
-        weights = checked.weights
-        if checked.reason or weights is None:
+        change = checked.change
+        if checked.reason or change is None:
+            _release_arrays(reply)
             self.entry["rejected"].append(
                 {
                     "node": node,
@@ -332,10 +332,12 @@ class Zk0FedProx(FedProx):
             )
             return
         norm = client["measured_update_norm"] = checked.change_norm  # measured here, not the node's word
-        factor = clip_change(weights, self.global_weights, norm, self.config.clip_update_norm)
+        factor = clip_factor(norm, self.config.clip_update_norm)
         if factor < 1.0:
             client["clipped_by"] = factor
-        self._mean.add(weights, float(client["samples"]))
+            change = change.scaled(factor)
+        self._mean.add(change, float(client["samples"]))  # read from the reply's own arrays
+        _release_arrays(reply)
         self._clients.append(client)
 
     @override
@@ -350,7 +352,7 @@ class Zk0FedProx(FedProx):
         self.entry["failed"] += silent
         self.entry["late"] = late
         clients = self._clients
-        aggregated = self._mean.result() if self._mean.count else None
+        change = self._mean.result() if self._mean.count else None
         if isinstance(self._mean, SpilledUpdates):  # what the robust rule saw of each update
             for index, client in enumerate(clients):
                 client["cosine_to_aggregate"] = self._mean.cosines[index]
@@ -360,14 +362,16 @@ class Zk0FedProx(FedProx):
         self._count_flags(server_round, clients)
         self.entry["clients"] = {"aggregate": _aggregate_clients(clients), "each": clients}
         self.control.observe_clients({c["node"]: c["metrics"]["loss"] for c in clients})
-        if aggregated is None:
+        if change is None:
             return None, None
-        self.global_weights = aggregated
+        for name, value in change.items():  # the change's own arrays become the new global
+            value += self.global_weights[name]
+        self.global_weights = change
         numeric = {k: v for k, v in self.entry["clients"]["aggregate"].items() if v is not None}
         return integrity.to_record(self.global_weights), MetricRecord(numeric)
 
     def _check_reply(self, reply: Message) -> tuple[dict[str, Any], integrity.CheckedUpdate]:
-        """(client entry, the update checked: full fp32 weights or the rejection reason)."""
+        """(client entry, the update checked: its change to the global or the rejection reason)."""
         node = self._sender(reply)
         content = reply.content
         if INFO in content.config_records and NEED_FULL in content.config_records[INFO]:

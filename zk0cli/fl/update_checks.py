@@ -8,13 +8,8 @@ A flag is reported (round record, stream, status, report); it does not exclude a
 
 from __future__ import annotations
 
-import math
 import statistics
-from collections.abc import Mapping
 from typing import Any
-
-import numpy as np
-from numpy.typing import NDArray
 
 NORM_FLAG_RATIO = 3.0  # an update whose change is this many times the others' median norm is flagged
 # A training loss this many spreads above the others' median. The spread is the others' MAD
@@ -28,27 +23,11 @@ LOSS_SPREAD_FLOOR = 0.1
 COSINE_FLAG = -0.5
 
 
-def change_norm(weights: Mapping[str, NDArray[np.float32]], global_: Mapping[str, NDArray[np.float32]]) -> float:
-    """L2 norm of (weights - global) over every tensor, in float64."""
-    total = 0.0
-    for name, value in weights.items():
-        delta = np.subtract(value, global_[name], dtype=np.float64)
-        total += float(np.dot(delta.ravel(), delta.ravel()))
-    return math.sqrt(total)
-
-
-def clip_change(
-    weights: dict[str, NDArray[np.float32]], global_: Mapping[str, NDArray[np.float32]], norm: float, limit: float
-) -> float:
-    """Scale ``weights``' change in place so its norm is at most ``limit``; return the factor applied."""
+def clip_factor(norm: float, limit: float) -> float:
+    """What a change of L2 ``norm`` is scaled by so that its norm is at most ``limit`` (0: off)."""
     if limit <= 0 or norm <= limit:
         return 1.0
-    factor = limit / norm
-    for name, value in weights.items():
-        value -= global_[name]
-        value *= np.float32(factor)
-        value += global_[name]
-    return factor
+    return limit / norm
 
 
 def _loss_flag(loss: float, others: list[float]) -> str | None:

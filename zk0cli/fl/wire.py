@@ -22,7 +22,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +38,7 @@ CHAIN = "chain-sha256"  # digests of the wire globals the changes go through, fr
 NEED_FULL = "need-full"  # a reply's info key: why the node could not rebuild the global
 HOLDS = "holds"  # a reply's info key: digest of the wire global the node now holds
 DIGEST = "arrays-sha256"  # of the message's weights record (integrity.digest), checked on arrival
+PUBLISH_PIECE = 1 << 20  # values of a global's step encoded at once (rounded to whole int8 blocks)
 
 
 @dataclass
@@ -46,11 +47,11 @@ class Downlink:
     block: int
     keep: int  # changes kept (run-config keep-globals); 0: always full weights
     error_feedback: bool
-    _layout: dict[str, NDArray[np.float32]] = field(default_factory=dict)  # names and shapes only
+    _layout: integrity.Layout = field(default_factory=list)  # names and shapes: never the master's arrays
     _wire: NDArray[np.float32] | None = None  # W, flat
     _wire_digest: str = ""
     _master_digest: str = ""
-    _previous_master: NDArray[np.float32] | None = None  # error feedback off: G's last value
+    _previous_master: NDArray[np.float32] | None = None  # deltas without error feedback: G's last value
     _changes: collections.deque[tuple[str, dict[str, Array]]] = field(default_factory=collections.deque)
     _full: ArrayRecord | None = None
     # chain start -> the message of the changes from there, built and hashed once per publish and
@@ -68,27 +69,38 @@ class Downlink:
 
     def publish(self, master: Mapping[str, NDArray[np.float32]]) -> None:
         """The global to send from now on is ``master`` (again, or after a round's aggregation)."""
-        master_flat = integrity.flat(master)
-        master_digest = _fingerprint(master, master_flat)
+        master_digest = _fingerprint(master)
         if master_digest == self._master_digest:
             return
-        self._master_digest, self._layout = master_digest, dict(master)
+        self._master_digest, self._layout = master_digest, integrity.layout_of(master)
         self._messages.clear()
         if self._wire is None or not self.deltas:
-            self._set_wire(master_flat.copy())
-            self._previous_master = master_flat.copy()
+            master_flat = integrity.flat(master)  # a new array: W is never the master's memory
+            self._previous_master = master_flat.copy() if self.deltas and not self.error_feedback else None
+            self._set_wire(master_flat)
             return
-        step = master_flat - (self._wire if self.error_feedback else self._previous_master)
-        encoded, decoded = integrity.encode_delta(step, self.encoding, self.block)
-        del step  # each of these is 400 MB at SmolVLA's size: gone before the new record is packed
         base = self._wire_digest
-        self._wire += decoded  # in place: W moves exactly as every node rebuilds it
-        del decoded
+        encoded = self._move_wire(master)
         self._set_wire(self._wire)
         self._changes.append((base, encoded))
         while len(self._changes) > self.keep:
             self._changes.popleft()
-        self._previous_master = master_flat if not self.error_feedback else None
+
+    def _move_wire(self, master: Mapping[str, NDArray[np.float32]]) -> dict[str, Array]:
+        """Encode the step (G - W; without error feedback G - G_previous) a piece at a time and
+        move W (and G_previous) as it goes, exactly as every node rebuilds W: the whole step and
+        its decoded copy were 800 MB at SmolVLA's size, the peak of a server's round."""
+        assert self._wire is not None
+        reference = self._wire if self.error_feedback else self._previous_master
+        assert reference is not None
+        encoder = integrity.DeltaEncoder(self._wire.size, self.encoding, self.block)
+        for start, values in _flat_pieces(master, max(1, PUBLISH_PIECE // self.block) * self.block):
+            end = start + values.size
+            step = values - reference[start:end]
+            if self._previous_master is not None:
+                self._previous_master[start:end] = values
+            self._wire[start:end] += encoder.encode(start, step)
+        return encoder.arrays()
 
     def _set_wire(self, wire: NDArray[np.float32]) -> None:
         self._wire, self._full = wire, None  # the old record goes before the new one is packed
@@ -119,13 +131,31 @@ class Downlink:
         return self._full, {DOWNLINK: integrity.FP32, CHAIN: self._wire_digest, DIGEST: self._wire_digest}
 
 
-def _fingerprint(master: Mapping[str, NDArray[np.float32]], master_flat: NDArray[np.float32]) -> str:
+def _fingerprint(master: Mapping[str, NDArray[np.float32]]) -> str:
     """SHA-256 of a master's names, shapes and values: whether it changed, without packing it
     into a record (a SmolVLA record is 400 MB more, twice over while Flower serialises it)."""
-    layout = json.dumps([[name, list(value.shape)] for name, value in master.items()]).encode()
-    fingerprint = hashlib.sha256(layout)
-    fingerprint.update(master_flat)
+    fingerprint = hashlib.sha256(json.dumps([[name, list(value.shape)] for name, value in master.items()]).encode())
+    for value in master.values():
+        fingerprint.update(np.ascontiguousarray(value, dtype=np.float32))
     return fingerprint.hexdigest()
+
+
+def _flat_pieces(arrays: Mapping[str, NDArray[np.float32]], size: int) -> Iterator[tuple[int, NDArray[np.float32]]]:
+    """(offset, the next ``size`` values of the arrays laid end to end), without laying them all
+    out at once. Each piece is the same buffer, valid until the next."""
+    buffer, filled, offset = np.empty(size, dtype=np.float32), 0, 0
+    for value in arrays.values():
+        values = np.asarray(value, dtype=np.float32).reshape(-1)
+        taken = 0
+        while taken < values.size:
+            count = min(size - filled, values.size - taken)
+            buffer[filled : filled + count] = values[taken : taken + count]
+            filled, taken = filled + count, taken + count
+            if filled == size:
+                yield offset, buffer
+                offset, filled = offset + size, 0
+    if filled:
+        yield offset, buffer[:filled]
 
 
 class RebuildError(Exception):
@@ -182,7 +212,7 @@ class NodeWire:
             change = change + self.residual
         arrays, decoded = integrity.encode_delta(change, encoding, block)
         self.residual, self.residual_run = (change - decoded, run_id) if error_feedback else (None, None)
-        return integrity.pack(local, arrays[integrity.VALUES], arrays.get(integrity.SCALES))
+        return integrity.pack(integrity.layout_of(local), arrays[integrity.VALUES], arrays.get(integrity.SCALES))
 
 
 _nodes: collections.OrderedDict[Any, NodeWire] = collections.OrderedDict()
