@@ -27,6 +27,15 @@ def test_digest_is_stable_and_sensitive(global_weights):
     assert it.digest(it.to_record(renamed)) != it.digest(record)
 
 
+def test_a_record_is_written_tensor_by_tensor_exactly_as_flower_writes_the_flat_array():
+    rng = np.random.default_rng(6)
+    arrays = {"a": rng.normal(size=(3, 5)).astype(np.float32), "b": rng.normal(size=7), "c": np.zeros(0, np.float32)}
+    record = it.to_record(arrays)
+    assert record[it.VALUES].data == Array(it.flat(arrays)).data  # np.save's bytes: float64 "b" as float32
+    assert it.digest(record) == it.digest(it.pack(it.layout_of(arrays), Array(it.flat(arrays))))
+    assert it.from_record(it.to_record({})) == {}
+
+
 def test_weights_travel_packed_in_two_arrays_whatever_the_tensor_count():
     rng = np.random.default_rng(1)
     many = {f"expert.layers.{i}.w": rng.normal(size=(3, i + 1)).astype(np.float32) for i in range(50)}
