@@ -2,20 +2,22 @@
 
     .venv/bin/python bench/aggregation_memory.py [--params 10_000_000] [--nodes 4 32]
 
-Replies arrive one by one (each a full set of decoded fp32 trainable weights, as the strategy's
-integrity check returns them). Two ways of averaging them, measured in the same run with
-tracemalloc (numpy reports its buffers to it), peak bytes above the start:
+Replies arrive one by one, each a bf16 change as the strategy's integrity check hands it over
+(:class:`zk0cli.fl.integrity.WireChange`: the wire's values, decoded a piece at a time when
+read). Ways of aggregating them, measured in the same run with tracemalloc (numpy reports its
+buffers to it), peak bytes above the start (the global weights exist before it):
 
-  (a) baseline: keep every accepted update, then average them (what zk0 did before);
-  (b) zk0's RunningMean: fold each update into a float64 running sum as it arrives, drop it.
+  (a) baseline: decode every accepted change in full and keep it, then average (zk0 before
+      streaming);
+  (b) zk0's RunningMean: fold each change into a float32 running sum as it arrives, drop it.
   (c) zk0's SpilledUpdates for each robust rule (median, trimmed-mean, krum, multi-krum): every
-      update is written to a memmap file in a temporary directory and aggregated tensor by tensor.
+      change is written to a file in a temporary directory and aggregated piece by piece.
 
-Measures the aggregation alone, not Flower's message buffers. Targets for (b): peak <= 3x the
-trainable weights in fp32 (the float64 sums and the one update being folded) plus 1 MiB (the
-multiply's fixed-size temporary) at every node count, and the same peak for the most and fewest
-nodes (ratio <= 1.05). For (c): peak at the most nodes <= 1.5x the peak at the fewest (memory
-holds the nodes' values of one tensor, never their models). Exit code 1 when a target is missed.
+Measures the aggregation alone, not Flower's message buffers. Targets for (b): peak <= 2x the
+trainable weights in fp32 (the float32 sums, the bf16 reply being folded and the making of it)
+plus 1 MiB at every node count, and the same peak for the most and fewest nodes (ratio <=
+1.05). For (c): peak at the most nodes <= 1.5x the peak at the fewest (memory holds the nodes'
+values of one piece, never their models). Exit code 1 when a target is missed.
 """
 
 from __future__ import annotations
@@ -31,21 +33,46 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from zk0cli.fl import integrity  # noqa: E402
 from zk0cli.fl.aggregate import ROBUST_RULES, RunningMean, SpilledUpdates  # noqa: E402
+from zk0cli.fl.integrity import WireChange  # noqa: E402
 
-TARGET_MODEL_MULTIPLE = 3.0
+TARGET_MODEL_MULTIPLE = 2.0
 TARGET_FIXED_BYTES = 2**20
 TARGET_GROWTH = 1.05
 TARGET_ROBUST_GROWTH = 1.5
-TENSORS = 20  # SmolVLA's trainable part is ~300 tensors; 20 keeps the largest at a realistic share
+TENSORS = 20  # SmolVLA's trainable part is ~150 tensors; 20 keeps the largest at a realistic share
+
+Replies = Iterator[tuple[WireChange, float]]
 
 
-def replies(params: int, nodes: int) -> Iterator[tuple[dict[str, np.ndarray], float]]:
-    """Each node's update, made only when it "arrives" (as a pulled reply is decoded)."""
-    size = params // TENSORS
+def global_weights(params: int) -> dict[str, np.ndarray]:
+    return {f"t{i}": np.zeros(params // TENSORS, dtype=np.float32) for i in range(TENSORS)}
+
+
+def replies(global_: dict[str, np.ndarray], nodes: int) -> Replies:
+    """Each node's change, made only when it "arrives" (as a reply is pulled)."""
     for node in range(nodes):
-        rng = np.random.default_rng(node)
-        yield {f"t{i}": rng.standard_normal(size, dtype=np.float32) for i in range(TENSORS)}, float(100 + node)
+        yield reply(global_, node), float(100 + node)
+
+
+def reply(global_: dict[str, np.ndarray], node: int) -> WireChange:
+    """A change of N(0, 1) values in bf16, made tensor by tensor into the one wire buffer."""
+    rng = np.random.default_rng(node)
+    bits = np.empty(sum(value.size for value in global_.values()), dtype=np.uint16)
+    offset = 0
+    for value in global_.values():
+        bits[offset : offset + value.size] = integrity.to_bf16_bits(rng.standard_normal(value.size, dtype=np.float32))
+        offset += value.size
+    return WireChange(integrity.layout_of(global_), integrity.BF16_DELTA, bits, global_)
+
+
+def decoded(change: WireChange) -> dict[str, np.ndarray]:
+    """The whole change in float32, as zk0 decoded every update before it read them in pieces."""
+    arrays = {name: np.empty(shape, dtype=np.float32) for name, shape in change.layout}
+    for name, lo, hi, piece in change.pieces():
+        arrays[name].reshape(-1)[lo:hi] = piece
+    return arrays
 
 
 def keep_then_average(updates: Iterator[tuple[dict[str, np.ndarray], float]]) -> dict[str, np.ndarray]:
@@ -60,31 +87,38 @@ def keep_then_average(updates: Iterator[tuple[dict[str, np.ndarray], float]]) ->
     return averaged
 
 
-def fold_as_they_arrive(updates: Iterator[tuple[dict[str, np.ndarray], float]]) -> dict[str, np.ndarray]:
-    mean = RunningMean()
-    for arrays, weight in updates:
-        mean.add(arrays, weight)
-        del arrays  # as the strategy's fold returns: the update is gone before the next one is decoded
+def keep_decoded(updates: Replies) -> dict[str, np.ndarray]:
+    return keep_then_average((decoded(change), weight) for change, weight in updates)
+
+
+def fold_as_they_arrive(updates: Replies) -> dict[str, np.ndarray]:
+    mean: RunningMean | None = None
+    for change, weight in updates:
+        mean = mean or RunningMean(change.layout)
+        mean.add(change, weight)
+        del change  # as the strategy's fold returns: the reply is gone before the next one is pulled
+    assert mean is not None
     return mean.result()
 
 
-def spilled(rule: str) -> Callable[[Iterator], dict]:
-    def aggregate(updates: Iterator[tuple[dict[str, np.ndarray], float]]) -> dict[str, np.ndarray]:
+def spilled(rule: str) -> Callable[[Replies], dict]:
+    def aggregate(updates: Replies) -> dict[str, np.ndarray]:
         with tempfile.TemporaryDirectory(prefix="zk0-bench-spill-") as spill_dir:
             rounds = SpilledUpdates(Path(spill_dir) / "round", rule, 0.1, byzantine_nodes=1)
-            for arrays, weight in updates:
-                rounds.add(arrays, weight)
-                del arrays
+            for change, weight in updates:
+                rounds.add(change, weight)
+                del change
             return rounds.result()
 
     return aggregate
 
 
-def peak_bytes(aggregate: Callable[[Iterator], dict], params: int, nodes: int) -> int:
+def peak_bytes(aggregate: Callable[[Replies], dict], params: int, nodes: int) -> int:
+    global_ = global_weights(params)
     tracemalloc.start()
     tracemalloc.reset_peak()
     base = tracemalloc.get_traced_memory()[0]
-    result = aggregate(replies(params, nodes))
+    result = aggregate(replies(global_, nodes))
     peak = tracemalloc.get_traced_memory()[1] - base
     tracemalloc.stop()
     del result
@@ -100,7 +134,7 @@ def main() -> int:
     print(f"trainable weights: {args.params:,} parameters = {model / 2**20:.1f} MiB in fp32")
     folded = {}
     for nodes in args.nodes:
-        kept = peak_bytes(keep_then_average, args.params, nodes)
+        kept = peak_bytes(keep_decoded, args.params, nodes)
         folded[nodes] = peak_bytes(fold_as_they_arrive, args.params, nodes)
         print(
             f"{nodes:>3} nodes: keep-then-average peak {kept / 2**20:8.1f} MiB ({kept / model:5.1f}x the model), "

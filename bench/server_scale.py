@@ -18,11 +18,12 @@ rotation of one change encoded beforehand by the client's own ``encode_update``;
 timed and left out of the round's seconds.
 
 Each (rule, N) runs in a process of its own. Peak RSS is its VmHWM, reset once the global weights,
-round 1's downlink and the encoded change are made, so it is the round's peak plus what the
-process holds before the round (printed as its start);
-RssAnon / RssFile are their largest values seen after each reply and after the aggregate. Each
-fold is timed against only hashing and decoding the same reply (``integrity.digest`` and
-``integrity.decode_array``) right before it.
+their record (the one the strategy's loop holds between rounds), round 1's downlink and the
+encoded change are made, so it is the round's peak plus what the process holds before the round
+(printed as its start); RssAnon / RssFile are their largest values seen after each reply and
+after the aggregate. Each fold is timed against only hashing and decoding the same reply
+(``integrity.digest`` and ``integrity.decode_array``) right before it; that decode's 400 MB are
+the bench's, not the server's, so the peak is read before it and reset after it.
 
 Rules: ``mean`` (streamed); ``trimmed-mean``, ``median``, ``krum``, ``multi-krum`` (each update
 spilled to ``--spill-dir``: N x 400 MB of disk at full size, removed after the round; krum needs
@@ -31,7 +32,8 @@ spilled to ``--spill-dir``: N x 400 MB of disk at full size, removed after the r
 ends, as zk0 averaged before streaming), run only where the kept updates fit in half the memory
 available.
 
-Targets: mean's peak RSS at the most nodes <= 1.2x at the fewest; its fold time per reply <= 1.5x
+Targets: mean's peak RSS at the most nodes <= 1.2x at the fewest, and at every node count at
+most 3x the trainable weights in fp32 above the round's start; its fold time per reply <= 1.5x
 hashing + decoding the reply; each robust rule's peak RSS at the most nodes <= 1.5x at the
 fewest. Exit code 1 when a target is missed.
 """
@@ -58,19 +60,21 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]  # zk0cli, loopback_grid, aggregation_memory
 
 import numpy as np  # noqa: E402
-from aggregation_memory import keep_then_average  # noqa: E402
+from aggregation_memory import decoded, keep_then_average  # noqa: E402
 from flwr.app import ArrayRecord, ConfigRecord, Message  # noqa: E402
 from loopback_grid import LoopbackGrid  # noqa: E402
 
 from zk0cli.fl import client_app, integrity  # noqa: E402
 from zk0cli.fl import strategy as strategy_module  # noqa: E402
 from zk0cli.fl.aggregate import ROBUST_RULES  # noqa: E402
+from zk0cli.fl.integrity import WireChange  # noqa: E402
 from zk0cli.fl.run_config import RunConfig  # noqa: E402
 from zk0cli.fl.wire import NodeWire  # noqa: E402
 
 BASELINE = "keep-then-average"
 RULES = (BASELINE, "mean", *ROBUST_RULES)
 TARGET_MEAN_GROWTH = 1.2
+TARGET_MEAN_ABOVE_START = 3.0  # x the trainable weights in fp32
 TARGET_FOLD_VS_READ = 1.5
 TARGET_ROBUST_GROWTH = 1.5
 BASELINE_MEMORY_SHARE = 0.5  # of MemAvailable: the baseline's kept updates must fit in it
@@ -152,7 +156,8 @@ class SyntheticGrid(LoopbackGrid):
 
 
 class KeepEveryUpdate:
-    """The baseline as the strategy's round aggregate: every accepted update kept, averaged at the end."""
+    """The baseline as the strategy's round aggregate: every accepted change decoded in full and
+    kept, averaged at the end."""
 
     def __init__(self) -> None:
         self.kept: list[tuple[dict[str, np.ndarray], float]] = []
@@ -161,8 +166,8 @@ class KeepEveryUpdate:
     def count(self) -> int:
         return len(self.kept)
 
-    def add(self, arrays: dict[str, np.ndarray], weight: float) -> None:
-        self.kept.append((arrays, weight))
+    def add(self, change: WireChange, weight: float) -> None:
+        self.kept.append((decoded(change), weight))
 
     def result(self) -> dict[str, np.ndarray]:
         return keep_then_average(iter(self.kept))
@@ -177,12 +182,14 @@ class TimedFolds:
         self.most = memory()
 
     def __call__(self, reply: Message) -> None:
+        self.note_memory()  # the server's peak so far; the read below is the bench's own
         started = time.perf_counter()
         values = reply.content[strategy_module.ARRAYS]
         integrity.digest(values)
         integrity.decode_array(values[integrity.VALUES])
         del values
         read = time.perf_counter()
+        reset_peak()
         self.fold(reply)
         self.read_s += read - started
         self.fold_s += time.perf_counter() - read
@@ -190,6 +197,10 @@ class TimedFolds:
 
     def note_memory(self) -> None:
         self.most = {key: max(value, self.most[key]) for key, value in memory().items()}
+
+
+def reset_peak() -> None:
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
 
 
 def memory() -> dict[str, int]:
@@ -211,11 +222,12 @@ def run_case(rule: str, nodes: int, layout: Layout, spill_dir: Path) -> dict[str
     strategy = Zk0FedProx(config, global_weights, lambda *_: None, lambda *_: None, spill_dir=spill_dir)
     grid = SyntheticGrid(client_app.app, [{}] * nodes, config.to_flwr(), change=encoded_change(global_weights, rng))
     hold_last_global(strategy, grid, rng)
-    Path("/proc/self/clear_refs").write_text("5")  # VmHWM from here: the round's peak
+    arrays = strategy.initial_arrays()
+    reset_peak()  # VmHWM from here: the round's peak
     base = memory()["VmRSS"]
     timed = TimedFolds(strategy._fold_train_reply)
     started = time.perf_counter()
-    messages = strategy.configure_train(2, strategy.initial_arrays(), ConfigRecord(), grid)
+    messages = strategy.configure_train(2, arrays, ConfigRecord(), grid)
     if rule == BASELINE:
         strategy._mean = KeepEveryUpdate()
     strategy._send_and_receive(grid, messages, on_reply=timed)
@@ -310,7 +322,7 @@ def row(rule: str, nodes: int, r: dict[str, Any]) -> str:
     )
 
 
-def check_targets(results: dict[tuple[str, int], dict]) -> bool:
+def check_targets(results: dict[tuple[str, int], dict], model_bytes: int) -> bool:
     ok = True
     for rule in dict.fromkeys(rule for rule, _ in results):
         counts = sorted(nodes for r, nodes in results if r == rule)
@@ -323,6 +335,12 @@ def check_targets(results: dict[tuple[str, int], dict]) -> bool:
         print(f"{rule:>17}: peak RSS at {counts[-1]} nodes / at {counts[0]} = {growth:.2f} {verdict}")
         if rule == "mean":
             for nodes in counts:
+                above = (results[rule, nodes]["VmHWM"] - results[rule, nodes]["base"]) / model_bytes
+                ok &= above <= TARGET_MEAN_ABOVE_START
+                print(
+                    f"{rule:>17}: at {nodes} nodes the peak is {above:.2f}x the weights above the round's start "
+                    f"(target <= {TARGET_MEAN_ABOVE_START:g}): {_ok(above <= TARGET_MEAN_ABOVE_START)}"
+                )
                 ratio = results[rule, nodes]["fold_s"] / results[rule, nodes]["read_s"]
                 ok &= ratio <= TARGET_FOLD_VS_READ
                 print(
@@ -354,7 +372,7 @@ def main() -> int:
     )
     with tempfile.TemporaryDirectory(prefix="zk0-server-scale-", dir=args.spill_dir) as spill_root:
         results = run_all(args.rules, args.nodes, layout, Path(spill_root))
-    return 0 if check_targets(results) else 1
+    return 0 if check_targets(results, 4 * params) else 1
 
 
 if __name__ == "__main__":
