@@ -108,9 +108,9 @@ def _flat_array(arrays: Mapping[str, NDArray[np.float32]]) -> Array:
     tensor by tensor into the one buffer the Array keeps: ``flat`` beside it was another 400 MB
     each time the server packs a SmolVLA global."""
     size = sum(int(np.size(value)) for value in arrays.values())
-    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False, "shape": (size,)}
+    header = {"descr": np.dtype(np.float32).str, "fortran_order": False, "shape": (size,)}
     buffer = io.BytesIO()
-    np.lib.format.write_array_header_1_0(buffer, header)
+    np.lib.format.write_array_header_1_0(buffer, header)  # type: ignore[no-untyped-call]  # untyped in numpy
     for value in arrays.values():
         buffer.write(np.ascontiguousarray(value, dtype=np.float32).data)
     return Array(dtype="float32", shape=(size,), stype=SType.NUMPY, data=buffer.getvalue())
