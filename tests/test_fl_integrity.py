@@ -156,6 +156,24 @@ def test_truncated_raw_payload_is_rejected(global_weights):
     assert checked.change is None and "undecodable values" in checked.reason
 
 
+@pytest.mark.parametrize("encoding", [it.FP32, it.INT8_DELTA])
+@pytest.mark.parametrize("held", [np.array(["x"] * 15), np.zeros(15, complex), np.zeros(15, np.float64)])
+def test_values_whose_bytes_hold_another_dtype_than_labelled_are_rejected(global_weights, encoding, held):
+    """A hostile node labels its values float32 (or int8) and sends np.save bytes of strings or
+    complex numbers: refused as undecodable, never raised from the server's fold."""
+    import io
+
+    from flwr.common.constant import SType
+
+    record = it.encode_update(local_from(global_weights), global_weights, encoding)
+    saved = io.BytesIO()
+    np.save(saved, held)
+    record[it.VALUES] = Array(dtype=it.WIRE_DTYPE[encoding], shape=(15,), stype=SType.NUMPY, data=saved.getvalue())
+    spec = it.spec_of(global_weights, encoding)
+    checked = it.check_update(record, it.digest(record), spec, encoding, global_weights)
+    assert checked.change is None and "undecodable values: the bytes hold" in checked.reason
+
+
 def test_a_record_that_is_not_packed_is_rejected_as_malformed(global_weights):
     record = ArrayRecord({name: Array(value) for name, value in global_weights.items()})  # one array per tensor
     checked = it.check_update(record, it.digest(record), it.spec_of(global_weights, it.FP32), it.FP32, global_weights)

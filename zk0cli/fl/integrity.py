@@ -439,6 +439,8 @@ def _wire_change(
         values = np.frombuffer(wire.data, dtype="<u2")
     else:
         values = np.asarray(wire.numpy()).reshape(-1)
+        if values.dtype != np.dtype(WIRE_DTYPE[encoding]):  # the bytes, not the label: a peer can lie
+            raise PackingError(f"the bytes hold {values.dtype}, the array says {wire.dtype}")
     size = sum(math.prod(shape) for _, shape in layout)
     if values.size != size:
         raise PackingError(f"payload has {values.size} values, the layout needs {size}")
