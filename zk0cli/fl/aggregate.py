@@ -72,7 +72,7 @@ class RunningMean:
 
 
 def _check_same_layout(expected: Layout, layout: Layout) -> None:
-    if [(name, tuple(shape)) for name, shape in layout] != [(name, tuple(shape)) for name, shape in expected]:
+    if layout != expected:  # both from layout_of or read_layout: names and tuple shapes
         raise ValueError("an update's tensors differ from the round's")
 
 

@@ -134,7 +134,7 @@ class Downlink:
 def _fingerprint(master: Mapping[str, NDArray[np.float32]]) -> str:
     """SHA-256 of a master's names, shapes and values: whether it changed, without packing it
     into a record (a SmolVLA record is 400 MB more, twice over while Flower serialises it)."""
-    fingerprint = hashlib.sha256(json.dumps([[name, list(value.shape)] for name, value in master.items()]).encode())
+    fingerprint = hashlib.sha256(json.dumps(integrity.layout_of(master)).encode())
     for value in master.values():
         fingerprint.update(np.ascontiguousarray(value, dtype=np.float32))
     return fingerprint.hexdigest()
